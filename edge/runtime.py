@@ -1,0 +1,238 @@
+"""Model files: the manifest, the sha256 check and the TFLite interpreter.
+
+This is the one place that imports the TFLite runtime: ``ai_edge_litert`` (the
+maintained LiteRT package) and, where only that is installed, ``tflite_runtime``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import ModelError
+
+MANIFEST_NAME = "manifest.json"
+
+
+class Interpreter(Protocol):
+    """The part of the TFLite interpreter API the project uses."""
+
+    def allocate_tensors(self) -> None: ...
+    def get_input_details(self) -> list[dict[str, Any]]: ...
+    def get_output_details(self) -> list[dict[str, Any]]: ...
+    def resize_tensor_input(self, input_index: int, tensor_size: Sequence[int], strict: bool = ...) -> None: ...
+    def set_tensor(self, tensor_index: int, value: npt.NDArray[Any]) -> None: ...
+    def get_tensor(self, tensor_index: int) -> npt.NDArray[Any]: ...
+    def invoke(self) -> None: ...
+
+
+@cache
+def interpreter_factory() -> Callable[..., Interpreter]:
+    """The interpreter class: ``ai_edge_litert`` first, then ``tflite_runtime``."""
+    factory: Callable[..., Interpreter]
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        factory = litert.Interpreter
+        return factory
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as tflite_rt
+
+        factory = tflite_rt.Interpreter
+        return factory
+    except ImportError as exc:
+        raise ModelError(
+            "no TFLite runtime: install 'ai-edge-litert' (or 'tflite-runtime' where LiteRT has no wheel)"
+        ) from exc
+
+
+def default_models_dir() -> Path:
+    """Models shipped in the wheel (``edge/_models``) or beside a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_models", here.parent / "models"):
+        if (candidate / MANIFEST_NAME).is_file():
+            return candidate
+    return here.parent / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One manifest entry: what the file must be and how to feed it."""
+
+    key: str
+    file: str
+    sha256: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationTable:
+    """Impostor score → false-match-rate table measured for one embedder.
+
+    ``fmr`` is strictly decreasing and ``threshold`` increasing: comparing a
+    stranger's face with one enrolled identity gives a cosine similarity of at
+    least ``threshold[i]`` with probability ``fmr[i]``.
+    """
+
+    embedder_sha256: str
+    pipeline: str
+    impostor_pairs: int
+    fmr: npt.NDArray[np.float64]
+    threshold: npt.NDArray[np.float64]
+
+    def threshold_for(self, max_fmr: float) -> float:
+        """The lowest threshold whose measured FMR is at most ``max_fmr``.
+
+        Between table rows the threshold is interpolated in log(FMR); below the
+        smallest measured rate the strictest measured threshold is returned, so
+        the rate is never extrapolated past what was measured.
+        """
+        if max_fmr >= self.fmr[0]:
+            return float(self.threshold[0])
+        if max_fmr <= self.fmr[-1]:
+            return float(self.threshold[-1])
+        logf = np.log10(self.fmr)
+        # np.interp needs increasing x: reverse both axes.
+        return float(np.interp(np.log10(max_fmr), logf[::-1], self.threshold[::-1]))
+
+    def fmr_at(self, score: float) -> float:
+        """The measured rate at which an impostor comparison reaches ``score``."""
+        if score <= self.threshold[0]:
+            return float(self.fmr[0])
+        if score >= self.threshold[-1]:
+            return float(self.fmr[-1])
+        return float(10 ** np.interp(score, self.threshold, np.log10(self.fmr)))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The parsed ``models/manifest.json``."""
+
+    root: Path
+    models: dict[str, ModelSpec]
+    calibrations: tuple[CalibrationTable, ...]
+    raw: dict[str, Any]
+
+    def spec(self, key: str) -> ModelSpec:
+        try:
+            return self.models[key]
+        except KeyError:
+            raise ModelError(f"model '{key}' is not in {self.root / MANIFEST_NAME}") from None
+
+    def path(self, key: str) -> Path:
+        return self.root / self.spec(key).file
+
+    def calibration_for(self, embedder_sha256: str, pipeline: str) -> CalibrationTable:
+        """The score → FMR table measured for exactly this embedder file and pipeline variant."""
+        for table in self.calibrations:
+            if table.embedder_sha256 == embedder_sha256 and table.pipeline == pipeline:
+                return table
+        raise ModelError(
+            f"{self.root / MANIFEST_NAME} has no calibration table for embedder sha256 {embedder_sha256[:12]}… "
+            f"with pipeline '{pipeline}'; rebuild the models with models/build.py"
+        )
+
+
+def load_manifest(models_dir: Path | None = None) -> Manifest:
+    """Read and check the manifest; a missing or malformed one is a ModelError."""
+    root = models_dir or default_models_dir()
+    path = root / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text())
+        models = {
+            key: ModelSpec(
+                key=key,
+                file=entry["file"],
+                sha256=entry["sha256"],
+                input_shape=tuple(entry["input"]["shape"]),
+                input_dtype=entry["input"]["dtype"],
+            )
+            for key, entry in raw["models"].items()
+        }
+        tables = []
+        for cal in raw.get("calibration", []):
+            rows = np.asarray(cal["table"], dtype=np.float64)
+            tables.append(
+                CalibrationTable(
+                    embedder_sha256=cal["embedder_sha256"],
+                    pipeline=cal["pipeline"],
+                    impostor_pairs=int(cal["impostor_pairs"]),
+                    fmr=rows[:, 0],
+                    threshold=rows[:, 1],
+                )
+            )
+    except FileNotFoundError:
+        raise ModelError(f"model manifest not found: {path}") from None
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(f"model manifest {path} is malformed: {exc!r}") from None
+    return Manifest(root=root, models=models, calibrations=tuple(tables), raw=raw)
+
+
+def read_verified(path: Path, sha256: str) -> bytes:
+    """The bytes of ``path`` if their sha256 is ``sha256``; otherwise a ModelError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file {path} cannot be read: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelError(
+            f"model file {path} fails its checksum (sha256 {digest[:12]}…, manifest says {sha256[:12]}…): "
+            "missing, truncated or altered; rebuild it with models/build.py or restore it"
+        )
+    return data
+
+
+class TFLiteModel:
+    """A verified model file loaded into an interpreter with one input tensor.
+
+    ``run`` feeds a batch and returns the output arrays (copies). A model whose
+    batch dimension is dynamic is resized on demand; the last allocation is kept,
+    so a steady batch size costs nothing extra.
+    """
+
+    def __init__(self, path: Path, sha256: str, threads: int = 1) -> None:
+        self.path = path
+        self.sha256 = sha256
+        content = read_verified(path, sha256)
+        try:
+            self._it = interpreter_factory()(model_content=content, num_threads=threads)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"model file {path} does not load: {exc}") from None
+        inp = self._it.get_input_details()[0]
+        self._input_index = int(inp["index"])
+        self.input_shape: tuple[int, ...] = tuple(int(d) for d in inp["shape"])
+        self.input_dtype = np.dtype(inp["dtype"])
+        self._outputs = [int(d["index"]) for d in self._it.get_output_details()]
+        self.output_names = [str(d["name"]) for d in self._it.get_output_details()]
+        self._batch = self.input_shape[0]
+
+    def run(self, batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        if batch.shape[0] != self._batch:
+            self._it.resize_tensor_input(self._input_index, list(batch.shape), strict=False)
+            self._it.allocate_tensors()
+            self._batch = batch.shape[0]
+        self._it.set_tensor(self._input_index, batch.astype(self.input_dtype, copy=False))
+        self._it.invoke()
+        return [self._it.get_tensor(i).copy() for i in self._outputs]
+
+
+def load_model(manifest: Manifest, key: str, threads: int = 1) -> TFLiteModel:
+    spec = manifest.spec(key)
+    return TFLiteModel(manifest.root / spec.file, spec.sha256, threads=threads)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,131 @@
+"""Frozen dataclasses that cross stage boundaries.
+
+Stages exchange these, never positional tuples or loose dicts; numpy arrays stay
+inside a stage or travel as read-only fields of these records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+ImageArray = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """Axis-aligned box in pixel coordinates of the frame it was found in."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    def normalised(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The box as fractions 0–1 of a ``width`` × ``height`` frame, clipped."""
+        return (
+            min(max(self.x0 / width, 0.0), 1.0),
+            min(max(self.y0 / height, 0.0), 1.0),
+            min(max(self.x1 / width, 0.0), 1.0),
+            min(max(self.y1 / height, 0.0), 1.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One camera frame: BGR pixels, a sequence number and a monotonic timestamp."""
+
+    image: ImageArray
+    seq: int
+    ts: float
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    """A detected face: box, six BlazeFace keypoints (x, y in frame pixels), score.
+
+    Keypoint order: right eye, left eye, nose tip, mouth centre, right ear, left ear
+    (the subject's right, i.e. the left side of the image).
+    """
+
+    box: Box
+    keypoints: FloatArray
+    score: float
+    detector: str = "short"
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """Outcome of the quality gate for one face: ``reason`` is empty when accepted."""
+
+    ok: bool
+    reason: str
+    face_px: float
+    sharpness: float
+    yaw: float
+    roll: float
+    brightness: float
+
+    @property
+    def score(self) -> float:
+        """A 0–1 summary for event payloads: 1 is a large, sharp, frontal face."""
+        size = min(self.face_px / 112.0, 1.0)
+        sharp = min(self.sharpness / 200.0, 1.0)
+        pose = max(0.0, 1.0 - (abs(self.yaw) + abs(self.roll) / 45.0) / 2.0)
+        return round(float(size * 0.4 + sharp * 0.3 + pose * 0.3), 3)
+
+
+@dataclass(frozen=True, slots=True)
+class AlignedFace:
+    """A face warped to the 112×112 embedder template, with its quality verdict."""
+
+    face: Face
+    crop: ImageArray
+    quality: Quality
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Best gallery identity for one embedding, with the evidence for the decision.
+
+    ``accepted`` is ``score >= threshold``; ``est_false_match_rate`` is the rate at
+    which a stranger's face reaches ``score`` against this gallery, read from the
+    calibration table shipped with the model.
+    """
+
+    identity_id: str | None
+    label: str | None
+    score: float
+    margin: float
+    threshold: float
+    est_false_match_rate: float
+    accepted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    """One face of one frame, carried through the whole recognition pipeline."""
+
+    aligned: AlignedFace
+    embedding: FloatArray | None = None
+    match: Match | None = None
+    extras: tuple[str, ...] = field(default_factory=tuple)
