@@ -1,0 +1,148 @@
+"""The recognition pipeline: detect → align → quality → embed → match.
+
+``Recognizer`` is what the device service, enrolment, ``edge eval`` and
+``edge bench`` all use, so every figure measured is the device's own code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge import align as align_mod
+from edge.config import ModelSettings, QualitySettings, Settings
+from edge.detect import Detector, DetectorKind, load_detector
+from edge.embed import Embedder, load_embedder
+from edge.errors import InputError
+from edge.imageio import check_frame
+from edge.landmarks import MeshRefiner, load_refiner
+from edge.match import Matcher
+from edge.quality import QualityLimits, assess
+from edge.runtime import Manifest, load_manifest
+from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
+
+EMBEDDER_KEYS = {"fp32": "embedder_fp32", "int8": "embedder_int8"}
+
+
+@dataclass(frozen=True, slots=True)
+class StillResult:
+    """What a still image (an enrolment photo, an eval image) gave."""
+
+    aligned: AlignedFace | None
+    faces_found: int
+    fallback: str  # "" | "other-detector" | "centre-box"
+
+
+def quality_limits(q: QualitySettings) -> QualityLimits:
+    return QualityLimits(
+        min_face_px=q.min_face_px,
+        min_sharpness=q.min_sharpness,
+        max_yaw=q.max_yaw,
+        max_roll_deg=q.max_roll_deg,
+        min_brightness=q.min_brightness,
+        max_brightness=q.max_brightness,
+    )
+
+
+class Recognizer:
+    def __init__(self, settings: Settings, manifest: Manifest | None = None) -> None:
+        m: ModelSettings = settings.models
+        self.settings = settings
+        self.manifest = manifest or load_manifest(m.dir)
+        self.detector: Detector = load_detector(self.manifest, m.detector, m.threads)
+        self._other: Detector | None = None
+        key = EMBEDDER_KEYS[m.embedder]
+        self.embedder: Embedder = load_embedder(self.manifest, key, m.threads, m.flip_average)
+        self.embedder_sha256 = self.manifest.spec(key).sha256
+        self.limits = quality_limits(settings.quality)
+        self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
+        self.pipeline_id = pipeline_id(m)
+        self._matcher: Matcher | None = None
+
+    @property
+    def matcher(self) -> Matcher:
+        """The matcher, with the calibration table of this embedder (loaded on first use)."""
+        if self._matcher is None:
+            ms = self.settings.match
+            table = self.manifest.calibration_for(self.embedder_sha256, self.pipeline_id)
+            self._matcher = Matcher(table, ms.max_false_match_rate, ms.open_set_correction, ms.min_margin)
+        return self._matcher
+
+    def other_detector(self) -> Detector:
+        if self._other is None:
+            kind: DetectorKind = "full" if self.detector.kind == "short" else "short"
+            self._other = load_detector(self.manifest, kind, self.settings.models.threads)
+        return self._other
+
+    def detect(self, image: ImageArray) -> list[Face]:
+        return self.detector.detect(check_frame(image))
+
+    def align(self, image: ImageArray, faces: Sequence[Face]) -> list[AlignedFace]:
+        """Each face warped to the template; with ``mesh5`` from refined five points."""
+        out = []
+        for face in faces:
+            points = None
+            if self.refiner is not None and face.detector != "centre":
+                side = max(face.box.width, face.box.height)
+                points, _ = self.refiner.refine(image, face.keypoints, side)
+                matrix = align_mod.similarity(points.astype(np.float64), align_mod.ARCFACE_5)
+            else:
+                matrix = align_mod.transform_for(face)
+            crop = align_mod.warp(image, matrix)
+            out.append(AlignedFace(face, crop, assess(face, crop, self.limits, points)))
+        return out
+
+    def embed(self, aligned: Sequence[AlignedFace]) -> FloatArray:
+        return self.embedder.embed([a.crop for a in aligned])
+
+    def still(self, image: ImageArray, centre_fallback: bool = False) -> StillResult:
+        """The largest face of a still image, trying the other detector when allowed.
+
+        With ``centre_fallback`` a picture with no detected face is aligned from
+        keypoints of a box centred on the image (used by LFW evaluation, where
+        every image is a centred face, and reported as such).
+        """
+        image = check_frame(image)
+        faces = self.detector.detect(image)
+        fallback = ""
+        if not faces and self.settings.models.fallback_detector:
+            faces = self.other_detector().detect(image)
+            fallback = "other-detector" if faces else ""
+        if not faces and centre_fallback:
+            faces = [centre_face(image)]
+            fallback = "centre-box"
+        if not faces:
+            return StillResult(None, 0, "")
+        return StillResult(self.align(image, [main_face(faces, image)])[0], len(faces), fallback)
+
+
+def main_face(faces: Sequence[Face], image: ImageArray) -> Face:
+    """The subject of a portrait: among faces at least half the largest's area,
+    the one nearest the image centre."""
+    h, w = image.shape[:2]
+    largest = max(f.box.width * f.box.height for f in faces)
+    big = [f for f in faces if f.box.width * f.box.height >= 0.5 * largest]
+    return min(big, key=lambda f: ((f.box.x0 + f.box.x1) / 2 - w / 2) ** 2 + ((f.box.y0 + f.box.y1) / 2 - h / 2) ** 2)
+
+
+def pipeline_id(m: ModelSettings) -> str:
+    """The name under which a calibration table is measured: alignment (+flip)."""
+    return m.alignment + ("+flip" if m.flip_average else "")
+
+
+def centre_face(image: ImageArray) -> Face:
+    """A face assumed centred and filling half the image, keypoints from the template."""
+    h, w = image.shape[:2]
+    side = 0.5 * min(h, w)
+    scale = side / align_mod.CROP
+    x0, y0 = (w - side) / 2, (h - side) / 2
+    kp = np.vstack([align_mod.TEMPLATE_4, [[20.0, 55.0], [92.0, 55.0]]]) * scale + [x0, y0]
+    return Face(Box(x0, y0, x0 + side, y0 + side), kp.astype(np.float32), 0.0, "centre")
+
+
+def require_face(result: StillResult, name: str) -> AlignedFace:
+    if result.aligned is None:
+        raise InputError(f"{name}: no face found")
+    return result.aligned
