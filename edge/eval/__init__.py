@@ -1,0 +1,1 @@
+"""Measurement: the LFW protocol (``edge eval``) and the benchmark (``edge bench``)."""
