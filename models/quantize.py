@@ -130,6 +130,18 @@ def quantize_dynamic(float_model: bytes) -> bytes:
     return bytes(conv.convert())
 
 
+def quantize_weight_only(float_model: bytes) -> bytes:
+    """Weight-only int8 (ai-edge-quantizer): int8 weights, float activations.
+
+    Needs the repaired graph (current operator codes, a signature), which is why the
+    upstream file could not be quantized by this tool as it was."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(bytearray(float_model))
+    qt.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+    return bytes(qt.quantize().quantized_model)
+
+
 def convert_float(float_model: bytes) -> bytes:
     """The rebuilt network converted back without quantization (a check of the rebuild)."""
     import tensorflow as tf

@@ -1,0 +1,317 @@
+"""The ``edge`` command. Exit codes: 0 ok, 2 bad usage or invalid config/input, 1 runtime failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge import __version__
+from edge.config import Settings, load_settings
+from edge.errors import EdgeError, InputError
+
+log = logging.getLogger("edge")
+
+
+def repo_fixture_faces() -> Path | None:
+    """Face images of a source checkout's test fixtures (used by bench when no --faces)."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
+    return path if path.is_dir() else None
+
+
+def progress_bar(label: str) -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    start = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        if done != total and done % 20:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        rate = done / max(time.monotonic() - start, 1e-6)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.0f}/s")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def settings_from(args: argparse.Namespace, **models: Any) -> Settings:
+    overrides: dict[str, Any] = {}
+    model_over = {k: v for k, v in models.items() if v is not None}
+    if model_over:
+        overrides["models"] = model_over
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.path)
+    print(f"{args.path}: ok")
+    if args.show:
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from edge.events import schemas
+
+    out = {"settings": Settings.model_json_schema()} if args.config_schema else schemas()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def parse_broker(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--broker {value!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            over.setdefault(section, {})[key] = value
+
+    put("source", "uri", args.source)
+    put("source", "rate", args.rate)
+    put("source", "at_end", "exit" if args.exit_at_end else "loop" if args.loop else None)
+    put("gallery", "path", str(args.gallery) if args.gallery else None)
+    put("device", "id", args.device_id)
+    put("device", "state_dir", str(args.state_dir) if args.state_dir else None)
+    if args.broker:
+        host, port = parse_broker(args.broker)
+        put("mqtt", "host", host)
+        put("mqtt", "port", port)
+    return over
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.app import App
+
+    settings = load_settings(args.config, overrides=run_overrides(args))
+    app = App(settings)
+    app.install_signals()
+    result = app.run()
+    if settings.source.at_end == "exit" and not result.drained:
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil as _shutil
+
+    from edge.app import App
+    from edge.broker import LocalBroker
+    from edge.demo import Subscriber, build_assets, workdir
+
+    faces = args.faces or repo_fixture_faces()
+    if faces is None:
+        raise InputError("demo needs the face fixtures of a source checkout (tests/fixtures/faces) or --faces DIR")
+    work = workdir()
+    try:
+        assets = build_assets(faces, work)
+        print(f"demo: {len(assets.enrolled)} enrolled ({', '.join(assets.enrolled)}), "
+              f"{len(assets.strangers)} not enrolled, clip of {assets.frames} frames at 30 fps", flush=True)  # fmt: skip
+        with LocalBroker() as broker:
+            print(f"demo: mosquitto on {broker.host}:{broker.port}; subscriber on edge/+/events/match", flush=True)
+            sub = Subscriber(broker.host, broker.port, "edge/+/events/match", echo=True)
+            sub.ready.wait(5)
+            settings = load_settings(args.config, overrides={
+                "source": {"uri": str(assets.clip), "rate": "native", "at_end": "exit"},
+                "gallery": {"path": str(assets.gallery)},
+                "device": {"id": "demo-device", "state_dir": str(work / "state")},
+                "mqtt": {"host": broker.host, "port": broker.port, "heartbeat_s": 5},
+            })  # fmt: skip
+            app = App(settings)
+            app.install_signals()
+            result = app.run()
+            time_limit = 3.0
+            import time as _time
+
+            deadline = _time.monotonic() + time_limit
+            while len(sub.received()) < result.events and _time.monotonic() < deadline:
+                _time.sleep(0.05)
+            sub.close()
+        got = sorted({str(e["identity_id"]) for e in sub.received()})
+        print(f"demo: {len(sub.received())} match event(s) received for {', '.join(got) or 'nobody'}; "
+              f"strangers matched: {', '.join(sorted(set(got) - set(assets.enrolled))) or 'none'}")  # fmt: skip
+        return 0 if result.drained else 1
+    finally:
+        _shutil.rmtree(work, ignore_errors=True)
+
+
+def cmd_eval_lfw(args: argparse.Namespace) -> int:
+    from edge.eval import lfw
+    from edge.imageio import read_image
+    from edge.pipeline import Recognizer
+
+    root: Path = args.root
+    image_root = root / "images" if (root / "images").is_dir() else root
+    pairs_path: Path = args.pairs or next(
+        (p for p in (root / "pairs.txt", root / "pairsDevTest.txt") if p.is_file()), root / "pairs.txt"
+    )
+    pairs = lfw.parse_pairs(pairs_path)
+    settings = settings_from(
+        args, detector=args.detector, embedder=args.embedder, threads=args.threads, fallback_detector=True
+    )
+    rec = Recognizer(settings)
+
+    def embed_image(path: Path) -> tuple[Any, str]:
+        res = rec.still(read_image(path), centre_fallback=True)
+        assert res.aligned is not None  # centre_fallback always gives a face
+        return rec.embed([res.aligned])[0], res.fallback
+
+    data = lfw.embed_pairs_images(image_root, pairs, embed_image, progress_bar("embedding"))
+    matcher = rec.matcher
+    report = lfw.evaluate(pairs, data, matcher.threshold, matcher.per_identity_fmr(0))
+    out = {
+        "pairs_file": str(pairs_path),
+        "pairs": report.pairs,
+        "skipped": report.skipped,
+        "images": len(data.keys),
+        "missing_images": len(data.missing),
+        "no_face": report.no_face,
+        "no_face_handling": report.fallbacks,
+        "folds": report.folds,
+        "split": report.split,
+        "accuracy_mean": round(report.accuracy_mean, 4),
+        "accuracy_std": round(report.accuracy_std, 4),
+        "tar_at_fmr_1e-3": round(report.tar_at_fmr["1e-3"], 4),
+        "tar_at_fmr_1e-4": round(report.tar_at_fmr["1e-4"], 4),
+        "default_threshold": round(report.default_threshold, 4),
+        "stated_fmr": report.stated_fmr,
+        "observed_fmr": report.observed_fmr,
+        "impostor_pairs": report.impostor_pairs,
+        "model_sha256": rec.embedder_sha256,
+        "pipeline": rec.pipeline_id,
+        "detector": rec.detector.kind,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"LFW {pairs_path.name}: {report.pairs} pairs ({report.skipped} skipped), {len(data.keys)} images")
+        print(f"  accuracy        {report.accuracy_mean * 100:.2f}% ± {report.accuracy_std * 100:.2f} ({report.split})")
+        print(f"  TAR @ FMR 1e-3  {report.tar_at_fmr['1e-3'] * 100:.2f}%")
+        print(f"  TAR @ FMR 1e-4  {report.tar_at_fmr['1e-4'] * 100:.2f}%")
+        print(f"  no face         {report.no_face} {report.fallbacks or ''}")
+        print(
+            f"  calibration     threshold {report.default_threshold:.4f} promises FMR {report.stated_fmr:g}; "
+            f"observed {report.observed_fmr:.2e} over {report.impostor_pairs} impostor pairs"
+        )
+        print(f"  model           {rec.embedder_sha256[:16]} ({rec.pipeline_id}, detector {rec.detector.kind})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.eval.bench import bench
+    from edge.pipeline import Recognizer
+
+    settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
+    rec = Recognizer(settings)
+    faces = args.faces or repo_fixture_faces()
+    if args.source is None and faces is None:
+        raise InputError("bench needs --source FILE|DIR or --faces DIR (no test fixtures found beside the package)")
+    result = bench(rec, args.source, faces, frames=args.frames, gallery_size=args.gallery_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:28} {value}")
+    return 0
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    p.add_argument("--threads", type=int, help="interpreter threads")
+    p.add_argument("--detector", choices=["short", "full"], help="BlazeFace variant")
+    p.add_argument("--embedder", choices=["fp32", "int8"], help="embedder file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge", description="On-device face recognition appliance.")
+    ap.add_argument("--version", action="version", version=f"edge {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="settings tools").add_subparsers(dest="config_command", required=True)
+    check = cfg.add_parser("check", help="validate a settings file")
+    check.add_argument("path", type=Path)
+    check.add_argument("--show", action="store_true", help="print the effective settings")
+    check.set_defaults(func=cmd_config_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the MQTT payloads (or of the settings)")
+    schema.add_argument(
+        "--config", dest="config_schema", action="store_true", help="the settings file's schema instead"
+    )
+    schema.set_defaults(func=cmd_schema)
+
+    run = sub.add_parser("run", help="run the device service")
+    run.add_argument("--config", type=Path, help="TOML settings file")
+    run.add_argument("--source", help="camera index, /dev/videoN, file, URL, image folder or 'picamera2'")
+    run.add_argument("--gallery", type=Path, help="folder of <identity_id>/*.jpg|png enrolled at start-up")
+    run.add_argument("--broker", help="HOST:PORT of the MQTT broker")
+    run.add_argument("--device-id", help="device id (MQTT client id and topic level)")
+    run.add_argument("--state-dir", type=Path, help="writable folder for the outbox")
+    run.add_argument("--rate", choices=["native", "fast"], help="files: native rate or as fast as processed")
+    end = run.add_mutually_exclusive_group()
+    end.add_argument("--exit-at-end", action="store_true", help="a file source ends the run when exhausted")
+    end.add_argument("--loop", action="store_true", help="replay a file source forever")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="broker + sample gallery + clip + subscriber, on this machine; ends by itself")
+    demo.add_argument("--config", type=Path, help="TOML settings file (source, gallery, broker are set by the demo)")
+    demo.add_argument("--faces", type=Path, help="face folder (default: the checkout's tests/fixtures/faces)")
+    demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", required=True)
+    lfw_p = ev.add_parser("lfw", help="the LFW verification protocol on a pairs.txt-format file")
+    lfw_p.add_argument("--root", type=Path, required=True, help="LFW folder (name/name_NNNN.jpg, or with images/)")
+    lfw_p.add_argument("--pairs", type=Path, help="pairs file (default: ROOT/pairs.txt or ROOT/pairsDevTest.txt)")
+    lfw_p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_flags(lfw_p)
+    lfw_p.set_defaults(func=cmd_eval_lfw)
+
+    b = sub.add_parser("bench", help="per-stage latency, frames per second, peak RSS")
+    b.add_argument("--source", type=Path, help="video file or image folder (default: a synthetic 640x480 stream)")
+    b.add_argument("--faces", type=Path, help="face images to compose the synthetic stream from")
+    b.add_argument("--frames", type=int, default=300)
+    b.add_argument("--gallery-size", type=int, default=10_000)
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_flags(b)
+    b.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="<%(levelno)d>%(name)s: %(message)s"
+        if not sys.stderr.isatty()
+        else "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except EdgeError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
