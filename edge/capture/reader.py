@@ -1,0 +1,143 @@
+"""The reader thread: keeps the newest frame for the processing loop.
+
+``LatestFrame`` is a one-slot hand-off. For a live source the reader overwrites
+the slot, so a slow loop always gets the newest frame and the stale ones are
+counted as dropped. For a file read as fast as possible the reader waits for the
+slot to empty instead, so every frame is processed. Nothing grows without limit.
+
+A source that fails is reopened with exponential back-off; the state (``ok``,
+``retrying``, ``exhausted``, ``idle``…) and the last error are kept for the status
+heartbeat. The thread never ends the service because a camera hiccuped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from edge.capture.sources import FrameSource, SourceError
+from edge.types import Frame
+
+log = logging.getLogger(__name__)
+
+AtEnd = Literal["idle", "exit", "loop"]
+
+
+class LatestFrame:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, frame: Frame, wait_until_taken: bool, stop: threading.Event) -> None:
+        with self._cond:
+            if wait_until_taken:
+                while self._frame is not None and not stop.is_set():
+                    self._cond.wait(0.1)
+            elif self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify_all()
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self.closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class CaptureState:
+    state: str = "starting"
+    error: str | None = None
+    frames: int = 0
+    reopen_count: int = 0
+
+
+class CaptureThread(threading.Thread):
+    def __init__(
+        self,
+        source: FrameSource,
+        slot: LatestFrame,
+        stop: threading.Event,
+        realtime: bool = True,
+        at_end: AtEnd = "idle",
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        super().__init__(name="capture", daemon=True)
+        self.source = source
+        self.slot = slot
+        self.stop_event = stop
+        self.realtime = realtime
+        self.at_end = at_end
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.status = CaptureState()
+        self.exhausted = threading.Event()
+
+    def run(self) -> None:
+        delay = self.retry_initial_s
+        seq = 0
+        while not self.stop_event.is_set():
+            try:
+                self.source.open()
+            except SourceError as exc:
+                delay = self._retry(str(exc), delay)
+                continue
+            self.status.state, self.status.error = "ok", None
+            delay = self.retry_initial_s
+            interval = 1.0 / self.source.fps if (self.realtime and self.source.fps > 0) else 0.0
+            next_due = time.monotonic()
+            try:
+                while not self.stop_event.is_set():
+                    image = self.source.read()
+                    if image is None:
+                        break
+                    seq += 1
+                    self.status.frames += 1
+                    if interval and not self.source.live:
+                        next_due += interval
+                        pause = next_due - time.monotonic()
+                        if pause > 0 and self.stop_event.wait(pause):
+                            break
+                    frame = Frame(image, seq, time.monotonic())
+                    self.slot.put(
+                        frame, wait_until_taken=not self.source.live and not self.realtime, stop=self.stop_event
+                    )
+            except SourceError as exc:
+                self.source.close()
+                delay = self._retry(str(exc), delay)
+                continue
+            self.source.close()
+            if self.stop_event.is_set():
+                break
+            # A file or folder came to its end.
+            if self.at_end == "loop":
+                continue
+            self.status.state = "exhausted" if self.at_end == "exit" else "idle"
+            log.info(
+                "source %s exhausted after %d frames (%s)", self.source.name, self.status.frames, self.status.state
+            )
+            self.exhausted.set()
+            break
+        if self.at_end == "exit":
+            self.slot.close()
+
+    def _retry(self, error: str, delay: float) -> float:
+        self.status.state, self.status.error = "retrying", error
+        self.status.reopen_count += 1
+        log.warning("%s; retrying in %.1fs", error, delay)
+        self.stop_event.wait(delay)
+        return min(delay * 2, self.retry_max_s)

@@ -1,0 +1,103 @@
+"""Payloads that leave the device: match events and status, with a schema version.
+
+These are the only things published. By construction they carry no image, crop
+or embedding: the models below have no field that could hold one, and
+``extra="forbid"`` keeps it that way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Evidence(Payload):
+    agreed: int = Field(
+        description="Embeddings in the confirmation window that matched this identity above the threshold."
+    )
+    seen: int = Field(description="Embeddings in the confirmation window.")
+
+
+class MatchEvent(Payload):
+    """A confirmed match: published QoS 1 on ``{prefix}/{device_id}/events/match``."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", description="Payload schema version.")
+    event_id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, description="Unique id; consumers de-duplicate on it (delivery is at-least-once)."
+    )
+    device_id: str = Field(description="The device that saw the face.")
+    ts: datetime = Field(default_factory=utc_now, description="When the match was confirmed, RFC 3339 UTC.")
+    identity_id: str = Field(description="Enrolled identity id.")
+    label: str | None = Field(
+        None, description="Display label of the identity; omitted when events.include_label is false."
+    )
+    score: float = Field(description="Best cosine similarity in the confirmation window.")
+    threshold: float = Field(description="Decision threshold in force.")
+    est_false_match_rate: float = Field(
+        description="Estimated rate at which a stranger reaches this score against this gallery."
+    )
+    evidence: Evidence = Field(description="Frames that agreed / frames seen.")
+    track_id: int = Field(description="Track the match belongs to (unique per process run).")
+    bbox: tuple[float, float, float, float] = Field(
+        description="Face box x0, y0, x1, y1 as fractions 0–1 of the frame."
+    )
+    quality: float = Field(description="Quality score 0–1 of the best agreeing face.")
+    model: str = Field(description="First 16 hex digits of the embedder's sha256.")
+    gallery_version: int = Field(description="Version of the gallery that matched.")
+
+    def to_json(self, include_label: bool = True) -> bytes:
+        exclude = None if include_label and self.label is not None else {"label"}
+        return self.model_dump_json(by_alias=True, exclude=exclude).encode()
+
+
+class StageLatency(Payload):
+    p50_ms: float = Field(description="Median latency in milliseconds.")
+    p95_ms: float = Field(description="95th percentile latency in milliseconds.")
+
+
+class Status(Payload):
+    """Retained on ``{prefix}/{device_id}/status``; the last will publishes ``offline``."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", description="Payload schema version.")
+    device_id: str = Field(description="Device id.")
+    state: Literal["online", "offline"] = Field(description="'online' while the service runs.")
+    ts: datetime = Field(default_factory=utc_now, description="When this status was made, RFC 3339 UTC.")
+    version: str = Field("", description="Software version.")
+    uptime_s: float = Field(0.0, description="Seconds since the service started.")
+    camera: str = Field("", description="Camera state: starting, ok, retrying, failed, exhausted, idle.")
+    camera_error: str | None = Field(None, description="Last camera error, if any.")
+    fps: float = Field(0.0, description="Frames processed per second over the last heartbeat interval.")
+    latency: dict[str, StageLatency] = Field(
+        default_factory=dict, description="Per-stage latency over the last interval."
+    )
+    faces_per_min: float = Field(0.0, description="Faces detected per minute over the last interval.")
+    dropped_frames: int = Field(0, description="Frames dropped by the capture hand-off since start.")
+    outbox_depth: int = Field(0, description="Events waiting for broker acknowledgement.")
+    outbox_dropped: int = Field(0, description="Events dropped by the outbox bounds since start.")
+    events_published: int = Field(0, description="Events acknowledged by the broker since start.")
+    gallery_version: int = Field(0, description="Gallery version in force.")
+    gallery_identities: int = Field(0, description="Identities matching now.")
+    cpu_temp_c: float | None = Field(None, description="CPU temperature, where readable.")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def schemas() -> dict[str, object]:
+    return {
+        "MatchEvent": MatchEvent.model_json_schema(by_alias=True),
+        "Status": Status.model_json_schema(by_alias=True),
+    }

@@ -1,0 +1,151 @@
+"""Tracks across frames, evidence per track, K-of-M confirmation and cooldown.
+
+A face is associated with a track by box overlap (IoU, greedy on the IoU matrix).
+The embedder runs only for tracks that need evidence: a new or unconfirmed track
+(every frame until its window of M embeddings is full, then every
+``stranger_recheck_s``), and a confirmed track every ``recheck_s``. So people
+standing still cost about one detector run per frame.
+
+An identity is confirmed for a track when at least K of the track's last M
+matches accepted that same identity. One event per (track, identity); a
+per-identity cooldown stops floods from a face that loses and regains its track.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.types import Box, Face, Match
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingParams:
+    iou_threshold: float = 0.3
+    max_missed_frames: int = 15
+    confirm_k: int = 3
+    confirm_m: int = 5
+    recheck_s: float = 2.0
+    stranger_recheck_s: float = 0.5
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    match: Match
+    quality: float
+    box: Box
+
+
+@dataclass
+class Track:
+    id: int
+    box: Box
+    last_seen: float
+    missed: int = 0
+    last_embed: float = float("-inf")
+    retry_at: float = float("-inf")
+    votes: deque[Vote] = field(default_factory=deque)
+    reported: set[str] = field(default_factory=set)
+
+    @property
+    def confirmed(self) -> bool:
+        return bool(self.reported)
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """An identity confirmed for a track: what a match event is made of."""
+
+    track_id: int
+    match: Match  # the best agreeing match
+    quality: float
+    box: Box
+    agreed: int
+    seen: int
+
+
+def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    A = np.array([(x.x0, x.y0, x.x1, x.y1) for x in a])[:, None, :]
+    B = np.array([(x.x0, x.y0, x.x1, x.y1) for x in b])[None, :, :]
+    iw = np.clip(np.minimum(A[..., 2], B[..., 2]) - np.maximum(A[..., 0], B[..., 0]), 0, None)
+    ih = np.clip(np.minimum(A[..., 3], B[..., 3]) - np.maximum(A[..., 1], B[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (A[..., 2] - A[..., 0]) * (A[..., 3] - A[..., 1])
+    area_b = (B[..., 2] - B[..., 0]) * (B[..., 3] - B[..., 1])
+    out: np.ndarray = inter / np.maximum(area_a + area_b - inter, 1e-9)
+    return out
+
+
+class Tracker:
+    def __init__(self, params: TrackingParams) -> None:
+        self.p = params
+        self.tracks: list[Track] = []
+        self._ids = itertools.count(1)
+        self._last_event: dict[str, float] = {}
+
+    def update(self, faces: Sequence[Face], now: float) -> list[tuple[Track, Face]]:
+        """Associate this frame's faces with tracks; returns (track, face) pairs."""
+        iou = iou_matrix([t.box for t in self.tracks], [f.box for f in faces])
+        pairs: list[tuple[Track, Face]] = []
+        used_t: set[int] = set()
+        used_f: set[int] = set()
+        if iou.size:
+            for flat in np.argsort(-iou, axis=None):
+                ti, fi = divmod(int(flat), iou.shape[1])
+                if iou[ti, fi] < self.p.iou_threshold:
+                    break
+                if ti in used_t or fi in used_f:
+                    continue
+                used_t.add(ti)
+                used_f.add(fi)
+                track = self.tracks[ti]
+                track.box, track.last_seen, track.missed = faces[fi].box, now, 0
+                pairs.append((track, faces[fi]))
+        for ti, track in enumerate(self.tracks):
+            if ti not in used_t:
+                track.missed += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.p.max_missed_frames]
+        for fi, face in enumerate(faces):
+            if fi not in used_f:
+                track = Track(next(self._ids), face.box, now, votes=deque(maxlen=self.p.confirm_m))
+                self.tracks.append(track)
+                pairs.append((track, face))
+        return pairs
+
+    def needs_evidence(self, track: Track, now: float) -> bool:
+        if now < track.retry_at:
+            return False
+        if track.confirmed:
+            return now - track.last_embed >= self.p.recheck_s
+        if len(track.votes) < self.p.confirm_m:
+            return True
+        return now - track.last_embed >= self.p.stranger_recheck_s
+
+    def defer(self, track: Track, now: float) -> None:
+        """The face failed the quality gate: try again a little later, not every frame."""
+        track.retry_at = now + self.p.stranger_recheck_s / 5
+
+    def add_evidence(self, track: Track, match: Match, quality: float, box: Box, now: float) -> Confirmation | None:
+        """Record one match for a track; a Confirmation when an identity newly reaches K of M."""
+        track.last_embed = now
+        track.votes.append(Vote(match, quality, box))
+        if not match.accepted or match.identity_id is None or match.identity_id in track.reported:
+            return None
+        ident = match.identity_id
+        agreeing = [v for v in track.votes if v.match.accepted and v.match.identity_id == ident]
+        if len(agreeing) < self.p.confirm_k:
+            return None
+        track.reported.add(ident)
+        last = self._last_event.get(ident)
+        if last is not None and now - last < self.p.cooldown_s:
+            return None
+        self._last_event[ident] = now
+        best = max(agreeing, key=lambda v: v.match.score)
+        return Confirmation(track.id, best.match, best.quality, box, len(agreeing), len(track.votes))
