@@ -1,0 +1,228 @@
+"""The device service: the one place that wires the stages, starts them in order
+and stops them in order.
+
+    capture thread → LatestFrame → frame loop (detect → track → align → quality →
+    embed → match → confirm) → event → outbox → MQTT pump thread → broker
+
+Threads exist only where I/O blocks: the camera reader, paho's network loop and
+the outbox pump. One stop event ends them all; shutdown goes in stages, each
+with a time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from edge import __version__
+from edge.capture import CaptureThread, LatestFrame, open_source
+from edge.config import Settings
+from edge.events import Evidence, MatchEvent, Status
+from edge.gallery.enroll import enroll_directory
+from edge.health import Stats, SystemdNotifier, cpu_temperature
+from edge.match import Gallery
+from edge.mqtt import BrokerOptions, MqttLink, Topics
+from edge.outbox import Outbox
+from edge.pipeline import Recognizer
+from edge.track import Confirmation, Tracker, TrackingParams
+from edge.types import Frame
+
+log = logging.getLogger("edge.app")
+
+
+@dataclass
+class RunResult:
+    events: int
+    frames: int
+    drained: bool
+
+
+def broker_options(s: Settings) -> BrokerOptions:
+    m = s.mqtt
+    return BrokerOptions(
+        host=m.host, port=m.port, keepalive=m.keepalive, username=m.username, password=m.password,
+        password_file=m.password_file, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
+        tls=m.tls, reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, max_inflight=m.max_inflight,
+    )  # fmt: skip
+
+
+def tracking_params(s: Settings) -> TrackingParams:
+    t = s.tracking
+    return TrackingParams(
+        t.iou_threshold, t.max_missed_frames, t.confirm_k, t.confirm_m, t.recheck_s, t.stranger_recheck_s, t.cooldown_s
+    )
+
+
+class App:
+    def __init__(self, settings: Settings, recognizer: Recognizer | None = None) -> None:
+        self.s = settings
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+        self.notifier = SystemdNotifier()
+        self.rec = recognizer or Recognizer(settings)
+        self.topics = Topics(settings.mqtt.topic_prefix, settings.device.id)
+        self.stats = Stats()
+        self.events = 0
+        self.frames = 0
+        self.model_tag = self.rec.embedder_sha256[:16]
+        state = settings.device.state_dir
+        self.outbox = Outbox(
+            settings.outbox.path or state / "outbox.sqlite", settings.outbox.max_events, settings.outbox.max_age_s
+        )
+        self.link = MqttLink(broker_options(settings), self.topics, self.outbox, self.stop)
+        self.link.on_connected = self._on_connected
+        self.slot = LatestFrame()
+        self.capture = CaptureThread(
+            open_source(settings.source.uri, settings.source.fps, settings.source.width, settings.source.height),
+            self.slot,
+            self.stop,
+            realtime=settings.source.rate == "native",
+            at_end=settings.source.at_end,
+            retry_initial_s=settings.source.retry_initial_s,
+            retry_max_s=settings.source.retry_max_s,
+        )
+        self.tracker = Tracker(tracking_params(settings))
+
+    # -- start-up ------------------------------------------------------------------
+    def load_gallery(self) -> None:
+        path = self.s.gallery.path
+        if path is None:
+            log.warning("no gallery configured: nothing can match until one is enrolled")
+            return
+        reports = enroll_directory(self.rec, path)
+        entries = [(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]
+        gallery = Gallery.build(entries, version=0, name=path.name)
+        self.rec.matcher.set_gallery(gallery)
+        for r in reports:
+            for photo, reason in r.rejected.items():
+                log.warning("enrol %s/%s rejected: %s", r.identity_id, photo, reason)
+        log.info(
+            "gallery %s: %d identities, %d embeddings, threshold %.4f (max FMR %g per stranger)",
+            path, len(gallery), len(gallery.embeddings), self.rec.matcher.threshold, self.s.match.max_false_match_rate,
+        )  # fmt: skip
+
+    def _on_connected(self) -> None:
+        self.link.publish_status(self.status("online"))
+
+    # -- status --------------------------------------------------------------------
+    def status(self, state: str = "online") -> Status:
+        now = time.monotonic()
+        fps, fpm, lat = self.stats.snapshot(now)
+        gallery = self.rec.matcher.gallery
+        cap = self.capture.status
+        return Status(
+            device_id=self.topics.device_id, state=state, version=__version__,
+            uptime_s=round(now - self.started, 1), camera=cap.state, camera_error=cap.error, fps=fps, latency=lat,
+            faces_per_min=fpm, dropped_frames=self.slot.dropped, outbox_depth=self.outbox.depth(),
+            outbox_dropped=self.outbox.dropped(), events_published=self.link.published,
+            gallery_version=gallery.version, gallery_identities=len(gallery), cpu_temp_c=cpu_temperature(),
+        )  # fmt: skip
+
+    # -- the frame loop --------------------------------------------------------------
+    def process(self, frame: Frame) -> None:
+        clock = time.perf_counter
+        rec, tracker, now = self.rec, self.tracker, frame.ts
+        t0 = clock()
+        faces = rec.detect(frame.image)
+        t1 = clock()
+        pairs = tracker.update(faces, now)
+        need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
+        self.stats.add("detect", t1 - t0)
+        self.frames += 1
+        self.stats.frames += 1
+        self.stats.faces += len(faces)
+        if need:
+            aligned = rec.align(frame.image, [f for _, f in need])
+            t2 = clock()
+            good = []
+            for (track, _), a in zip(need, aligned, strict=True):
+                if a.quality.ok:
+                    good.append((track, a))
+                else:
+                    tracker.defer(track, now)
+            if good:
+                emb = rec.embed([a for _, a in good])
+                t3 = clock()
+                matches = rec.matcher.match(emb)
+                t4 = clock()
+                self.stats.add("align", (t2 - t1) / len(need))
+                self.stats.add("embed", (t3 - t2) / len(good))
+                self.stats.add("match", t4 - t3)
+                for (track, a), m in zip(good, matches, strict=True):
+                    conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now)
+                    if conf is not None:
+                        self.emit(conf, frame)
+        self.stats.add("frame", clock() - t0)
+
+    def emit(self, conf: Confirmation, frame: Frame) -> None:
+        m = conf.match
+        assert m.identity_id is not None
+        event = MatchEvent(
+            device_id=self.topics.device_id, identity_id=m.identity_id,
+            label=m.label if self.s.events.include_label else None, score=round(m.score, 4),
+            threshold=round(m.threshold, 4), est_false_match_rate=m.est_false_match_rate,
+            evidence=Evidence(agreed=conf.agreed, seen=conf.seen), track_id=conf.track_id,
+            bbox=tuple(round(v, 4) for v in conf.box.normalised(frame.width, frame.height)),
+            quality=conf.quality, model=self.model_tag, gallery_version=self.rec.matcher.gallery.version,
+        )  # fmt: skip
+        seq = self.outbox.put(self.topics.match, event.to_json(self.s.events.include_label))
+        self.events += 1
+        self.link.notify()
+        log.info(
+            "event %s identity=%s score=%.3f threshold=%.3f track=%d outbox=%d",
+            event.event_id, event.identity_id, event.score, event.threshold, conf.track_id, seq,
+        )  # fmt: skip
+
+    # -- run -------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> RunResult:
+        self.load_gallery()
+        self.link.start()
+        self.capture.start()
+        self.notifier.ready(f"watching {self.s.source.uri}")
+        log.info("running: source %s, device %s, broker %s:%d", self.s.source.uri, self.topics.device_id,
+                 self.s.mqtt.host, self.s.mqtt.port)  # fmt: skip
+        next_beat = time.monotonic() + self.s.mqtt.heartbeat_s
+        exit_at_end = self.s.source.at_end == "exit"
+        try:
+            while not self.stop.is_set():
+                frame = self.slot.take(timeout=0.25)
+                if frame is not None:
+                    self.process(frame)
+                now = time.monotonic()
+                self.notifier.watchdog(now)
+                if now >= next_beat:
+                    next_beat = now + self.s.mqtt.heartbeat_s
+                    self.link.publish_status(self.status())
+                if exit_at_end and frame is None and self.capture.exhausted.is_set():
+                    break
+        finally:
+            drained = self.shutdown(drain=exit_at_end and not self.stop.is_set())
+        return RunResult(self.events, self.frames, drained)
+
+    def shutdown(self, drain: bool) -> bool:
+        """Stop in stages: capture, (drain the outbox), final status, MQTT, outbox."""
+        self.notifier.stopping()
+        drained = True
+        if drain:
+            drained = self.link.drain(self.s.outbox.drain_timeout_s)
+            if not drained:
+                log.warning("outbox not drained within %.0fs: %d event(s) kept for the next start",
+                            self.s.outbox.drain_timeout_s, self.outbox.depth())  # fmt: skip
+        self.stop.set()
+        self.capture.join(timeout=3.0)
+        self.link.close(self.status("offline"), timeout=3.0)
+        self.outbox.close()
+        log.info("stopped: %d frames, %d events", self.frames, self.events)
+        return drained

@@ -1,0 +1,1 @@
+"""The gallery: enrolment from photos, and (over the air) signed bundles."""
