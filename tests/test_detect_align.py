@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge import align
+from edge.detect import SPECS, make_anchors, weighted_nms
+from edge.imageio import read_image
+from edge.pipeline import Recognizer, main_face
+
+from .conftest import FACES
+
+
+def test_anchor_counts_match_the_models() -> None:
+    assert make_anchors(SPECS["short"]).shape == (896, 2)
+    assert make_anchors(SPECS["full"]).shape == (2304, 2)
+
+
+def test_weighted_nms_merges_overlaps_and_keeps_separate_faces() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    kps = np.zeros((3, 6, 2), np.float32)
+    out = weighted_nms(boxes, scores, kps, 0.3)
+    assert len(out) == 2
+    merged, score, _ = out[0]
+    assert score == pytest.approx(0.9)
+    assert 0 < merged[0] < 1  # blended by score between the two overlapping boxes
+
+
+@pytest.mark.parametrize("path", sorted(FACES.glob("*/*.jpg"))[:8], ids=lambda p: p.stem)
+def test_faces_found_with_plausible_box_and_keypoints(recognizer: Recognizer, path: object) -> None:
+    image = read_image(path)  # type: ignore[arg-type]
+    faces = recognizer.detect(image)
+    assert faces, "no face in an LFW portrait"
+    f = main_face(faces, image)
+    # LFW deep-funneled portraits: 250×250, face centred, roughly 90–140 px.
+    assert 60 < f.box.width < 170 and 60 < f.box.height < 170
+    cx, cy = (f.box.x0 + f.box.x1) / 2, (f.box.y0 + f.box.y1) / 2
+    assert abs(cx - 125) < 30 and abs(cy - 130) < 35
+    right_eye, left_eye, nose, mouth = f.keypoints[:4]
+    assert right_eye[0] < nose[0] < left_eye[0]  # the subject's right eye is on the image's left
+    assert max(right_eye[1], left_eye[1]) < nose[1] < mouth[1]
+    assert f.score > 0.5
+
+
+def test_blank_frame_has_no_face(recognizer: Recognizer) -> None:
+    assert recognizer.detect(np.full((480, 640, 3), 127, np.uint8)) == []
+
+
+def test_similarity_recovers_a_known_transform() -> None:
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    src = align.ARCFACE_5
+    dst = src @ rot.T + shift
+    m = align.similarity(src, dst)
+    np.testing.assert_allclose(m[:, :2], rot, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], shift, atol=1e-9)
+
+
+def test_aligned_crop_puts_the_eyes_on_the_template(recognizer: Recognizer) -> None:
+    image = read_image(sorted(FACES.glob("Colin_Powell/*.jpg"))[0])
+    aligned = recognizer.align(image, recognizer.detect(image)[:1])[0]
+    assert aligned.crop.shape == (112, 112, 3) and aligned.crop.dtype == np.uint8
+    assert aligned.quality.ok, aligned.quality.reason
+    # The eyes of a frontal face land within a few pixels of the template's eyes.
+    face = recognizer.detect(aligned.crop)
+    if face:  # the detector is not made for tight crops; check only when it fires
+        eyes = face[0].keypoints[:2]
+        assert np.abs(eyes - align.ARCFACE_5[:2]).max() < 10

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cli import main
+from edge.errors import InputError
+from edge.eval import lfw
+
+from .conftest import FACES
+
+
+def test_view1_and_view2_formats(tmp_path: Path) -> None:
+    v1 = tmp_path / "v1.txt"
+    v1.write_text("2\nA 1 2\nB 1 3\nA 1 B 2\nC 4 D 5\n")
+    p = lfw.parse_pairs(v1)
+    assert not p.has_folds and len(p.pairs) == 4
+    assert [x.same for x in p.pairs] == [True, True, False, False]
+    v2 = tmp_path / "v2.txt"
+    v2.write_text("2 1\nA 1 2\nA 1 B 2\nC 1 3\nC 4 D 5\n")
+    p2 = lfw.parse_pairs(v2)
+    assert p2.has_folds and p2.folds == 2 and [x.fold for x in p2.pairs] == [0, 0, 1, 1]
+
+
+def test_malformed_pairs_file_is_located(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1\nA 1 2\nA x B 2\n")
+    with pytest.raises(InputError, match="line 3"):
+        lfw.parse_pairs(bad)
+    short = tmp_path / "short.txt"
+    short.write_text("3\nA 1 2\n")
+    with pytest.raises(InputError, match="promises 6 pairs"):
+        lfw.parse_pairs(short)
+
+
+def test_cross_validation_and_threshold_at_fmr() -> None:
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    scores = np.where(same, rng.normal(0.7, 0.1, 600), rng.normal(0.1, 0.1, 600)).astype(np.float32)
+    folds = np.arange(600) % 10
+    mean, std, _ = lfw.cross_validated_accuracy(scores, same, folds)
+    assert 0.98 < mean <= 1.0 and std < 0.05
+    impostors = rng.normal(0, 0.1, 100_000).astype(np.float32)
+    t = lfw.threshold_at_fmr(impostors, 1e-3)
+    assert (impostors >= t).mean() <= 1e-3 < (impostors >= t - 0.01).mean()
+    table = lfw.calibration_table(impostors)
+    assert table[0][0] == pytest.approx(0.1) and all(a[1] < b[1] for a, b in itertools.pairwise(table))
+
+
+def test_impostor_scores_skip_same_person_pairs() -> None:
+    emb = np.eye(4, dtype=np.float32)
+    person = np.array([0, 0, 1, 2])
+    assert len(lfw.impostor_scores(emb, person, block=2)) == 5  # 6 pairs less the one same-person pair
+
+
+def test_eval_cli_on_fixture_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(
+        "3\n"
+        "Colin_Powell 38 74\nVenus_Williams 1 4\nLaura_Bush 4 11\n"
+        "Colin_Powell 38 Halle_Berry 1\nVenus_Williams 1 Angelina_Jolie 3\nLaura_Bush 4 Missing_Person 1\n"
+    )
+    assert main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in (
+        "pairs",
+        "skipped",
+        "no_face",
+        "accuracy_mean",
+        "accuracy_std",
+        "tar_at_fmr_1e-3",
+        "tar_at_fmr_1e-4",
+        "default_threshold",
+        "stated_fmr",
+        "observed_fmr",
+        "impostor_pairs",
+        "model_sha256",
+    ):
+        assert key in out
+    assert out["pairs"] == 5 and out["skipped"] == 1 and out["no_face"] == 0
+    assert out["accuracy_mean"] == 1.0
+    assert out["stated_fmr"] == 1e-4 and len(out["model_sha256"]) == 64

@@ -1,0 +1,76 @@
+"""Real models on real faces: embeddings, thresholds, int8 agreement, gallery search."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.config import Settings
+from edge.imageio import read_image
+from edge.match import Gallery
+from edge.pipeline import Recognizer, require_face
+
+from .conftest import FACES
+
+
+@pytest.fixture(scope="module")
+def embedded(recognizer: Recognizer) -> dict[Path, np.ndarray]:
+    paths = sorted(FACES.glob("*/*.jpg"))
+    aligned = [require_face(recognizer.still(read_image(p)), str(p)) for p in paths]
+    emb = recognizer.embed(aligned)
+    return dict(zip(paths, emb, strict=True))
+
+
+def test_embeddings_are_unit_192d_and_batch_independent(
+    recognizer: Recognizer, embedded: dict[Path, np.ndarray]
+) -> None:
+    vecs = np.stack(list(embedded.values()))
+    assert vecs.shape[1] == 192
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    p = next(iter(embedded))
+    single = recognizer.embed([require_face(recognizer.still(read_image(p)), str(p))])[0]
+    np.testing.assert_allclose(single, embedded[p], atol=1e-4)
+
+
+def test_same_person_above_and_different_people_below_default_threshold(
+    recognizer: Recognizer, embedded: dict[Path, np.ndarray]
+) -> None:
+    # The per-comparison threshold at the default rate (no open-set division).
+    threshold = recognizer.matcher.table.threshold_for(Settings().match.max_false_match_rate)
+    same, diff = [], []
+    for (pa, a), (pb, b) in itertools.combinations(embedded.items(), 2):
+        (same if pa.parent == pb.parent else diff).append(float(a @ b))
+    assert min(diff) < threshold and max(diff) < threshold, f"impostor pair reached {max(diff):.3f} ≥ {threshold:.3f}"
+    # LFW same-person pairs include hard ones; nearly all must pass.
+    assert np.mean(np.array(same) >= threshold) >= 0.9, sorted(same)[:5]
+
+
+def test_int8_and_float_embeddings_agree() -> None:
+    fp32 = Recognizer(Settings.model_validate({"models": {"embedder": "fp32"}}))
+    int8 = Recognizer(Settings.model_validate({"models": {"embedder": "int8"}}))
+    paths = sorted(FACES.glob("*/*.jpg"))
+    crops = [require_face(fp32.still(read_image(p)), str(p)) for p in paths]
+    cos = (fp32.embed(crops) * int8.embed(crops)).sum(axis=1)
+    assert cos.min() >= 0.98, f"worst cosine {cos.min():.4f}"
+
+
+def test_gallery_search_finds_the_enrolled_identity_with_margin(
+    recognizer: Recognizer, embedded: dict[Path, np.ndarray]
+) -> None:
+    by_person: dict[str, list[np.ndarray]] = {}
+    for p, v in embedded.items():
+        by_person.setdefault(p.parent.name, []).append(v)
+    enrolled = {n: v for n, v in by_person.items() if len(v) >= 3}
+    gallery = Gallery.build([(n, n.replace("_", " "), np.stack(v[:-1])) for n, v in enrolled.items()], version=3)
+    matcher = recognizer.matcher
+    matcher.set_gallery(gallery)
+    probes = [v[-1] for v in enrolled.values()]
+    for name, m in zip(enrolled, matcher.match(np.stack(probes)), strict=True):
+        assert m.identity_id == name and m.accepted
+        assert m.margin > 0.1 and m.score >= m.threshold
+        assert 0 < m.est_false_match_rate < 1e-3
+    strangers = [v[0] for n, v in by_person.items() if n not in enrolled]
+    assert not any(m.accepted for m in matcher.match(np.stack(strangers)))

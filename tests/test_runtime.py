@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+from edge.runtime import load_manifest, load_model
+
+
+def test_manifest_lists_every_model_with_checksum_and_calibration() -> None:
+    m = load_manifest()
+    for key in ("detector_short", "detector_full", "landmarks", "embedder_fp32", "embedder_int8"):
+        spec = m.spec(key)
+        assert len(spec.sha256) == 64
+        assert (m.root / spec.file).is_file()
+    for key in ("embedder_fp32", "embedder_int8"):
+        table = m.calibration_for(m.spec(key).sha256, "mesh5")
+        assert table.impostor_pairs > 1_000_000
+        assert np.all(np.diff(table.fmr) < 0) and np.all(np.diff(table.threshold) > 0)
+
+
+def test_altered_model_is_refused_naming_the_file(models_copy: Path) -> None:
+    path = models_copy / "mobilefacenet_fp32.tflite"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"mobilefacenet_fp32\.tflite fails its checksum"):
+        load_model(load_manifest(models_copy), "embedder_fp32")
+
+
+def test_truncated_and_missing_models_are_refused(models_copy: Path) -> None:
+    short = models_copy / "face_detection_short_range.tflite"
+    short.write_bytes(short.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="face_detection_short_range.tflite fails its checksum"):
+        load_model(load_manifest(models_copy), "detector_short")
+    (models_copy / "face_landmark.tflite").unlink()
+    with pytest.raises(ModelError, match="face_landmark.tflite cannot be read"):
+        load_model(load_manifest(models_copy), "landmarks")
+
+
+def test_malformed_manifest_is_one_clear_error(models_copy: Path) -> None:
+    (models_copy / "manifest.json").write_text(json.dumps({"models": {"x": {"file": "a"}}}))
+    with pytest.raises(ModelError, match="manifest.json is malformed"):
+        load_manifest(models_copy)
+
+
+def test_calibration_table_threshold_and_rate_are_inverse() -> None:
+    m = load_manifest()
+    table = m.calibration_for(m.spec("embedder_fp32").sha256, "mesh5")
+    t = table.threshold_for(1e-4)
+    assert table.fmr_at(t) == pytest.approx(1e-4, rel=0.05)
+    # Stricter rate → higher threshold; past the table's end the strictest measured one.
+    assert table.threshold_for(1e-5) > t
+    assert table.threshold_for(1e-12) == table.threshold[-1]
+
+
+def test_embedder_runs_any_batch_size() -> None:
+    model = load_model(load_manifest(), "embedder_fp32")
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 112, 112, 3)).astype(np.float32)
+    four = model.run(x)[0]
+    one = np.concatenate([model.run(x[i : i + 1])[0] for i in range(4)])
+    assert four.shape == (4, 192)
+    np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-4)

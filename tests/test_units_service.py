@@ -1,0 +1,124 @@
+"""Fast unit tests of the service's parts: outbox, tracker, hand-off, sd_notify, payloads."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.capture.reader import LatestFrame
+from edge.events import Evidence, MatchEvent, Status, schemas
+from edge.health import SystemdNotifier
+from edge.outbox import Outbox
+from edge.track import Tracker, TrackingParams
+from edge.types import Box, Face, Frame, Match
+
+
+def test_outbox_is_durable_ordered_and_acked(tmp_path: Path) -> None:
+    db = tmp_path / "o.sqlite"
+    box = Outbox(db)
+    seqs = [box.put("t", f"e{i}".encode()) for i in range(5)]
+    box.ack(seqs[1])
+    box.close()
+    again = Outbox(db)  # a restart: nothing committed is lost
+    assert [p.payload for p in again.pending()] == [b"e0", b"e2", b"e3", b"e4"]
+    assert [p.payload for p in again.pending(after=seqs[2], limit=1)] == [b"e3"]
+    assert again.depth() == 4
+
+
+def test_outbox_bounds_drop_oldest_and_count(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", max_events=3, max_age_s=100)
+    for i in range(5):
+        box.put("t", str(i).encode(), now=1000.0 + i)
+    assert [p.payload for p in box.pending()] == [b"2", b"3", b"4"]
+    box.put("t", b"late", now=1200.0)  # the others are now older than 100 s
+    assert [p.payload for p in box.pending()] == [b"late"] and box.dropped() == 5
+
+
+def test_corrupt_outbox_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "o.sqlite"
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(Exception, match=r"outbox .*o\.sqlite cannot be opened"):
+        Outbox(db)
+    assert db.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+def _face(x: float) -> Face:
+    return Face(Box(x, 100, x + 100, 200), np.zeros((6, 2), np.float32), 0.9)
+
+
+def _match(ident: str | None, ok: bool, score: float = 0.7) -> Match:
+    return Match(ident, ident, score, 0.3, 0.5, 1e-6, ok)
+
+
+def test_tracker_confirms_k_of_m_once_per_track_and_cools_down() -> None:
+    tr = Tracker(TrackingParams(confirm_k=3, confirm_m=5, cooldown_s=10))
+    events = []
+    for i, ok in enumerate([True, False, True, True, True, True]):
+        ((track, face),) = tr.update([_face(10 + i)], now=i * 0.03)
+        if tr.needs_evidence(track, i * 0.03):  # until confirmed, every frame
+            conf = tr.add_evidence(track, _match("alice", ok), 0.9, face.box, i * 0.03)
+            events += [conf] if conf else []
+    assert len(events) == 1 and events[0].agreed == 3 and events[0].seen == 4
+    assert track.confirmed and not tr.needs_evidence(track, 0.2)  # re-check only after recheck_s
+    # The face leaves and comes back as a new track within the cooldown: no second event.
+    for k in range(20):
+        tr.update([], now=1 + k * 0.03)
+    ((track2, face2),) = tr.update([_face(300)], now=2.0)
+    assert track2.id != track.id
+    for j in range(3):
+        assert tr.add_evidence(track2, _match("alice", True), 0.9, face2.box, 2.0 + j) is None
+
+
+def test_tracker_never_confirms_a_stranger_and_backs_off() -> None:
+    tr = Tracker(TrackingParams(confirm_k=3, confirm_m=5, stranger_recheck_s=0.5))
+    for i in range(5):
+        ((track, face),) = tr.update([_face(50)], now=i * 0.03)
+        assert tr.add_evidence(track, _match("bob", False, 0.3), 0.9, face.box, i * 0.03) is None
+    assert not tr.needs_evidence(track, 0.2) and tr.needs_evidence(track, 0.7)
+
+
+def test_latest_frame_drops_the_stalest_and_counts() -> None:
+    slot, stop = LatestFrame(), threading.Event()
+    img = np.zeros((8, 8, 3), np.uint8)
+    for i in range(5):
+        slot.put(Frame(img, i, float(i)), wait_until_taken=False, stop=stop)
+    got = slot.take(0.1)
+    assert got is not None and got.seq == 4 and slot.dropped == 4
+    assert slot.take(0.01) is None
+
+
+def test_sd_notify_datagrams(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(path))
+    n = SystemdNotifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+    n.ready("ok")
+    n.watchdog(100.0)
+    n.watchdog(100.1)  # within half the watchdog interval: not sent again
+    n.stopping()
+    srv.settimeout(1)
+    msgs = [srv.recv(100).decode() for _ in range(3)]
+    srv.close()
+    assert msgs == ["READY=1\nSTATUS=ok", "WATCHDOG=1", "STOPPING=1"]
+    assert not SystemdNotifier({}).notify("READY=1")
+
+
+def test_match_event_payload_has_no_image_or_embedding() -> None:
+    ev = MatchEvent(
+        device_id="d", identity_id="alice", label=None, score=0.8, threshold=0.5, est_false_match_rate=1e-7,
+        evidence=Evidence(agreed=3, seen=4), track_id=1, bbox=(0.1, 0.1, 0.2, 0.2), quality=0.9, model="ab", gallery_version=2,
+    )  # fmt: skip
+    import json
+
+    data = json.loads(ev.to_json())
+    assert data["schema"] == 1 and "label" not in data
+    assert set(data) == set(schemas()["MatchEvent"]["properties"]) - {"label"}  # type: ignore[index]
+    forbidden = {"image", "crop", "embedding", "jpeg", "frame"}
+    assert not forbidden & set(data)
+    with pytest.raises(Exception, match="Extra inputs"):
+        MatchEvent(**{**ev.model_dump(by_alias=True), "embedding": [0.1]})
+    assert json.loads(Status(device_id="d", state="offline").to_json())["state"] == "offline"
