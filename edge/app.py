@@ -28,6 +28,7 @@ from edge.match import Gallery
 from edge.mqtt import BrokerOptions, MqttLink, Topics
 from edge.outbox import Outbox
 from edge.pipeline import Recognizer
+from edge.process import FrameProcessor
 from edge.track import Confirmation, Tracker, TrackingParams
 from edge.types import Frame
 
@@ -67,7 +68,6 @@ class App:
         self.topics = Topics(settings.mqtt.topic_prefix, settings.device.id)
         self.stats = Stats()
         self.events = 0
-        self.frames = 0
         self.model_tag = self.rec.embedder_sha256[:16]
         state = settings.device.state_dir
         self.outbox = Outbox(
@@ -85,7 +85,7 @@ class App:
             retry_initial_s=settings.source.retry_initial_s,
             retry_max_s=settings.source.retry_max_s,
         )
-        self.tracker = Tracker(tracking_params(settings))
+        self.process = FrameProcessor(self.rec, Tracker(tracking_params(settings)), self.stats, self.emit)
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
@@ -122,42 +122,7 @@ class App:
             gallery_version=gallery.version, gallery_identities=len(gallery), cpu_temp_c=cpu_temperature(),
         )  # fmt: skip
 
-    # -- the frame loop --------------------------------------------------------------
-    def process(self, frame: Frame) -> None:
-        clock = time.perf_counter
-        rec, tracker, now = self.rec, self.tracker, frame.ts
-        t0 = clock()
-        faces = rec.detect(frame.image)
-        t1 = clock()
-        pairs = tracker.update(faces, now)
-        need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
-        self.stats.add("detect", t1 - t0)
-        self.frames += 1
-        self.stats.frames += 1
-        self.stats.faces += len(faces)
-        if need:
-            aligned = rec.align(frame.image, [f for _, f in need])
-            t2 = clock()
-            good = []
-            for (track, _), a in zip(need, aligned, strict=True):
-                if a.quality.ok:
-                    good.append((track, a))
-                else:
-                    tracker.defer(track, now)
-            if good:
-                emb = rec.embed([a for _, a in good])
-                t3 = clock()
-                matches = rec.matcher.match(emb)
-                t4 = clock()
-                self.stats.add("align", (t2 - t1) / len(need))
-                self.stats.add("embed", (t3 - t2) / len(good))
-                self.stats.add("match", t4 - t3)
-                for (track, a), m in zip(good, matches, strict=True):
-                    conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now)
-                    if conf is not None:
-                        self.emit(conf, frame)
-        self.stats.add("frame", clock() - t0)
-
+    # -- events ------------------------------------------------------------------
     def emit(self, conf: Confirmation, frame: Frame) -> None:
         m = conf.match
         assert m.identity_id is not None
@@ -209,7 +174,7 @@ class App:
                     break
         finally:
             drained = self.shutdown(drain=exit_at_end and not self.stop.is_set())
-        return RunResult(self.events, self.frames, drained)
+        return RunResult(self.events, self.process.frames, drained)
 
     def shutdown(self, drain: bool) -> bool:
         """Stop in stages: capture, (drain the outbox), final status, MQTT, outbox."""
@@ -224,5 +189,5 @@ class App:
         self.capture.join(timeout=3.0)
         self.link.close(self.status("offline"), timeout=3.0)
         self.outbox.close()
-        log.info("stopped: %d frames, %d events", self.frames, self.events)
+        log.info("stopped: %d frames, %d events", self.process.frames, self.events)
         return drained

@@ -18,6 +18,25 @@ from edge.errors import EdgeError, InputError
 log = logging.getLogger("edge")
 
 
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """'<N>name: message' with N the syslog priority, which journald reads as the level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{record.name}: {record.getMessage()}"
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    else:
+        handler.setFormatter(JournalFormatter())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def repo_fixture_faces() -> Path | None:
     """Face images of a source checkout's test fixtures (used by bench when no --faces)."""
     path = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
@@ -221,6 +240,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.source is None and faces is None:
         raise InputError("bench needs --source FILE|DIR or --faces DIR (no test fixtures found beside the package)")
     result = bench(rec, args.source, faces, frames=args.frames, gallery_size=args.gallery_size)
+    if args.source is None and faces is not None:
+        import shutil as _shutil
+
+        from edge.app import tracking_params
+        from edge.demo import build_assets, workdir
+        from edge.eval.bench import peak_rss_mb, service_bench
+
+        work = workdir()
+        try:
+            assets = build_assets(faces, work)
+            result.update(service_bench(rec, assets.clip, assets.gallery, tracking_params(settings)))
+            result["service_source"] = "the demo clip: 640x480, one person in view at a time, 4 enrolled + 4 not"
+        finally:
+            _shutil.rmtree(work, ignore_errors=True)
+        result["peak_rss_mb_after_service"] = round(peak_rss_mb(), 1)
     if args.json:
         print(json.dumps(result))
     else:

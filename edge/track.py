@@ -46,6 +46,7 @@ class Track:
     id: int
     box: Box
     last_seen: float
+    first_seen: float
     missed: int = 0
     last_embed: float = float("-inf")
     retry_at: float = float("-inf")
@@ -67,6 +68,7 @@ class Confirmation:
     box: Box
     agreed: int
     seen: int
+    first_seen: float  # when the track began: confirmation latency = now - first_seen
 
 
 def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
@@ -114,7 +116,7 @@ class Tracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.p.max_missed_frames]
         for fi, face in enumerate(faces):
             if fi not in used_f:
-                track = Track(next(self._ids), face.box, now, votes=deque(maxlen=self.p.confirm_m))
+                track = Track(next(self._ids), face.box, now, now, votes=deque(maxlen=self.p.confirm_m))
                 self.tracks.append(track)
                 pairs.append((track, face))
         return pairs
@@ -148,4 +150,4 @@ class Tracker:
             return None
         self._last_event[ident] = now
         best = max(agreeing, key=lambda v: v.match.score)
-        return Confirmation(track.id, best.match, best.quality, box, len(agreeing), len(track.votes))
+        return Confirmation(track.id, best.match, best.quality, box, len(agreeing), len(track.votes), track.first_seen)

@@ -1,0 +1,62 @@
+"""The frame loop's work for one frame: detect → track → (align → quality → embed →
+match for the tracks that need evidence) → confirmations.
+
+Separate from ``App`` so that the service and ``edge bench`` run the same code;
+what happens to a confirmation (an event in the outbox, or a benchmark record)
+is the caller's business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from edge.health import Stats
+from edge.pipeline import Recognizer
+from edge.track import Confirmation, Tracker
+from edge.types import Frame
+
+OnConfirm = Callable[[Confirmation, Frame], None]
+
+
+class FrameProcessor:
+    def __init__(self, rec: Recognizer, tracker: Tracker, stats: Stats, on_confirm: OnConfirm) -> None:
+        self.rec = rec
+        self.tracker = tracker
+        self.stats = stats
+        self.on_confirm = on_confirm
+        self.frames = 0
+
+    def __call__(self, frame: Frame) -> None:
+        clock = time.perf_counter
+        rec, tracker, now = self.rec, self.tracker, frame.ts
+        t0 = clock()
+        faces = rec.detect(frame.image)
+        t1 = clock()
+        pairs = tracker.update(faces, now)
+        need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
+        self.frames += 1
+        self.stats.frames += 1
+        self.stats.faces += len(faces)
+        self.stats.add("detect", t1 - t0)
+        if need:
+            aligned = rec.align(frame.image, [f for _, f in need])
+            t2 = clock()
+            self.stats.add("align", (t2 - t1) / len(need))
+            good = []
+            for (track, _), a in zip(need, aligned, strict=True):
+                if a.quality.ok:
+                    good.append((track, a))
+                else:
+                    tracker.defer(track, now)
+            if good:
+                emb = rec.embed([a for _, a in good])
+                t3 = clock()
+                matches = rec.matcher.match(emb)
+                self.stats.add("embed", (t3 - t2) / len(good))
+                self.stats.add("match", clock() - t3)
+                for (track, a), m in zip(good, matches, strict=True):
+                    conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now)
+                    if conf is not None:
+                        self.on_confirm(conf, frame)
+        self.stats.add("frame", clock() - t0)
