@@ -23,6 +23,7 @@ from edge.capture import CaptureThread, LatestFrame, open_source
 from edge.config import Settings
 from edge.events import Evidence, MatchEvent, Status
 from edge.gallery.enroll import enroll_directory
+from edge.gallery.store import load_bundle_file, load_trusted, to_gallery
 from edge.health import Stats, SystemdNotifier, cpu_temperature
 from edge.match import Gallery
 from edge.mqtt import BrokerOptions, MqttLink, Topics
@@ -89,9 +90,16 @@ class App:
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
-        path = self.s.gallery.path
+        g = self.s.gallery
+        path = g.path
         if path is None:
             log.warning("no gallery configured: nothing can match until one is enrolled")
+            return
+        if path.is_file():
+            bundle = load_bundle_file(path, load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name)
+            self.rec.matcher.set_gallery(to_gallery(bundle))
+            log.info("gallery %s v%d from %s (signed by %s): %d identities, threshold %.4f", bundle.gallery,
+                     bundle.version, path, bundle.signer, len(self.rec.matcher.gallery), self.rec.matcher.threshold)  # fmt: skip
             return
         reports = enroll_directory(self.rec, path)
         entries = [(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]

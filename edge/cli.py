@@ -104,6 +104,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("source", "rate", args.rate)
     put("source", "at_end", "exit" if args.exit_at_end else "loop" if args.loop else None)
     put("gallery", "path", str(args.gallery) if args.gallery else None)
+    put("gallery", "name", args.gallery_name)
+    put("gallery", "trusted_keys", [str(k) for k in args.trusted_key] if args.trusted_key else None)
     put("device", "id", args.device_id)
     put("device", "state_dir", str(args.state_dir) if args.state_dir else None)
     if args.broker:
@@ -122,6 +124,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = app.run()
     if settings.source.at_end == "exit" and not result.drained:
         return 1
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge.gallery.bundle import Identity, encode, load_private_key
+    from edge.gallery.enroll import enroll_directory
+    from edge.pipeline import Recognizer
+
+    key = load_private_key(args.key)
+    rec = Recognizer(load_settings(args.config))
+    reports = enroll_directory(rec, args.photos, skip_failed=args.skip_failed)
+    identities = [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in reports if r.embeddings is not None]
+    data = encode(identities, args.gallery_name, args.version, rec.embedder_sha256, key, dtype=args.dtype)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(args.out)
+    rows = [{"identity_id": r.identity_id, "label": r.label, "accepted": r.accepted, "rejected": r.rejected,
+             "spread": r.spread} for r in reports]  # fmt: skip
+    if args.json:
+        print(json.dumps({"bundle": str(args.out), "bytes": len(data), "gallery": args.gallery_name,
+                          "version": args.version, "identities": rows}))  # fmt: skip
+    else:
+        print(f"{'identity':<24} {'accepted':>8} {'rejected':>8} {'spread':>7}  reasons")
+        for r in reports:
+            reasons = "; ".join(f"{k}: {v}" for k, v in r.rejected.items())
+            print(f"{r.identity_id:<24} {len(r.accepted):>8} {len(r.rejected):>8} {r.spread:>7.3f}  {reasons}")
+        print(
+            f"wrote {args.out}: gallery {args.gallery_name} v{args.version}, {len(identities)} identities, {len(data)} bytes"
+        )
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from edge.gallery import bundle as b
+    from edge.gallery.store import verify_bundle
+
+    if args.gallery_command == "keygen":
+        pub = b.generate_key(args.out)
+        print(f"private key {args.out} (mode 0600); public key {args.out}.pub (key id {b.key_id(pub).hex()[:16]})")
+        return 0
+    data = args.bundle.read_bytes() if args.bundle.is_file() else b""
+    if not data:
+        raise InputError(f"gallery bundle {args.bundle} does not exist or is empty")
+    if args.gallery_command == "inspect":
+        header = b.read_header(data)
+        header["bytes"] = len(data)
+        header["signer_key_id"] = data[-b.KEYID_LEN - b.SIG_LEN : -b.SIG_LEN].hex()[:16]
+        print(json.dumps(header, indent=2))
+        return 0
+    pub = b.load_public_key(args.pubkey)
+    header = b.read_header(data)
+    bundle = verify_bundle(data, [pub], str(header.get("embedder_sha256")))
+    print(f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}, "
+          f"{len(bundle.identities)} identities, {sum(len(i.embeddings) for i in bundle.identities)} embeddings")  # fmt: skip
     return 0
 
 
@@ -292,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML settings file")
     run.add_argument("--source", help="camera index, /dev/videoN, file, URL, image folder or 'picamera2'")
     run.add_argument("--gallery", type=Path, help="folder of <identity_id>/*.jpg|png enrolled at start-up")
+    run.add_argument("--gallery-name", help="gallery this device follows")
+    run.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        help="Ed25519 public key (PEM) trusted to sign galleries; repeatable",
+    )
     run.add_argument("--broker", help="HOST:PORT of the MQTT broker")
     run.add_argument("--device-id", help="device id (MQTT client id and topic level)")
     run.add_argument("--state-dir", type=Path, help="writable folder for the outbox")
@@ -300,6 +363,31 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--exit-at-end", action="store_true", help="a file source ends the run when exhausted")
     end.add_argument("--loop", action="store_true", help="replay a file source forever")
     run.set_defaults(func=cmd_run)
+
+    en = sub.add_parser("enroll", help="photos → signed gallery bundle (embeddings and metadata only)")
+    en.add_argument("photos", type=Path, help="folder of <identity_id>/*.jpg|png (+ optional identity.toml)")
+    en.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    en.add_argument("--key", type=Path, required=True, help="Ed25519 private key (edge gallery keygen)")
+    en.add_argument("--gallery-name", default="default", help="gallery name")
+    en.add_argument("--version", type=int, default=1, help="gallery version (must increase with every publication)")
+    en.add_argument("--dtype", choices=["float16", "int8"], default="float16", help="embedding storage")
+    en.add_argument("--skip-failed", action="store_true", help="leave out identities with no usable photo")
+    en.add_argument("--config", type=Path, help="settings (models, quality gate) — use the devices' own")
+    en.add_argument("--json", action="store_true", help="print the report as JSON")
+    en.set_defaults(func=cmd_enroll)
+
+    gal = sub.add_parser("gallery", help="signing keys and bundles").add_subparsers(
+        dest="gallery_command", required=True
+    )
+    kg = gal.add_parser("keygen", help="new Ed25519 signing key (private 0600, public beside it)")
+    kg.add_argument("--out", type=Path, required=True)
+    ins = gal.add_parser("inspect", help="print a bundle's header (not verified)")
+    ins.add_argument("bundle", type=Path)
+    ver = gal.add_parser("verify", help="verify a bundle's signature and structure")
+    ver.add_argument("bundle", type=Path)
+    ver.add_argument("--pubkey", type=Path, required=True)
+    for p in (kg, ins, ver):
+        p.set_defaults(func=cmd_gallery)
 
     demo = sub.add_parser("demo", help="broker + sample gallery + clip + subscriber, on this machine; ends by itself")
     demo.add_argument("--config", type=Path, help="TOML settings file (source, gallery, broker are set by the demo)")

@@ -186,7 +186,19 @@ class EventSettings(Section):
 
 
 class GallerySettings(Section):
-    path: Path | None = Field(None, description="Folder of <identity_id>/*.jpg|png photos enrolled at start-up.")
+    path: Path | None = Field(
+        None,
+        description="A signed bundle file (verified with trusted_keys), or a folder of <identity_id>/*.jpg|png photos enrolled at start-up.",
+    )
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="Gallery name this device follows; a bundle for another gallery is refused.",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Ed25519 public keys (PEM) whose signatures on a bundle are accepted."
+    )
+    max_bundle_bytes: int = Field(64 << 20, ge=1024, description="Largest bundle accepted.")
 
 
 class Settings(Section):

@@ -190,3 +190,47 @@ def test_last_will_marks_the_device_offline_when_it_dies(broker: LocalBroker, tm
     proc.wait(10)
     assert wait_for(lambda: got[-1].get("state") == "offline", 10), got[-3:]
     c.loop_stop()
+
+
+def test_signed_bundle_gallery_events_carry_its_version(
+    broker: LocalBroker, assets: DemoAssets, tmp_path: Path
+) -> None:
+    from edge.cli import main
+
+    key = tmp_path / "k.pem"
+    assert main(["gallery", "keygen", "--out", str(key)]) == 0
+    bundle = tmp_path / "g.bundle"
+    assert (
+        main(
+            [
+                "enroll",
+                str(assets.gallery),
+                "--out",
+                str(bundle),
+                "--key",
+                str(key),
+                "--gallery-name",
+                "demo",
+                "--version",
+                "2",
+            ]
+        )
+        == 0
+    )
+    sub = Subscriber(broker.host, broker.port, "edge/cam1/events/match")
+    assert sub.ready.wait(5)
+    args = ["--source", str(assets.clip), "--gallery", str(bundle), "--gallery-name", "demo", "--trusted-key", f"{key}.pub",
+            "--rate", "fast", "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"]  # fmt: skip
+    proc = service(args, tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert wait_for(lambda: len(sub.received()) >= len(logged_events(err)) > 0, 5)
+    sub.close()
+    assert {e["gallery_version"] for e in sub.received()} == {2}
+    assert {str(e["identity_id"]) for e in sub.received()} == set(assets.enrolled)
+    # A bundle signed by a key the device does not trust stops start-up with a clear error.
+    other = tmp_path / "other.pem"
+    assert main(["gallery", "keygen", "--out", str(other)]) == 0
+    bad = service([*args[:6], "--trusted-key", f"{other}.pub", *args[8:]], tmp_path)
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "not trusted" in err

@@ -1,0 +1,136 @@
+"""Signed gallery bundles: format, signature, the device's checks, enrolment CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.cli import main
+from edge.gallery.bundle import BundleError, Identity, encode, generate_key, load_private_key, load_public_key
+from edge.gallery.store import to_gallery, verify_bundle
+
+from .conftest import FACES
+
+SHA = "ab" * 32
+
+
+def identities(n: int, per: int = 2, seed: int = 0) -> list[Identity]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        v = rng.normal(size=(per, 192)).astype(np.float32)
+        out.append(Identity(f"id{i}", f"Person {i}", v / np.linalg.norm(v, axis=1, keepdims=True), {}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def test_round_trip_keeps_embeddings_and_metadata(key: Ed25519PrivateKey) -> None:
+    ids = identities(3)
+    ids[1] = Identity("id1", None, ids[1].embeddings, {"purpose": "access", "expires_at": "2099-01-01T00:00:00+00:00"})
+    data = encode(ids, "lobby", 7, SHA, key)
+    b = verify_bundle(data, [key.public_key()], SHA)
+    assert (b.gallery, b.version, b.kind) == ("lobby", 7, "full")
+    assert [i.id for i in b.identities] == ["id0", "id1", "id2"] and b.identities[1].meta["purpose"] == "access"
+    for a, c in zip(ids, b.identities, strict=True):
+        assert (a.embeddings * c.embeddings).sum(axis=1).min() > 0.9999  # float16 storage
+    g = to_gallery(b)
+    assert g.version == 7 and len(g) == 3
+
+
+@pytest.mark.parametrize(
+    ("mutate", "step"),
+    [
+        (lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:], "signature"),
+        (lambda d: d[: len(d) // 2], "signature"),
+        (lambda d: b"garbage" * 50, "parse"),
+        (lambda d: b"", "parse"),
+    ],
+    ids=["flipped-byte", "truncated", "garbage", "empty"],
+)
+def test_damaged_bundles_are_rejected_naming_the_step(key: Ed25519PrivateKey, mutate: object, step: str) -> None:
+    data = encode(identities(2), "lobby", 2, SHA, key)
+    with pytest.raises(BundleError) as exc:
+        verify_bundle(mutate(data), [key.public_key()], SHA)  # type: ignore[operator]
+    assert exc.value.step == step
+
+
+def test_untrusted_key_replay_and_other_model_are_rejected(key: Ed25519PrivateKey) -> None:
+    other = Ed25519PrivateKey.generate()
+    with pytest.raises(BundleError, match="not trusted") as e1:
+        verify_bundle(encode(identities(1), "g", 3, SHA, other), [key.public_key()], SHA)
+    assert e1.value.step == "signature"
+    v1 = encode(identities(1), "g", 1, SHA, key)
+    with pytest.raises(BundleError, match="not above the applied version 2") as e2:
+        verify_bundle(v1, [key.public_key()], SHA, current_version=2)
+    assert e2.value.step == "version"
+    rollback = encode(identities(1), "g", 1, SHA, key, kind="rollback")
+    assert verify_bundle(rollback, [key.public_key()], SHA, current_version=2).version == 1
+    with pytest.raises(BundleError, match="made for embedder") as e3:
+        verify_bundle(encode(identities(1), "g", 3, "cd" * 32, key), [key.public_key()], SHA)
+    assert e3.value.step == "model"
+    with pytest.raises(BundleError) as e4:
+        verify_bundle(v1, [key.public_key()], SHA, max_bytes=1024)
+    assert e4.value.step == "size"
+
+
+def test_expired_identities_do_not_match(key: Ed25519PrivateKey) -> None:
+    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    ids = identities(2)
+    ids[0] = Identity("id0", None, ids[0].embeddings, {"expires_at": past})
+    g = to_gallery(verify_bundle(encode(ids, "g", 1, SHA, key), [key.public_key()], SHA))
+    assert g.identity_ids == ("id1",)
+
+
+def test_ten_thousand_identities_fit_and_apply_quickly(key: Ed25519PrivateKey) -> None:
+    ids = identities(10_000, per=5)
+    data = encode(ids, "fleet", 1, SHA, key, dtype="int8")
+    assert len(data) <= 20 * 1024 * 1024
+    t = time.perf_counter()
+    g = to_gallery(verify_bundle(data, [key.public_key()], SHA))
+    elapsed = time.perf_counter() - t
+    assert len(g) == 10_000 and g.embeddings.shape == (50_000, 192)
+    assert elapsed < 30  # a sanity bound only; the measured figure is in the README
+    probe = ids[1234].embeddings[2]
+    assert g.identity_ids[int(np.argmax(g.scores(probe[None])[0]))] == "id1234"
+
+
+def test_keygen_enroll_verify_inspect_and_run_with_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "signing.pem"
+    assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
+    assert (os.stat(keyfile).st_mode & 0o777) == 0o600
+    assert main(["gallery", "keygen", "--out", str(keyfile)]) == 2  # never overwritten
+    photos = tmp_path / "photos"
+    for name in ("Colin_Powell", "Venus_Williams"):
+        (photos / name).mkdir(parents=True)
+        for p in sorted((FACES / name).glob("*.jpg"))[:3]:
+            (photos / name / p.name).write_bytes(p.read_bytes())
+    (photos / "Colin_Powell" / "broken.jpg").write_bytes(b"not a jpeg")
+    (photos / "Colin_Powell" / "identity.toml").write_text('label = "Colin Powell"\npurpose = "demo"\n')
+    out = tmp_path / "g.bundle"
+    capsys.readouterr()
+    rc = main(["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--gallery-name", "lobby",
+               "--version", "4", "--json"])  # fmt: skip
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    colin = next(r for r in report["identities"] if r["identity_id"] == "Colin_Powell")
+    assert "broken.jpg" in colin["rejected"] and colin["label"] == "Colin Powell" and len(colin["accepted"]) >= 2
+    assert b"JFIF" not in out.read_bytes()  # no photo in the bundle
+    assert main(["gallery", "verify", str(out), "--pubkey", f"{keyfile}.pub"]) == 0
+    assert main(["gallery", "inspect", str(out)]) == 0
+    header = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert header["version"] == 4 and header["gallery"] == "lobby"
+    other = tmp_path / "other.pem"
+    generate_key(other)
+    assert main(["gallery", "verify", str(out), "--pubkey", f"{other}.pub"]) == 2
+    assert load_public_key(Path(f"{keyfile}.pub")) and load_private_key(keyfile)
