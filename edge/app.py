@@ -24,6 +24,7 @@ from edge.config import Settings
 from edge.events import Evidence, MatchEvent, Status
 from edge.gallery.enroll import enroll_directory
 from edge.gallery.store import load_bundle_file, load_trusted, to_gallery
+from edge.gallery.sync import GallerySync
 from edge.health import Stats, SystemdNotifier, cpu_temperature
 from edge.match import Gallery
 from edge.mqtt import BrokerOptions, MqttLink, Topics
@@ -86,12 +87,24 @@ class App:
             retry_initial_s=settings.source.retry_initial_s,
             retry_max_s=settings.source.retry_max_s,
         )
+        self.sync: GallerySync | None = None
+        g = settings.gallery
+        if g.sync and g.name and g.trusted_keys:
+            self.sync = GallerySync(
+                self.rec.matcher, state / "gallery", load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name,
+                g.max_bundle_bytes, lambda data: self.link.publish_retained(self.topics.gallery_state, data),
+            )  # fmt: skip
+            self.link.on_message = lambda topic, payload, retain: self.sync.submit(payload) if self.sync else None
+            self.link.subscribe(self.topics.gallery_fleet(g.name))
+            self.link.subscribe(self.topics.gallery_set)
         self.process = FrameProcessor(self.rec, Tracker(tracking_params(settings)), self.stats, self.emit)
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
         g = self.s.gallery
         path = g.path
+        if self.sync is not None and self.sync.load_from_disk():
+            return  # the last gallery applied over the air takes precedence
         if path is None:
             log.warning("no gallery configured: nothing can match until one is enrolled")
             return
@@ -115,6 +128,8 @@ class App:
 
     def _on_connected(self) -> None:
         self.link.publish_status(self.status("online"))
+        if self.sync is not None:
+            self.sync.publish()
 
     # -- status --------------------------------------------------------------------
     def status(self, state: str = "online") -> Status:
@@ -161,12 +176,15 @@ class App:
 
     def run(self) -> RunResult:
         self.load_gallery()
+        if self.sync is not None:
+            self.sync.start()
         self.link.start()
         self.capture.start()
         self.notifier.ready(f"watching {self.s.source.uri}")
         log.info("running: source %s, device %s, broker %s:%d", self.s.source.uri, self.topics.device_id,
                  self.s.mqtt.host, self.s.mqtt.port)  # fmt: skip
         next_beat = time.monotonic() + self.s.mqtt.heartbeat_s
+        next_expiry = time.monotonic()
         exit_at_end = self.s.source.at_end == "exit"
         try:
             while not self.stop.is_set():
@@ -178,6 +196,9 @@ class App:
                 if now >= next_beat:
                     next_beat = now + self.s.mqtt.heartbeat_s
                     self.link.publish_status(self.status())
+                if self.sync is not None and now >= next_expiry:
+                    next_expiry = now + self.s.gallery.expiry_check_s
+                    self.sync.check_expiry()
                 if exit_at_end and frame is None and self.capture.exhausted.is_set():
                     break
         finally:
@@ -195,6 +216,8 @@ class App:
                             self.s.outbox.drain_timeout_s, self.outbox.depth())  # fmt: skip
         self.stop.set()
         self.capture.join(timeout=3.0)
+        if self.sync is not None:
+            self.sync.stop()
         self.link.close(self.status("offline"), timeout=3.0)
         self.outbox.close()
         log.info("stopped: %d frames, %d events", self.process.frames, self.events)

@@ -199,6 +199,11 @@ class GallerySettings(Section):
         default_factory=list, description="Ed25519 public keys (PEM) whose signatures on a bundle are accepted."
     )
     max_bundle_bytes: int = Field(64 << 20, ge=1024, description="Largest bundle accepted.")
+    sync: bool = Field(
+        True,
+        description="With name and trusted_keys set: follow {prefix}/galleries/<name> and {prefix}/<device_id>/gallery/set over MQTT.",
+    )
+    expiry_check_s: float = Field(30.0, gt=0, le=60, description="How often identities with expires_at are checked.")
 
 
 class Settings(Section):

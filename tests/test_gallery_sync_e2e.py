@@ -1,0 +1,151 @@
+"""Over-the-air gallery sync against a real Mosquitto: apply, reject, expire, restart."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.cli import main
+from edge.gallery.bundle import Identity, encode, load_private_key, load_public_key, parse, verify_signature
+from edge.runtime import load_manifest
+
+from .test_service_e2e import DemoAssets, LocalBroker, assets, broker, service, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+class Watch:
+    def __init__(self, b: LocalBroker) -> None:
+        self.states: list[dict[str, object]] = []
+        self.events: list[dict[str, object]] = []
+        self.c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="watch")
+        self.c.on_connect = lambda cl, u, f, rc, p: (
+            cl.subscribe("edge/cam1/gallery/state", 1),
+            cl.subscribe("edge/cam1/events/match", 1),
+        )
+        self.c.on_message = self._msg
+        self.c.connect(b.host, b.port)
+        self.c.loop_start()
+
+    def _msg(self, c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        (self.states if m.topic.endswith("state") else self.events).append(json.loads(m.payload))
+
+    def publish(self, topic: str, data: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, data, qos=1, retain=retain).wait_for_publish(5)
+
+    def state_where(self, pred: object, timeout: float = 15, since: int = 0) -> dict[str, object]:
+        """The latest state message at position >= ``since`` that satisfies ``pred``."""
+        found = lambda: [s for s in self.states[since:] if pred(s)]  # type: ignore[operator]  # noqa: E731
+        assert wait_for(lambda: bool(found()), timeout), self.states[-3:]
+        return found()[-1]
+
+
+def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:  # noqa: F811
+    keyfile = tmp_path / "owner.pem"
+    assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
+    key = load_private_key(keyfile)
+    v2_file = tmp_path / "v2.bundle"
+    assert (
+        main(
+            [
+                "enroll",
+                str(assets.gallery),
+                "--out",
+                str(v2_file),
+                "--key",
+                str(keyfile),
+                "--gallery-name",
+                "demo",
+                "--version",
+                "2",
+            ]
+        )
+        == 0
+    )
+    v2 = v2_file.read_bytes()
+    people = parse(verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])[0]).identities
+    sha = load_manifest().spec("embedder_fp32").sha256
+    v1 = encode([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], "demo", 1, sha, key)
+
+    w = Watch(broker)
+    w.publish("edge/galleries/demo", v1, retain=True)
+    env = {"EDGE_TRACKING__COOLDOWN_S": "0", "EDGE_GALLERY__EXPIRY_CHECK_S": "1"}
+    args = ["--source", str(assets.clip), "--loop", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
+            "--broker", f"{broker.host}:{broker.port}"]  # fmt: skip
+    proc = service(args, tmp_path, env)
+    try:
+        s = w.state_where(lambda s: s.get("version") == 1)
+        assert s["identities"] == 2 and s["gallery"] == "demo" and "error" not in s
+
+        w.publish("edge/galleries/demo", v2, retain=True)
+        w.state_where(lambda s: s.get("version") == 2 and "error" not in s)
+        assert wait_for(
+            lambda: any(e["gallery_version"] == 2 and e["identity_id"] == "Laura_Bush" for e in w.events), 30
+        )
+
+        other_key = Ed25519PrivateKey.generate()
+        rejections = {
+            "version": v1,  # replay
+            "signature": v2[:200] + bytes([v2[200] ^ 1]) + v2[201:],
+            "signature ": encode(list(people), "demo", 9, sha, other_key),  # untrusted signer
+            "model": encode(list(people), "demo", 9, "0" * 64, key),
+            "signature  ": v2[: len(v2) // 2],  # truncated
+            "parse": b"\x00garbage" * 30,
+        }
+        for step, data in rejections.items():
+            before = len(w.states)
+            w.publish("edge/cam1/gallery/set", data)
+            s = w.state_where(lambda s: "error" in s, since=before)
+            assert s["error"]["step"] == step.strip(), s  # type: ignore[index]
+            assert s["version"] == 2 and s["identities"] == 4  # v2 still in force
+        assert load_gallery_version(tmp_path) == 2
+
+        soon = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+        v3_people = [
+            Identity(p.id, p.label, p.embeddings, {"expires_at": soon} if p.id == "Jean_Chretien" else p.meta)
+            for p in people
+        ]
+        w.publish("edge/galleries/demo", encode(v3_people, "demo", 3, sha, key), retain=True)
+        w.state_where(lambda s: s.get("version") == 3 and s.get("identities") == 4)
+        s = w.state_where(lambda s: s.get("version") == 3 and s.get("expired") == ["Jean_Chretien"])
+        assert s["identities"] == 3
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+
+    # A restart loads v3 from disk (verified again) before anything arrives.
+    before = len(w.states)
+    again = service(["--source", "/dev/video99", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
+                     "--broker", f"{broker.host}:{broker.port}"], tmp_path, env)  # fmt: skip
+    try:
+        s = w.state_where(lambda s: s.get("version") == 3, since=before)
+        assert "error" not in s
+        # A 10,000 × 5 bundle over MQTT.
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, 192)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
+               for i in range(10_000)]  # fmt: skip
+        data = encode(big, "demo", 4, sha, key, dtype="int8")
+        w.publish("edge/cam1/gallery/set", data)
+        s = w.state_where(lambda s: s.get("version") == 4, timeout=60)
+        assert s["identities"] == 10_000 and s["embeddings"] == 50_000
+    finally:
+        again.terminate()
+        _, err = again.communicate(timeout=30)
+    w.c.loop_stop()
+    assert re.search(r"gallery demo v4 applied in [0-9.]+s", err), err[-2000:]
+
+
+def load_gallery_version(state: Path) -> int:
+    from edge.gallery.bundle import read_header
+
+    return int(read_header((state / "gallery" / "current.bundle").read_bytes())["version"])
