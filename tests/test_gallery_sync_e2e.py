@@ -7,13 +7,22 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cli import main
-from edge.gallery.bundle import Identity, encode, load_private_key, load_public_key, parse, verify_signature
+from edge.gallery.bundle import (
+    BundleError,
+    Identity,
+    encode,
+    load_private_key,
+    load_public_key,
+    parse,
+    verify_signature,
+)
 from edge.runtime import load_manifest
 
 from .test_service_e2e import DemoAssets, LocalBroker, assets, broker, service, wait_for  # noqa: F401
@@ -70,7 +79,7 @@ def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path
         == 0
     )
     v2 = v2_file.read_bytes()
-    people = parse(verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])[0]).identities
+    people = parse(verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])).identities
     sha = load_manifest().spec("embedder_fp32").sha256
     v1 = encode([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], "demo", 1, sha, key)
 
@@ -96,14 +105,14 @@ def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path
             "signature": v2[:200] + bytes([v2[200] ^ 1]) + v2[201:],
             "signature ": encode(list(people), "demo", 9, sha, other_key),  # untrusted signer
             "model": encode(list(people), "demo", 9, "0" * 64, key),
-            "signature  ": v2[: len(v2) // 2],  # truncated
+            "signature  ": encode(list(people), "demo", 9, sha, key)[:-100],  # truncated (a newer version)
             "parse": b"\x00garbage" * 30,
         }
         for step, data in rejections.items():
             before = len(w.states)
             w.publish("edge/cam1/gallery/set", data)
             s = w.state_where(lambda s: "error" in s, since=before)
-            assert s["error"]["step"] == step.strip(), s  # type: ignore[index]
+            assert s["error"]["step"] == step.strip(), (step, w.states[before - 1 :])  # type: ignore[index]
             assert s["version"] == 2 and s["identities"] == 4  # v2 still in force
         assert load_gallery_version(tmp_path) == 2
 
@@ -116,6 +125,17 @@ def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path
         w.state_where(lambda s: s.get("version") == 3 and s.get("identities") == 4)
         s = w.state_where(lambda s: s.get("version") == 3 and s.get("expired") == ["Jean_Chretien"])
         assert s["identities"] == 3
+
+        # A signed removal drops Venus Williams from matching and from disk at once.
+        removal = encode(
+            [Identity("Venus_Williams", None, np.zeros((0, 192), "float32"), {})], "demo", 4, sha, key, kind="removal"
+        )
+        w.publish("edge/cam1/gallery/set", removal)
+        s = w.state_where(lambda s: s.get("version") == 4)
+        assert s["removed"] == ["Venus_Williams"] and s["identities"] == 2 and "error" not in s
+        stored = (tmp_path / "gallery" / "current.bundle").read_bytes()
+        with pytest.raises(BundleError, match="Venus_Williams"):  # its embeddings are zeroed on disk
+            parse(verify_signature(stored, [load_public_key(Path(f"{keyfile}.pub"))]))
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -126,23 +146,21 @@ def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path
     again = service(["--source", "/dev/video99", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
                      "--broker", f"{broker.host}:{broker.port}"], tmp_path, env)  # fmt: skip
     try:
-        s = w.state_where(lambda s: s.get("version") == 3, since=before)
-        assert "error" not in s
+        s = w.state_where(lambda s: s.get("version") == 4, since=before)
+        assert "error" not in s and s["removed"] == ["Venus_Williams"] and s["identities"] == 2
         # A 10,000 × 5 bundle over MQTT.
-        import numpy as np
-
         rng = np.random.default_rng(0)
         big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, 192)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
                for i in range(10_000)]  # fmt: skip
-        data = encode(big, "demo", 4, sha, key, dtype="int8")
+        data = encode(big, "demo", 5, sha, key, dtype="int8")
         w.publish("edge/cam1/gallery/set", data)
-        s = w.state_where(lambda s: s.get("version") == 4, timeout=60)
-        assert s["identities"] == 10_000 and s["embeddings"] == 50_000
+        s = w.state_where(lambda s: s.get("version") == 5, timeout=60)
+        assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed"] == []
     finally:
         again.terminate()
         _, err = again.communicate(timeout=30)
     w.c.loop_stop()
-    assert re.search(r"gallery demo v4 applied in [0-9.]+s", err), err[-2000:]
+    assert re.search(r"gallery demo v5 applied in [0-9.]+s", err), err[-2000:]
 
 
 def load_gallery_version(state: Path) -> int:

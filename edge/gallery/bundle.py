@@ -1,15 +1,21 @@
-"""Signed gallery bundles: a self-describing, versioned binary, Ed25519-signed over
-its exact bytes.
+"""Signed gallery bundles: a self-describing, versioned binary, signed with Ed25519.
 
 Layout (all integers little-endian)::
 
     b"EDGEGAL1"                     magic and format version 1
     u32 header length, header       JSON: format, gallery, version, kind, created_at,
                                     embedder_sha256, identities, embeddings, dim, dtype
-    u32 index length, index         JSON list: {id, label, count, meta} per identity
-    embeddings                      (embeddings × dim) float16, or int8 + float16 row scales
+    u32 index length, index         JSON list: {id, label, count, meta, sha256} per identity
     32 bytes signer public key id   sha256 of the raw public key
-    64 bytes Ed25519 signature      over every byte before the key id
+    64 bytes Ed25519 signature      over every byte before the key id (the "head")
+    body                            one block per identity, in index order: its rows as
+                                    float16, or as int8 followed by float16 row scales
+
+The signature covers the head; each identity's block is bound to it by the sha256
+in its index entry, so every byte is authenticated. That split is what lets a
+device honour a signed *removal*: it zeroes the removed identities' blocks on disk
+(the embeddings are really gone) and the stored bundle still verifies, the zeroed
+blocks being excused by the stored removal bundle that names them.
 
 ``kind`` is ``full`` (a whole gallery), ``removal`` (identities to drop at once:
 index entries with count 0) or ``rollback`` (a full gallery explicitly allowed to
@@ -75,6 +81,17 @@ def key_id(public: Ed25519PublicKey) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
+def _block(rows: np.ndarray, dtype: Dtype) -> bytes:
+    if dtype == "float16":
+        return rows.astype("<f2").tobytes()
+    scale = np.maximum(np.abs(rows).max(axis=1, keepdims=True), 1e-12) / 127.0
+    return bytes(np.round(rows / scale).astype(np.int8).tobytes() + scale.astype("<f2").tobytes())
+
+
+def _block_size(count: int, dim: int, dtype: str) -> int:
+    return count * dim * 2 if dtype == "float16" else count * (dim + 2)
+
+
 def encode(
     identities: list[Identity],
     gallery: str,
@@ -85,41 +102,82 @@ def encode(
     dtype: Dtype = "float16",
 ) -> bytes:
     dim = next((int(i.embeddings.shape[1]) for i in identities if i.embeddings.size), 192)
-    rows = [i.embeddings.reshape(-1, dim) for i in identities]
-    mat = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    blocks = [_block(i.embeddings.reshape(-1, dim).astype(np.float32), dtype) for i in identities]
+    counts = [int(i.embeddings.reshape(-1, dim).shape[0]) for i in identities]
     header = {
         "format": 1, "gallery": gallery, "version": int(version), "kind": kind,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "embedder_sha256": embedder_sha256, "identities": len(identities), "embeddings": len(mat),
+        "embedder_sha256": embedder_sha256, "identities": len(identities), "embeddings": sum(counts),
         "dim": dim, "dtype": dtype,
     }  # fmt: skip
     index = [
-        {"id": i.id, "label": i.label, "count": len(r), "meta": i.meta} for i, r in zip(identities, rows, strict=True)
+        {"id": i.id, "label": i.label, "count": c, "meta": i.meta, "sha256": hashlib.sha256(blk).hexdigest()}
+        for i, c, blk in zip(identities, counts, blocks, strict=True)
     ]
-    if dtype == "float16":
-        body = mat.astype("<f2").tobytes()
-    else:
-        scale = np.maximum(np.abs(mat).max(axis=1, keepdims=True), 1e-12) / 127.0
-        body = np.round(mat / scale).astype(np.int8).tobytes() + scale.astype("<f2").tobytes()
     h = json.dumps(header, separators=(",", ":")).encode()
     ix = json.dumps(index, separators=(",", ":")).encode()
-    payload = MAGIC + struct.pack("<I", len(h)) + h + struct.pack("<I", len(ix)) + ix + body
-    return payload + key_id(key.public_key()) + key.sign(payload)
+    head = MAGIC + struct.pack("<I", len(h)) + h + struct.pack("<I", len(ix)) + ix
+    return head + key_id(key.public_key()) + key.sign(head) + b"".join(blocks)
 
 
-def verify_signature(data: bytes, trusted: list[Ed25519PublicKey]) -> tuple[bytes, str]:
-    """The signed payload, if one of ``trusted`` signed it; else BundleError('signature')."""
+def _head_length(data: bytes) -> int:
+    try:
+        (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+        (ilen,) = struct.unpack_from("<I", data, len(MAGIC) + 4 + hlen)
+    except struct.error:
+        raise BundleError("parse", "truncated before the end of the header") from None
+    end = int(len(MAGIC) + 8 + hlen + ilen)
+    if end + KEYID_LEN + SIG_LEN > len(data):
+        raise BundleError("parse", "truncated before the signature")
+    return end
+
+
+@dataclass(frozen=True)
+class Signed:
+    head: bytes
+    body: bytes
+    signer: str
+
+
+def verify_signature(data: bytes, trusted: list[Ed25519PublicKey]) -> Signed:
+    """Head and body, if one of ``trusted`` signed the head; else BundleError('signature')."""
     if len(data) < len(MAGIC) + 8 + KEYID_LEN + SIG_LEN or not data.startswith(MAGIC):
         raise BundleError("parse", "not a gallery bundle (bad magic or too short)")
-    payload, kid, sig = data[: -KEYID_LEN - SIG_LEN], data[-KEYID_LEN - SIG_LEN : -SIG_LEN], data[-SIG_LEN:]
+    end = _head_length(data)
+    head, kid, sig = data[:end], data[end : end + KEYID_LEN], data[end + KEYID_LEN : end + KEYID_LEN + SIG_LEN]
     for pub in trusted:
         if key_id(pub) == kid:
             try:
-                pub.verify(sig, payload)
+                pub.verify(sig, head)
             except InvalidSignature:
                 raise BundleError("signature", "signature does not match the content (altered or corrupt)") from None
-            return payload, kid.hex()[:16]
+            return Signed(head, data[end + KEYID_LEN + SIG_LEN :], kid.hex()[:16])
     raise BundleError("signature", f"signed by key {kid.hex()[:16]}, which is not trusted")
+
+
+def _header_and_index(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    header = read_header(data)
+    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+    off = len(MAGIC) + 4 + hlen
+    (ilen,) = struct.unpack_from("<I", data, off)
+    index = json.loads(data[off + 4 : off + 4 + ilen])
+    if not isinstance(index, list):
+        raise ValueError("identity index is not a list")
+    return header, index
+
+
+def redact(data: bytes, ids: set[str]) -> bytes:
+    """The same bundle with the embedding blocks of ``ids`` overwritten with zeros."""
+    end = _head_length(data)
+    header, index = _header_and_index(data)
+    out = bytearray(data)
+    off = end + KEYID_LEN + SIG_LEN
+    for e in index:
+        size = _block_size(int(e["count"]), int(header["dim"]), str(header["dtype"]))
+        if e["id"] in ids:
+            out[off : off + size] = bytes(size)
+        off += size
+    return bytes(out)
 
 
 def read_header(data: bytes) -> dict[str, Any]:
@@ -136,56 +194,55 @@ def read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def parse(payload: bytes, signer: str = "") -> Bundle:
-    """Decode a verified payload, checking every count and size against the header."""
+def parse(signed: Signed, redacted: frozenset[str] = frozenset()) -> Bundle:
+    """Decode a verified bundle, checking every count, size and block digest.
+
+    A block that fails its digest is an error unless its identity is in
+    ``redacted`` (removed by a verified removal bundle); such identities are left out.
+    """
     try:
-        header = read_header(payload)
-        (hlen,) = struct.unpack_from("<I", payload, len(MAGIC))
-        off = len(MAGIC) + 4 + hlen
-        (ilen,) = struct.unpack_from("<I", payload, off)
-        index = json.loads(payload[off + 4 : off + 4 + ilen])
-        off += 4 + ilen
-        n, dim, dtype = int(header["embeddings"]), int(header["dim"]), header["dtype"]
-        if dtype == "float16":
-            need = n * dim * 2
-            mat = np.frombuffer(payload, "<f2", n * dim, off).reshape(n, dim).astype(np.float32)
-        elif dtype == "int8":
-            need = n * dim + n * 2
-            q = np.frombuffer(payload, np.int8, n * dim, off).reshape(n, dim).astype(np.float32)
-            scale = np.frombuffer(payload, "<f2", n, off + n * dim).astype(np.float32)[:, None]
-            mat = q * scale
-        else:
+        header, index = _header_and_index(signed.head)
+        body = signed.body
+        dim, dtype = int(header["dim"]), str(header["dtype"])
+        if dtype not in ("float16", "int8"):
             raise ValueError(f"unknown dtype {dtype!r}")
-        if off + need != len(payload):
-            raise ValueError(f"body is {len(payload) - off} bytes, header implies {need}")
-        if len(index) != int(header["identities"]) or sum(int(e["count"]) for e in index) != n:
-            raise ValueError("identity index does not match the header counts")
         if header["kind"] not in ("full", "removal", "rollback"):
             raise ValueError(f"unknown kind {header['kind']!r}")
-        if not np.all(np.isfinite(mat)):
-            raise ValueError("embeddings contain NaN or infinity")
-        norms = np.linalg.norm(mat, axis=1, keepdims=True)
-        if n and (norms.min() < 0.5):
-            raise ValueError("embeddings are not unit vectors")
-        mat /= np.maximum(norms, 1e-12)
-        ids, start, out = set(), 0, []
+        if len(index) != int(header["identities"]) or sum(int(e["count"]) for e in index) != int(header["embeddings"]):
+            raise ValueError("identity index does not match the header counts")
+        need = sum(_block_size(int(e["count"]), dim, dtype) for e in index)
+        if need != len(body):
+            raise BundleError(
+                "signature", f"body is {len(body)} bytes, the signed index implies {need} (truncated or padded)"
+            )
+        ids: set[str] = set()
+        out, pos = [], 0
         for e in index:
-            ident = str(e["id"])
+            ident, k = str(e["id"]), int(e["count"])
             if ident in ids:
                 raise ValueError(f"identity {ident!r} appears twice")
             ids.add(ident)
-            k = int(e["count"])
-            out.append(
-                Identity(
-                    ident,
-                    e.get("label"),
-                    mat[start : start + k],
-                    {str(a): str(b) for a, b in (e.get("meta") or {}).items()},
-                )
-            )
-            start += k
+            size = _block_size(k, dim, dtype)
+            block = body[pos : pos + size]
+            pos += size
+            if hashlib.sha256(block).hexdigest() != e["sha256"]:
+                if ident in redacted:
+                    continue
+                raise BundleError("signature", f"embeddings of {ident!r} do not match their signed digest (altered)")
+            if dtype == "float16":
+                mat = np.frombuffer(block, "<f2").reshape(k, dim).astype(np.float32)
+            else:
+                q = np.frombuffer(block, np.int8, k * dim).reshape(k, dim).astype(np.float32)
+                mat = q * np.frombuffer(block, "<f2", k, k * dim).astype(np.float32)[:, None]
+            if not np.all(np.isfinite(mat)):
+                raise ValueError(f"embeddings of {ident!r} contain NaN or infinity")
+            norms = np.linalg.norm(mat, axis=1, keepdims=True)
+            if k and norms.min() < 0.5:
+                raise ValueError(f"embeddings of {ident!r} are not unit vectors")
+            meta = {str(a): str(b) for a, b in (e.get("meta") or {}).items()}
+            out.append(Identity(ident, e.get("label"), mat / np.maximum(norms, 1e-12), meta))
         return Bundle(str(header["gallery"]), int(header["version"]), header["kind"], str(header["created_at"]),
-                      str(header["embedder_sha256"]), tuple(out), signer)  # fmt: skip
+                      str(header["embedder_sha256"]), tuple(out), signed.signer)  # fmt: skip
     except BundleError:
         raise
     except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as exc:

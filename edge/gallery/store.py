@@ -27,13 +27,14 @@ def verify_bundle(
     current_version: int | None = None,
     max_bytes: int = 64 << 20,
     gallery_name: str | None = None,
+    redacted: frozenset[str] = frozenset(),
 ) -> Bundle:
     if len(data) > max_bytes:
         raise BundleError("size", f"{len(data)} bytes exceeds the limit of {max_bytes}")
     if not trusted:
         raise BundleError("signature", "no trusted public key configured")
-    payload, signer = verify_signature(data, list(trusted))
-    header = read_header(payload)
+    signed = verify_signature(data, list(trusted))
+    header = read_header(signed.head)
     version, kind = int(header.get("version", -1)), header.get("kind")
     if current_version is not None and version <= current_version and kind != "rollback":
         raise BundleError(
@@ -46,7 +47,7 @@ def verify_bundle(
         )
     if gallery_name is not None and header.get("gallery") != gallery_name:
         raise BundleError("parse", f"bundle is for gallery {header.get('gallery')!r}, device follows {gallery_name!r}")
-    return parse(payload, signer)
+    return parse(signed, redacted)
 
 
 def expired(meta: dict[str, str], now: datetime) -> bool:

@@ -7,6 +7,11 @@ writes the bundle atomically (temporary file, fsync, rename, fsync of the folder
 and swaps the new Gallery into the matcher by reference. Then it publishes the
 retained ``{prefix}/{device_id}/gallery/state``. Any failure leaves the gallery in
 use and on disk untouched, and publishes the state again with an ``error``.
+
+A signed ``removal`` bundle (version above the one in force) drops identities at
+once: it is stored under ``removals/``, and the stored full bundle is rewritten
+with those identities' embedding blocks zeroed, so their embeddings are gone
+from disk while the bundle still verifies (see ``bundle.py``).
 """
 
 from __future__ import annotations
@@ -19,17 +24,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.gallery.bundle import Bundle, BundleError
+from edge.gallery.bundle import Bundle, BundleError, redact
 from edge.gallery.store import expired, to_gallery, verify_bundle
 from edge.match import Matcher
 
 log = logging.getLogger(__name__)
 CURRENT = "current.bundle"
+REMOVALS = "removals"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -65,7 +76,9 @@ class GallerySync:
         self.name = name
         self.max_bytes = max_bytes
         self.publish_state = publish_state
-        self.current: Bundle | None = None
+        self.current: Bundle | None = None  # the full gallery in force, less removed identities
+        self.version: int | None = None  # version in force: the full bundle's or a later removal's
+        self.redacted: frozenset[str] = frozenset()
         self.applied_at: str | None = None
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self._thread = threading.Thread(target=self._worker, name="gallery-sync", daemon=True)
@@ -75,15 +88,23 @@ class GallerySync:
 
     # -- start-up ----------------------------------------------------------------------
     def load_from_disk(self) -> bool:
-        """The last applied bundle, verified again; False when there is none."""
+        """The last applied gallery (and the removals applied since), verified again."""
         path = self.folder / CURRENT
         if not path.is_file():
             return False
+        version, redacted = None, set()
+        for f in sorted((self.folder / REMOVALS).glob("*.bundle")):
+            removal = verify_bundle(f.read_bytes(), self.trusted, self.embedder_sha256, None, self.max_bytes, self.name)
+            redacted |= {i.id for i in removal.identities}
+            version = max(version or 0, removal.version)
         data = path.read_bytes()
-        bundle = verify_bundle(data, self.trusted, self.embedder_sha256, None, self.max_bytes, self.name)
+        bundle = verify_bundle(
+            data, self.trusted, self.embedder_sha256, None, self.max_bytes, self.name, frozenset(redacted)
+        )
+        applied_at = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        self._swap(bundle, max(version or 0, bundle.version), frozenset(redacted), applied_at)
         self._current_digest = hashlib.sha256(data).hexdigest()
-        self._swap(bundle, datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"))
-        log.info("gallery %s v%d loaded from %s", bundle.gallery, bundle.version, path)
+        log.info("gallery %s v%d loaded from %s", bundle.gallery, self.version, path)
         return True
 
     def start(self) -> None:
@@ -116,13 +137,19 @@ class GallerySync:
         digest = hashlib.sha256(payload).hexdigest()
         if digest == self._current_digest:
             return True  # the retained copy of what is already applied: nothing to do
-        current = self.current.version if self.current else None
         started = time.perf_counter()
         try:
-            bundle = verify_bundle(payload, self.trusted, self.embedder_sha256, current, self.max_bytes, self.name)
+            if self._is_base_in_force(payload):
+                return True  # the retained fleet bundle that later removals were applied to
+            bundle = verify_bundle(payload, self.trusted, self.embedder_sha256, self.version, self.max_bytes, self.name)
             if bundle.kind == "removal":
-                raise BundleError("parse", "removal bundles are not supported by this version")
-            write_atomic(self.folder / CURRENT, payload)
+                self._apply_removal(bundle, payload)
+            else:
+                write_atomic(self.folder / CURRENT, payload)
+                for old in (self.folder / REMOVALS).glob("*.bundle"):
+                    old.unlink()  # they applied to the previous gallery
+                self._swap(bundle, bundle.version, frozenset(), utc_now())
+                self._current_digest = digest
         except BundleError as exc:
             self.rejected += 1
             rejected_version = _peek_version(payload)
@@ -134,17 +161,47 @@ class GallerySync:
             log.error("gallery bundle could not be stored: %s", exc)
             self.publish(error={"step": "store", "reason": str(exc), "rejected_version": _peek_version(payload)})
             return False
-        self._swap(bundle, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        self._current_digest = digest
         self.applied += 1
-        log.info("gallery %s v%d applied in %.2fs: %d identities, %d embeddings", bundle.gallery, bundle.version,
+        log.info("gallery %s v%d applied in %.2fs: %d identities, %d embeddings", bundle.gallery, self.version,
                  time.perf_counter() - started, len(self.matcher.gallery), len(self.matcher.gallery.embeddings))  # fmt: skip
         self.publish()
         return True
 
-    def _swap(self, bundle: Bundle, applied_at: str) -> None:
-        self.matcher.set_gallery(to_gallery(bundle))
-        self.current, self.applied_at = bundle, applied_at
+    def _is_base_in_force(self, payload: bytes) -> bool:
+        if self.current is None or not self.redacted or _peek_version(payload) != self.current.version:
+            return False
+        try:
+            base = verify_bundle(payload, self.trusted, self.embedder_sha256, None, self.max_bytes, self.name)
+        except BundleError:
+            return False
+        return base.kind != "removal" and base.gallery == self.current.gallery
+
+    def _apply_removal(self, removal: Bundle, payload: bytes) -> None:
+        """Drop identities at once: from matching, and from disk (their blocks zeroed)."""
+        if self.current is None:
+            raise BundleError("parse", "a removal needs a gallery in force")
+        if removal.gallery != self.current.gallery:
+            raise BundleError(
+                "parse", f"removal is for gallery {removal.gallery!r}, {self.current.gallery!r} is in force"
+            )
+        ids = self.redacted | {i.id for i in removal.identities}
+        full = (self.folder / CURRENT).read_bytes()
+        redacted = redact(full, set(ids))
+        # The removal is stored first: a crash between the two writes leaves a
+        # removal on disk that the next start-up applies again.
+        write_atomic(self.folder / REMOVALS / f"v{removal.version:012d}.bundle", payload)
+        write_atomic(self.folder / CURRENT, redacted)
+        bundle = verify_bundle(
+            redacted, self.trusted, self.embedder_sha256, None, self.max_bytes, self.name, frozenset(ids)
+        )
+        self._swap(bundle, removal.version, frozenset(ids), utc_now())
+        self._current_digest = hashlib.sha256(redacted).hexdigest()
+        log.info("gallery: removed %s", ", ".join(sorted(i.id for i in removal.identities)))
+
+    def _swap(self, bundle: Bundle, version: int, redacted: frozenset[str], applied_at: str) -> None:
+        gallery = to_gallery(bundle)
+        self.matcher.set_gallery(replace(gallery, version=version))
+        self.current, self.version, self.redacted, self.applied_at = bundle, version, redacted, applied_at
 
     # -- expiry ---------------------------------------------------------------------------
     def check_expiry(self, now: datetime | None = None) -> list[str]:
@@ -155,7 +212,7 @@ class GallerySync:
         live = set(self.matcher.gallery.identity_ids)
         gone = [i.id for i in self.current.identities if i.id in live and expired(i.meta, now)]
         if gone:
-            self.matcher.set_gallery(to_gallery(self.current, now))
+            self.matcher.set_gallery(replace(to_gallery(self.current, now), version=self.version or 0))
             log.info("gallery: %d identit%s expired: %s", len(gone), "y" if len(gone) == 1 else "ies", ", ".join(gone))
             self.publish()
         return gone
@@ -166,11 +223,12 @@ class GallerySync:
         b = self.current
         out: dict[str, object] = {
             "gallery": b.gallery if b else None,
-            "version": b.version if b else None,
+            "version": self.version,
             "identities": len(g),
             "embeddings": len(g.embeddings),
             "applied_at": self.applied_at,
             "expired": sorted({i.id for i in b.identities} - set(g.identity_ids)) if b else [],
+            "removed": sorted(self.redacted),
         }
         if error is not None:
             out["error"] = error
