@@ -94,9 +94,12 @@ class App:
                 self.rec.matcher, state / "gallery", load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name,
                 g.max_bundle_bytes, lambda data: self.link.publish_retained(self.topics.gallery_state, data),
             )  # fmt: skip
-            self.link.on_message = lambda topic, payload, retain: self.sync.submit(payload) if self.sync else None
-            self.link.subscribe(self.topics.gallery_fleet(g.name))
-            self.link.subscribe(self.topics.gallery_set)
+            self.link.on_message = lambda topic, payload, retain: (
+                self.sync.submit(topic, payload) if self.sync else None
+            )
+            for topic in (self.topics.gallery_fleet(g.name), self.topics.gallery_set):
+                self.link.subscribe(topic)
+                self.link.subscribe(topic + "/part/+")
         self.process = FrameProcessor(self.rec, Tracker(tracking_params(settings)), self.stats, self.emit)
 
     # -- start-up ------------------------------------------------------------------

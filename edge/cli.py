@@ -156,6 +156,42 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def publish_bundle(args: argparse.Namespace) -> int:
+    """Publish a bundle retained (fleet topic, or one device's set topic), in parts if large."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.gallery.bundle import read_header
+    from edge.gallery.chunks import split
+    from edge.mqtt import Topics
+
+    try:
+        data = args.bundle.read_bytes()
+    except OSError as exc:
+        raise InputError(f"gallery bundle {args.bundle} cannot be read: {exc.strerror or exc}") from None
+    header = read_header(data)
+    host, port = parse_broker(args.broker)
+    topics = Topics(args.prefix, args.device or "-")
+    topic = topics.gallery_set if args.device else topics.gallery_fleet(args.gallery_name or str(header["gallery"]))
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"edge-publish-{id(args)}")
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise EdgeError(f"broker {host}:{port} unreachable: {exc}") from None
+    client.loop_start()
+    messages = split(data, args.max_message)
+    for suffix, payload in messages:
+        info = client.publish(topic + suffix, payload, qos=1, retain=not args.device)
+        info.wait_for_publish(60)
+        if not info.is_published():
+            raise EdgeError(f"publishing to {topic + suffix} was not acknowledged")
+    client.disconnect()
+    client.loop_stop()
+    print(f"published {args.bundle} (gallery {header['gallery']} v{header['version']}, {len(data)} bytes) to {topic}"
+          f"{f' in {len(messages) - 1} parts' if len(messages) > 1 else ''}")  # fmt: skip
+    return 0
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.gallery import bundle as b
     from edge.gallery.store import verify_bundle
@@ -164,6 +200,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         pub = b.generate_key(args.out)
         print(f"private key {args.out} (mode 0600); public key {args.out}.pub (key id {b.key_id(pub).hex()[:16]})")
         return 0
+    if args.gallery_command == "publish":
+        return publish_bundle(args)
     data = args.bundle.read_bytes() if args.bundle.is_file() else b""
     if not data:
         raise InputError(f"gallery bundle {args.bundle} does not exist or is empty")
@@ -386,7 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     ver = gal.add_parser("verify", help="verify a bundle's signature and structure")
     ver.add_argument("bundle", type=Path)
     ver.add_argument("--pubkey", type=Path, required=True)
-    for p in (kg, ins, ver):
+    pub = gal.add_parser("publish", help="publish a bundle (retained on the fleet topic, or to one device)")
+    pub.add_argument("bundle", type=Path)
+    pub.add_argument("--broker", required=True, help="HOST:PORT")
+    pub.add_argument("--gallery-name", help="fleet topic name (default: the bundle's gallery)")
+    pub.add_argument("--device", help="send to this device's gallery/set topic instead (not retained)")
+    pub.add_argument("--prefix", default="edge", help="topic prefix")
+    pub.add_argument(
+        "--max-message",
+        type=int,
+        default=1 << 20,
+        help="split into parts above this size (the broker's message_size_limit)",
+    )
+    for p in (kg, ins, ver, pub):
         p.set_defaults(func=cmd_gallery)
 
     demo = sub.add_parser("demo", help="broker + sample gallery + clip + subscriber, on this machine; ends by itself")

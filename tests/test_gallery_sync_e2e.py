@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from edge.gallery.bundle import (
 )
 from edge.runtime import load_manifest
 
-from .test_service_e2e import DemoAssets, LocalBroker, assets, broker, service, wait_for  # noqa: F401
+from .test_service_e2e import DemoAssets, LocalBroker, assets, service, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,15 @@ class Watch:
         return found()[-1]
 
 
-def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:  # noqa: F811
+@pytest.fixture()
+def limited_broker() -> Iterator[LocalBroker]:
+    """A broker that refuses messages over 1 MiB, as many production brokers do."""
+    with LocalBroker(message_size_limit=1 << 20) as b:
+        yield b
+
+
+def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:  # noqa: F811
+    broker = limited_broker
     keyfile = tmp_path / "owner.pem"
     assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
     key = load_private_key(keyfile)
@@ -152,8 +161,12 @@ def test_ota_gallery_lifecycle(broker: LocalBroker, assets: DemoAssets, tmp_path
         rng = np.random.default_rng(0)
         big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, 192)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
                for i in range(10_000)]  # fmt: skip
-        data = encode(big, "demo", 5, sha, key, dtype="int8")
-        w.publish("edge/cam1/gallery/set", data)
+        big_file = tmp_path / "big.bundle"
+        big_file.write_bytes(encode(big, "demo", 5, sha, key, dtype="int8"))
+        assert big_file.stat().st_size > 1 << 20  # too large for one message on this broker
+        rc = main(["gallery", "publish", str(big_file), "--broker", f"{broker.host}:{broker.port}", "--device", "cam1",
+                   "--max-message", str(1 << 20)])  # fmt: skip
+        assert rc == 0
         s = w.state_where(lambda s: s.get("version") == 5, timeout=60)
         assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed"] == []
     finally:

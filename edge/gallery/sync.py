@@ -31,6 +31,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.gallery.bundle import Bundle, BundleError, redact
+from edge.gallery.chunks import Assembler, base_topic
 from edge.gallery.store import expired, to_gallery, verify_bundle
 from edge.match import Matcher
 
@@ -80,7 +81,11 @@ class GallerySync:
         self.version: int | None = None  # version in force: the full bundle's or a later removal's
         self.redacted: frozenset[str] = frozenset()
         self.applied_at: str | None = None
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        # Queued messages are bounded by bytes (a bundle may come as many parts).
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._queued_bytes = 0
+        self._qlock = threading.Lock()
+        self._assemblers: dict[str, Assembler] = {}
         self._thread = threading.Thread(target=self._worker, name="gallery-sync", daemon=True)
         self.applied = 0
         self.rejected = 0
@@ -113,25 +118,36 @@ class GallerySync:
     def stop(self, timeout: float = 3.0) -> None:
         if not self._thread.is_alive():
             return
-        try:
-            self._queue.put(None, timeout=timeout)  # after any bundle being applied
-        except queue.Full:
-            log.warning("gallery sync still busy at shutdown")
+        self._queue.put(None)  # after any bundle being applied
         self._thread.join(timeout)
 
     # -- messages -------------------------------------------------------------------------
-    def submit(self, payload: bytes) -> None:
+    def submit(self, topic: str, payload: bytes) -> None:
         """Called from paho's thread: hand over and return at once."""
         if not payload:
             return  # a cleared retained message
-        try:
-            self._queue.put_nowait(payload)
-        except queue.Full:
-            log.warning("gallery sync busy: a bundle was dropped (it stays retained on the broker)")
+        with self._qlock:
+            if self._queued_bytes + len(payload) > 2 * self.max_bytes:
+                log.warning("gallery sync busy: a %d-byte message on %s was dropped", len(payload), topic)
+                return
+            self._queued_bytes += len(payload)
+        self._queue.put((topic, payload))
 
     def _worker(self) -> None:
-        while (payload := self._queue.get()) is not None:
-            self.apply(payload)
+        while (item := self._queue.get()) is not None:
+            topic, payload = item
+            with self._qlock:
+                self._queued_bytes -= len(payload)
+            assembler = self._assemblers.setdefault(base_topic(topic), Assembler(self.max_bytes))
+            try:
+                whole = assembler.feed(payload)
+            except BundleError as exc:
+                self.rejected += 1
+                log.warning("gallery bundle parts rejected: %s", exc.reason)
+                self.publish(error={"step": exc.step, "reason": exc.reason, "rejected_version": None})
+                continue
+            if whole is not None:
+                self.apply(whole)
 
     def apply(self, payload: bytes) -> bool:
         digest = hashlib.sha256(payload).hexdigest()
