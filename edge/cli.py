@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge import __version__
 from edge.config import Settings, load_settings
 from edge.errors import EdgeError, InputError
@@ -349,6 +351,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         finally:
             _shutil.rmtree(work, ignore_errors=True)
         result["peak_rss_mb_after_service"] = round(peak_rss_mb(), 1)
+    if args.bundle:
+        from edge.eval.bench import bundle_bench, synthetic_stream
+        from edge.eval.bench import portraits as load_portraits
+
+        frame = next(synthetic_stream(load_portraits(faces), 1)) if faces else np.zeros((480, 640, 3), np.uint8)
+        result.update(bundle_bench(rec, frame))
     if args.json:
         print(json.dumps(result))
     else:
@@ -457,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--faces", type=Path, help="face images to compose the synthetic stream from")
     b.add_argument("--frames", type=int, default=300)
     b.add_argument("--gallery-size", type=int, default=10_000)
+    b.add_argument("--bundle", action="store_true", help="also time applying a 10,000 x 5 signed gallery bundle")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_flags(b)
     b.set_defaults(func=cmd_bench)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -284,3 +285,54 @@ def service_bench(
         "empty_frame_ms_p50": round(empty_ms, 3),
         "idle_cpu_pct_of_one_core_at_30fps": round(empty_ms * fps_in / 10.0, 1),
     }
+
+
+def bundle_bench(rec: Recognizer, frame: ImageArray, identities: int = 10_000, per: int = 5) -> dict[str, object]:
+    """Size of a 10,000 × 5 bundle and the time to apply it (verify + parse + swap) in a
+    thread, while the frame loop keeps processing ``frame``: the longest gap between
+    two processed frames during the apply is what a camera would see."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.gallery.bundle import Identity, encode
+    from edge.gallery.store import to_gallery, verify_bundle
+
+    key = Ed25519PrivateKey.generate()
+    vecs = np.random.default_rng(2).normal(size=(identities * per, rec.embedder.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    people = [Identity(f"p{i:05d}", None, vecs[i * per : (i + 1) * per], {}) for i in range(identities)]
+    out: dict[str, object] = {"bundle_identities": identities, "bundle_embeddings": identities * per}
+    dtypes: tuple[Literal["float16", "int8"], ...] = ("float16", "int8")
+    for dtype in dtypes:
+        data = encode(people, "bench", 1, rec.embedder_sha256, key, dtype=dtype)
+        out[f"bundle_mb_{dtype}"] = round(len(data) / 1e6, 2)
+        # Frame loop baseline, then the same loop while the bundle applies.
+        base = []
+        for _ in range(30):
+            t = time.perf_counter()
+            rec.detect(frame)
+            base.append(time.perf_counter() - t)
+        done = threading.Event()
+        took: list[float] = []
+
+        def apply(data: bytes = data, took: list[float] = took, done: threading.Event = done) -> None:
+            t = time.perf_counter()
+            rec.matcher.set_gallery(to_gallery(verify_bundle(data, [key.public_key()], rec.embedder_sha256)))
+            took.append(time.perf_counter() - t)
+            done.set()
+
+        worker = threading.Thread(target=apply)
+        last = time.perf_counter()
+        gaps = []
+        worker.start()
+        while not done.is_set():
+            rec.detect(frame)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        worker.join()
+        out[f"bundle_apply_s_{dtype}"] = round(took[0], 3)
+        out[f"bundle_apply_frame_ms_baseline_{dtype}"] = round(float(np.median(base)) * 1000, 2)
+        out[f"bundle_apply_max_frame_gap_ms_{dtype}"] = round(max(gaps) * 1000, 2)
+    return out
