@@ -22,9 +22,9 @@ from edge.gallery.bundle import (
     load_private_key,
     load_public_key,
     parse,
+    read_header,
     verify_signature,
 )
-from edge.runtime import load_manifest
 
 from .test_service_e2e import DemoAssets, LocalBroker, assets, service, wait_for  # noqa: F401
 
@@ -89,7 +89,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
     )
     v2 = v2_file.read_bytes()
     people = parse(verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])).identities
-    sha = load_manifest().spec("embedder_fp32").sha256
+    sha = str(read_header(v2)["embedder_sha256"])  # the devices' embedder, as enrolment used it
     v1 = encode([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], "demo", 1, sha, key)
 
     w = Watch(broker)
