@@ -327,21 +327,23 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge.eval.bench import bench
+    from edge.eval.bench import bench, peak_rss_mb
     from edge.pipeline import Recognizer
 
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
     rec = Recognizer(settings)
+    rss_loaded = round(peak_rss_mb(), 1)
     faces = args.faces or repo_fixture_faces()
     if args.source is None and faces is None:
         raise InputError("bench needs --source FILE|DIR or --faces DIR (no test fixtures found beside the package)")
     result = bench(rec, args.source, faces, frames=args.frames, gallery_size=args.gallery_size)
+    result["rss_after_loading_models_mb"] = rss_loaded
     if args.source is None and faces is not None:
         import shutil as _shutil
 
         from edge.app import tracking_params
         from edge.demo import build_assets, workdir
-        from edge.eval.bench import peak_rss_mb, service_bench
+        from edge.eval.bench import service_bench
 
         work = workdir()
         try:
@@ -416,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--key", type=Path, required=True, help="Ed25519 private key (edge gallery keygen)")
     en.add_argument("--gallery-name", default="default", help="gallery name")
     en.add_argument("--version", type=int, default=1, help="gallery version (must increase with every publication)")
-    en.add_argument("--dtype", choices=["float16", "int8"], default="float16", help="embedding storage")
+    en.add_argument(
+        "--dtype", choices=["float16", "int8"], default="int8", help="embedding storage (int8: half the size)"
+    )
     en.add_argument("--skip-failed", action="store_true", help="leave out identities with no usable photo")
     en.add_argument("--config", type=Path, help="settings (models, quality gate) — use the devices' own")
     en.add_argument("--json", action="store_true", help="print the report as JSON")
