@@ -155,3 +155,18 @@ def test_parts_reassemble_in_any_order_and_corruption_is_named() -> None:
     with pytest.raises(BundleError, match="do not match their sha256"):
         for _, p in bad:
             asm2.feed(p)
+
+
+def test_enroll_fails_on_an_identity_without_usable_photo_unless_skipped(tmp_path: Path) -> None:
+    keyfile = tmp_path / "k.pem"
+    generate_key(keyfile)
+    photos = tmp_path / "photos"
+    (photos / "Laura_Bush").mkdir(parents=True)
+    (photos / "Laura_Bush" / "a.jpg").write_bytes((FACES / "Laura_Bush" / "Laura_Bush_0016.jpg").read_bytes())
+    (photos / "Nobody").mkdir()
+    (photos / "Nobody" / "blank.jpg").write_bytes(b"\xff\xd8 not really")
+    out = tmp_path / "g.bundle"
+    assert main(["enroll", str(photos), "--out", str(out), "--key", str(keyfile)]) == 2
+    assert not out.exists()  # nothing half-written
+    assert main(["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--skip-failed"]) == 0
+    assert out.is_file()
