@@ -21,6 +21,7 @@ from types import FrameType
 from edge import __version__
 from edge.capture import CaptureThread, LatestFrame, open_source
 from edge.config import Settings
+from edge.errors import EdgeError
 from edge.events import Evidence, MatchEvent, Status
 from edge.gallery.enroll import enroll_directory
 from edge.gallery.store import load_bundle_file, load_trusted, to_gallery
@@ -70,6 +71,7 @@ class App:
         self.topics = Topics(settings.mqtt.topic_prefix, settings.device.id)
         self.stats = Stats()
         self.events = 0
+        self.lost_events = 0  # events that could not be written to the outbox (disk errors)
         self.model_tag = self.rec.embedder_sha256[:16]
         state = settings.device.state_dir
         self.outbox = Outbox(
@@ -144,7 +146,7 @@ class App:
             device_id=self.topics.device_id, state=state, version=__version__,
             uptime_s=round(now - self.started, 1), camera=cap.state, camera_error=cap.error, fps=fps, latency=lat,
             faces_per_min=fpm, dropped_frames=self.slot.dropped, outbox_depth=self.outbox.depth(),
-            outbox_dropped=self.outbox.dropped(), events_published=self.link.published,
+            outbox_dropped=self.outbox.dropped() + self.lost_events, events_published=self.link.published,
             gallery_version=gallery.version, gallery_identities=len(gallery), cpu_temp_c=cpu_temperature(),
         )  # fmt: skip
 
@@ -160,7 +162,12 @@ class App:
             bbox=tuple(round(v, 4) for v in conf.box.normalised(frame.width, frame.height)),
             quality=conf.quality, model=self.model_tag, gallery_version=self.rec.matcher.gallery.version,
         )  # fmt: skip
-        seq = self.outbox.put(self.topics.match, event.to_json(self.s.events.include_label))
+        try:
+            seq = self.outbox.put(self.topics.match, event.to_json(self.s.events.include_label))
+        except EdgeError as exc:
+            self.lost_events += 1
+            log.error("event %s identity=%s NOT queued: %s", event.event_id, event.identity_id, exc)
+            return
         self.events += 1
         self.link.notify()
         log.info(

@@ -280,10 +280,16 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
     )
     rec = Recognizer(settings)
 
+    face_times: list[float] = []
+
     def embed_image(path: Path) -> tuple[Any, str]:
-        res = rec.still(read_image(path), centre_fallback=True)
+        image = read_image(path)
+        t0 = time.perf_counter()
+        res = rec.still(image, centre_fallback=True)
         assert res.aligned is not None  # centre_fallback always gives a face
-        return rec.embed([res.aligned])[0], res.fallback
+        vec = rec.embed([res.aligned])[0]
+        face_times.append(time.perf_counter() - t0)  # detect + align + embed: the whole per-face cost
+        return vec, res.fallback
 
     data = lfw.embed_pairs_images(image_root, pairs, embed_image, progress_bar("embedding"))
     matcher = rec.matcher
@@ -309,7 +315,12 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         "model_sha256": rec.embedder_sha256,
         "pipeline": rec.pipeline_id,
         "detector": rec.detector.kind,
+        "ms_per_image_p50": round(float(np.median(face_times)) * 1000, 2) if face_times else None,
     }
+    if args.compare_dlib:
+        from edge.eval.dlib_compare import compare
+
+        out.update(compare(image_root, pairs, report, float(np.median(face_times)) * 1000))
     if args.json:
         print(json.dumps(out))
     else:
@@ -323,6 +334,9 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
             f"observed {report.observed_fmr:.2e} over {report.impostor_pairs} impostor pairs"
         )
         print(f"  model           {rec.embedder_sha256[:16]} ({rec.pipeline_id}, detector {rec.detector.kind})")
+        if args.compare_dlib:
+            for key in [k for k in out if k.startswith(("dlib_", "edge_", "speedup"))]:
+                print(f"  {key:<28} {out[key]}")
     return 0
 
 
@@ -461,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     lfw_p.add_argument("--root", type=Path, required=True, help="LFW folder (name/name_NNNN.jpg, or with images/)")
     lfw_p.add_argument("--pairs", type=Path, help="pairs file (default: ROOT/pairs.txt or ROOT/pairsDevTest.txt)")
     lfw_p.add_argument("--json", action="store_true", help="print one JSON object")
+    lfw_p.add_argument("--compare-dlib", action="store_true", help="also run face_recognition (dlib) on the same pairs")
     add_model_flags(lfw_p)
     lfw_p.set_defaults(func=cmd_eval_lfw)
 

@@ -60,12 +60,15 @@ class Outbox:
     def put(self, topic: str, payload: bytes, now: float | None = None) -> int:
         """Store one event durably; returns its sequence number."""
         now = time.time() if now is None else now
-        with self._lock, self._db:
-            cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", (topic, payload, now)
-            )
-            self._enforce_bounds(now)
-            return int(cur.lastrowid or 0)
+        try:
+            with self._lock, self._db:
+                cur = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", (topic, payload, now)
+                )
+                self._enforce_bounds(now)
+                return int(cur.lastrowid or 0)
+        except sqlite3.Error as exc:  # disk full, I/O error: the transaction rolled back
+            raise EdgeError(f"outbox {self.path}: event not stored: {exc}") from None
 
     def _enforce_bounds(self, now: float) -> None:
         aged = self._db.execute("DELETE FROM outbox WHERE created < ?", (now - self.max_age_s,)).rowcount

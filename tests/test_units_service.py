@@ -122,3 +122,15 @@ def test_match_event_payload_has_no_image_or_embedding() -> None:
     with pytest.raises(Exception, match="Extra inputs"):
         MatchEvent(**{**ev.model_dump(by_alias=True), "embedding": [0.1]})
     assert json.loads(Status(device_id="d", state="offline").to_json())["state"] == "offline"
+
+
+def test_outbox_write_failure_is_one_clear_error_and_keeps_what_was_stored(tmp_path: Path) -> None:
+    from edge.errors import EdgeError
+
+    box = Outbox(tmp_path / "o.sqlite")
+    box.put("t", b"kept")
+    box._db.execute("PRAGMA query_only = ON")  # the next write fails as on a read-only or full disk
+    with pytest.raises(EdgeError, match=r"o\.sqlite: event not stored"):
+        box.put("t", b"lost")
+    box._db.execute("PRAGMA query_only = OFF")
+    assert [p.payload for p in box.pending()] == [b"kept"]
