@@ -115,7 +115,11 @@ class App:
             return
         if path.is_file():
             bundle = load_bundle_file(path, load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name)
-            self.rec.matcher.set_gallery(to_gallery(bundle))
+            if self.sync is not None:
+                # Through the sync, so the file's version is the floor for over-the-air updates.
+                self.sync.apply(path.read_bytes())
+            else:
+                self.rec.matcher.set_gallery(to_gallery(bundle))
             log.info("gallery %s v%d from %s (signed by %s): %d identities, threshold %.4f", bundle.gallery,
                      bundle.version, path, bundle.signer, len(self.rec.matcher.gallery), self.rec.matcher.threshold)  # fmt: skip
             return
