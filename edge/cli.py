@@ -200,7 +200,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
     if args.gallery_command == "keygen":
         pub = b.generate_key(args.out)
-        print(f"private key {args.out} (mode 0600); public key {args.out}.pub (key id {b.key_id(pub).hex()[:16]})")
+        print(Path(f"{args.out}.pub").read_text(), end="")
+        print(
+            f"private key {args.out} (mode 0600); public key above, also in {args.out}.pub (key id {b.key_id(pub).hex()[:16]})"
+        )
         return 0
     if args.gallery_command == "publish":
         return publish_bundle(args)
