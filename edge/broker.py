@@ -1,12 +1,13 @@
 """A Mosquitto broker on a free loopback port, for ``edge demo`` and the tests.
 
 It runs the real ``mosquitto`` binary with a private config (anonymous, loopback
-only, no persistence), can be stopped and restarted on the same port, and is
+only, persistence in a private folder), can be stopped and restarted on the same port, and is
 always killed on exit.
 """
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,10 @@ def free_port() -> int:
 
 
 class LocalBroker:
-    def __init__(self, port: int | None = None, message_size_limit: int = 0) -> None:
+    def __init__(
+        self, port: int | None = None, message_size_limit: int = 0, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
+        """``tls``: (CA certificate, server certificate, server key) for a TLS listener."""
         binary = find_mosquitto()
         if binary is None:
             raise EdgeError("mosquitto not found: install it (Debian/Raspberry Pi OS: apt install mosquitto)")
@@ -44,9 +48,18 @@ class LocalBroker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
             f"log_dest file {self.log}",
+            # Started as root, mosquitto would switch to user 'mosquitto', who cannot
+            # write in this private folder: run it as whoever runs the tests or demo.
+            f"user {getpass.getuser()}",
+            # Persistence keeps durable subscribers' queued messages across a restart.
+            "persistence true",
+            f"persistence_location {self._dir}/",
+            "autosave_interval 1",
         ]
+        if tls is not None:
+            ca, cert, key = tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"]
         if message_size_limit:
             lines.append(f"message_size_limit {message_size_limit}")
         conf.write_text("\n".join(lines) + "\n")

@@ -234,3 +234,58 @@ def test_signed_bundle_gallery_events_carry_its_version(
     bad = service([*args[:6], "--trusted-key", f"{other}.pub", *args[8:]], tmp_path)
     _, err = bad.communicate(timeout=60)
     assert bad.returncode == 2 and "not trusted" in err
+
+
+def make_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edge-test-ca",
+    )
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
+        "-days", "2", "-extfile", str(ext))  # fmt: skip
+    return ca, cert, key
+
+
+@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl not installed")
+def test_tls_connection_with_a_private_ca(tmp_path: Path) -> None:
+    ca, cert, key = make_ca(tmp_path)
+    with LocalBroker(tls=(ca, cert, key)) as b:
+        got: list[dict[str, object]] = []
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="tls-sub")
+        c.tls_set(ca_certs=str(ca))
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("edge/cam1/status", 1)
+        c.on_message = lambda cl, u, m: got.append(json.loads(m.payload))
+        c.connect(b.host, b.port)
+        c.loop_start()
+        env = {"EDGE_MQTT__CA_FILE": str(ca)}
+        proc = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path, env)
+        ok = wait_for(lambda: any(s.get("state") == "online" for s in got), 20)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        c.loop_stop()
+        assert ok, err[-2000:]
+        # Without the CA the device refuses the broker's certificate (and keeps retrying).
+        proc = service(
+            ["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path, {"EDGE_MQTT__TLS": "true"}
+        )
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert "connected to" not in err and proc.returncode == 0
