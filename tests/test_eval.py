@@ -84,3 +84,17 @@ def test_eval_cli_on_fixture_pairs(tmp_path: Path, capsys: pytest.CaptureFixture
     assert out["pairs"] == 5 and out["skipped"] == 1 and out["no_face"] == 0
     assert out["accuracy_mean"] == 1.0
     assert out["stated_fmr"] == 1e-4 and len(out["model_sha256"]) == 64
+
+
+def test_compare_dlib_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("face_recognition")  # optional: dlib builds from source
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(
+        "2\nColin_Powell 38 74\nVenus_Williams 1 4\nColin_Powell 38 Halle_Berry 1\nVenus_Williams 1 Angelina_Jolie 3\n"
+    )
+    assert main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--compare-dlib", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0.5 <= out["dlib_accuracy_mean"] <= 1.0 and out["dlib_encode_ms_per_face_p50"] > 0
+    assert out["speedup_per_face"] == pytest.approx(
+        out["dlib_encode_ms_per_face_p50"] / out["edge_ms_per_face_p50"], rel=0.05
+    )
