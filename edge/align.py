@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.types import Face, FloatArray, ImageArray
+from edge.types import Face, ImageArray
 
 CROP = 112
 
@@ -52,9 +52,3 @@ def warp(image: ImageArray, matrix: np.ndarray, size: int = CROP) -> ImageArray:
 def align(image: ImageArray, face: Face) -> ImageArray:
     """The 112×112 BGR crop of ``face`` in the embedder's template."""
     return warp(image, transform_for(face))
-
-
-def inverse_points(matrix: np.ndarray, points: FloatArray) -> FloatArray:
-    """Map crop coordinates back to frame coordinates."""
-    inv = cv2.invertAffineTransform(matrix)
-    return (points @ inv[:, :2].T + inv[:, 2]).astype(np.float32)

@@ -130,9 +130,6 @@ class Manifest:
         except KeyError:
             raise ModelError(f"model '{key}' is not in {self.root / MANIFEST_NAME}") from None
 
-    def path(self, key: str) -> Path:
-        return self.root / self.spec(key).file
-
     def calibration_for(self, embedder_sha256: str, pipeline: str) -> CalibrationTable:
         """The score → FMR table measured for exactly this embedder file and pipeline variant."""
         for table in self.calibrations:
@@ -232,7 +229,3 @@ class TFLiteModel:
 def load_model(manifest: Manifest, key: str, threads: int = 1) -> TFLiteModel:
     spec = manifest.spec(key)
     return TFLiteModel(manifest.root / spec.file, spec.sha256, threads=threads)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

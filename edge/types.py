@@ -6,7 +6,7 @@ inside a stage or travel as read-only fields of these records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -119,13 +119,3 @@ class Match:
     threshold: float
     est_false_match_rate: float
     accepted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Recognition:
-    """One face of one frame, carried through the whole recognition pipeline."""
-
-    aligned: AlignedFace
-    embedding: FloatArray | None = None
-    match: Match | None = None
-    extras: tuple[str, ...] = field(default_factory=tuple)

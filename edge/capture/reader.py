@@ -62,7 +62,6 @@ class CaptureState:
     state: str = "starting"
     error: str | None = None
     frames: int = 0
-    reopen_count: int = 0
 
 
 class CaptureThread(threading.Thread):
@@ -137,7 +136,6 @@ class CaptureThread(threading.Thread):
 
     def _retry(self, error: str, delay: float) -> float:
         self.status.state, self.status.error = "retrying", error
-        self.status.reopen_count += 1
         log.warning("%s; retrying in %.1fs", error, delay)
         self.stop_event.wait(delay)
         return min(delay * 2, self.retry_max_s)

@@ -90,7 +90,6 @@ class ImageDirSource:
         self.fps = fps
         self._files: list[Path] = []
         self._next = 0
-        self.skipped: list[str] = []
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -108,7 +107,6 @@ class ImageDirSource:
                 return read_image(path)
             except ImageError as exc:
                 log.warning("skipping %s", exc)
-                self.skipped.append(str(exc))
         return None
 
     def close(self) -> None:
@@ -128,7 +126,7 @@ class Picamera2Source:
 
     def open(self) -> None:
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError:
             raise SourceError("source picamera2: the 'picamera2' package is not installed") from None
         try:

@@ -26,7 +26,7 @@ FloatArray = Any
 def dlib_embedder() -> tuple[Callable[[Path], tuple[FloatArray | None, str]], dict[str, list[float]]]:
     """An ``embed_image`` for ``lfw.embed_pairs_images`` and the timings it collects."""
     try:
-        import face_recognition  # type: ignore[import-not-found]
+        import face_recognition
     except ImportError:
         raise InputError("--compare-dlib needs the face_recognition package (pip install face_recognition)") from None
     times: dict[str, list[float]] = {"detect": [], "encode": []}
