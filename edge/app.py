@@ -28,11 +28,11 @@ from edge.gallery.store import load_bundle_file, load_trusted, to_gallery
 from edge.gallery.sync import GallerySync
 from edge.health import Stats, SystemdNotifier, cpu_temperature
 from edge.match import Gallery
-from edge.mqtt import BrokerOptions, MqttLink, Topics
+from edge.mqtt import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.pipeline import Recognizer
 from edge.process import FrameProcessor
-from edge.track import Confirmation, Tracker, TrackingParams
+from edge.track import Confirmation, Tracker
 from edge.types import Frame
 
 log = logging.getLogger("edge.app")
@@ -43,22 +43,6 @@ class RunResult:
     events: int
     frames: int
     drained: bool
-
-
-def broker_options(s: Settings) -> BrokerOptions:
-    m = s.mqtt
-    return BrokerOptions(
-        host=m.host, port=m.port, keepalive=m.keepalive, username=m.username, password=m.password,
-        password_file=m.password_file, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
-        tls=m.tls, reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, max_inflight=m.max_inflight,
-    )  # fmt: skip
-
-
-def tracking_params(s: Settings) -> TrackingParams:
-    t = s.tracking
-    return TrackingParams(
-        t.iou_threshold, t.max_missed_frames, t.confirm_k, t.confirm_m, t.recheck_s, t.stranger_recheck_s, t.cooldown_s
-    )
 
 
 class App:
@@ -77,7 +61,7 @@ class App:
         self.outbox = Outbox(
             settings.outbox.path or state / "outbox.sqlite", settings.outbox.max_events, settings.outbox.max_age_s
         )
-        self.link = MqttLink(broker_options(settings), self.topics, self.outbox, self.stop)
+        self.link = MqttLink(settings.mqtt, self.topics, self.outbox, self.stop)
         self.link.on_connected = self._on_connected
         self.slot = LatestFrame()
         self.capture = CaptureThread(
@@ -102,7 +86,7 @@ class App:
             for topic in (self.topics.gallery_fleet(g.name), self.topics.gallery_set):
                 self.link.subscribe(topic)
                 self.link.subscribe(topic + "/part/+")
-        self.process = FrameProcessor(self.rec, Tracker(tracking_params(settings)), self.stats, self.emit)
+        self.process = FrameProcessor(self.rec, Tracker(settings.tracking), self.stats, self.emit)
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:

@@ -358,14 +358,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.source is None and faces is not None:
         import shutil as _shutil
 
-        from edge.app import tracking_params
         from edge.demo import build_assets, workdir
         from edge.eval.bench import service_bench
 
         work = workdir()
         try:
             assets = build_assets(faces, work)
-            result.update(service_bench(rec, assets.clip, assets.gallery, tracking_params(settings)))
+            result.update(service_bench(rec, assets.clip, assets.gallery, settings.tracking))
             result["service_source"] = "the demo clip: 640x480, one person in view at a time, 4 enrolled + 4 not"
         finally:
             _shutil.rmtree(work, ignore_errors=True)

@@ -17,12 +17,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.config import MqttSettings
 from edge.errors import InputError
 from edge.events import Status
 from edge.outbox import Outbox
@@ -55,35 +55,18 @@ class Topics:
         return f"{self.prefix}/galleries/{name}"
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerOptions:
-    host: str
-    port: int
-    keepalive: int = 30
-    username: str | None = None
-    password: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    tls: bool = False
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    max_inflight: int = 20
-
-    def resolved_password(self) -> str | None:
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text().strip()
-            except OSError as exc:
-                raise InputError(
-                    f"mqtt.password_file {self.password_file} cannot be read: {exc.strerror or exc}"
-                ) from None
-        return self.password
+def password_of(m: MqttSettings) -> str | None:
+    """The broker password: from ``password_file`` (e.g. a systemd credential) or inline."""
+    if m.password_file is not None:
+        try:
+            return m.password_file.read_text().strip()
+        except OSError as exc:
+            raise InputError(f"mqtt.password_file {m.password_file} cannot be read: {exc.strerror or exc}") from None
+    return m.password
 
 
 class MqttLink:
-    def __init__(self, opts: BrokerOptions, topics: Topics, outbox: Outbox, stop: threading.Event) -> None:
+    def __init__(self, opts: MqttSettings, topics: Topics, outbox: Outbox, stop: threading.Event) -> None:
         self.opts = opts
         self.topics = topics
         self.outbox = outbox
@@ -106,7 +89,7 @@ class MqttLink:
         )
         offline = Status(device_id=topics.device_id, state="offline").to_json()
         client.will_set(topics.status, offline, qos=1, retain=True)
-        password = opts.resolved_password()
+        password = password_of(opts)
         if opts.username is not None:
             client.username_pw_set(opts.username, password)
         if opts.tls or opts.ca_file is not None:

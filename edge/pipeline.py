@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge import align as align_mod
-from edge.config import ModelSettings, QualitySettings, Settings
+from edge.config import ModelSettings, Settings
 from edge.detect import Detector, DetectorKind, load_detector
 from edge.embed import Embedder, load_embedder
 from edge.errors import InputError
 from edge.imageio import check_frame
 from edge.landmarks import MeshRefiner, load_refiner
 from edge.match import Matcher
-from edge.quality import QualityLimits, assess
+from edge.quality import assess
 from edge.runtime import Manifest, load_manifest
 from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
 
@@ -35,17 +35,6 @@ class StillResult:
     fallback: str  # "" | "other-detector" | "centre-box"
 
 
-def quality_limits(q: QualitySettings) -> QualityLimits:
-    return QualityLimits(
-        min_face_px=q.min_face_px,
-        min_sharpness=q.min_sharpness,
-        max_yaw=q.max_yaw,
-        max_roll_deg=q.max_roll_deg,
-        min_brightness=q.min_brightness,
-        max_brightness=q.max_brightness,
-    )
-
-
 class Recognizer:
     def __init__(self, settings: Settings, manifest: Manifest | None = None) -> None:
         m: ModelSettings = settings.models
@@ -56,7 +45,7 @@ class Recognizer:
         key = EMBEDDER_KEYS[m.embedder]
         self.embedder: Embedder = load_embedder(self.manifest, key, m.threads, m.flip_average)
         self.embedder_sha256 = self.manifest.spec(key).sha256
-        self.limits = quality_limits(settings.quality)
+        self.limits = settings.quality
         self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
         self.pipeline_id = pipeline_id(m)
         self._matcher: Matcher | None = None

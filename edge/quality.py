@@ -9,25 +9,15 @@ the variance of the Laplacian of the aligned crop; exposure its mean brightness.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from edge.config import QualitySettings
 from edge.types import Face, FloatArray, ImageArray, Quality
 
 
-@dataclass(frozen=True, slots=True)
-class QualityLimits:
-    min_face_px: float = 40.0
-    min_sharpness: float = 15.0
-    max_yaw: float = 0.8
-    max_roll_deg: float = 30.0
-    min_brightness: float = 40.0
-    max_brightness: float = 220.0
-
-
-def assess(face: Face, crop: ImageArray, limits: QualityLimits, points: FloatArray | None = None) -> Quality:
+def assess(face: Face, crop: ImageArray, limits: QualitySettings, points: FloatArray | None = None) -> Quality:
     """Judge one aligned face. ``points`` (right eye, left eye, nose first) are the
     refined landmarks when the pipeline has them; else the detector's keypoints."""
     kp = face.keypoints if points is None else points

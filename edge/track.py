@@ -20,18 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge.config import TrackingSettings
 from edge.types import Box, Face, Match
-
-
-@dataclass(frozen=True, slots=True)
-class TrackingParams:
-    iou_threshold: float = 0.3
-    max_missed_frames: int = 15
-    confirm_k: int = 3
-    confirm_m: int = 5
-    recheck_s: float = 2.0
-    stranger_recheck_s: float = 0.5
-    cooldown_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +76,7 @@ def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
 
 
 class Tracker:
-    def __init__(self, params: TrackingParams) -> None:
+    def __init__(self, params: TrackingSettings) -> None:
         self.p = params
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)

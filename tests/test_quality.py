@@ -3,9 +3,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge.config import QualitySettings
 from edge.imageio import read_image
 from edge.pipeline import Recognizer
-from edge.quality import QualityLimits, assess
+from edge.quality import assess
 from edge.types import Box, Face
 
 from .conftest import FACES
@@ -19,7 +20,7 @@ def _face_and_crop(recognizer: Recognizer) -> tuple[Face, np.ndarray]:
 
 def test_good_face_passes(recognizer: Recognizer) -> None:
     face, crop = _face_and_crop(recognizer)
-    q = assess(face, crop, QualityLimits())
+    q = assess(face, crop, QualitySettings())
     assert q.ok and q.reason == ""
     assert 0 < q.score <= 1
 
@@ -27,14 +28,14 @@ def test_good_face_passes(recognizer: Recognizer) -> None:
 def test_each_failure_names_its_reason(recognizer: Recognizer) -> None:
     face, crop = _face_and_crop(recognizer)
     small = Face(Box(0, 0, 20, 20), face.keypoints, face.score)
-    assert assess(small, crop, QualityLimits()).reason.startswith("face too small")
+    assert assess(small, crop, QualitySettings()).reason.startswith("face too small")
     blurred = cv2.GaussianBlur(crop, (0, 0), 6)
-    assert assess(face, blurred, QualityLimits()).reason.startswith("blurred")
+    assert assess(face, blurred, QualitySettings()).reason.startswith("blurred")
     dark = (crop * 0.1).astype(np.uint8)
-    assert assess(face, dark, QualityLimits(min_sharpness=0)).reason.startswith("too dark")
+    assert assess(face, dark, QualitySettings(min_sharpness=0)).reason.startswith("too dark")
     turned = face.keypoints.copy()
     turned[2] = turned[0]  # nose over the right eye: head turned far
-    assert assess(Face(face.box, turned, face.score), crop, QualityLimits()).reason.startswith("head turned")
+    assert assess(Face(face.box, turned, face.score), crop, QualitySettings()).reason.startswith("head turned")
     tilted = face.keypoints.copy()
     tilted[1] = tilted[0] + np.array([0.0, 40.0])  # eye line vertical
-    assert "tilted" in assess(Face(face.box, tilted, face.score), crop, QualityLimits(max_yaw=1.0)).reason
+    assert "tilted" in assess(Face(face.box, tilted, face.score), crop, QualitySettings(max_yaw=1.0)).reason

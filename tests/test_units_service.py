@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from edge.capture.reader import LatestFrame
+from edge.config import TrackingSettings
 from edge.events import Evidence, MatchEvent, Status, schemas
 from edge.health import SystemdNotifier
 from edge.outbox import Outbox
-from edge.track import Tracker, TrackingParams
+from edge.track import Tracker
 from edge.types import Box, Face, Frame, Match
 
 
@@ -55,7 +56,7 @@ def _match(ident: str | None, ok: bool, score: float = 0.7) -> Match:
 
 
 def test_tracker_confirms_k_of_m_once_per_track_and_cools_down() -> None:
-    tr = Tracker(TrackingParams(confirm_k=3, confirm_m=5, cooldown_s=10))
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, cooldown_s=10))
     events = []
     for i, ok in enumerate([True, False, True, True, True, True]):
         ((track, face),) = tr.update([_face(10 + i)], now=i * 0.03)
@@ -74,7 +75,7 @@ def test_tracker_confirms_k_of_m_once_per_track_and_cools_down() -> None:
 
 
 def test_tracker_never_confirms_a_stranger_and_backs_off() -> None:
-    tr = Tracker(TrackingParams(confirm_k=3, confirm_m=5, stranger_recheck_s=0.5))
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, stranger_recheck_s=0.5))
     for i in range(5):
         ((track, face),) = tr.update([_face(50)], now=i * 0.03)
         assert tr.add_evidence(track, _match("bob", False, 0.3), 0.9, face.box, i * 0.03) is None

@@ -19,10 +19,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from edge.config import TrackingSettings
 from edge.imageio import IMAGE_SUFFIXES, read_image
 from edge.match import Gallery
 from edge.pipeline import Recognizer
-from edge.track import TrackingParams
 from edge.types import ImageArray
 
 FRAME_W, FRAME_H = 640, 480
@@ -237,7 +237,7 @@ def bench(
 
 
 def service_bench(
-    rec: Recognizer, clip: Path, gallery_dir: Path, params: TrackingParams, fps_in: float = 30.0
+    rec: Recognizer, clip: Path, gallery_dir: Path, params: TrackingSettings, fps_in: float = 30.0
 ) -> dict[str, object]:
     """The service's own frame loop (tracking on) over ``clip``, frames as fast as
     processed, timestamps as from a ``fps_in`` camera. Confirmation latency is the
