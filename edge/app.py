@@ -191,7 +191,8 @@ class App:
                     self.process(frame)
                 now = time.monotonic()
                 self.notifier.watchdog(now)
-                if now >= next_beat:
+                # Only when it can be sent: building a status closes the statistics interval.
+                if now >= next_beat and self.link.connected.is_set():
                     next_beat = now + self.s.mqtt.heartbeat_s
                     self.link.publish_status(self.status())
                 if self.sync is not None and now >= next_expiry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -225,8 +226,6 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import shutil as _shutil
-
     from edge.app import App
     from edge.broker import LocalBroker
     from edge.demo import Subscriber, build_assets, workdir
@@ -253,18 +252,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             app.install_signals()
             result = app.run()
             time_limit = 3.0
-            import time as _time
-
-            deadline = _time.monotonic() + time_limit
-            while len(sub.received()) < result.events and _time.monotonic() < deadline:
-                _time.sleep(0.05)
+            deadline = time.monotonic() + time_limit
+            while len(sub.received()) < result.events and time.monotonic() < deadline:
+                time.sleep(0.05)
             sub.close()
         got = sorted({str(e["identity_id"]) for e in sub.received()})
         print(f"demo: {len(sub.received())} match event(s) received for {', '.join(got) or 'nobody'}; "
               f"strangers matched: {', '.join(sorted(set(got) - set(assets.enrolled))) or 'none'}")  # fmt: skip
         return 0 if result.drained else 1
     finally:
-        _shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
@@ -356,8 +353,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench(rec, args.source, faces, frames=args.frames, gallery_size=args.gallery_size)
     result["rss_after_loading_models_mb"] = rss_loaded
     if args.source is None and faces is not None:
-        import shutil as _shutil
-
         from edge.demo import build_assets, workdir
         from edge.eval.bench import service_bench
 
@@ -367,7 +362,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result.update(service_bench(rec, assets.clip, assets.gallery, settings.tracking))
             result["service_source"] = "the demo clip: 640x480, one person in view at a time, 4 enrolled + 4 not"
         finally:
-            _shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
         result["peak_rss_mb_after_service"] = round(peak_rss_mb(), 1)
     if args.bundle:
         from edge.eval.bench import bundle_bench, synthetic_stream

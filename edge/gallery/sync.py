@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.errors import InputError
 from edge.gallery.bundle import Bundle, BundleError, redact
 from edge.gallery.chunks import Assembler, base_topic
 from edge.gallery.store import expired, to_gallery, verify_bundle
@@ -99,18 +100,28 @@ class GallerySync:
             return False
         version, redacted = None, set()
         for f in sorted((self.folder / REMOVALS).glob("*.bundle")):
-            removal = verify_bundle(f.read_bytes(), self.trusted, self.embedder_sha256, None, self.max_bytes, self.name)
+            removal, _ = self._verify_stored(f, frozenset())
             redacted |= {i.id for i in removal.identities}
             version = max(version or 0, removal.version)
-        data = path.read_bytes()
-        bundle = verify_bundle(
-            data, self.trusted, self.embedder_sha256, None, self.max_bytes, self.name, frozenset(redacted)
-        )
+        bundle, data = self._verify_stored(path, frozenset(redacted))
         applied_at = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
         self._swap(bundle, max(version or 0, bundle.version), frozenset(redacted), applied_at)
         self._current_digest = hashlib.sha256(data).hexdigest()
         log.info("gallery %s v%d loaded from %s", bundle.gallery, self.version, path)
         return True
+
+    def _verify_stored(self, path: Path, redacted: frozenset[str]) -> tuple[Bundle, bytes]:
+        """A stored bundle verified again; failing that, an error naming the file (the
+        device then refuses to start rather than match against an unverified gallery)."""
+        try:
+            data = path.read_bytes()
+            return verify_bundle(
+                data, self.trusted, self.embedder_sha256, None, self.max_bytes, self.name, redacted
+            ), data
+        except BundleError as exc:
+            raise InputError(f"stored gallery {path}: {exc}; restore it or delete it to start without") from None
+        except OSError as exc:
+            raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None
 
     def start(self) -> None:
         self._thread.start()
