@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -53,7 +54,11 @@ class SystemdNotifier:
 
 
 class Stats:
-    """Rolling per-stage latencies and counts since the last heartbeat."""
+    """Rolling per-stage latencies and counts since the last heartbeat.
+
+    Written by the frame loop, read and reset by whichever thread publishes a
+    status (the loop's heartbeat, or MQTT's network thread on reconnect): one lock.
+    """
 
     STAGES = ("detect", "align", "embed", "match", "frame")
 
@@ -62,25 +67,34 @@ class Stats:
         self.frames = 0
         self.faces = 0
         self.since = time.monotonic()
+        self._lock = threading.Lock()
+
+    def count(self, faces: int) -> None:
+        """One frame processed with ``faces`` faces in it."""
+        with self._lock:
+            self.frames += 1
+            self.faces += faces
 
     def add(self, stage: str, seconds: float) -> None:
-        self.lat[stage].append(seconds)
+        with self._lock:
+            self.lat[stage].append(seconds)
 
     def snapshot(self, now: float) -> tuple[float, float, dict[str, StageLatency]]:
         """(fps, faces per minute, latency) over the interval, then reset it."""
-        span = max(now - self.since, 1e-6)
-        fps, fpm = self.frames / span, self.faces * 60.0 / span
+        with self._lock:
+            span = max(now - self.since, 1e-6)
+            fps, fpm = self.frames / span, self.faces * 60.0 / span
+            samples = {s: np.array(v) for s, v in self.lat.items() if v}
+            self.frames = self.faces = 0
+            self.since = now
+            for v in self.lat.values():
+                v.clear()
         lat = {
             s: StageLatency(
                 p50_ms=round(float(np.percentile(v, 50)) * 1e3, 2), p95_ms=round(float(np.percentile(v, 95)) * 1e3, 2)
             )
-            for s, v in self.lat.items()
-            if v
+            for s, v in samples.items()
         }
-        self.frames = self.faces = 0
-        self.since = now
-        for v in self.lat.values():
-            v.clear()
         return round(fps, 2), round(fpm, 1), lat
 
 

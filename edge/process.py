@@ -36,8 +36,7 @@ class FrameProcessor:
         pairs = tracker.update(faces, now)
         need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
         self.frames += 1
-        self.stats.frames += 1
-        self.stats.faces += len(faces)
+        self.stats.count(len(faces))
         self.stats.add("detect", t1 - t0)
         if need:
             aligned = rec.align(frame.image, [f for _, f in need])

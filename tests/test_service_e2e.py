@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -99,11 +99,21 @@ def test_broker_restart_mid_run_loses_nothing(broker: LocalBroker, assets: DemoA
     time.sleep(0.5)
     proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "native",
                     "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path)  # fmt: skip
-    time.sleep(3.5)  # about one event in
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    def read_until(done: Callable[[str], bool], limit: float = 60) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and not done("".join(lines)):
+            lines.append(proc.stderr.readline())  # type: ignore[union-attr]
+
+    read_until(lambda text: len(logged_events(text)) >= 1)  # the first event is out
     broker.stop()
-    time.sleep(4.0)  # events confirmed meanwhile wait in the outbox
+    # The next confirmed event can only wait in the outbox.
+    read_until(lambda text: "mqtt disconnected" in text and len(logged_events(text)) >= 2)
     broker.start()
-    _, err = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
     assert proc.returncode == 0, err[-2000:]
     logged = logged_events(err)
     assert len(logged) == len(assets.enrolled)

@@ -135,3 +135,31 @@ def test_outbox_write_failure_is_one_clear_error_and_keeps_what_was_stored(tmp_p
         box.put("t", b"lost")
     box._db.execute("PRAGMA query_only = OFF")
     assert [p.payload for p in box.pending()] == [b"kept"]
+
+
+def test_stats_snapshots_from_another_thread_lose_and_break_nothing() -> None:
+    # The MQTT thread publishes a status (closing the interval) on reconnect while
+    # the frame loop keeps adding samples: no crash, no frame counted twice or lost.
+    from edge.health import Stats
+
+    stats = Stats(window=50)
+    stats.since = 0.0  # snapshots below are taken at t = 1, 2, 3 … s
+    done = threading.Event()
+
+    def loop() -> None:
+        for _ in range(20_000):
+            stats.count(1)
+            stats.add("frame", 0.001)
+        done.set()
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    frames, t = 0.0, 0.0
+    while not done.is_set():
+        fps, _, lat = stats.snapshot(t + 1.0)
+        frames += fps * 1.0
+        t += 1.0
+        assert set(lat) <= {"frame"}
+    worker.join()
+    frames += stats.snapshot(t + 1.0)[0]
+    assert round(frames) == 20_000
