@@ -216,13 +216,9 @@ def _streams(model: S.ModelT, consumers: dict[int, list[Any]]) -> list[tuple[lis
             root = find(int(op.outputs[0]))
             for t in op.inputs:
                 group[find(int(t))] = root
-    members: dict[int, list[int]] = {}
-    for op in sg.operators:
-        if code[id(op)] == OP.CONV_2D:
-            t = int(op.outputs[0])
-            members.setdefault(find(t), []).append(t)
+    roots = {find(int(op.outputs[0])) for op in sg.operators if code[id(op)] == OP.CONV_2D}
     out = []
-    for root in {find(t) for ts in members.values() for t in ts}:
+    for root in sorted(roots):
         tensors = [t for t in group if find(t) == root] or [root]
         prods = [producer.get(t) for t in tensors]
         readers = [op for t in tensors for op in consumers.get(t, [])]
