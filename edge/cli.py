@@ -17,27 +17,9 @@ import numpy as np
 from edge import __version__
 from edge.config import Settings, load_settings
 from edge.errors import EdgeError, InputError
+from edge.logs import setup_logging
 
 log = logging.getLogger("edge")
-
-
-SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-
-class JournalFormatter(logging.Formatter):
-    """'<N>name: message' with N the syslog priority, which journald reads as the level."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{record.name}: {record.getMessage()}"
-
-
-def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    else:
-        handler.setFormatter(JournalFormatter())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def repo_fixture_faces() -> Path | None:
@@ -494,13 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 2 on bad usage, 0 on --help
         return int(exc.code or 0)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="<%(levelno)d>%(name)s: %(message)s"
-        if not sys.stderr.isatty()
-        else "%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         return int(args.func(args))
     except EdgeError as exc:

@@ -6,7 +6,14 @@ key, the value and the reason, exactly as ``edge config check`` prints it.
 
 Environment overrides use ``__`` between levels:
 ``EDGE_MATCH__MAX_FALSE_MATCH_RATE=1e-5`` sets ``[match] max_false_match_rate``.
+Each value is read as its field's declared type: ``EDGE_DEVICE__ID=1234`` is the
+string "1234", ``EDGE_MODELS__THREADS=2`` the integer 2, lists and tables are JSON.
+Variables without ``__`` (``EDGE_EXTRAS``, ``EDGE_CONFIG``) are not settings and are
+ignored; ``EDGE_<SECTION>__<KEY>`` naming no setting is an error naming the variable.
 The environment is read when settings are loaded, never at import time.
+
+Secrets (the MQTT password, credentials in a camera URL) never appear in an error,
+in ``edge config check --show`` or in any log line (see ``edge.redact``).
 """
 
 from __future__ import annotations
@@ -14,16 +21,53 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from edge.errors import InputError
+from edge.redact import redact_url, url_secrets
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser, from PyPI
+    import tomli as tomllib
+
+TOMLDecodeError = tomllib.TOMLDecodeError
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """TOML text → dict (raises TOMLDecodeError); the one place the parser is chosen."""
+    return tomllib.loads(text)
+
 
 ENV_PREFIX = "EDGE_"
+
+
+def _readable_file(path: Path) -> Path:
+    """A file that exists and can be read now (checked at start-up and by ``edge config check``)."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path} is not readable by this user")
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 
 class Section(BaseModel):
@@ -127,6 +171,23 @@ class SourceSettings(Section):
     )
     retry_max_s: float = Field(30.0, gt=0, description="Longest delay between camera reopen attempts.")
 
+    @model_validator(mode="after")
+    def _retry_order(self) -> SourceSettings:
+        if self.retry_initial_s > self.retry_max_s:
+            raise ValueError(
+                f"retry_initial_s ({self.retry_initial_s:g}) must not exceed retry_max_s ({self.retry_max_s:g})"
+            )
+        return self
+
+    @field_serializer("uri")
+    def _hide_credentials(self, uri: str) -> str:
+        return redact_url(uri)
+
+    @property
+    def display(self) -> str:
+        """The source as it may be logged or published: credentials masked."""
+        return redact_url(self.uri)
+
 
 class MqttSettings(Section):
     host: str = Field("localhost", min_length=1, description="Broker host name or address.")
@@ -134,18 +195,30 @@ class MqttSettings(Section):
     topic_prefix: str = Field("edge", pattern=r"^[^#+]+$", description="First level of every topic.")
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
     username: str | None = Field(None, description="User name, if the broker requires one.")
-    password: str | None = Field(None, description="Password inline (prefer password_file or a systemd credential).")
-    password_file: Path | None = Field(
+    password: SecretStr | None = Field(
+        None, description="Password inline (prefer password_file or a systemd credential); never printed."
+    )
+    password_file: ReadableFile | None = Field(
         None, description="File holding the password, e.g. $CREDENTIALS_DIRECTORY/mqtt-password."
     )
     tls: bool = Field(False, description="Use TLS with the system's CA store (or ca_file).")
-    ca_file: Path | None = Field(None, description="CA certificate bundle for TLS (implies tls).")
-    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
-    key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
+    ca_file: ReadableFile | None = Field(None, description="CA certificate bundle for TLS (implies tls).")
+    cert_file: ReadableFile | None = Field(None, description="Client certificate for mutual TLS (with key_file).")
+    key_file: ReadableFile | None = Field(None, description="Client private key for mutual TLS (with cert_file).")
     reconnect_min_s: float = Field(1.0, gt=0, description="Shortest reconnect back-off.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect back-off.")
     heartbeat_s: float = Field(30.0, gt=0, description="Seconds between status heartbeats.")
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> MqttSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s:g}) must not exceed reconnect_max_s ({self.reconnect_max_s:g})"
+            )
+        return self
 
 
 class OutboxSettings(Section):
@@ -195,7 +268,7 @@ class GallerySettings(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
         description="Gallery name this device follows; a bundle for another gallery is refused.",
     )
-    trusted_keys: list[Path] = Field(
+    trusted_keys: list[ReadableFile] = Field(
         default_factory=list, description="Ed25519 public keys (PEM) whose signatures on a bundle are accepted."
     )
     max_bundle_bytes: int = Field(64 << 20, ge=1024, description="Largest bundle accepted.")
@@ -220,24 +293,58 @@ class Settings(Section):
     gallery: GallerySettings = Field(GallerySettings(), description="The enrolled identities.")
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Nested dict from EDGE_A__B=value variables; values parsed as JSON when they are."""
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` → X (the declared type a value must have when given)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _is_structured(annotation: Any) -> bool:
+    """Lists, tables and models are given as JSON in the environment; scalars as they are."""
+    base = _unwrap_optional(annotation)
+    origin = typing.get_origin(base) or base
+    return origin in (list, tuple, dict, set, frozenset) or (isinstance(base, type) and issubclass(base, BaseModel))
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """Nested dict from EDGE_<SECTION>__<KEY>=value variables, each value read as its
+    field's declared type, and which variable set which key (for error messages)."""
     out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in ("EDGE_CONFIG",):
-            continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InputError(f"config error: {key} conflicts with another EDGE_ variable")
-        node[path[-1]] = value
-    return out
+    origin: dict[tuple[str, str], str] = {}
+    sections = Settings.model_fields
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue  # EDGE_EXTRAS, EDGE_CONFIG…: not settings
+        path = var[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) != 2 or not all(path):
+            raise InputError(f"config error in environment variable {var}: expected EDGE_<SECTION>__<KEY>")
+        section, key = path
+        if section not in sections:
+            raise InputError(
+                f"config error in environment variable {var}: no settings section '{section}' "
+                f"(sections: {', '.join(sections)})"
+            )
+        model = _unwrap_optional(sections[section].annotation)
+        fields = model.model_fields
+        if key not in fields:
+            raise InputError(f"config error in environment variable {var}: {section}.{key}: unknown key")
+        annotation = fields[key].annotation
+        value: Any = raw
+        if raw == "" and type(None) in typing.get_args(annotation):
+            value = None
+        elif _is_structured(annotation):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                raise InputError(
+                    f"config error in environment variable {var}: {section}.{key} must be JSON (a list or table)"
+                ) from None
+        out.setdefault(section, {})[key] = value
+        origin[(section, key)] = f"environment variable {var}"
+    return out, origin
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,28 +357,57 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def format_errors(exc: ValidationError, source: str) -> str:
+def _is_secret(loc: tuple[str, ...]) -> bool:
+    return len(loc) >= 2 and loc[0] == "mqtt" and loc[1] == "password"
+
+
+def _shown(loc: tuple[str, ...], value: object) -> str:
+    """How a rejected value may be printed: never a secret, URLs without credentials."""
+    if _is_secret(loc):
+        return " = <secret, not shown>"
+    if isinstance(value, (dict, SecretStr)):
+        return ""
+    return f" = {redact_url(value)!r}" if isinstance(value, str) else f" = {value!r}"
+
+
+def _where(loc: tuple[str, ...], source: str, origin: Mapping[tuple[str, str], str]) -> str:
+    """Where the value at ``loc`` came from; for a whole section, every place that set one of its keys."""
+    if len(loc) >= 2:
+        return origin.get((loc[0], loc[1]), source)
+    if len(loc) == 1:
+        places = sorted({v for (sec, _), v in origin.items() if sec == loc[0]})
+        return " and ".join(places) if places else source
+    return source
+
+
+def format_errors(exc: ValidationError, source: str, origin: Mapping[tuple[str, str], str] | None = None) -> str:
+    """One line per problem: where the value came from, the key, the value (unless secret), the reason."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        value = err.get("input")
-        shown = "" if err["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(root)"
+        where = _where(loc, source, origin or {})
+        shown = "" if err["type"] == "missing" else _shown(loc, err.get("input"))
         reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             reason = "unknown key"
-        lines.append(f"config error in {source}: {key}{shown}: {reason}")
+        lines.append(f"config error in {where}: {key}{shown}: {reason}")
     return "\n".join(lines)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        return parse_toml(path.read_text())
     except FileNotFoundError:
         raise InputError(f"config error: file {path} does not exist") from None
     except OSError as exc:
         raise InputError(f"config error: {path} cannot be read: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"config error: {path} is not valid TOML: {exc}") from None
+
+
+def _origins(data: Mapping[str, Any], label: str) -> dict[tuple[str, str], str]:
+    return {(sec, key): label for sec, body in data.items() if isinstance(body, Mapping) for key in body}
 
 
 def load_settings(
@@ -282,11 +418,31 @@ def load_settings(
     """File, then environment, then command-line ``overrides`` (highest precedence)."""
     env = os.environ if environ is None else environ
     data: dict[str, Any] = read_toml(path) if path is not None else {}
-    data = _merge(data, _env_overrides(env))
+    source = str(path) if path is not None else "defaults"
+    origin = _origins(data, source)
+    env_data, env_origin = _env_overrides(env)
+    data = _merge(data, env_data)
+    origin.update(env_origin)
     if overrides:
         data = _merge(data, overrides)
-    source = str(path) if path is not None else "defaults"
+        origin.update(_origins(overrides, "command-line options"))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise InputError(format_errors(exc, source)) from None
+        raise InputError(format_errors(exc, source, origin)) from None
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Raw secret values held by the settings (for ``edge.logs.protect``); the password file is read where used."""
+    values = url_secrets(settings.source.uri)
+    if settings.mqtt.password is not None:
+        values.append(settings.mqtt.password.get_secret_value())
+    return values
+
+
+def settings_digest(settings: Settings) -> str:
+    """sha256 of the effective settings, secrets masked: what the audit log records at start."""
+    import hashlib
+
+    canonical = json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -62,7 +62,7 @@ def password_of(m: MqttSettings) -> str | None:
             return m.password_file.read_text().strip()
         except OSError as exc:
             raise InputError(f"mqtt.password_file {m.password_file} cannot be read: {exc.strerror or exc}") from None
-    return m.password
+    return m.password.get_secret_value() if m.password is not None else None
 
 
 class MqttLink:

@@ -68,3 +68,115 @@ def test_config_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "min_brightness must be below max_brightness" in err
+
+
+def _env_text(value: object) -> str:
+    """How an operator writes ``value`` in an environment variable."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def test_every_setting_can_be_overridden_from_the_environment_with_its_declared_type() -> None:
+    defaults = Settings().model_dump(mode="json")
+    checked = 0
+    for section, fields in Settings.model_fields.items():
+        model = fields.annotation
+        for key in model.model_fields:  # type: ignore[union-attr]
+            value = defaults[section][key]
+            if value is None or key in ("password", "uri") or isinstance(value, list):
+                continue  # no default to round-trip (covered below), or shown redacted
+            var = f"EDGE_{section.upper()}__{key.upper()}"
+            got = load_settings(environ={var: _env_text(value)}).model_dump(mode="json")[section][key]
+            assert got == value, (var, value, got)
+            checked += 1
+    assert checked > 40
+    # The ones without a usable default: a string id that looks like a number, a list, a URL, a secret.
+    s = load_settings(
+        environ={
+            "EDGE_DEVICE__ID": "1234",
+            "EDGE_SOURCE__URI": "0",
+            "EDGE_MQTT__USERNAME": "42",
+            "EDGE_MQTT__PASSWORD": "007",
+            "EDGE_GALLERY__NAME": "2024",
+            "EDGE_GALLERY__TRUSTED_KEYS": "[]",
+        }
+    )
+    assert s.device.id == "1234" and s.mqtt.username == "42" and s.gallery.name == "2024"
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "007"
+
+
+def test_env_errors_name_the_variable_and_unrelated_edge_variables_are_ignored() -> None:
+    with pytest.raises(InputError, match=r"^config error in environment variable EDGE_MQTT__PORT: mqtt\.port = 'x'"):
+        load_settings(environ={"EDGE_MQTT__PORT": "x"})
+    with pytest.raises(InputError, match=r"EDGE_MATCH__MAX_FALSE_MATCH_RAT: match\.max_false_match_rat: unknown key"):
+        load_settings(environ={"EDGE_MATCH__MAX_FALSE_MATCH_RAT": "1e-5"})
+    with pytest.raises(InputError, match=r"EDGE_MACTH__X: no settings section 'macth'"):
+        load_settings(environ={"EDGE_MACTH__X": "1"})
+    # The project's own variables (./run's EDGE_EXTRAS) and EDGE_CONFIG are not settings.
+    assert load_settings(environ={"EDGE_EXTRAS": "test", "EDGE_CONFIG": "/x"}).device.state_dir == Path("var")
+
+
+def test_backoff_and_retry_orders_are_checked() -> None:
+    with pytest.raises(InputError, match=r"EDGE_MQTT__RECONNECT_MIN_S: mqtt: reconnect_min_s \(40\) must not exceed"):
+        load_settings(environ={"EDGE_MQTT__RECONNECT_MIN_S": "40"})
+    with pytest.raises(InputError, match="retry_initial_s"):
+        load_settings(environ={"EDGE_SOURCE__RETRY_INITIAL_S": "60"})
+
+
+def test_missing_tls_files_are_named_at_load_time(tmp_path: Path) -> None:
+    p = write(tmp_path, f'[mqtt]\nca_file = "{tmp_path}/nope.pem"\n')
+    with pytest.raises(InputError) as exc:
+        load_settings(p, environ={})
+    assert (
+        str(exc.value)
+        == f"config error in {p}: mqtt.ca_file = '{tmp_path}/nope.pem': {tmp_path}/nope.pem does not exist or is not a file"
+    )
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(InputError, match="cert_file and key_file go together"):
+        load_settings(environ={"EDGE_MQTT__CERT_FILE": str(cert)})
+
+
+PLANTED = "pl4nted-Secr3t"
+
+
+def test_secrets_never_appear_in_errors_or_in_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, f'[mqtt]\npassword = ["{PLANTED}"]\nport = 70000\n')
+    with pytest.raises(InputError) as exc:
+        load_settings(bad, environ={})
+    assert "mqtt.password = <secret, not shown>" in str(exc.value) and PLANTED not in str(exc.value)
+    good = write(
+        tmp_path,
+        f'[mqtt]\npassword = "{PLANTED}"\n[source]\nuri = "rtsp://admin:{PLANTED}@10.0.0.9/live?token={PLANTED}"\n',
+    )
+    assert main(["config", "check", str(good), "--show"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        PLANTED not in out and "rtsp://admin:***@10.0.0.9/live?token=***" in out and '"password": "**********"' in out
+    )
+    bad_uri = write(tmp_path, f'[source]\nuri = "rtsp://admin:{PLANTED}@cam"\nrate = "slow"\n[mqtt]\nport = 0\n')
+    assert main(["config", "check", str(bad_uri)]) == 2
+    assert PLANTED not in capsys.readouterr().err
+
+
+def test_journald_priorities_are_syslog_levels() -> None:
+    import logging
+
+    from edge.logs import JournalFormatter, ScrubbingFormatter, protect
+
+    fmt = ScrubbingFormatter(JournalFormatter("%(name)s: %(message)s"))
+    lines = {
+        level: fmt.format(logging.LogRecord("edge.x", level, "f", 1, f"m {PLANTED}", None, None))
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+    }
+    assert [line[:3] for line in lines.values()] == ["<7>", "<6>", "<4>", "<3>", "<2>"]
+    protect(PLANTED)
+    assert (
+        fmt.format(logging.LogRecord("edge.x", logging.INFO, "f", 1, f"pw={PLANTED}", None, None))
+        == "<6>edge.x: pw=***"
+    )

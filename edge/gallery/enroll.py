@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
+from edge.config import TOMLDecodeError, parse_toml
 from edge.errors import ImageError, InputError
 from edge.imageio import IMAGE_SUFFIXES, read_image
 from edge.pipeline import Recognizer
@@ -38,8 +38,8 @@ def read_identity_meta(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = parse_toml(path.read_text())
+    except (TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid TOML: {exc}") from None
     allowed = {"label", "expires_at", "purpose", "notes"}
     unknown = set(data) - allowed
