@@ -27,7 +27,7 @@ from edge.gallery.enroll import enroll_directory
 from edge.gallery.store import load_bundle_file, load_trusted, to_gallery
 from edge.gallery.sync import GallerySync
 from edge.health import Stats, SystemdNotifier, cpu_temperature
-from edge.match import Gallery
+from edge.match import Gallery, GalleryHolder
 from edge.mqtt import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.pipeline import Recognizer
@@ -73,11 +73,12 @@ class App:
             retry_initial_s=settings.source.retry_initial_s,
             retry_max_s=settings.source.retry_max_s,
         )
+        self.gallery = GalleryHolder(self.rec.matcher)
         self.sync: GallerySync | None = None
         g = settings.gallery
         if g.sync and g.name and g.trusted_keys:
             self.sync = GallerySync(
-                self.rec.matcher, state / "gallery", load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name,
+                self.gallery, state / "gallery", load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name,
                 g.max_bundle_bytes, lambda data: self.link.publish_retained(self.topics.gallery_state, data),
             )  # fmt: skip
             self.link.on_message = lambda topic, payload, retain: (
@@ -86,7 +87,7 @@ class App:
             for topic in (self.topics.gallery_fleet(g.name), self.topics.gallery_set):
                 self.link.subscribe(topic)
                 self.link.subscribe(topic + "/part/+")
-        self.process = FrameProcessor(self.rec, Tracker(settings.tracking), self.stats, self.emit)
+        self.process = FrameProcessor(self.rec, self.gallery, Tracker(settings.tracking), self.stats, self.emit)
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
@@ -103,20 +104,21 @@ class App:
                 # Through the sync, so the file's version is the floor for over-the-air updates.
                 self.sync.apply(path.read_bytes())
             else:
-                self.rec.matcher.set_gallery(to_gallery(bundle))
+                self.gallery.swap(to_gallery(bundle))
+            snap = self.gallery.current
             log.info("gallery %s v%d from %s (signed by %s): %d identities, threshold %.4f", bundle.gallery,
-                     bundle.version, path, bundle.signer, len(self.rec.matcher.gallery), self.rec.matcher.threshold)  # fmt: skip
+                     bundle.version, path, bundle.signer, len(snap), snap.threshold)  # fmt: skip
             return
         reports = enroll_directory(self.rec, path)
         entries = [(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]
         gallery = Gallery.build(entries, version=0, name=path.name)
-        self.rec.matcher.set_gallery(gallery)
+        snap = self.gallery.swap(gallery)
         for r in reports:
             for photo, reason in r.rejected.items():
                 log.warning("enrol %s/%s rejected: %s", r.identity_id, photo, reason)
         log.info(
             "gallery %s: %d identities, %d embeddings, threshold %.4f (max FMR %g per stranger)",
-            path, len(gallery), len(gallery.embeddings), self.rec.matcher.threshold, self.s.match.max_false_match_rate,
+            path, len(gallery), len(gallery.embeddings), snap.threshold, self.s.match.max_false_match_rate,
         )  # fmt: skip
 
     def _on_connected(self) -> None:
@@ -128,7 +130,7 @@ class App:
     def status(self, state: str = "online") -> Status:
         now = time.monotonic()
         fps, fpm, lat = self.stats.snapshot(now)
-        gallery = self.rec.matcher.gallery
+        gallery = self.gallery.current.gallery
         cap = self.capture.status
         return Status(
             device_id=self.topics.device_id, state=state, version=__version__,
@@ -148,7 +150,7 @@ class App:
             threshold=round(m.threshold, 4), est_false_match_rate=m.est_false_match_rate,
             evidence=Evidence(agreed=conf.agreed, seen=conf.seen), track_id=conf.track_id,
             bbox=tuple(round(v, 4) for v in conf.box.normalised(frame.width, frame.height)),
-            quality=conf.quality, model=self.model_tag, gallery_version=self.rec.matcher.gallery.version,
+            quality=conf.quality, model=self.model_tag, gallery_version=m.gallery_version,
         )  # fmt: skip
         try:
             seq = self.outbox.put(self.topics.match, event.to_json(self.s.events.include_label))

@@ -249,6 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
     from edge.eval import lfw
     from edge.imageio import read_image
+    from edge.match import Gallery
     from edge.pipeline import Recognizer
 
     root: Path = args.root
@@ -275,7 +276,7 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
 
     data = lfw.embed_pairs_images(image_root, pairs, embed_image, progress_bar("embedding"))
     matcher = rec.matcher
-    report = lfw.evaluate(pairs, data, matcher.threshold, matcher.per_identity_fmr(0))
+    report = lfw.evaluate(pairs, data, matcher.snapshot(Gallery.empty()).threshold, matcher.per_identity_fmr(0))
     out = {
         "pairs_file": str(pairs_path),
         "pairs": report.pairs,

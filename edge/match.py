@@ -1,27 +1,32 @@
-"""Gallery search with a decision threshold derived from a stated false-match rate.
+"""Gallery search with decision thresholds derived from a stated false-match rate.
 
-The gallery is one immutable object: an (n, d) float32 matrix of unit vectors,
-grouped by identity (several embeddings per identity), searched with one matrix
-product. The matcher never mutates it; an update builds a new Gallery and swaps
-the reference.
+The gallery in force is one immutable ``GallerySnapshot``: the identities and
+their embeddings (an (n, d) float32 matrix of unit vectors, grouped by identity,
+searched with one matrix product), the threshold of every face-size band for this
+gallery's size, and the version. ``GalleryHolder`` replaces it with one reference
+assignment; the frame loop reads ``holder.current`` once per frame, so a frame is
+always judged by one gallery with that gallery's thresholds, and every Match names
+the version that produced it.
 
 Open-set arithmetic: comparing a stranger with one identity falsely matches
-with probability FMR (read from the calibration table). Against a gallery of N
-identities the chance that a stranger matches *someone* is about N × FMR. With
-``open_set_correction`` the per-identity rate used for the threshold is
-``max_false_match_rate / N``, so the stated rate holds per stranger, whatever the
-gallery size.
+with probability FMR (read from the calibration table of the face's size band).
+Against a gallery of N identities the chance that a stranger matches *someone*
+is about N × FMR. With ``open_set_correction`` the per-identity rate used for the
+threshold is ``max_false_match_rate / N``, so the stated rate holds per stranger,
+whatever the gallery size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from edge.runtime import CalibrationTable
+from edge.calibration import Band, Calibration
+from edge.config import MatchSettings
 from edge.types import FloatArray, Match
 
 
@@ -70,81 +75,152 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.identity_ids)
 
+    def without(self, identity_ids: set[str]) -> Gallery:
+        """The same gallery less some identities (expiry, removal); same version and name."""
+        ends = np.append(self.starts[1:], len(self.embeddings))
+        entries = [
+            (ident, self.labels[i], self.embeddings[self.starts[i] : ends[i]])
+            for i, ident in enumerate(self.identity_ids)
+            if ident not in identity_ids
+        ]
+        return Gallery.build(entries, self.version, self.name)
+
     def scores(self, queries: FloatArray) -> FloatArray:
         """(q, n_identities) best cosine similarity of each query with each identity."""
         sims = queries @ self.embeddings.T  # (q, n_embeddings): the one matrix product
         return np.maximum.reduceat(sims, self.starts, axis=1)
 
 
-class Matcher:
-    """Top-1 search plus margin, thresholded at a calibrated false-match rate."""
+@dataclass(frozen=True, slots=True)
+class BandThreshold:
+    """A face-size band with the threshold it has for one snapshot's gallery size."""
 
-    def __init__(
-        self,
-        table: CalibrationTable,
-        max_false_match_rate: float = 1e-4,
-        open_set_correction: bool = True,
-        min_margin: float = 0.0,
-    ) -> None:
-        self.table = table
-        self.max_false_match_rate = max_false_match_rate
-        self.open_set_correction = open_set_correction
-        self.min_margin = min_margin
-        self._gallery = Gallery.empty()
-        self._threshold = self._compute_threshold(0)
+    band: Band
+    threshold: float
 
-    def per_identity_fmr(self, n_identities: int) -> float:
-        if self.open_set_correction and n_identities > 1:
-            return self.max_false_match_rate / n_identities
-        return self.max_false_match_rate
 
-    def _compute_threshold(self, n_identities: int) -> float:
-        return self.table.threshold_for(self.per_identity_fmr(n_identities))
+@dataclass(frozen=True)
+class GallerySnapshot:
+    """The gallery in force and everything needed to judge a face against it."""
+
+    gallery: Gallery
+    settings: MatchSettings
+    bands: tuple[BandThreshold, ...]  # the calibration's bands, largest faces first
+    per_identity_fmr: float
 
     @property
-    def gallery(self) -> Gallery:
-        return self._gallery
+    def version(self) -> int:
+        return self.gallery.version
+
+    def __len__(self) -> int:
+        return len(self.gallery)
+
+    def band_for(self, face_px: float) -> BandThreshold:
+        for bt in self.bands:
+            if face_px >= bt.band.min_px:
+                return bt
+        return self.bands[-1]
 
     @property
     def threshold(self) -> float:
-        return self._threshold
+        """The threshold of the largest faces (what a portrait is judged with)."""
+        return self.bands[0].threshold
 
-    def set_gallery(self, gallery: Gallery) -> None:
-        """Swap the gallery in one reference assignment (safe against concurrent ``match``)."""
-        threshold = self._compute_threshold(len(gallery))
-        self._gallery, self._threshold = gallery, threshold
-
-    def match(self, queries: FloatArray) -> list[Match]:
-        gallery, threshold = self._gallery, self._threshold
-        n = len(gallery)
-        if n == 0 or len(queries) == 0:
-            return [Match(None, None, 0.0, 0.0, threshold, 1.0, False) for _ in range(len(queries))]
+    def match(self, queries: FloatArray, face_px: Sequence[float] | None = None) -> list[Match]:
+        """Top-1 identity for each query; ``face_px`` (box side of each face) picks its band."""
+        gallery = self.gallery
+        n, q = len(gallery), len(queries)
+        sizes = list(face_px) if face_px is not None else [float("inf")] * q
+        if len(sizes) != q:
+            raise ValueError(f"{q} queries but {len(sizes)} face sizes")
+        bands = [self.band_for(px) for px in sizes]
+        if n == 0 or q == 0:
+            return [
+                Match(None, None, 0.0, 0.0, bt.threshold, 1.0, False, gallery.version, bt.band.label) for bt in bands
+            ]
         per_id = gallery.scores(queries)
         if n >= 2:
             top2 = np.argpartition(-per_id, 1, axis=1)[:, :2]
-            rows = np.arange(len(queries))[:, None]
+            rows = np.arange(q)[:, None]
             pair = per_id[rows, top2]
             order = np.argsort(-pair, axis=1)
             best_idx = top2[rows[:, 0], order[:, 0]]
             best = pair[rows[:, 0], order[:, 0]]
             second = pair[rows[:, 0], order[:, 1]]
         else:
-            best_idx = np.zeros(len(queries), np.intp)
+            best_idx = np.zeros(q, np.intp)
             best = per_id[:, 0]
-            second = np.full(len(queries), -1.0, np.float32)
-        scale = n if self.open_set_correction else 1
+            second = np.full(q, -1.0, np.float32)
+        scale = n if self.settings.open_set_correction else 1
         out = []
-        for i, s, m in zip(best_idx.tolist(), best.tolist(), (best - second).tolist(), strict=True):
-            accepted = s >= threshold and m >= self.min_margin
+        for i, s, m, bt in zip(best_idx.tolist(), best.tolist(), (best - second).tolist(), bands, strict=True):
             out.append(
                 Match(
                     identity_id=gallery.identity_ids[i],
                     label=gallery.labels[i],
                     score=float(s),
                     margin=float(m),
-                    threshold=threshold,
-                    est_false_match_rate=min(1.0, self.table.fmr_at(s) * scale),
-                    accepted=bool(accepted),
+                    threshold=bt.threshold,
+                    est_false_match_rate=min(1.0, bt.band.table.fmr_at(s) * scale),
+                    accepted=bool(s >= bt.threshold and m >= self.settings.min_margin),
+                    gallery_version=gallery.version,
+                    band=bt.band.label,
                 )
             )
         return out
+
+
+class Matcher:
+    """Calibrated matching policy: turns a Gallery into a snapshot with its thresholds."""
+
+    def __init__(self, calibration: Calibration, settings: MatchSettings) -> None:
+        self.calibration = calibration
+        self.settings = settings
+
+    def per_identity_fmr(self, n_identities: int) -> float:
+        if self.settings.open_set_correction and n_identities > 1:
+            return self.settings.max_false_match_rate / n_identities
+        return self.settings.max_false_match_rate
+
+    def snapshot(self, gallery: Gallery) -> GallerySnapshot:
+        fmr = self.per_identity_fmr(len(gallery))
+        bands = tuple(BandThreshold(b, b.table.threshold_for(fmr)) for b in self.calibration.bands)
+        return GallerySnapshot(gallery, self.settings, bands, fmr)
+
+
+class GalleryHolder:
+    """The one reference to the gallery in force.
+
+    Readers take ``current`` (one attribute read, no lock). Writers (the gallery
+    sync, expiry, start-up) go through ``swap``/``update``, serialised by a lock so
+    that a read-modify-write (expiry) never undoes a concurrent swap.
+    """
+
+    def __init__(self, matcher: Matcher, gallery: Gallery | None = None) -> None:
+        self.matcher = matcher
+        self._lock = threading.Lock()
+        self._current = matcher.snapshot(gallery or Gallery.empty())
+        self._listeners: list[Callable[[GallerySnapshot], None]] = []
+
+    @property
+    def current(self) -> GallerySnapshot:
+        return self._current
+
+    def on_change(self, listener: Callable[[GallerySnapshot], None]) -> None:
+        """Call ``listener`` with every new snapshot (Home Assistant entities, status)."""
+        self._listeners.append(listener)
+
+    def swap(self, gallery: Gallery) -> GallerySnapshot:
+        return self.update(lambda _old: gallery)
+
+    def update(self, change: Callable[[GallerySnapshot], Gallery | None]) -> GallerySnapshot:
+        """Atomically derive the next gallery from the current snapshot (None: no change)."""
+        with self._lock:
+            gallery = change(self._current)
+            if gallery is None:
+                return self._current
+            snap = self.matcher.snapshot(gallery)
+            self._current = snap
+        for listener in self._listeners:
+            listener(snap)
+        return snap

@@ -52,11 +52,12 @@ class Recognizer:
 
     @property
     def matcher(self) -> Matcher:
-        """The matcher, with the calibration table of this embedder (loaded on first use)."""
+        """The matching policy with this embedder's calibration (loaded on first use, so that
+        ``models/build.py`` can run the pipeline before the tables exist). Stateless: the
+        gallery in force lives in a ``GalleryHolder``."""
         if self._matcher is None:
-            ms = self.settings.match
-            table = self.manifest.calibration_for(self.embedder_sha256, self.pipeline_id)
-            self._matcher = Matcher(table, ms.max_false_match_rate, ms.open_set_correction, ms.min_margin)
+            calibration = self.manifest.calibration_for(self.embedder_sha256, self.pipeline_id)
+            self._matcher = Matcher(calibration, self.settings.match)
         return self._matcher
 
     def other_detector(self) -> Detector:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from edge.health import Stats
+from edge.match import GalleryHolder
 from edge.pipeline import Recognizer
 from edge.track import Confirmation, Tracker
 from edge.types import Frame
@@ -20,8 +21,11 @@ OnConfirm = Callable[[Confirmation, Frame], None]
 
 
 class FrameProcessor:
-    def __init__(self, rec: Recognizer, tracker: Tracker, stats: Stats, on_confirm: OnConfirm) -> None:
+    def __init__(
+        self, rec: Recognizer, gallery: GalleryHolder, tracker: Tracker, stats: Stats, on_confirm: OnConfirm
+    ) -> None:
         self.rec = rec
+        self.gallery = gallery
         self.tracker = tracker
         self.stats = stats
         self.on_confirm = on_confirm
@@ -51,7 +55,8 @@ class FrameProcessor:
             if good:
                 emb = rec.embed([a for _, a in good])
                 t3 = clock()
-                matches = rec.matcher.match(emb)
+                # One snapshot for the whole frame: gallery, thresholds and version agree.
+                matches = self.gallery.current.match(emb, [a.quality.face_px for _, a in good])
                 self.stats.add("embed", (t3 - t2) / len(good))
                 self.stats.add("match", clock() - t3)
                 for (track, a), m in zip(good, matches, strict=True):

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edge.calibration import Calibration, parse_calibrations
 from edge.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
@@ -77,51 +78,12 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class CalibrationTable:
-    """Impostor score → false-match-rate table measured for one embedder.
-
-    ``fmr`` is strictly decreasing and ``threshold`` increasing: comparing a
-    stranger's face with one enrolled identity gives a cosine similarity of at
-    least ``threshold[i]`` with probability ``fmr[i]``.
-    """
-
-    embedder_sha256: str
-    pipeline: str
-    impostor_pairs: int
-    fmr: npt.NDArray[np.float64]
-    threshold: npt.NDArray[np.float64]
-
-    def threshold_for(self, max_fmr: float) -> float:
-        """The lowest threshold whose measured FMR is at most ``max_fmr``.
-
-        Between table rows the threshold is interpolated in log(FMR); below the
-        smallest measured rate the strictest measured threshold is returned, so
-        the rate is never extrapolated past what was measured.
-        """
-        if max_fmr >= self.fmr[0]:
-            return float(self.threshold[0])
-        if max_fmr <= self.fmr[-1]:
-            return float(self.threshold[-1])
-        logf = np.log10(self.fmr)
-        # np.interp needs increasing x: reverse both axes.
-        return float(np.interp(np.log10(max_fmr), logf[::-1], self.threshold[::-1]))
-
-    def fmr_at(self, score: float) -> float:
-        """The measured rate at which an impostor comparison reaches ``score``."""
-        if score <= self.threshold[0]:
-            return float(self.fmr[0])
-        if score >= self.threshold[-1]:
-            return float(self.fmr[-1])
-        return float(10 ** np.interp(score, self.threshold, np.log10(self.fmr)))
-
-
-@dataclass(frozen=True, slots=True)
 class Manifest:
     """The parsed ``models/manifest.json``."""
 
     root: Path
     models: dict[str, ModelSpec]
-    calibrations: tuple[CalibrationTable, ...]
+    calibrations: tuple[Calibration, ...]
     raw: dict[str, Any]
 
     def spec(self, key: str) -> ModelSpec:
@@ -130,11 +92,11 @@ class Manifest:
         except KeyError:
             raise ModelError(f"model '{key}' is not in {self.root / MANIFEST_NAME}") from None
 
-    def calibration_for(self, embedder_sha256: str, pipeline: str) -> CalibrationTable:
-        """The score → FMR table measured for exactly this embedder file and pipeline variant."""
-        for table in self.calibrations:
-            if table.embedder_sha256 == embedder_sha256 and table.pipeline == pipeline:
-                return table
+    def calibration_for(self, embedder_sha256: str, pipeline: str) -> Calibration:
+        """The score → FMR tables measured for exactly this embedder file and pipeline variant."""
+        for cal in self.calibrations:
+            if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline:
+                return cal
         raise ModelError(
             f"{self.root / MANIFEST_NAME} has no calibration table for embedder sha256 {embedder_sha256[:12]}… "
             f"with pipeline '{pipeline}'; rebuild the models with models/build.py"
@@ -157,23 +119,12 @@ def load_manifest(models_dir: Path | None = None) -> Manifest:
             )
             for key, entry in raw["models"].items()
         }
-        tables = []
-        for cal in raw.get("calibration", []):
-            rows = np.asarray(cal["table"], dtype=np.float64)
-            tables.append(
-                CalibrationTable(
-                    embedder_sha256=cal["embedder_sha256"],
-                    pipeline=cal["pipeline"],
-                    impostor_pairs=int(cal["impostor_pairs"]),
-                    fmr=rows[:, 0],
-                    threshold=rows[:, 1],
-                )
-            )
+        calibrations = parse_calibrations(raw.get("calibration", []))
     except FileNotFoundError:
         raise ModelError(f"model manifest not found: {path}") from None
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise ModelError(f"model manifest {path} is malformed: {exc!r}") from None
-    return Manifest(root=root, models=models, calibrations=tuple(tables), raw=raw)
+    return Manifest(root=root, models=models, calibrations=calibrations, raw=raw)
 
 
 def read_verified(path: Path, sha256: str) -> bytes:

@@ -107,9 +107,10 @@ class AlignedFace:
 class Match:
     """Best gallery identity for one embedding, with the evidence for the decision.
 
-    ``accepted`` is ``score >= threshold``; ``est_false_match_rate`` is the rate at
-    which a stranger's face reaches ``score`` against this gallery, read from the
-    calibration table shipped with the model.
+    ``accepted`` is ``score >= threshold`` (and the margin over the second identity
+    at least ``min_margin``); ``threshold`` and ``est_false_match_rate`` (the rate at
+    which a stranger's face reaches ``score`` against this gallery) are those of
+    the face's size ``band``; ``gallery_version`` is the snapshot that judged it.
     """
 
     identity_id: str | None
@@ -119,3 +120,5 @@ class Match:
     threshold: float
     est_false_match_rate: float
     accepted: bool
+    gallery_version: int = 0
+    band: str = ""

@@ -175,14 +175,19 @@ def test_enroll_fails_on_an_identity_without_usable_photo_unless_skipped(tmp_pat
 def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer: object) -> None:
     from edge.errors import InputError
     from edge.gallery.sync import CURRENT, GallerySync
+    from edge.match import GalleryHolder
 
     rec = recognizer
     key = Ed25519PrivateKey.generate()
-    sync = GallerySync(rec.matcher, tmp_path, [key.public_key()], rec.embedder_sha256, "g", 1 << 20, lambda b: None)  # type: ignore[attr-defined]
+    sync = GallerySync(
+        GalleryHolder(rec.matcher), tmp_path, [key.public_key()], rec.embedder_sha256, "g", 1 << 20, lambda b: None
+    )  # type: ignore[attr-defined]
     data = encode(identities(2), "g", 3, rec.embedder_sha256, key)  # type: ignore[attr-defined]
     assert sync.apply(data) and sync.version == 3
     stored = tmp_path / CURRENT
     stored.write_bytes(stored.read_bytes()[:-10])  # damaged on disk
-    fresh = GallerySync(rec.matcher, tmp_path, [key.public_key()], rec.embedder_sha256, "g", 1 << 20, lambda b: None)  # type: ignore[attr-defined]
+    fresh = GallerySync(
+        GalleryHolder(rec.matcher), tmp_path, [key.public_key()], rec.embedder_sha256, "g", 1 << 20, lambda b: None
+    )  # type: ignore[attr-defined]
     with pytest.raises(InputError, match=r"stored gallery .*current\.bundle: gallery bundle rejected at signature"):
         fresh.load_from_disk()

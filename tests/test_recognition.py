@@ -39,7 +39,7 @@ def test_same_person_above_and_different_people_below_default_threshold(
     recognizer: Recognizer, embedded: dict[Path, np.ndarray]
 ) -> None:
     # The per-comparison threshold at the default rate (no open-set division).
-    threshold = recognizer.matcher.table.threshold_for(Settings().match.max_false_match_rate)
+    threshold = recognizer.matcher.calibration.largest.table.threshold_for(Settings().match.max_false_match_rate)
     same, diff = [], []
     for (pa, a), (pb, b) in itertools.combinations(embedded.items(), 2):
         (same if pa.parent == pb.parent else diff).append(float(a @ b))
@@ -65,12 +65,11 @@ def test_gallery_search_finds_the_enrolled_identity_with_margin(
         by_person.setdefault(p.parent.name, []).append(v)
     enrolled = {n: v for n, v in by_person.items() if len(v) >= 3}
     gallery = Gallery.build([(n, n.replace("_", " "), np.stack(v[:-1])) for n, v in enrolled.items()], version=3)
-    matcher = recognizer.matcher
-    matcher.set_gallery(gallery)
+    snap = recognizer.matcher.snapshot(gallery)
     probes = [v[-1] for v in enrolled.values()]
-    for name, m in zip(enrolled, matcher.match(np.stack(probes)), strict=True):
-        assert m.identity_id == name and m.accepted
+    for name, m in zip(enrolled, snap.match(np.stack(probes)), strict=True):
+        assert m.identity_id == name and m.accepted and m.gallery_version == 3
         assert m.margin > 0.1 and m.score >= m.threshold
         assert 0 < m.est_false_match_rate < 1e-3
     strangers = [v[0] for n, v in by_person.items() if n not in enrolled]
-    assert not any(m.accepted for m in matcher.match(np.stack(strangers)))
+    assert not any(m.accepted for m in snap.match(np.stack(strangers)))

@@ -17,9 +17,10 @@ def test_manifest_lists_every_model_with_checksum_and_calibration() -> None:
         assert len(spec.sha256) == 64
         assert (m.root / spec.file).is_file()
     for key in ("embedder_fp32", "embedder_int8"):
-        table = m.calibration_for(m.spec(key).sha256, "mesh5")
-        assert table.impostor_pairs > 1_000_000
-        assert np.all(np.diff(table.fmr) < 0) and np.all(np.diff(table.threshold) > 0)
+        for band in m.calibration_for(m.spec(key).sha256, "mesh5").bands:
+            table = band.table
+            assert table.impostor_pairs > 1_000_000
+            assert np.all(np.diff(table.fmr) < 0) and np.all(np.diff(table.threshold) > 0)
 
 
 def test_altered_model_is_refused_naming_the_file(models_copy: Path) -> None:
@@ -49,7 +50,7 @@ def test_malformed_manifest_is_one_clear_error(models_copy: Path) -> None:
 
 def test_calibration_table_threshold_and_rate_are_inverse() -> None:
     m = load_manifest()
-    table = m.calibration_for(m.spec("embedder_fp32").sha256, "mesh5")
+    table = m.calibration_for(m.spec("embedder_fp32").sha256, "mesh5").largest.table
     t = table.threshold_for(1e-4)
     assert table.fmr_at(t) == pytest.approx(1e-4, rel=0.05)
     # Stricter rate → higher threshold; past the table's end the strictest measured one.

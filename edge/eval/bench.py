@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.config import TrackingSettings
 from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.match import Gallery
+from edge.match import Gallery, GalleryHolder, GallerySnapshot
 from edge.pipeline import Recognizer
 from edge.types import ImageArray
 
@@ -124,7 +124,7 @@ class StageTimes:
     faces: int = 0
 
 
-def run_stream(rec: Recognizer, frames: Iterator[ImageArray]) -> StageTimes:
+def run_stream(rec: Recognizer, frames: Iterator[ImageArray], snap: GallerySnapshot) -> StageTimes:
     """Full pipeline on every frame (no tracking: the worst case)."""
     st = StageTimes([], [], [], [], [])
     clock = time.perf_counter
@@ -138,7 +138,7 @@ def run_stream(rec: Recognizer, frames: Iterator[ImageArray]) -> StageTimes:
         emb = rec.embed(ok)
         t3 = clock()
         if len(ok):
-            rec.matcher.match(emb)
+            snap.match(emb, [a.quality.face_px for a in ok])
         t4 = clock()
         st.detect.append(t1 - t0)
         if faces:
@@ -200,13 +200,13 @@ def bench(
     frames: int = 300,
     gallery_size: int = 10_000,
 ) -> dict[str, object]:
-    rec.matcher.set_gallery(random_gallery(gallery_size, rec.embedder.dim))
+    snap = rec.matcher.snapshot(random_gallery(gallery_size, rec.embedder.dim))
     portraits_ = portraits(faces_dir) if faces_dir is not None else []
     stream = file_stream(source, frames) if source is not None else synthetic_stream(portraits_, frames)
     # Warm-up: first invokes allocate and pack weights.
     warm = next(synthetic_stream(portraits_, 1)) if portraits_ else np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
-    run_stream(rec, iter([warm] * 5))
-    st = run_stream(rec, stream)
+    run_stream(rec, iter([warm] * 5), snap)
+    st = run_stream(rec, stream, snap)
     total = sum(st.frame)
     result: dict[str, object] = {
         "threads": rec.settings.models.threads,
@@ -251,8 +251,9 @@ def service_bench(
     from edge.types import Frame
 
     reports = enroll_directory(rec, gallery_dir)
-    rec.matcher.set_gallery(
-        Gallery.build([(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None])
+    holder = GalleryHolder(
+        rec.matcher,
+        Gallery.build([(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]),
     )
     latencies: list[float] = []
     confirmed: list[str] = []
@@ -263,7 +264,7 @@ def service_bench(
         confirmed.append(str(conf.match.identity_id))
 
     stats = Stats(window=100_000)
-    proc = FrameProcessor(rec, Tracker(params), stats, on_confirm)
+    proc = FrameProcessor(rec, holder, Tracker(params), stats, on_confirm)
     total, n = 0.0, 0
     for i, image in enumerate(file_stream(clip, 100_000, loop=False)):
         busy["t"] = time.perf_counter()
@@ -306,6 +307,7 @@ def bundle_bench(rec: Recognizer, frame: ImageArray, identities: int = 10_000, p
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     people = [Identity(f"p{i:05d}", None, vecs[i * per : (i + 1) * per], {}) for i in range(identities)]
     out: dict[str, object] = {"bundle_identities": identities, "bundle_embeddings": identities * per}
+    holder = GalleryHolder(rec.matcher)
     dtypes: tuple[Literal["float16", "int8"], ...] = ("float16", "int8")
     for dtype in dtypes:
         data = encode(people, "bench", 1, rec.embedder_sha256, key, dtype=dtype)
@@ -321,7 +323,7 @@ def bundle_bench(rec: Recognizer, frame: ImageArray, identities: int = 10_000, p
 
         def apply(data: bytes = data, took: list[float] = took, done: threading.Event = done) -> None:
             t = time.perf_counter()
-            rec.matcher.set_gallery(to_gallery(verify_bundle(data, [key.public_key()], rec.embedder_sha256)))
+            holder.swap(to_gallery(verify_bundle(data, [key.public_key()], rec.embedder_sha256)))
             took.append(time.perf_counter() - t)
             done.set()
 

@@ -34,7 +34,7 @@ from edge.errors import InputError
 from edge.gallery.bundle import Bundle, BundleError, redact
 from edge.gallery.chunks import Assembler, base_topic
 from edge.gallery.store import expired, to_gallery, verify_bundle
-from edge.match import Matcher
+from edge.match import GalleryHolder
 
 log = logging.getLogger(__name__)
 CURRENT = "current.bundle"
@@ -63,7 +63,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 class GallerySync:
     def __init__(
         self,
-        matcher: Matcher,
+        holder: GalleryHolder,
         folder: Path,
         trusted: Sequence[Ed25519PublicKey],
         embedder_sha256: str,
@@ -71,7 +71,7 @@ class GallerySync:
         max_bytes: int,
         publish_state: Callable[[bytes], None],
     ) -> None:
-        self.matcher = matcher
+        self.holder = holder
         self.folder = folder
         self.trusted = list(trusted)
         self.embedder_sha256 = embedder_sha256
@@ -190,7 +190,7 @@ class GallerySync:
             return False
         self.applied += 1
         log.info("gallery %s v%d applied in %.2fs: %d identities, %d embeddings", bundle.gallery, self.version,
-                 time.perf_counter() - started, len(self.matcher.gallery), len(self.matcher.gallery.embeddings))  # fmt: skip
+                 time.perf_counter() - started, len(self.holder.current.gallery), len(self.holder.current.gallery.embeddings))  # fmt: skip
         self.publish()
         return True
 
@@ -227,7 +227,7 @@ class GallerySync:
 
     def _swap(self, bundle: Bundle, version: int, redacted: frozenset[str], applied_at: str) -> None:
         gallery = to_gallery(bundle)
-        self.matcher.set_gallery(replace(gallery, version=version))
+        self.holder.swap(replace(gallery, version=version))
         self.current, self.version, self.redacted, self.applied_at = bundle, version, redacted, applied_at
 
     # -- expiry ---------------------------------------------------------------------------
@@ -236,17 +236,17 @@ class GallerySync:
         if self.current is None:
             return []
         now = now or datetime.now(timezone.utc)
-        live = set(self.matcher.gallery.identity_ids)
+        live = set(self.holder.current.gallery.identity_ids)
         gone = [i.id for i in self.current.identities if i.id in live and expired(i.meta, now)]
         if gone:
-            self.matcher.set_gallery(replace(to_gallery(self.current, now), version=self.version or 0))
+            self.holder.update(lambda snap: snap.gallery.without(set(gone)))
             log.info("gallery: %d identit%s expired: %s", len(gone), "y" if len(gone) == 1 else "ies", ", ".join(gone))
             self.publish()
         return gone
 
     # -- state ----------------------------------------------------------------------------
     def state(self, error: dict[str, object] | None = None) -> dict[str, object]:
-        g = self.matcher.gallery
+        g = self.holder.current.gallery
         b = self.current
         out: dict[str, object] = {
             "gallery": b.gallery if b else None,

@@ -1,0 +1,126 @@
+"""Calibrated matching: open-set correction, margin, estimated FMR, size bands, snapshots."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from edge.calibration import Band, Calibration, CalibrationTable, parse_calibrations
+from edge.config import MatchSettings
+from edge.match import Gallery, GalleryHolder, Matcher
+
+# Rates 1e-1 … 1e-6 at thresholds 0.2 … 0.7 (large faces); small faces need 0.1 more.
+LARGE = CalibrationTable.from_rows([[10.0**-k, 0.1 + 0.1 * k] for k in range(1, 7)], 1_000_000)
+SMALL = CalibrationTable.from_rows([[10.0**-k, 0.2 + 0.1 * k] for k in range(1, 7)], 1_000_000)
+CAL = Calibration("sha", "mesh5+flip", (Band(80, LARGE, "80+ px"), Band(0, SMALL, "0-80 px")))
+
+
+def unit(v: list[float]) -> np.ndarray:
+    a = np.zeros(16, np.float32)
+    a[: len(v)] = v
+    return a / np.linalg.norm(a)
+
+
+def gallery(n: int, version: int = 1) -> Gallery:
+    eye = np.eye(16, dtype=np.float32)
+    return Gallery.build([(f"id{i}", f"Person {i}", eye[i : i + 1]) for i in range(n)], version=version)
+
+
+def test_open_set_correction_divides_the_rate_by_the_gallery_size() -> None:
+    on = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3))
+    off = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3, open_set_correction=False))
+    assert on.snapshot(gallery(1)).threshold == pytest.approx(0.4)  # 1e-3 per comparison
+    assert on.snapshot(gallery(10)).threshold == pytest.approx(0.5)  # 1e-3 / 10 = 1e-4
+    assert off.snapshot(gallery(10)).threshold == pytest.approx(0.4)
+    assert on.snapshot(gallery(10)).per_identity_fmr == pytest.approx(1e-4)
+
+
+def test_estimated_false_match_rate_is_the_table_rate_times_the_gallery_size() -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(gallery(5))
+    (m,) = snap.match(unit([0.6, 0.8])[None])  # cosine 0.8 with id1, 0.6 with id0
+    assert m.identity_id == "id1" and m.score == pytest.approx(0.8)
+    assert m.est_false_match_rate == pytest.approx(LARGE.fmr_at(0.8) * 5)
+    no_corr = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3, open_set_correction=False)).snapshot(gallery(5))
+    assert no_corr.match(unit([0.6, 0.8])[None])[0].est_false_match_rate == pytest.approx(LARGE.fmr_at(0.8))
+
+
+def test_min_margin_refuses_a_face_between_two_identities() -> None:
+    probe = unit([0.7, 0.71])[None]  # almost equally close to id0 and id1, both above 0.5
+    loose = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(gallery(3))
+    strict = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3, min_margin=0.05)).snapshot(gallery(3))
+    (a,), (b,) = loose.match(probe), strict.match(probe)
+    assert a.accepted and a.margin < 0.05
+    assert not b.accepted and b.identity_id == a.identity_id and b.score == a.score
+
+
+def test_each_face_is_judged_with_the_table_of_its_size_band() -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(gallery(1))
+    probe = np.stack([unit([0.45, 0.89])] * 2)  # cosine 0.45 with id0
+    big, small = snap.match(probe, face_px=[120.0, 40.0])
+    assert (big.band, small.band) == ("80+ px", "0-80 px")
+    assert big.threshold == pytest.approx(0.4) and big.accepted
+    assert small.threshold == pytest.approx(0.5) and not small.accepted
+    assert small.est_false_match_rate == pytest.approx(SMALL.fmr_at(small.score))
+    assert big.est_false_match_rate == pytest.approx(LARGE.fmr_at(big.score))
+    assert big.est_false_match_rate < small.est_false_match_rate
+    with pytest.raises(ValueError, match="2 queries but 1 face sizes"):
+        snap.match(probe, face_px=[50.0])
+
+
+def test_manifest_bands_parse_in_order_and_old_manifests_mean_one_band() -> None:
+    rows = [[1e-1, 0.2], [1e-2, 0.3]]
+    cal = parse_calibrations(
+        [
+            {"embedder_sha256": "s", "pipeline": "p", "table": rows, "band": {"min_px": 30, "max_px": 50}},
+            {"embedder_sha256": "s", "pipeline": "p", "table": rows, "band": {"min_px": 80}},
+            {"embedder_sha256": "s", "pipeline": "p", "table": rows, "band": {"min_px": 50, "max_px": 80}},
+        ]
+    )[0]
+    assert [b.label for b in cal.bands] == ["80+ px", "50-80 px", "30-50 px"]
+    assert cal.band_for(60).label == "50-80 px" and cal.band_for(10).label == "30-50 px"
+    (old,) = parse_calibrations([{"embedder_sha256": "s", "pipeline": "p", "table": rows}])
+    assert len(old.bands) == 1 and old.band_for(5).min_px == 0
+    with pytest.raises(ValueError, match="decreasing rates"):
+        CalibrationTable.from_rows([[1e-2, 0.3], [1e-1, 0.2]])
+
+
+def test_empty_gallery_matches_nobody_and_names_its_version() -> None:
+    snap = Matcher(CAL, MatchSettings()).snapshot(Gallery.build([], version=4))
+    (m,) = snap.match(unit([1.0])[None], [100.0])
+    assert m.identity_id is None and not m.accepted and m.gallery_version == 4
+
+
+def test_a_swap_never_pairs_one_gallery_with_another_gallerys_threshold() -> None:
+    holder = GalleryHolder(Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)), gallery(1, version=1))
+    small, big = gallery(1, version=1), gallery(8, version=2)
+    expected = {1: holder.matcher.snapshot(small).threshold, 2: holder.matcher.snapshot(big).threshold}
+    assert expected[1] != expected[2]
+    stop = threading.Event()
+
+    def swapper() -> None:
+        while not stop.is_set():
+            holder.swap(big)
+            holder.swap(small)
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    try:
+        for _ in range(20_000):
+            snap = holder.current
+            assert snap.threshold == expected[snap.version] and len(snap) == (1 if snap.version == 1 else 8)
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_expiry_update_does_not_undo_a_concurrent_swap() -> None:
+    holder = GalleryHolder(Matcher(CAL, MatchSettings()), gallery(3, version=1))
+    seen: list[int] = []
+    holder.on_change(lambda snap: seen.append(snap.version))
+    holder.update(lambda snap: snap.gallery.without({"id0"}))
+    assert holder.current.gallery.identity_ids == ("id1", "id2") and holder.current.version == 1
+    holder.swap(gallery(2, version=2))
+    assert holder.update(lambda snap: None) is holder.current  # no change, no notification
+    assert seen == [1, 2]
