@@ -13,8 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cli import main
+from edge.gallery.admit import to_gallery, verify_bundle
 from edge.gallery.bundle import BundleError, Identity, encode, generate_key, load_private_key, load_public_key
-from edge.gallery.store import to_gallery, verify_bundle
+from edge.pipeline import Recognizer
 
 from .conftest import FACES
 
@@ -172,22 +173,25 @@ def test_enroll_fails_on_an_identity_without_usable_photo_unless_skipped(tmp_pat
     assert out.is_file()
 
 
-def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer: object) -> None:
+def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer: Recognizer) -> None:
+    from edge.config import GallerySettings
     from edge.errors import InputError
-    from edge.gallery.sync import CURRENT, GallerySync
+    from edge.gallery.admit import Policy
+    from edge.gallery.store import CURRENT, GalleryStore
+    from edge.gallery.sync import GallerySync
     from edge.match import GalleryHolder
 
-    rec = recognizer
     key = Ed25519PrivateKey.generate()
-    sync = GallerySync(
-        GalleryHolder(rec.matcher), tmp_path, [key.public_key()], rec.embedder_sha256, "g", 1 << 20, lambda b: None
-    )  # type: ignore[attr-defined]
-    data = encode(identities(2), "g", 3, rec.embedder_sha256, key)  # type: ignore[attr-defined]
-    assert sync.apply(data) and sync.version == 3
+    policy = Policy((key.public_key(),), recognizer.embedder_sha256, "g", 1 << 20)
+
+    def sync() -> GallerySync:
+        return GallerySync(
+            GalleryHolder(recognizer.matcher), GalleryStore(tmp_path, policy), policy, GallerySettings(), lambda b: None
+        )
+
+    first = sync()
+    assert first.apply(encode(identities(2), "g", 3, recognizer.embedder_sha256, key)) and first.version == 3
     stored = tmp_path / CURRENT
     stored.write_bytes(stored.read_bytes()[:-10])  # damaged on disk
-    fresh = GallerySync(
-        GalleryHolder(rec.matcher), tmp_path, [key.public_key()], rec.embedder_sha256, "g", 1 << 20, lambda b: None
-    )  # type: ignore[attr-defined]
     with pytest.raises(InputError, match=r"stored gallery .*current\.bundle: gallery bundle rejected at signature"):
-        fresh.load_from_disk()
+        sync().load_from_disk()

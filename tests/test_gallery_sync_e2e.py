@@ -21,8 +21,10 @@ from edge.gallery.bundle import (
     encode,
     load_private_key,
     load_public_key,
-    parse,
+    parse_identities,
+    peek_header,
     read_header,
+    read_index,
     verify_signature,
 )
 
@@ -88,8 +90,9 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         == 0
     )
     v2 = v2_file.read_bytes()
-    people = parse(verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])).identities
-    sha = str(read_header(v2)["embedder_sha256"])  # the devices' embedder, as enrolment used it
+    signed = verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])
+    people = parse_identities(signed, read_header(signed), read_index(signed))
+    sha = str(peek_header(v2)["embedder_sha256"])  # the devices' embedder, as enrolment used it
     v1 = encode([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], "demo", 1, sha, key)
 
     w = Watch(broker)
@@ -144,7 +147,8 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         assert s["removed"] == ["Venus_Williams"] and s["identities"] == 2 and "error" not in s
         stored = (tmp_path / "gallery" / "current.bundle").read_bytes()
         with pytest.raises(BundleError, match="Venus_Williams"):  # its embeddings are zeroed on disk
-            parse(verify_signature(stored, [load_public_key(Path(f"{keyfile}.pub"))]))
+            signed = verify_signature(stored, [load_public_key(Path(f"{keyfile}.pub"))])
+            parse_identities(signed, read_header(signed), read_index(signed))
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -177,6 +181,4 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
 
 
 def load_gallery_version(state: Path) -> int:
-    from edge.gallery.bundle import read_header
-
-    return int(read_header((state / "gallery" / "current.bundle").read_bytes())["version"])
+    return int(peek_header((state / "gallery" / "current.bundle").read_bytes())["version"])

@@ -11,6 +11,11 @@ Layout (all integers little-endian)::
     body                            one block per identity, in index order: its rows as
                                     float16, or as int8 followed by float16 row scales
 
+Only the magic and the two length fields are read before the signature is
+verified (``frame``); the header and index are parsed afterwards, each field
+checked for its type and range (a version that is a string or ``Infinity``, a
+header nested 100,000 deep, are rejected with the step and reason, never raised).
+
 The signature covers the head; each identity's block is bound to it by the sha256
 in its index entry, so every byte is authenticated. That split is what lets a
 device honour a signed *removal*: it zeroes the removed identities' blocks on disk
@@ -20,6 +25,9 @@ blocks being excused by the stored removal bundle that names them.
 ``kind`` is ``full`` (a whole gallery), ``removal`` (identities to drop at once:
 index entries with count 0) or ``rollback`` (a full gallery explicitly allowed to
 carry a lower version). Photos are never stored.
+
+Functions take any bytes-like buffer (``bytes``, ``bytearray``, ``memoryview``), so
+a bundle reassembled from parts is checked without being copied.
 """
 
 from __future__ import annotations
@@ -31,12 +39,13 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from edge.errors import InputError
 from edge.types import FloatArray
@@ -44,17 +53,23 @@ from edge.types import FloatArray
 MAGIC = b"EDGEGAL1"
 SIG_LEN = 64
 KEYID_LEN = 32
+MAX_HEADER = 64 << 10  # a real header is ~300 bytes
+MAX_DIM = 4096
 Kind = Literal["full", "removal", "rollback"]
 Dtype = Literal["float16", "int8"]
+Buffer: TypeAlias = bytes | bytearray | memoryview
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+IDENTITY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 
 class BundleError(InputError):
-    """A bundle failed a check; ``step`` names which (size, signature, version, model, parse)."""
+    """A bundle failed a check; ``step`` names which (size, parse, signature, model, gallery, version, store)."""
 
-    def __init__(self, step: str, reason: str) -> None:
+    def __init__(self, step: str, reason: str, version: int | None = None) -> None:
         super().__init__(f"gallery bundle rejected at {step}: {reason}")
         self.step = step
         self.reason = reason
+        self.version = version  # the rejected bundle's version, when read from a verified header
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,40 @@ class Bundle:
     created_at: str
     embedder_sha256: str
     identities: tuple[Identity, ...]
-    signer: str  # hex key id
+    signer: str  # hex key id (16 digits)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Header(_Strict):
+    """The signed header, every field checked for type and range."""
+
+    format: Literal[1]
+    gallery: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    version: int = Field(ge=0, le=2**53)
+    kind: Kind
+    created_at: Annotated[str, StringConstraints(max_length=64)]
+    embedder_sha256: Hex64
+    identities: int = Field(ge=0, le=10_000_000)
+    embeddings: int = Field(ge=0, le=100_000_000)
+    dim: int = Field(ge=1, le=MAX_DIM)
+    dtype: Dtype
+
+
+class IndexEntry(_Strict):
+    id: Annotated[str, StringConstraints(pattern=IDENTITY_PATTERN)]
+    label: Annotated[str, StringConstraints(max_length=256)] | None
+    count: int = Field(ge=0, le=10_000)
+    meta: dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=4096)]]
+    sha256: Hex64
+
+
+_INDEX = TypeAdapter(list[IndexEntry])
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
@@ -88,7 +136,7 @@ def _block(rows: np.ndarray, dtype: Dtype) -> bytes:
     return bytes(np.round(rows / scale).astype(np.int8).tobytes() + scale.astype("<f2").tobytes())
 
 
-def _block_size(count: int, dim: int, dtype: str) -> int:
+def block_size(count: int, dim: int, dtype: str) -> int:
     return count * dim * 2 if dtype == "float16" else count * (dim + 2)
 
 
@@ -120,133 +168,182 @@ def encode(
     return head + key_id(key.public_key()) + key.sign(head) + b"".join(blocks)
 
 
-def _head_length(data: bytes) -> int:
-    try:
-        (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
-        (ilen,) = struct.unpack_from("<I", data, len(MAGIC) + 4 + hlen)
-    except struct.error:
-        raise BundleError("parse", "truncated before the end of the header") from None
-    end = int(len(MAGIC) + 8 + hlen + ilen)
-    if end + KEYID_LEN + SIG_LEN > len(data):
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """Where the parts of a bundle lie; found from the magic and two lengths only."""
+
+    header: tuple[int, int]
+    index: tuple[int, int]
+    head_end: int
+
+    @property
+    def key_id(self) -> slice:
+        return slice(self.head_end, self.head_end + KEYID_LEN)
+
+    @property
+    def signature(self) -> slice:
+        return slice(self.head_end + KEYID_LEN, self.head_end + KEYID_LEN + SIG_LEN)
+
+    @property
+    def body_start(self) -> int:
+        return self.head_end + KEYID_LEN + SIG_LEN
+
+
+def frame(data: Buffer) -> Framing:
+    """The framing of a bundle, reading nothing but the magic and the two length fields."""
+    view = memoryview(data)
+    if len(view) < len(MAGIC) + 8 + KEYID_LEN + SIG_LEN or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise BundleError("parse", "not a gallery bundle (bad magic or too short)")
+    (hlen,) = struct.unpack_from("<I", view, len(MAGIC))
+    if hlen > MAX_HEADER:
+        raise BundleError("parse", f"header length {hlen} exceeds {MAX_HEADER} bytes")
+    istart = len(MAGIC) + 4 + hlen
+    if istart + 4 > len(view):
+        raise BundleError("parse", "truncated before the end of the header")
+    (ilen,) = struct.unpack_from("<I", view, istart)
+    end = istart + 4 + ilen
+    if end + KEYID_LEN + SIG_LEN > len(view):
         raise BundleError("parse", "truncated before the signature")
-    return end
+    return Framing((len(MAGIC) + 4, istart), (istart + 4, end), end)
 
 
 @dataclass(frozen=True)
 class Signed:
-    head: bytes
-    body: bytes
+    """A bundle whose head a trusted key signed (the body is bound by per-identity digests)."""
+
+    data: memoryview
+    framing: Framing
     signer: str
 
+    @property
+    def head(self) -> memoryview:
+        return self.data[: self.framing.head_end]
 
-def verify_signature(data: bytes, trusted: list[Ed25519PublicKey]) -> Signed:
-    """Head and body, if one of ``trusted`` signed the head; else BundleError('signature')."""
-    if len(data) < len(MAGIC) + 8 + KEYID_LEN + SIG_LEN or not data.startswith(MAGIC):
-        raise BundleError("parse", "not a gallery bundle (bad magic or too short)")
-    end = _head_length(data)
-    head, kid, sig = data[:end], data[end : end + KEYID_LEN], data[end + KEYID_LEN : end + KEYID_LEN + SIG_LEN]
+    @property
+    def body(self) -> memoryview:
+        return self.data[self.framing.body_start :]
+
+
+def verify_signature(data: Buffer, trusted: list[Ed25519PublicKey]) -> Signed:
+    """The bundle, if one of ``trusted`` signed its head; else BundleError('signature')."""
+    f = frame(data)
+    view = memoryview(data)
+    kid, sig = bytes(view[f.key_id]), bytes(view[f.signature])
     for pub in trusted:
         if key_id(pub) == kid:
             try:
-                pub.verify(sig, head)
+                pub.verify(sig, view[: f.head_end])
             except InvalidSignature:
                 raise BundleError("signature", "signature does not match the content (altered or corrupt)") from None
-            return Signed(head, data[end + KEYID_LEN + SIG_LEN :], kid.hex()[:16])
+            return Signed(view, f, kid.hex()[:16])
     raise BundleError("signature", f"signed by key {kid.hex()[:16]}, which is not trusted")
 
 
-def _header_and_index(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    header = read_header(data)
-    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
-    off = len(MAGIC) + 4 + hlen
-    (ilen,) = struct.unpack_from("<I", data, off)
-    index = json.loads(data[off + 4 : off + 4 + ilen])
-    if not isinstance(index, list):
-        raise ValueError("identity index is not a list")
-    return header, index
-
-
-def redact(data: bytes, ids: set[str]) -> bytes:
-    """The same bundle with the embedding blocks of ``ids`` overwritten with zeros."""
-    end = _head_length(data)
-    header, index = _header_and_index(data)
-    out = bytearray(data)
-    off = end + KEYID_LEN + SIG_LEN
-    for e in index:
-        size = _block_size(int(e["count"]), int(header["dim"]), str(header["dtype"]))
-        if e["id"] in ids:
-            out[off : off + size] = bytes(size)
-        off += size
-    return bytes(out)
-
-
-def read_header(data: bytes) -> dict[str, Any]:
-    """The header, unverified (for ``inspect`` and early checks)."""
+def _json(raw: memoryview, what: str) -> Any:
     try:
-        (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
-        header: dict[str, Any] = json.loads(data[len(MAGIC) + 4 : len(MAGIC) + 4 + hlen])
-    except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise BundleError("parse", f"unreadable header: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != 1:
-        raise BundleError(
-            "parse", f"unsupported bundle format {header.get('format') if isinstance(header, dict) else '?'}"
-        )
-    return header
+        return json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError("parse", f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError("parse", f"{what} is nested too deeply") from None
 
 
-def parse(signed: Signed, redacted: frozenset[str] = frozenset()) -> Bundle:
-    """Decode a verified bundle, checking every count, size and block digest.
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top)"
+    return f"{where}: {err['msg']} (got {str(err.get('input'))[:40]!r})"
+
+
+def read_header(signed: Signed) -> Header:
+    """The verified header, each field checked."""
+    start, end = signed.framing.header
+    raw = _json(signed.data[start:end], "header")
+    if isinstance(raw, dict) and raw.get("format") not in (1, None) and isinstance(raw.get("format"), int):
+        raise BundleError("parse", f"unsupported bundle format {raw['format']}")
+    try:
+        return Header.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError("parse", f"header {_first_error(exc)}") from None
+
+
+def read_index(signed: Signed) -> list[IndexEntry]:
+    start, end = signed.framing.index
+    try:
+        return _INDEX.validate_python(_json(signed.data[start:end], "identity index"))
+    except ValidationError as exc:
+        raise BundleError("parse", f"identity index {_first_error(exc)}") from None
+
+
+def peek_header(data: Buffer) -> dict[str, Any]:
+    """The header as written, NOT verified (for ``gallery inspect`` of a file at hand)."""
+    f = frame(data)
+    raw = _json(memoryview(data)[f.header[0] : f.header[1]], "header")
+    if not isinstance(raw, dict):
+        raise BundleError("parse", "header is not a JSON object")
+    out: dict[str, Any] = raw
+    out["signer_key_id"] = bytes(memoryview(data)[f.key_id]).hex()[:16]
+    return out
+
+
+def parse_identities(
+    signed: Signed, header: Header, index: list[IndexEntry], redacted: frozenset[str] = frozenset()
+) -> tuple[Identity, ...]:
+    """Decode every identity's block, checking counts, sizes and digests.
 
     A block that fails its digest is an error unless its identity is in
     ``redacted`` (removed by a verified removal bundle); such identities are left out.
     """
-    try:
-        header, index = _header_and_index(signed.head)
-        body = signed.body
-        dim, dtype = int(header["dim"]), str(header["dtype"])
-        if dtype not in ("float16", "int8"):
-            raise ValueError(f"unknown dtype {dtype!r}")
-        if header["kind"] not in ("full", "removal", "rollback"):
-            raise ValueError(f"unknown kind {header['kind']!r}")
-        if len(index) != int(header["identities"]) or sum(int(e["count"]) for e in index) != int(header["embeddings"]):
-            raise ValueError("identity index does not match the header counts")
-        need = sum(_block_size(int(e["count"]), dim, dtype) for e in index)
-        if need != len(body):
-            raise BundleError(
-                "signature", f"body is {len(body)} bytes, the signed index implies {need} (truncated or padded)"
-            )
-        ids: set[str] = set()
-        out, pos = [], 0
-        for e in index:
-            ident, k = str(e["id"]), int(e["count"])
-            if ident in ids:
-                raise ValueError(f"identity {ident!r} appears twice")
-            ids.add(ident)
-            size = _block_size(k, dim, dtype)
-            block = body[pos : pos + size]
-            pos += size
-            if hashlib.sha256(block).hexdigest() != e["sha256"]:
-                if ident in redacted:
-                    continue
-                raise BundleError("signature", f"embeddings of {ident!r} do not match their signed digest (altered)")
-            if dtype == "float16":
-                mat = np.frombuffer(block, "<f2").reshape(k, dim).astype(np.float32)
-            else:
-                q = np.frombuffer(block, np.int8, k * dim).reshape(k, dim).astype(np.float32)
-                mat = q * np.frombuffer(block, "<f2", k, k * dim).astype(np.float32)[:, None]
-            if not np.all(np.isfinite(mat)):
-                raise ValueError(f"embeddings of {ident!r} contain NaN or infinity")
-            norms = np.linalg.norm(mat, axis=1, keepdims=True)
-            if k and norms.min() < 0.5:
-                raise ValueError(f"embeddings of {ident!r} are not unit vectors")
-            meta = {str(a): str(b) for a, b in (e.get("meta") or {}).items()}
-            out.append(Identity(ident, e.get("label"), mat / np.maximum(norms, 1e-12), meta))
-        return Bundle(str(header["gallery"]), int(header["version"]), header["kind"], str(header["created_at"]),
-                      str(header["embedder_sha256"]), tuple(out), signed.signer)  # fmt: skip
-    except BundleError:
-        raise
-    except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise BundleError("parse", str(exc)) from None
+    dim, dtype = header.dim, header.dtype
+    if len(index) != header.identities or sum(e.count for e in index) != header.embeddings:
+        raise BundleError("parse", "identity index does not match the header counts")
+    body = signed.body
+    need = sum(block_size(e.count, dim, dtype) for e in index)
+    if need != len(body):
+        raise BundleError(
+            "signature", f"body is {len(body)} bytes, the signed index implies {need} (truncated or padded)"
+        )
+    seen: set[str] = set()
+    out, pos = [], 0
+    for e in index:
+        if e.id in seen:
+            raise BundleError("parse", f"identity {e.id!r} appears twice")
+        seen.add(e.id)
+        size = block_size(e.count, dim, dtype)
+        block = body[pos : pos + size]
+        pos += size
+        if hashlib.sha256(block).hexdigest() != e.sha256:
+            if e.id in redacted:
+                continue
+            raise BundleError("signature", f"embeddings of {e.id!r} do not match their signed digest (altered)")
+        k = e.count
+        if dtype == "float16":
+            mat = np.frombuffer(block, "<f2").reshape(k, dim).astype(np.float32)
+        else:
+            q = np.frombuffer(block, np.int8, k * dim).reshape(k, dim).astype(np.float32)
+            mat = q * np.frombuffer(block, "<f2", k, k * dim).astype(np.float32)[:, None]
+        if not np.all(np.isfinite(mat)):
+            raise BundleError("parse", f"embeddings of {e.id!r} contain NaN or infinity")
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        if k and norms.min() < 0.5:
+            raise BundleError("parse", f"embeddings of {e.id!r} are not unit vectors")
+        out.append(Identity(e.id, e.label, mat / np.maximum(norms, 1e-12), dict(e.meta)))
+    return tuple(out)
+
+
+def redact(data: Buffer, ids: set[str]) -> bytes:
+    """The same (already verified) bundle with the embedding blocks of ``ids`` overwritten with zeros."""
+    f = frame(data)
+    view = memoryview(data)
+    header = Header.model_validate(json.loads(bytes(view[f.header[0] : f.header[1]])))
+    index = _INDEX.validate_python(json.loads(bytes(view[f.index[0] : f.index[1]])))
+    out = bytearray(view)
+    off = f.body_start
+    for e in index:
+        size = block_size(e.count, header.dim, header.dtype)
+        if e.id in ids:
+            out[off : off + size] = bytes(size)
+        off += size
+    return bytes(out)
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -258,6 +355,8 @@ def generate_key(out: Path) -> Ed25519PublicKey:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise InputError(f"{out} exists; refusing to overwrite a signing key") from None
+    except OSError as exc:
+        raise InputError(f"signing key {out} cannot be created: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     pub = key.public_key()
@@ -272,8 +371,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
         raise InputError(f"signing key {path} cannot be read: {exc.strerror or exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"signing key {path} is not a PEM private key: {exc}") from None
+    except (ValueError, TypeError):  # the library's message may quote the file: never echo key material
+        raise InputError(f"signing key {path} is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise InputError(f"signing key {path} is not an Ed25519 key")
     return key
@@ -284,8 +383,8 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(path.read_bytes())
     except OSError as exc:
         raise InputError(f"public key {path} cannot be read: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise InputError(f"public key {path} is not a PEM public key: {exc}") from None
+    except ValueError:
+        raise InputError(f"public key {path} is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InputError(f"public key {path} is not an Ed25519 key")
     return key

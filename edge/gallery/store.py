@@ -1,87 +1,141 @@
-"""Device side of signed galleries: the checks a bundle must pass, in order, and
-turning a verified bundle into the matcher's Gallery.
+"""The applied gallery on disk: what is in force survives a restart, verified again.
 
-Checks: size limit → signature by a trusted key → version strictly above the one
-in force (a ``rollback`` bundle may go lower, being signed to say so) → embedder
-sha256 equal to the device's → parse and validate. Each failure is a BundleError
-naming the step.
+    <state_dir>/gallery/current.bundle      the full gallery in force (removed identities' blocks zeroed)
+    <state_dir>/gallery/removals/v*.bundle  signed removals applied since (they excuse the zeroed blocks)
+
+Every write is atomic (temporary file, fsync, rename, fsync of the folder): a
+crash or a full disk leaves the previous state, never half a file. At start-up
+the stored bundle is admitted again with the same checks as one that arrives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge.errors import InputError
-from edge.gallery.bundle import Bundle, BundleError, load_public_key, parse, read_header, verify_signature
-from edge.match import Gallery
+from edge.gallery.admit import Policy, admit
+from edge.gallery.bundle import Buffer, Bundle, BundleError, frame, redact
+
+log = logging.getLogger(__name__)
+CURRENT = "current.bundle"
+REMOVALS = "removals"
 
 
-def verify_bundle(
-    data: bytes,
-    trusted: Sequence[Ed25519PublicKey],
-    embedder_sha256: str,
-    current_version: int | None = None,
-    max_bytes: int = 64 << 20,
-    gallery_name: str | None = None,
-    redacted: frozenset[str] = frozenset(),
-) -> Bundle:
-    if len(data) > max_bytes:
-        raise BundleError("size", f"{len(data)} bytes exceeds the limit of {max_bytes}")
-    if not trusted:
-        raise BundleError("signature", "no trusted public key configured")
-    signed = verify_signature(data, list(trusted))
-    header = read_header(signed.head)
-    version, kind = int(header.get("version", -1)), header.get("kind")
-    if current_version is not None and version <= current_version and kind != "rollback":
-        raise BundleError(
-            "version", f"version {version} is not above the applied version {current_version} (replay or rollback)"
-        )
-    if header.get("embedder_sha256") != embedder_sha256:
-        raise BundleError(
-            "model",
-            f"made for embedder {str(header.get('embedder_sha256'))[:16]}, this device runs {embedder_sha256[:16]}",
-        )
-    if gallery_name is not None and header.get("gallery") != gallery_name:
-        raise BundleError("parse", f"bundle is for gallery {header.get('gallery')!r}, device follows {gallery_name!r}")
-    return parse(signed, redacted)
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def expired(meta: dict[str, str], now: datetime) -> bool:
-    value = meta.get("expires_at")
-    if not value:
-        return False
+def write_atomic(path: Path, data: Buffer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return True  # an unreadable expiry must not keep someone matchable
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when <= now
-
-
-def to_gallery(bundle: Bundle, now: datetime | None = None) -> Gallery:
-    """The matcher's gallery: identities with embeddings that have not expired."""
-    now = now or datetime.now(timezone.utc)
-    entries = [
-        (i.id, i.label, i.embeddings) for i in bundle.identities if len(i.embeddings) and not expired(i.meta, now)
-    ]
-    return Gallery.build(entries, version=bundle.version, name=bundle.gallery)
-
-
-def load_trusted(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
-    return [load_public_key(p) for p in paths]
-
-
-def load_bundle_file(path: Path, trusted: Sequence[Ed25519PublicKey], embedder_sha256: str, name: str | None) -> Bundle:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"gallery bundle {path} cannot be read: {exc.strerror or exc}") from None
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def head_digest(data: Buffer) -> bytes | None:
+    """sha256 of everything up to the body: header, index, key id, signature (unverified).
+
+    Equal to the digest of a bundle in force means the very bundle in force, before or
+    after removals zeroed some of its body blocks (they never touch the head)."""
     try:
-        return verify_bundle(data, trusted, embedder_sha256, gallery_name=name)
-    except BundleError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        return hashlib.sha256(memoryview(data)[: frame(data).body_start]).digest()
+    except BundleError:
+        return None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The gallery in force."""
+
+    bundle: Bundle  # the full gallery, less removed identities
+    version: int  # the full bundle's, or a later removal's
+    removed: frozenset[str]
+    applied_at: str
+    head: bytes  # digest of the full bundle's head: its retained copy (even un-redacted) is already in force
+
+
+class GalleryStore:
+    def __init__(self, folder: Path, policy: Policy) -> None:
+        self.folder = folder
+        self.policy = policy
+
+    @property
+    def current_path(self) -> Path:
+        return self.folder / CURRENT
+
+    def load(self) -> Applied | None:
+        """The last applied gallery (and the removals applied since), verified again; None if none.
+
+        A stored bundle that fails is an error naming the file: the device refuses to
+        start rather than match against an unverified gallery."""
+        path = self.current_path
+        if not path.is_file():
+            return None
+        version, removed = 0, set()
+        for f in sorted((self.folder / REMOVALS).glob("*.bundle")):
+            removal = self._verify(f, frozenset())
+            removed |= {i.id for i in removal.identities}
+            version = max(version, removal.version)
+        bundle = self._verify(path, frozenset(removed))
+        applied_at = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        head = head_digest(path.read_bytes()) or b""
+        return Applied(bundle, max(version, bundle.version), frozenset(removed), applied_at, head)
+
+    def _verify(self, path: Path, redacted: frozenset[str]) -> Bundle:
+        try:
+            return admit(path.read_bytes(), self.policy, redacted=redacted)
+        except BundleError as exc:
+            raise InputError(f"stored gallery {path}: {exc}; restore it or delete it to start without") from None
+        except OSError as exc:
+            raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None
+
+    def store_full(self, data: Buffer, bundle: Bundle) -> Applied:
+        """Write a new full gallery; the removals of the previous one no longer apply."""
+        try:
+            write_atomic(self.current_path, data)
+            for old in (self.folder / REMOVALS).glob("*.bundle"):
+                old.unlink()
+        except OSError as exc:
+            raise BundleError(
+                "store", f"cannot write {self.current_path}: {exc.strerror or exc}", bundle.version
+            ) from None
+        return Applied(bundle, bundle.version, frozenset(), utc_now(), head_digest(data) or b"")
+
+    def store_removal(self, data: Buffer, removal: Bundle, applied: Applied) -> Applied:
+        """Drop identities from disk at once: the removal is kept, their blocks in the stored gallery zeroed."""
+        ids = applied.removed | {i.id for i in removal.identities}
+        try:
+            redacted = redact(self.current_path.read_bytes(), set(ids))
+            # The removal is stored first: a crash between the two writes leaves a
+            # removal on disk that the next start-up applies again.
+            write_atomic(self.folder / REMOVALS / f"v{removal.version:012d}.bundle", data)
+            write_atomic(self.current_path, redacted)
+        except OSError as exc:
+            raise BundleError("store", f"cannot write the removal: {exc.strerror or exc}", removal.version) from None
+        kept = tuple(i for i in applied.bundle.identities if i.id not in ids)
+        bundle = replace(applied.bundle, identities=kept)
+        log.info("gallery: removed %s from disk", ", ".join(sorted(i.id for i in removal.identities)))
+        return Applied(bundle, removal.version, frozenset(ids), utc_now(), applied.head)
+
+    def digest(self) -> str:
+        try:
+            return hashlib.sha256(self.current_path.read_bytes()).hexdigest()
+        except OSError:
+            return ""
