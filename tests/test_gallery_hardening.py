@@ -193,7 +193,7 @@ def test_a_flood_of_parts_keeps_memory_bounded_and_the_next_bundle_applies(tmp_p
     junk = bytes(1 << 20)
     meta = {"sha256": hashlib.sha256(b"x").hexdigest(), "count": 60, "bytes": 60 << 20, "part_bytes": 1 << 20}
     for i in range(150):
-        sync.submit("edge/galleries/lobby/part/%d" % i, _frame(PART, {**meta, "index": i}, junk))
+        sync.submit(f"edge/galleries/lobby/part/{i}", _frame(PART, {**meta, "index": i}, junk))
     grown_mib = (rss_kib() - before) / 1024
     assert sync.buffered_bytes == 60 << 20
     assert 30 <= grown_mib <= 80, grown_mib  # the declared 60 MiB buffer, no more
