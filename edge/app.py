@@ -1,37 +1,46 @@
 """The device service: the one place that wires the stages, starts them in order
 and stops them in order.
 
-    capture thread → LatestFrame → frame loop (detect → track → align → quality →
-    embed → match → confirm) → event → outbox → MQTT pump thread → broker
+    capture thread → LatestFrame → frame loop (scan → track → align → quality →
+    embed → match → confirm) → event → sinks (audit, outbox → MQTT pump, presence)
 
-Threads exist only where I/O blocks: the camera reader, paho's network loop and
-the outbox pump. One stop event ends them all; shutdown goes in stages, each
-with a time limit.
+Threads exist only where I/O blocks: the camera reader, the MQTT network loop and
+the outbox pump, the gallery sync. Each is a supervised worker (``supervisor.py``):
+one that dies or stalls stops the watchdog and ends the service non-zero, after
+the cause is logged and published in the final status. One stop event ends them
+all; shutdown goes in stages, each with a time limit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from types import FrameType
 
 from edge import __version__
 from edge.capture import CaptureThread, LatestFrame, open_source
-from edge.config import Settings
+from edge.config import Settings, secret_values
 from edge.errors import EdgeError
-from edge.events import Evidence, MatchEvent, Status
+from edge.events import MatchEvent, Status, make_event, utc_now
+from edge.gallery.admit import Policy, load_bundle_file, load_trusted, to_gallery
 from edge.gallery.enroll import enroll_directory
-from edge.gallery.store import load_bundle_file, load_trusted, to_gallery
+from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.health import Stats, SystemdNotifier, cpu_temperature
+from edge.logs import protect
 from edge.match import Gallery, GalleryHolder
 from edge.mqtt import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.pipeline import Recognizer
 from edge.process import FrameProcessor
+from edge.sinks import EventSink, OutboxSink, Sinks
+from edge.supervisor import Supervisor
 from edge.track import Confirmation, Tracker
 from edge.types import Frame
 
@@ -43,27 +52,47 @@ class RunResult:
     events: int
     frames: int
     drained: bool
+    error: str | None = None  # why the run ended early: a fault, or a source that could not be used
+    exit_code: int = 0
 
 
 class App:
-    def __init__(self, settings: Settings, recognizer: Recognizer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        recognizer: Recognizer | None = None,
+        hard_exit: Callable[[int], None] = os._exit,
+    ) -> None:
         self.s = settings
+        protect(*secret_values(settings))
         self.stop = threading.Event()
+        self.ready = threading.Event()  # every worker started (systemd READY=1 is sent with it)
         self.started = time.monotonic()
+        self.since: datetime | None = None
+        self.hard_exit = hard_exit
+        self.fault: str | None = None
+        self._hard_exit_timer: threading.Timer | None = None
+        self.supervisor = Supervisor(settings.health.stall_timeout_s, self._on_fault)
         self.notifier = SystemdNotifier()
         self.rec = recognizer or Recognizer(settings)
         self.topics = Topics(settings.mqtt.topic_prefix, settings.device.id)
         self.stats = Stats()
         self.events = 0
-        self.lost_events = 0  # events that could not be written to the outbox (disk errors)
         self.model_tag = self.rec.embedder_sha256[:16]
         state = settings.device.state_dir
         self.outbox = Outbox(
             settings.outbox.path or state / "outbox.sqlite", settings.outbox.max_events, settings.outbox.max_age_s
         )
-        self.link = MqttLink(settings.mqtt, self.topics, self.outbox, self.stop)
+        sup = self.supervisor
+        net, pump = sup.register("mqtt-network"), sup.register("mqtt-pump")
+        self.link = MqttLink(
+            settings.mqtt, self.topics, self.outbox, self.stop, settings.gallery.max_bundle_bytes, net, pump
+        )
+        sup.attach(net, self.link.threads[0])
+        sup.attach(pump, self.link.threads[1])
         self.link.on_connected = self._on_connected
         self.slot = LatestFrame()
+        capture = sup.register("capture")
         self.capture = CaptureThread(
             open_source(settings.source.uri, settings.source.fps, settings.source.width, settings.source.height),
             self.slot,
@@ -72,22 +101,33 @@ class App:
             at_end=settings.source.at_end,
             retry_initial_s=settings.source.retry_initial_s,
             retry_max_s=settings.source.retry_max_s,
+            worker=capture,
         )
+        sup.attach(capture, self.capture)
         self.gallery = GalleryHolder(self.rec.matcher)
-        self.sync: GallerySync | None = None
         g = settings.gallery
+        self.policy = Policy(load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name, g.max_bundle_bytes)
+        self.sync: GallerySync | None = None
         if g.sync and g.name and g.trusted_keys:
+            sync_worker = sup.register("gallery-sync")
             self.sync = GallerySync(
-                self.gallery, state / "gallery", load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name,
-                g.max_bundle_bytes, lambda data: self.link.publish_retained(self.topics.gallery_state, data),
+                self.gallery, GalleryStore(state / "gallery", self.policy), self.policy, g,
+                lambda data: self.link.publish_retained(self.topics.gallery_state, data), worker=sync_worker,
             )  # fmt: skip
+            sup.attach(sync_worker, self.sync.thread)
             self.link.on_message = lambda topic, payload, retain: (
                 self.sync.submit(topic, payload) if self.sync else None
             )
             for topic in (self.topics.gallery_fleet(g.name), self.topics.gallery_set):
                 self.link.subscribe(topic)
                 self.link.subscribe(topic + "/part/+")
+        self.sinks = Sinks(self.event_sinks())
         self.process = FrameProcessor(self.rec, self.gallery, Tracker(settings.tracking), self.stats, self.emit)
+        self.loop_worker = sup.register("frame-loop")
+
+    def event_sinks(self) -> list[EventSink]:
+        """Every consumer of a confirmed event, in order: the one place to add one."""
+        return [OutboxSink(self.outbox, self.topics.match, self.s.events.include_label, self.link.notify)]
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
@@ -99,10 +139,10 @@ class App:
             log.warning("no gallery configured: nothing can match until one is enrolled")
             return
         if path.is_file():
-            bundle = load_bundle_file(path, load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name)
+            bundle, data = load_bundle_file(path, self.policy)
             if self.sync is not None:
                 # Through the sync, so the file's version is the floor for over-the-air updates.
-                self.sync.apply(path.read_bytes())
+                self.sync.apply(data)
             else:
                 self.gallery.swap(to_gallery(bundle))
             snap = self.gallery.current
@@ -111,59 +151,87 @@ class App:
             return
         reports = enroll_directory(self.rec, path)
         entries = [(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]
-        gallery = Gallery.build(entries, version=0, name=path.name)
-        snap = self.gallery.swap(gallery)
+        snap = self.gallery.swap(Gallery.build(entries, version=0, name=path.name))
         for r in reports:
             for photo, reason in r.rejected.items():
                 log.warning("enrol %s/%s rejected: %s", r.identity_id, photo, reason)
         log.info(
             "gallery %s: %d identities, %d embeddings, threshold %.4f (max FMR %g per stranger)",
-            path, len(gallery), len(gallery.embeddings), snap.threshold, self.s.match.max_false_match_rate,
+            path, len(snap), len(snap.gallery.embeddings), snap.threshold, self.s.match.max_false_match_rate,
         )  # fmt: skip
 
     def _on_connected(self) -> None:
+        self.since = self.since or utc_now()
         self.link.publish_status(self.status("online"))
         if self.sync is not None:
             self.sync.publish()
 
     # -- status --------------------------------------------------------------------
+    def last_error(self) -> str | None:
+        """The most recent problem still affecting the device, most severe first."""
+        if self.fault:
+            return self.fault
+        for source in (self.sinks.last_error, self.link.last_error, self.capture.status.error):
+            if source:
+                return source
+        if self.sync is not None and self.sync.last_error is not None:
+            err = self.sync.last_error
+            return f"gallery bundle rejected at {err.step}: {err.reason}"
+        return None
+
     def status(self, state: str = "online") -> Status:
         now = time.monotonic()
         fps, fpm, lat = self.stats.snapshot(now)
-        gallery = self.gallery.current.gallery
+        snap = self.gallery.current
         cap = self.capture.status
+        try:
+            depth, dropped = self.outbox.depth(), self.outbox.dropped()
+        except EdgeError as exc:
+            log.warning("status: %s", exc)
+            depth, dropped = -1, -1
         return Status(
             device_id=self.topics.device_id, state=state, version=__version__,
             uptime_s=round(now - self.started, 1), camera=cap.state, camera_error=cap.error, fps=fps, latency=lat,
-            faces_per_min=fpm, dropped_frames=self.slot.dropped, outbox_depth=self.outbox.depth(),
-            outbox_dropped=self.outbox.dropped() + self.lost_events, events_published=self.link.published,
-            gallery_version=gallery.version, gallery_identities=len(gallery), cpu_temp_c=cpu_temperature(),
+            faces_per_min=fpm, dropped_frames=self.slot.dropped, outbox_depth=depth,
+            outbox_dropped=dropped + sum(self.sinks.failures.values()), events_published=self.link.published,
+            gallery_name=snap.gallery.name or None, gallery_version=snap.version, gallery_identities=len(snap),
+            cpu_temp_c=cpu_temperature(), since=self.since, last_error=self.last_error(),
         )  # fmt: skip
 
     # -- events ------------------------------------------------------------------
     def emit(self, conf: Confirmation, frame: Frame) -> None:
-        m = conf.match
-        assert m.identity_id is not None
-        event = MatchEvent(
-            device_id=self.topics.device_id, identity_id=m.identity_id,
-            label=m.label if self.s.events.include_label else None, score=round(m.score, 4),
-            threshold=round(m.threshold, 4), est_false_match_rate=m.est_false_match_rate,
-            evidence=Evidence(agreed=conf.agreed, seen=conf.seen), track_id=conf.track_id,
-            bbox=tuple(round(v, 4) for v in conf.box.normalised(frame.width, frame.height)),
-            quality=conf.quality, model=self.model_tag, gallery_version=m.gallery_version,
-        )  # fmt: skip
-        try:
-            seq = self.outbox.put(self.topics.match, event.to_json(self.s.events.include_label))
-        except EdgeError as exc:
-            self.lost_events += 1
-            log.error("event %s identity=%s NOT queued: %s", event.event_id, event.identity_id, exc)
-            return
-        self.events += 1
-        self.link.notify()
+        event = make_event(conf, frame.width, frame.height, self.topics.device_id, self.model_tag,
+                           self.s.events.include_label)  # fmt: skip
+        self.publish_event(event)
+
+    def publish_event(self, event: MatchEvent) -> None:
+        failed = self.sinks.emit(event)
+        if "outbox" not in failed:
+            self.events += 1
         log.info(
-            "event %s identity=%s score=%.3f threshold=%.3f track=%d outbox=%d",
-            event.event_id, event.identity_id, event.score, event.threshold, conf.track_id, seq,
+            "event %s identity=%s score=%.3f threshold=%.3f track=%d gallery=v%d",
+            event.event_id, event.identity_id, event.score, event.threshold, event.track_id, event.gallery_version,
         )  # fmt: skip
+
+    # -- faults --------------------------------------------------------------------
+    def _on_fault(self, reason: str) -> None:
+        """A worker died or stalled: say so, stop in order if we can, hard if the shutdown hangs."""
+        self.fault = reason
+        timer = threading.Timer(self.s.health.exit_grace_s, self._hard_stop, args=(reason,))
+        timer.daemon = True
+        timer.start()  # first: what follows may block on whatever the stalled worker holds
+        self._hard_exit_timer = timer
+        self.stop.set()
+        self.slot.close()
+        try:
+            self.link.publish_status(self.status("offline"))
+        except Exception:
+            log.exception("the fault could not be published in the status")
+
+    def _hard_stop(self, reason: str) -> None:
+        log.critical("orderly shutdown did not finish within %.0fs after: %s; exiting now",
+                     self.s.health.exit_grace_s, reason)  # fmt: skip
+        self.hard_exit(1)
 
     # -- run -------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -180,35 +248,46 @@ class App:
             self.sync.start()
         self.link.start()
         self.capture.start()
-        self.notifier.ready(f"watching {self.s.source.uri}")
-        log.info("running: source %s, device %s, broker %s:%d", self.s.source.uri, self.topics.device_id,
+        self.supervisor.attach(self.loop_worker, threading.current_thread())
+        self.supervisor.start()
+        self.notifier.ready(f"watching {self.s.source.display}")
+        self.ready.set()
+        log.info("running: source %s, device %s, broker %s:%d", self.s.source.display, self.topics.device_id,
                  self.s.mqtt.host, self.s.mqtt.port)  # fmt: skip
         next_beat = time.monotonic() + self.s.mqtt.heartbeat_s
-        next_expiry = time.monotonic()
         exit_at_end = self.s.source.at_end == "exit"
         try:
             while not self.stop.is_set():
+                self.loop_worker.beat()
                 frame = self.slot.take(timeout=0.25)
                 if frame is not None:
                     self.process(frame)
                 now = time.monotonic()
-                self.notifier.watchdog(now)
-                # Only when it can be sent: building a status closes the statistics interval.
-                if now >= next_beat and self.link.connected.is_set():
+                if self.supervisor.healthy:  # a dead or stalled worker stops the watchdog pings
+                    self.notifier.watchdog(now)
+                if now >= next_beat:
                     next_beat = now + self.s.mqtt.heartbeat_s
-                    self.link.publish_status(self.status())
-                if self.sync is not None and now >= next_expiry:
-                    next_expiry = now + self.s.gallery.expiry_check_s
-                    self.sync.check_expiry()
+                    self.outbox.tick()
+                    # Only when it can be sent: building a status closes the statistics interval.
+                    if self.link.connected.is_set():
+                        self.link.publish_status(self.status())
                 if exit_at_end and frame is None and self.capture.exhausted.is_set():
                     break
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the frame loop itself died: the same rule as any worker
+            self.fault = self.fault or f"worker 'frame-loop' died: {type(exc).__name__}: {exc}"
+            log.critical("fatal: %s", self.fault, exc_info=True)
         finally:
-            drained = self.shutdown(drain=exit_at_end and not self.stop.is_set())
-        return RunResult(self.events, self.process.frames, drained)
+            drained = self.shutdown(drain=exit_at_end and not self.stop.is_set() and not self.capture.failure)
+        error = self.fault or self.capture.failure
+        code = 1 if self.fault else 2 if self.capture.failure else 0
+        return RunResult(self.events, self.process.frames, drained, error, code)
 
     def shutdown(self, drain: bool) -> bool:
         """Stop in stages: capture, (drain the outbox), final status, MQTT, outbox."""
         self.notifier.stopping()
+        self.loop_worker.done("stopping")
         drained = True
         if drain:
             drained = self.link.drain(self.s.outbox.drain_timeout_s)
@@ -216,10 +295,14 @@ class App:
                 log.warning("outbox not drained within %.0fs: %d event(s) kept for the next start",
                             self.s.outbox.drain_timeout_s, self.outbox.depth())  # fmt: skip
         self.stop.set()
+        self.supervisor.stop()
         self.capture.join(timeout=3.0)
         if self.sync is not None:
             self.sync.stop()
         self.link.close(self.status("offline"), timeout=3.0)
         self.outbox.close()
-        log.info("stopped: %d frames, %d events", self.process.frames, self.events)
+        if self._hard_exit_timer is not None:
+            self._hard_exit_timer.cancel()
+        log.info("stopped: %d frames, %d events%s", self.process.frames, self.events,
+                 f" (fault: {self.fault})" if self.fault else "")  # fmt: skip
         return drained

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.track import Confirmation
+
 SCHEMA_VERSION = 1
 
 
@@ -63,6 +65,29 @@ class MatchEvent(Payload):
         return self.model_dump_json(by_alias=True, exclude=exclude).encode()
 
 
+def make_event(
+    conf: Confirmation, width: int, height: int, device_id: str, model_tag: str, include_label: bool
+) -> MatchEvent:
+    """The payload of a confirmed match: the gallery version is that of the snapshot that matched."""
+    m = conf.match
+    if m.identity_id is None:
+        raise ValueError("a confirmation always names an identity")
+    return MatchEvent(
+        device_id=device_id,
+        identity_id=m.identity_id,
+        label=m.label if include_label else None,
+        score=round(m.score, 4),
+        threshold=round(m.threshold, 4),
+        est_false_match_rate=m.est_false_match_rate,
+        evidence=Evidence(agreed=conf.agreed, seen=conf.seen),
+        track_id=conf.track_id,
+        bbox=tuple(round(v, 4) for v in conf.box.normalised(width, height)),
+        quality=conf.quality,
+        model=model_tag,
+        gallery_version=m.gallery_version,
+    )
+
+
 class StageLatency(Payload):
     p50_ms: float = Field(description="Median latency in milliseconds.")
     p95_ms: float = Field(description="95th percentile latency in milliseconds.")
@@ -88,16 +113,49 @@ class Status(Payload):
     outbox_depth: int = Field(0, description="Events waiting for broker acknowledgement.")
     outbox_dropped: int = Field(0, description="Events dropped by the outbox bounds since start.")
     events_published: int = Field(0, description="Events acknowledged by the broker since start.")
+    gallery_name: str | None = Field(None, description="Name of the gallery in force, when it has one.")
     gallery_version: int = Field(0, description="Gallery version in force.")
     gallery_identities: int = Field(0, description="Identities matching now.")
     cpu_temp_c: float | None = Field(None, description="CPU temperature, where readable.")
+    since: datetime | None = Field(None, description="When the device last came online (its current session).")
+    last_error: str | None = Field(
+        None,
+        description="The most recent problem still affecting the device (broker, outbox, camera, gallery, a worker), or why it stopped.",
+    )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class GalleryError(Payload):
+    step: str = Field(
+        description="The check that refused the bundle: size, parse, signature, model, gallery, version, store, queue, internal."
+    )
+    reason: str = Field(description="Why, in one line.")
+    rejected_version: int | None = Field(
+        None, description="The refused bundle's version, when read from a verified header (else null)."
+    )
+
+
+class GalleryState(Payload):
+    """Retained on ``{prefix}/{device_id}/gallery/state`` after every apply, rejection and expiry."""
+
+    gallery: str | None = Field(description="Name of the gallery in force (null: none applied over the air).")
+    version: int | None = Field(description="Version in force: the full bundle's or a later removal's.")
+    identities: int = Field(description="Identities matching now.")
+    embeddings: int = Field(description="Embeddings matching now.")
+    applied_at: str | None = Field(description="When the gallery in force was applied, RFC 3339 UTC.")
+    expired: list[str] = Field(default_factory=list, description="Identities of the gallery past their expires_at.")
+    removed: list[str] = Field(default_factory=list, description="Identities dropped by signed removals.")
+    error: GalleryError | None = Field(None, description="Set when this state follows a refused bundle.")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude={"error"} if self.error is None else None).encode()
 
 
 def schemas() -> dict[str, object]:
     return {
         "MatchEvent": MatchEvent.model_json_schema(by_alias=True),
         "Status": Status.model_json_schema(by_alias=True),
+        "GalleryState": GalleryState.model_json_schema(by_alias=True),
     }

@@ -5,6 +5,12 @@ The queue survives broker outages, restarts and SIGKILL: a row is committed
 (synchronous=FULL) before ``put`` returns. Rows go out in insertion order. It is
 bounded by count and age; what the bounds drop is counted and logged, never lost
 silently.
+
+Age is measured on a *service clock*: the time the service has been running,
+accumulated across restarts in the database itself. A Raspberry Pi has no
+real-time clock and NTP corrects the wall clock after boot, sometimes by years;
+such a jump must not age (and drop) what is queued. The wall-clock time of each
+event is in its payload (``ts``) for consumers.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), service_s REAL NOT NULL);
 """
 
 
@@ -36,7 +43,7 @@ class Pending:
     seq: int
     topic: str
     payload: bytes
-    created: float
+    created: float  # service-clock seconds when stored
 
 
 class Outbox:
@@ -52,20 +59,48 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
             self._db.execute("PRAGMA quick_check").fetchone()
+            self._migrate()
+            row = self._db.execute("SELECT service_s FROM clock WHERE id = 1").fetchone()
         except sqlite3.DatabaseError as exc:
             raise EdgeError(f"outbox {path} cannot be opened: {exc}") from None
         except OSError as exc:
             raise EdgeError(f"outbox {path} cannot be created: {exc.strerror or exc}") from None
+        self._clock_base = float(row[0]) if row else 0.0
+        self._clock_start = time.monotonic()
+
+    def _migrate(self) -> None:
+        """Databases written before the service clock held wall-clock times in ``created``:
+        from now on their rows age from the moment of the upgrade."""
+        if self._db.execute("SELECT COUNT(*) FROM clock").fetchone()[0] == 0:
+            with self._db:
+                self._db.execute("INSERT INTO clock VALUES (1, 0.0)")
+                self._db.execute("UPDATE outbox SET created = 0.0")
+
+    def service_time(self) -> float:
+        """Seconds the service has run with this outbox, over all its runs (immune to clock jumps)."""
+        return self._clock_base + (time.monotonic() - self._clock_start)
+
+    def _save_clock(self, now: float) -> None:
+        self._db.execute("UPDATE clock SET service_s = MAX(service_s, ?) WHERE id = 1", (now,))
+
+    def tick(self) -> None:
+        """Persist the service clock (called with each heartbeat, so restarts lose at most one interval)."""
+        try:
+            with self._lock, self._db:
+                self._save_clock(self.service_time())
+        except sqlite3.Error as exc:
+            log.warning("outbox %s: service clock not saved: %s", self.path, exc)
 
     def put(self, topic: str, payload: bytes, now: float | None = None) -> int:
-        """Store one event durably; returns its sequence number."""
-        now = time.time() if now is None else now
+        """Store one event durably; returns its sequence number. ``now``: service-clock seconds."""
+        now = self.service_time() if now is None else now
         try:
             with self._lock, self._db:
                 cur = self._db.execute(
                     "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", (topic, payload, now)
                 )
                 self._enforce_bounds(now)
+                self._save_clock(now)
                 return int(cur.lastrowid or 0)
         except sqlite3.Error as exc:  # disk full, I/O error: the transaction rolled back
             raise EdgeError(f"outbox {self.path}: event not stored: {exc}") from None
@@ -98,8 +133,12 @@ class Outbox:
         return [Pending(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
     def ack(self, seq: int) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        """Delete an acknowledged event; EdgeError (the row stays) when the disk refuses."""
+        try:
+            with self._lock, self._db:
+                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        except sqlite3.Error as exc:
+            raise EdgeError(f"outbox {self.path}: acknowledged event {seq} not removed: {exc}") from None
 
     def depth(self) -> int:
         with self._lock:
@@ -112,4 +151,9 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            try:
+                with self._db:
+                    self._save_clock(self.service_time())
+            except sqlite3.Error as exc:
+                log.warning("outbox %s: service clock not saved at close: %s", self.path, exc)
             self._db.close()

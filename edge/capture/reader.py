@@ -5,9 +5,11 @@ the slot, so a slow loop always gets the newest frame and the stale ones are
 counted as dropped. For a file read as fast as possible the reader waits for the
 slot to empty instead, so every frame is processed. Nothing grows without limit.
 
-A source that fails is reopened with exponential back-off; the state (``ok``,
-``retrying``, ``exhausted``, ``idle``…) and the last error are kept for the status
-heartbeat. The thread never ends the service because a camera hiccuped.
+A source that fails (whatever it raises) is reopened with exponential back-off;
+the state (``ok``, ``retrying``, ``exhausted``, ``idle``, ``failed``) and the last
+error are kept for the status heartbeat. The thread never ends the service because
+a camera hiccuped; it beats the supervisor, so a read that hangs for good is noticed.
+A file that cannot be opened with ``at_end = "exit"`` ends the run with its error.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from edge.capture.sources import FrameSource, SourceError
+from edge.supervisor import Worker
 from edge.types import Frame
 
 log = logging.getLogger(__name__)
@@ -33,11 +37,15 @@ class LatestFrame:
         self.dropped = 0
         self.closed = False
 
-    def put(self, frame: Frame, wait_until_taken: bool, stop: threading.Event) -> None:
+    def put(
+        self, frame: Frame, wait_until_taken: bool, stop: threading.Event, beat: Callable[[], None] | None = None
+    ) -> None:
         with self._cond:
             if wait_until_taken:
                 while self._frame is not None and not stop.is_set():
                     self._cond.wait(0.1)
+                    if beat is not None:
+                        beat()
             elif self._frame is not None:
                 self.dropped += 1
             self._frame = frame
@@ -74,6 +82,7 @@ class CaptureThread(threading.Thread):
         at_end: AtEnd = "idle",
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        worker: Worker | None = None,
     ) -> None:
         super().__init__(name="capture", daemon=True)
         self.source = source
@@ -83,17 +92,40 @@ class CaptureThread(threading.Thread):
         self.at_end = at_end
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.worker = worker
         self.status = CaptureState()
         self.exhausted = threading.Event()
+        self.failure: str | None = None  # why a file source gave up (the run ends with an error)
+
+    def _beat(self) -> None:
+        if self.worker is not None:
+            self.worker.beat()
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.at_end == "exit" or self.failure is not None:
+                self.slot.close()
+            if self.worker is not None and (self.stop_event.is_set() or self.exhausted.is_set()):
+                self.worker.done(self.status.state)
+
+    def _run(self) -> None:
         delay = self.retry_initial_s
         seq = 0
         while not self.stop_event.is_set():
+            self._beat()
             try:
                 self.source.open()
-            except SourceError as exc:
-                delay = self._retry(str(exc), delay)
+            except Exception as exc:  # SourceError, or whatever a driver raises: the source is unusable now
+                error = str(exc) if isinstance(exc, SourceError) else f"source {self.source.name}: {exc}"
+                if not self.source.live and self.at_end == "exit":
+                    # A file that cannot be opened will not open by retrying: end the run, saying why.
+                    self.status.state, self.status.error, self.failure = "failed", error, error
+                    log.error("%s; giving up (--exit-at-end)", error)
+                    self.exhausted.set()
+                    return
+                delay = self._retry(error, delay)
                 continue
             self.status.state, self.status.error = "ok", None
             delay = self.retry_initial_s
@@ -101,6 +133,7 @@ class CaptureThread(threading.Thread):
             next_due = time.monotonic()
             try:
                 while not self.stop_event.is_set():
+                    self._beat()
                     image = self.source.read()
                     if image is None:
                         break
@@ -113,13 +146,17 @@ class CaptureThread(threading.Thread):
                             break
                     frame = Frame(image, seq, time.monotonic())
                     self.slot.put(
-                        frame, wait_until_taken=not self.source.live and not self.realtime, stop=self.stop_event
+                        frame,
+                        wait_until_taken=not self.source.live and not self.realtime,
+                        stop=self.stop_event,
+                        beat=self._beat,
                     )
-            except SourceError as exc:
-                self.source.close()
-                delay = self._retry(str(exc), delay)
+            except Exception as exc:  # a dropped stream, a vanished device, a decoder error
+                error = str(exc) if isinstance(exc, SourceError) else f"source {self.source.name}: {exc}"
+                self._close()
+                delay = self._retry(error, delay)
                 continue
-            self.source.close()
+            self._close()
             if self.stop_event.is_set():
                 break
             # A file or folder came to its end.
@@ -131,11 +168,18 @@ class CaptureThread(threading.Thread):
             )
             self.exhausted.set()
             break
-        if self.at_end == "exit":
-            self.slot.close()
+
+    def _close(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:
+            log.warning("source %s did not close cleanly: %s", self.source.name, exc)
 
     def _retry(self, error: str, delay: float) -> float:
         self.status.state, self.status.error = "retrying", error
         log.warning("%s; retrying in %.1fs", error, delay)
-        self.stop_event.wait(delay)
+        deadline = time.monotonic() + delay
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            self._beat()
+            self.stop_event.wait(min(1.0, max(0.0, deadline - time.monotonic())))
         return min(delay * 2, self.retry_max_s)

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.errors import EdgeError, ImageError
 from edge.imageio import IMAGE_SUFFIXES, read_image
+from edge.redact import redact_url
 from edge.types import ImageArray
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class OpenCVSource:
 
     def __init__(self, spec: str, width: int = 0, height: int = 0) -> None:
         self.spec = spec
-        self.name = spec
+        self.name = redact_url(spec)  # what logs and the status may show
         self.width, self.height = width, height
         self.is_camera = spec.isdigit() or spec.startswith("/dev/video")
         self.live = self.is_camera or bool(re.match(r"^[a-z]+://", spec))
@@ -52,11 +53,11 @@ class OpenCVSource:
     def open(self) -> None:
         target: str | int = int(self.spec) if self.spec.isdigit() else self.spec
         if not self.live and not Path(self.spec).is_file():
-            raise SourceError(f"source {self.spec}: no such file")
+            raise SourceError(f"source {self.name}: no such file")
         cap = cv2.VideoCapture(target, cv2.CAP_V4L2) if self.is_camera else cv2.VideoCapture(target)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"source {self.spec}: cannot be opened")
+            raise SourceError(f"source {self.name}: cannot be opened")
         if self.width and self.height:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
@@ -65,11 +66,11 @@ class OpenCVSource:
 
     def read(self) -> ImageArray | None:
         if self._cap is None:
-            raise SourceError(f"source {self.spec}: not open")
+            raise SourceError(f"source {self.name}: not open")
         ok, frame = self._cap.read()
         if not ok or frame is None:
             if self.live:
-                raise SourceError(f"source {self.spec}: no frame (device gone or stream dropped)")
+                raise SourceError(f"source {self.name}: no frame (device gone or stream dropped)")
             return None
         return np.asarray(frame, np.uint8)
 

@@ -1,0 +1,68 @@
+"""Where a confirmed match event goes: sinks registered in one place, in order.
+
+Each sink has one small interface, ``emit(event)``. The App lists them once (the
+audit log first, so an event is recorded before it takes effect; then the outbox,
+from which MQTT publishes; then Home Assistant presence), so a new consumer is a
+new module, not new lines in ``App``. A sink that fails is logged and counted; the
+others still get the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from edge.errors import EdgeError
+from edge.events import MatchEvent
+from edge.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    name: str
+
+    def emit(self, event: MatchEvent) -> None:
+        """Take one event; raise EdgeError (one line, the cause) when it could not."""
+
+
+class OutboxSink:
+    """Stores the event durably for the MQTT pump (which publishes it and deletes it on PUBACK)."""
+
+    name = "outbox"
+
+    def __init__(self, outbox: Outbox, topic: str, include_label: bool, wake: Callable[[], None]) -> None:
+        self.outbox = outbox
+        self.topic = topic
+        self.include_label = include_label
+        self.wake = wake
+
+    def emit(self, event: MatchEvent) -> None:
+        self.outbox.put(self.topic, event.to_json(self.include_label))
+        self.wake()
+
+
+class Sinks:
+    """The fan-out: every sink, in order; failures counted per sink and reported, never raised."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self.sinks = list(sinks)
+        self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+
+    def emit(self, event: MatchEvent) -> list[str]:
+        """Names of the sinks that failed (empty when all took it)."""
+        failed = []
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except EdgeError as exc:
+                failed.append(sink.name)
+                with self._lock:
+                    self.failures[sink.name] += 1
+                    self.last_error = f"{sink.name}: {exc}"
+                log.error("event %s identity=%s not taken by %s: %s", event.event_id, event.identity_id, sink.name, exc)
+        return failed

@@ -1,0 +1,129 @@
+"""No part of the service dies or stalls alone.
+
+Every worker (the frame loop, the camera reader, the MQTT pump and network thread,
+the gallery sync) registers here and beats while it makes progress, idle waits
+included. The supervisor's own thread checks them every second: a worker whose
+thread ended without saying it was done, or that has not beaten for its stall
+limit, is a fatal fault. Then the service stops pinging systemd's watchdog, logs
+the cause, publishes it in the final status, and exits non-zero (systemd restarts
+it). A frame loop that is itself wedged cannot shut down in order, so after a grace
+period the process is ended hard, still with a non-zero code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """A worker's handle: ``beat`` while making progress, ``done`` when it ends normally."""
+
+    name: str
+    stall_after: float
+    thread: threading.Thread | None = None
+    last_beat: float = field(default_factory=time.monotonic)
+    finished: bool = False
+    note: str = ""
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def done(self, note: str = "") -> None:
+        self.finished, self.note = True, note
+
+
+class Supervisor:
+    def __init__(
+        self,
+        stall_timeout: float,
+        on_fatal: Callable[[str], None],
+        interval: float = 1.0,
+    ) -> None:
+        self.stall_timeout = stall_timeout
+        self.on_fatal = on_fatal
+        self.interval = interval
+        self._workers: list[Worker] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.fault: str | None = None
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def register(self, name: str, thread: threading.Thread | None = None, stall_after: float | None = None) -> Worker:
+        worker = Worker(name, stall_after or self.stall_timeout, thread)
+        with self._lock:
+            self._workers.append(worker)
+        return worker
+
+    def attach(self, worker: Worker, thread: threading.Thread) -> None:
+        """The thread a registered worker runs on (known only once it is created)."""
+        worker.thread = thread
+        worker.beat()
+
+    def check(self, now: float | None = None) -> str | None:
+        """The first fault found, or None while every worker is alive and making progress."""
+        if self.fault is not None:
+            return self.fault
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            workers = list(self._workers)
+        for w in workers:
+            if w.finished:
+                continue
+            if w.thread is not None and w.thread.ident is not None and not w.thread.is_alive():
+                return f"worker '{w.name}' ended unexpectedly{': ' + w.note if w.note else ''}"
+            idle = now - w.last_beat
+            if idle > w.stall_after:
+                return f"worker '{w.name}' stalled: no progress for {idle:.0f}s (limit {w.stall_after:.0f}s)"
+        return None
+
+    @property
+    def healthy(self) -> bool:
+        return self.check() is None
+
+    def fail(self, reason: str) -> None:
+        """Declare a fault found elsewhere (a worker that caught what it cannot survive)."""
+        if self.fault is None:
+            self.fault = reason
+            log.critical("fatal: %s; stopping (systemd restarts the service)", reason)
+            self.on_fatal(reason)
+
+    def start(self) -> None:
+        """Begin checking; every worker's stall clock starts now (start-up work is not a stall)."""
+        with self._lock:
+            for w in self._workers:
+                w.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.interval * 2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            reason = self.check()
+            if reason is not None:
+                self.fail(reason)
+                return
+
+
+def guarded(worker: Worker, supervisor: Supervisor, body: Callable[[], None]) -> Callable[[], None]:
+    """A thread target that reports an exception escaping ``body`` as the fault it is."""
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # anything that ends a worker is reported
+            worker.note = f"{type(exc).__name__}: {exc}"
+            log.exception("worker '%s' died", worker.name)
+            supervisor.fail(f"worker '{worker.name}' died: {worker.note}")
+            raise
+
+    return run

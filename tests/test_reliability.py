@@ -1,0 +1,352 @@
+"""No part of the service dies or stalls alone; outside input is bounded and named
+(issue 12: findings 3, 4, 8, 10 and the supervision rule), with real parts: a real
+Mosquitto, real SQLite failures, real threads killed or wedged."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.broker import LocalBroker
+from edge.capture.reader import CaptureThread, LatestFrame
+from edge.capture.sources import ImageDirSource
+from edge.config import Settings, load_settings
+from edge.errors import EdgeError, ImageError
+from edge.imageio import read_image
+from edge.mqtt import MqttLink, Topics
+from edge.outbox import Outbox
+from edge.pipeline import Recognizer
+from edge.supervisor import Supervisor
+from edge.types import ImageArray
+
+from .conftest import FACES
+from .support import Collector, watching_logs, write_png
+
+
+@pytest.fixture()
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+# -- images (finding 4) -------------------------------------------------------------------
+def test_a_decompression_bomb_is_refused_by_its_header_naming_the_file(tmp_path: Path) -> None:
+    bomb = write_png(tmp_path / "bomb.png", 50_000, 50_000)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ImageError, match=r"bomb\.png declares 50000x50000 pixels \(PNG\), over the limit"):
+        read_image(bomb)
+    tiny = write_png(tmp_path / "tiny.png", 4, 4)
+    with pytest.raises(ImageError, match=r"tiny\.png is 4x4 pixels: too small to hold a face"):
+        read_image(tiny)
+    fifo = tmp_path / "pipe.png"
+    import os
+
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(fifo)  # would block forever if opened
+
+
+def test_enrolment_names_bad_photos_and_enrols_the_rest(tmp_path: Path, recognizer: Recognizer) -> None:
+    from edge.gallery.enroll import enroll_directory
+
+    person = tmp_path / "photos" / "Laura_Bush"
+    person.mkdir(parents=True)
+    (person / "a.jpg").write_bytes((FACES / "Laura_Bush" / "Laura_Bush_0016.jpg").read_bytes())
+    write_png(person / "bomb.png", 60_000, 60_000)
+    write_png(person / "tiny.png", 5, 5)
+    (report,) = enroll_directory(recognizer, tmp_path / "photos")
+    assert report.accepted == ["a.jpg"]
+    assert "declares 60000x60000" in report.rejected["bomb.png"] and "bomb.png" in report.rejected["bomb.png"]
+    assert "too small" in report.rejected["tiny.png"]
+
+
+def test_the_capture_thread_survives_bad_files_and_keeps_reading(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    good = cv2.imencode(".png", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    (folder / "a.png").write_bytes(good)
+    write_png(folder / "b_bomb.png", 50_000, 50_000)
+    (folder / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nrubbish")
+    (folder / "d.png").write_bytes(good)
+    slot, stop = LatestFrame(), threading.Event()
+    sup = Supervisor(5.0, lambda reason: None)
+    worker = sup.register("capture")
+    cap = CaptureThread(ImageDirSource(folder), slot, stop, realtime=False, at_end="exit", worker=worker)
+    sup.attach(worker, cap)
+    with watching_logs() as logs:
+        cap.start()
+        frames = []
+        while (f := slot.take(timeout=10)) is not None:
+            frames.append(f)
+        cap.join(10)
+    assert len(frames) == 2 and cap.status.state == "exhausted"
+    assert sup.check() is None and worker.finished  # ended normally, not a fault
+    assert "b_bomb.png declares 50000x50000" in logs.text() and "c_broken.png" in logs.text()
+
+
+def test_a_file_that_cannot_be_opened_ends_an_exit_at_end_run(tmp_path: Path) -> None:
+    from edge.capture.sources import open_source
+
+    slot, stop = LatestFrame(), threading.Event()
+    cap = CaptureThread(open_source(str(tmp_path / "missing.mp4")), slot, stop, at_end="exit")
+    cap.start()
+    assert cap.exhausted.wait(10)
+    assert cap.status.state == "failed" and cap.failure is not None and "missing.mp4: no such file" in cap.failure
+    assert slot.take(timeout=1) is None  # the loop is released
+
+
+# -- outbox (findings 3 and 10) -------------------------------------------------------------
+def test_outbox_age_does_not_follow_wall_clock_jumps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = Outbox(tmp_path / "o.sqlite", max_events=100, max_age_s=3600)
+    for i in range(5):
+        box.put("t", f"e{i}".encode())
+    # NTP corrects a Pi's clock by years after boot, in either direction.
+    real = time.time
+    for jump in (10 * 365 * 86400, -10 * 365 * 86400):
+        monkeypatch.setattr(time, "time", lambda jump=jump: real() + jump)
+        box.put("t", b"after the jump")
+    assert box.depth() == 7 and box.dropped() == 0
+    # The service clock goes on across restarts, from where it was saved.
+    t = box.service_time()
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite", max_events=100, max_age_s=3600)
+    assert again.service_time() >= t and again.depth() == 7
+    # Age still counts, in service time: rows older than max_age_s are dropped and counted.
+    again.put("t", b"much later", now=again.service_time() + 7200)
+    assert again.depth() == 1 and again.dropped() == 7
+
+
+def test_an_outbox_from_before_the_service_clock_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+        " created REAL NOT NULL); CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        " INSERT INTO outbox (topic, payload, created) VALUES ('t', X'6F6C64', 1700000000.0);"
+    )
+    con.commit()
+    con.close()
+    box = Outbox(db, max_age_s=60)
+    box.put("t", b"new")
+    assert [p.payload for p in box.pending()] == [b"old", b"new"]  # wall-clock times no longer age anything
+
+
+def test_the_pump_survives_an_outbox_that_cannot_delete_and_catches_up(broker: LocalBroker, tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    stop = threading.Event()
+    sup = Supervisor(10.0, lambda reason: None)
+    net, pump = sup.register("mqtt-network"), sup.register("mqtt-pump")
+    settings = load_settings(environ={}, overrides={"mqtt": {"host": broker.host, "port": broker.port}})
+    link = MqttLink(settings.mqtt, Topics("edge", "pumptest"), box, stop, network=net, pump=pump)
+    sup.attach(net, link.threads[0])
+    sup.attach(pump, link.threads[1])
+    sub = Collector(broker.host, broker.port, "edge/pumptest/events/match")
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        box._db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full or read-only disk
+        with pytest.raises(EdgeError):
+            box.put("edge/pumptest/events/match", b"{}")
+        box._db.execute("PRAGMA query_only = OFF")
+        for i in range(3):
+            box.put("edge/pumptest/events/match", f'{{"n": {i}}}'.encode())
+        box._db.execute("PRAGMA query_only = ON")
+        link.notify()
+        assert sub.wait_until(lambda: len(sub.on("events/match")) == 3, 20)  # published, PUBACKs in
+        assert link.wait(lambda: link.ack_failures > 0, 20)
+        assert "acknowledged event" in str(link.last_error) and "not removed" in str(link.last_error)
+        assert link.threads[1].is_alive() and sup.check() is None  # the pump lives on, and beats
+        assert box.depth() == 3
+        box._db.execute("PRAGMA query_only = OFF")  # the disk recovers
+        assert link.wait(lambda: box.depth() == 0, 20)
+        assert link.published == 3
+    finally:
+        stop.set()
+        link.close(None)
+        sub.close()
+
+
+# -- supervision: killed and wedged workers end the service non-zero -------------------------
+def _raise_in(thread: threading.Thread) -> None:
+    """Kill a thread from outside: raise SystemExit in it (a real thread death, no mock)."""
+    assert thread.ident is not None
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
+    assert n == 1
+
+
+class RunningApp:
+    """An App running in a thread of this process, its hard exit recorded instead of performed."""
+
+    def __init__(self, settings: Settings, recognizer: Recognizer) -> None:
+        from edge.app import App, RunResult
+
+        self.exits: list[int] = []
+        self.exited = threading.Event()
+        self.finished = threading.Event()  # either way
+
+        def hard_exit(code: int) -> None:
+            self.exits.append(code)
+            self.exited.set()
+            self.finished.set()
+
+        self.app = App(settings, recognizer, hard_exit=hard_exit)
+        self.result: RunResult | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self.app.run()
+        finally:
+            self.done.set()
+            self.finished.set()
+
+    def ended(self, timeout: float) -> bool:
+        """The run ended, in order (``result``) or by the hard exit (``exits``)."""
+        return self.finished.wait(timeout)
+
+    def __enter__(self) -> RunningApp:
+        assert self.app.ready.wait(30), "the app did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.app.stop.set()
+        self.done.wait(30)
+
+
+def app_settings(broker: LocalBroker, tmp_path: Path, **extra: dict[str, object]) -> Settings:
+    frames = tmp_path / "frames"
+    frames.mkdir(exist_ok=True)
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i}.png"), np.full((120, 160, 3), 80 + i, np.uint8))
+    over: dict[str, dict[str, object]] = {
+        "source": {"uri": str(frames), "at_end": "loop", "rate": "native", "fps": 30},
+        "device": {"id": "supervised", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"host": broker.host, "port": broker.port, "heartbeat_s": 600},
+        "health": {"stall_timeout_s": 2, "exit_grace_s": 4},
+    }
+    for section, values in extra.items():
+        over.setdefault(section, {}).update(values)
+    return load_settings(environ={}, overrides=over)
+
+
+WORKERS = ["capture", "mqtt-network", "mqtt-pump", "frame-loop"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # killed on purpose
+@pytest.mark.parametrize("name", WORKERS)
+def test_a_killed_worker_ends_the_run_non_zero_saying_why(
+    name: str, broker: LocalBroker, tmp_path: Path, recognizer: Recognizer
+) -> None:
+    status = Collector(broker.host, broker.port, "edge/supervised/status")
+    with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
+        status.wait_for("status", lambda s: s["state"] == "online")
+        app = running.app
+        thread = {"capture": app.capture, "mqtt-network": app.link.threads[0], "mqtt-pump": app.link.threads[1],
+                  "frame-loop": running.thread}[name]  # fmt: skip
+        _raise_in(thread)
+        assert running.ended(2 + 1 + 4 + 5), "the run did not end"
+        assert app.fault is not None and f"worker '{name}'" in app.fault
+        assert running.result is not None and running.result.exit_code == 1
+        final = status.wait_for("status", lambda s: s["state"] == "offline" and "last_error" in s)
+        assert name in final["last_error"]
+    status.close()
+
+
+@pytest.mark.slow
+def test_a_wedged_gallery_sync_ends_the_run(broker: LocalBroker, tmp_path: Path, recognizer: Recognizer) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
+
+    keyfile = tmp_path / "k.pem"
+    generate_key(keyfile)
+    key: Ed25519PrivateKey = load_private_key(keyfile)
+    settings = app_settings(broker, tmp_path, gallery={"name": "lobby", "trusted_keys": [f"{keyfile}.pub"]})
+    status = Collector(broker.host, broker.port, "edge/supervised/status")
+    with RunningApp(settings, recognizer) as running:
+        app = running.app
+        assert app.sync is not None
+        app.gallery._lock.acquire()  # the sync will wait for it forever: a wedge, not a crash
+        try:
+            v = np.eye(192, dtype=np.float32)[:2]
+            status.publish("edge/galleries/lobby", encode([Identity("a", None, v, {})], "lobby", 1,
+                                                          recognizer.embedder_sha256, key))  # fmt: skip
+            assert running.ended(2 + 1 + 4 + 5)
+            assert app.fault is not None and "worker 'gallery-sync' stalled" in app.fault
+        finally:
+            app.gallery._lock.release()
+    status.close()
+
+
+@pytest.mark.slow
+def test_a_wedged_frame_loop_is_ended_hard(broker: LocalBroker, tmp_path: Path, recognizer: Recognizer) -> None:
+    with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
+        app = running.app
+        app.stats._lock.acquire()  # the frame loop blocks on its next statistic: wedged
+        try:
+            assert running.exited.wait(2 + 1 + 4 + 5), "no hard exit"
+            assert running.exits == [1]
+            assert app.fault is not None and "worker 'frame-loop' stalled" in app.fault
+        finally:
+            app.stats._lock.release()
+
+
+@pytest.mark.slow
+def test_a_wedged_outbox_stalls_the_pump_and_ends_the_run(
+    broker: LocalBroker, tmp_path: Path, recognizer: Recognizer
+) -> None:
+    with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
+        app = running.app
+        app.outbox._lock.acquire()  # the pump waits for the outbox forever
+        try:
+            assert running.ended(2 + 1 + 4 + 5)
+            assert app.fault is not None and "worker 'mqtt-pump' stalled" in app.fault
+        finally:
+            app.outbox._lock.release()
+
+
+class Wedged:
+    """A camera whose driver hangs in read() (the FrameSource protocol; a stand-in for a stuck USB camera)."""
+
+    name, live, fps = "wedged-camera", True, 30.0
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> ImageArray | None:
+        self.release.wait()
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_a_hung_camera_ends_the_run(broker: LocalBroker, tmp_path: Path, recognizer: Recognizer) -> None:
+    from edge.app import App
+
+    exits: list[int] = []
+    app = App(app_settings(broker, tmp_path), recognizer, hard_exit=exits.append)
+    source = Wedged()
+    app.capture.source = source
+    try:
+        result = app.run()
+    finally:
+        source.release.set()
+    assert result.exit_code == 1 and app.fault is not None and "worker 'capture' stalled" in app.fault
+    assert exits == []  # an orderly shutdown: the frame loop was alive
