@@ -101,8 +101,33 @@ class ModelSettings(Section):
     )
 
 
+class DetectionSettings(Section):
+    windows_per_frame: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Most frame windows scanned per frame where something moved (besides one crop per tracked face).",
+    )
+    idle_every: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Scan one more window of the frame, in turn, every this many frames (finds faces that did not move).",
+    )
+    motion_threshold: float = Field(
+        12.0, gt=0, le=255, description="Grey-level change (0-255) that counts as motion on the 1/8-scale image."
+    )
+    track_crop: float = Field(
+        2.5, ge=1.5, le=6, description="A tracked face is re-detected in a square this many times its size."
+    )
+
+
 class QualitySettings(Section):
-    min_face_px: float = Field(40.0, gt=0, description="Smallest face (box side, pixels) that is embedded.")
+    min_face_px: float = Field(
+        28.0,
+        gt=0,
+        description="Smallest face (box side, pixels) that is judged. Measured on LFW View 1 (README, 'Range'): at 28 px 85% of genuine faces still pass the threshold, at 24 px 77%; the region scanner looks for faces down to this size.",
+    )
     min_sharpness: float = Field(15.0, ge=0, description="Minimum variance of the Laplacian of the aligned crop.")
     max_yaw: float = Field(
         0.8,
@@ -113,6 +138,12 @@ class QualitySettings(Section):
     max_roll_deg: float = Field(30.0, gt=0, le=90, description="Largest head tilt in degrees.")
     min_brightness: float = Field(40.0, ge=0, le=255, description="Darkest acceptable mean crop brightness (0–255).")
     max_brightness: float = Field(220.0, ge=0, le=255, description="Brightest acceptable mean crop brightness (0–255).")
+    min_presence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Least face-presence score of the face mesh (alignment 'mesh5'): below it a detection is clutter, not a face.",
+    )
 
     @model_validator(mode="after")
     def _brightness_order(self) -> QualitySettings:
@@ -271,7 +302,12 @@ class GallerySettings(Section):
     trusted_keys: list[ReadableFile] = Field(
         default_factory=list, description="Ed25519 public keys (PEM) whose signatures on a bundle are accepted."
     )
-    max_bundle_bytes: int = Field(64 << 20, ge=1024, description="Largest bundle accepted.")
+    max_bundle_bytes: int = Field(
+        64 << 20, ge=1024, description="Largest bundle accepted (also bounds what parts being assembled may hold)."
+    )
+    part_timeout_s: float = Field(
+        300.0, gt=0, description="A bundle arriving in parts is dropped when no part came for this long."
+    )
     sync: bool = Field(
         True,
         description="With name and trusted_keys set: follow {prefix}/galleries/<name> and {prefix}/<device_id>/gallery/set over MQTT.",
@@ -279,9 +315,25 @@ class GallerySettings(Section):
     expiry_check_s: float = Field(30.0, gt=0, le=60, description="How often identities with expires_at are checked.")
 
 
+class HealthSettings(Section):
+    stall_timeout_s: float = Field(
+        20.0,
+        ge=1,
+        le=3600,
+        description="A worker thread (camera, frame loop, MQTT, gallery sync) that makes no progress for this long is a fault: the service logs it, says so in its status and exits non-zero. Keep it below systemd's WatchdogSec.",
+    )
+    exit_grace_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="After a fault, how long an orderly shutdown may take before the process is ended hard.",
+    )
+
+
 class Settings(Section):
     # Sections are frozen, so one default instance can be shared safely.
     models: ModelSettings = Field(ModelSettings(), description="Model files and interpreter options.")
+    detection: DetectionSettings = Field(DetectionSettings(), description="How each frame is scanned for faces.")
     quality: QualitySettings = Field(QualitySettings(), description="Quality gate applied before embedding.")
     match: MatchSettings = Field(MatchSettings(), description="Matching and the false-match-rate target.")
     device: DeviceSettings = Field(DeviceSettings(), description="Identity and storage of this device.")
@@ -291,6 +343,7 @@ class Settings(Section):
     tracking: TrackingSettings = Field(TrackingSettings(), description="Tracks, K-of-M confirmation, cooldown.")
     events: EventSettings = Field(EventSettings(), description="What match events carry.")
     gallery: GallerySettings = Field(GallerySettings(), description="The enrolled identities.")
+    health: HealthSettings = Field(HealthSettings(), description="Supervision of the service's threads.")
 
 
 def _unwrap_optional(annotation: Any) -> Any:

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.errors import InputError
-from edge.eval.bench import FRAME_H, FRAME_W, background, face_px_at, paste
+from edge.eval.scenes import face_px_at, gradient_background, paste
 from edge.imageio import read_image
 
 ENROLLED = ("Colin_Powell", "Venus_Williams", "Laura_Bush", "Jean_Chretien")
@@ -34,6 +34,7 @@ PROBES = {
     "Jean_Chretien": "Jean_Chretien_0003.jpg",
 }
 STRANGERS = ("Halle_Berry", "Angelina_Jolie", "Condoleezza_Rice", "Luiz_Inacio_Lula_da_Silva")
+FRAME_W, FRAME_H = 640, 480
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,18 @@ class DemoAssets:
     frames: int
 
 
-def build_assets(faces: Path, out: Path, seconds_per_person: float = 1.0, fps: int = 30) -> DemoAssets:
+def build_assets(
+    faces: Path,
+    out: Path,
+    seconds_per_person: float = 1.0,
+    fps: int = 30,
+    width: int = FRAME_W,
+    height: int = FRAME_H,
+    distance_m: float = 1.2,
+) -> DemoAssets:
     """Gallery folder (all photos of enrolled people but their probe) and an MJPG clip
-    in which each person (enrolled, then a stranger, alternately) stands for a while."""
+    (``width`` × ``height``) in which each person (enrolled, then a stranger, alternately)
+    stands for a while ``distance_m`` from a 60° camera."""
     missing = [n for n in ENROLLED + STRANGERS if not (faces / n).is_dir()]
     if missing:
         raise InputError(f"demo faces missing under {faces}: {', '.join(missing)}")
@@ -64,17 +74,19 @@ def build_assets(faces: Path, out: Path, seconds_per_person: float = 1.0, fps: i
         held_out[name] = sorted((faces / name).glob("*.jpg"))[0]
     order = [n for pair in zip(ENROLLED, STRANGERS, strict=True) for n in pair]
     clip = out / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), fps, (FRAME_W, FRAME_H))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
         raise InputError(f"cannot write the demo clip {clip} (OpenCV has no MJPG writer)")
-    bg = background(np.random.default_rng(3))
+    bg = gradient_background(width, height, np.random.default_rng(3))
+    face = face_px_at(distance_m, width)
+    sx, sy = width / FRAME_W, height / FRAME_H
     per = int(seconds_per_person * fps)
     frames = 0
     for k, name in enumerate(order):
         portrait = read_image(held_out[name])
         for i in range(per):
             frame = bg.copy()
-            paste(frame, portrait, 200 + 240 * (k % 2) + 3 * np.sin(i / 5), 240, face_px_at(1.2))
+            paste(frame, portrait, (200 + 240 * (k % 2) + 3 * np.sin(i / 5)) * sx, 240 * sy, face, feather=False)
             writer.write(frame)
             frames += 1
         for _ in range(fps // 3):  # nobody in view between people: tracks end

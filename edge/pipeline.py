@@ -21,6 +21,7 @@ from edge.landmarks import MeshRefiner, load_refiner
 from edge.match import Matcher
 from edge.quality import assess
 from edge.runtime import Manifest, load_manifest
+from edge.scan import Scanner
 from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
 
 EMBEDDER_KEYS = {"fp32": "embedder_fp32", "int8": "embedder_int8"}
@@ -66,22 +67,28 @@ class Recognizer:
             self._other = load_detector(self.manifest, kind, self.settings.models.threads)
         return self._other
 
+    def scanner(self) -> Scanner:
+        """A region scanner for one camera (it keeps that camera's motion and schedule)."""
+        return Scanner(self.detector, self.settings.detection, self.settings.quality.min_face_px)
+
     def detect(self, image: ImageArray) -> list[Face]:
-        return self.detector.detect(check_frame(image))
+        """Every face of a still image, at any size (every window of its layout)."""
+        image = check_frame(image)
+        return Scanner(self.detector, self.settings.detection, self.settings.quality.min_face_px).detect_still(image)
 
     def align(self, image: ImageArray, faces: Sequence[Face]) -> list[AlignedFace]:
         """Each face warped to the template; with ``mesh5`` from refined five points."""
         out = []
         for face in faces:
-            points = None
+            points, presence = None, None
             if self.refiner is not None and face.detector != "centre":
                 side = max(face.box.width, face.box.height)
-                points, _ = self.refiner.refine(image, face.keypoints, side)
+                points, presence = self.refiner.refine(image, face.keypoints, side)
                 matrix = align_mod.similarity(points.astype(np.float64), align_mod.ARCFACE_5)
             else:
                 matrix = align_mod.transform_for(face)
             crop = align_mod.warp(image, matrix)
-            out.append(AlignedFace(face, crop, assess(face, crop, self.limits, points)))
+            out.append(AlignedFace(face, crop, assess(face, crop, self.limits, points, presence)))
         return out
 
     def embed(self, aligned: Sequence[AlignedFace]) -> FloatArray:
@@ -94,8 +101,7 @@ class Recognizer:
         keypoints of a box centred on the image (used by LFW evaluation, where
         every image is a centred face, and reported as such).
         """
-        image = check_frame(image)
-        faces = self.detector.detect(image)
+        faces = self.detect(image)
         fallback = ""
         if not faces and self.settings.models.fallback_detector:
             faces = self.other_detector().detect(image)

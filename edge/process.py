@@ -1,5 +1,6 @@
-"""The frame loop's work for one frame: detect → track → (align → quality → embed →
-match for the tracks that need evidence) → confirmations.
+"""The frame loop's work for one frame: scan (crops around tracks, changed windows,
+the background sweep) → track → (align → quality → embed → match for the tracks
+that need evidence) → confirmations.
 
 Separate from ``App`` so that the service and ``edge bench`` run the same code;
 what happens to a confirmation (an event in the outbox, or a benchmark record)
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from edge.health import Stats
 from edge.match import GalleryHolder
 from edge.pipeline import Recognizer
+from edge.quality import NOT_A_FACE
 from edge.track import Confirmation, Tracker
 from edge.types import Frame
 
@@ -29,13 +31,14 @@ class FrameProcessor:
         self.tracker = tracker
         self.stats = stats
         self.on_confirm = on_confirm
+        self.scanner = rec.scanner()
         self.frames = 0
 
     def __call__(self, frame: Frame) -> None:
         clock = time.perf_counter
         rec, tracker, now = self.rec, self.tracker, frame.ts
         t0 = clock()
-        faces = rec.detect(frame.image)
+        faces = self.scanner.detect(frame.image, tracker.followed())
         t1 = clock()
         pairs = tracker.update(faces, now)
         need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
@@ -51,7 +54,7 @@ class FrameProcessor:
                 if a.quality.ok:
                     good.append((track, a))
                 else:
-                    tracker.defer(track, now)
+                    tracker.defer(track, now, not_a_face=a.quality.reason.startswith(NOT_A_FACE))
             if good:
                 emb = rec.embed([a for _, a in good])
                 t3 = clock()

@@ -16,10 +16,20 @@ import numpy as np
 from edge.config import QualitySettings
 from edge.types import Face, FloatArray, ImageArray, Quality
 
+NOT_A_FACE = "not a face"
 
-def assess(face: Face, crop: ImageArray, limits: QualitySettings, points: FloatArray | None = None) -> Quality:
+
+def assess(
+    face: Face,
+    crop: ImageArray,
+    limits: QualitySettings,
+    points: FloatArray | None = None,
+    presence: float | None = None,
+) -> Quality:
     """Judge one aligned face. ``points`` (right eye, left eye, nose first) are the
-    refined landmarks when the pipeline has them; else the detector's keypoints."""
+    refined landmarks when the pipeline has them; else the detector's keypoints.
+    ``presence`` is the face mesh's face-presence score, when the mesh ran: detections
+    it rejects (clutter the detector took for a face) are not judged at all."""
     kp = face.keypoints if points is None else points
     right_eye, left_eye, nose = kp[0], kp[1], kp[2]
     eye_vec = left_eye - right_eye
@@ -37,7 +47,9 @@ def assess(face: Face, crop: ImageArray, limits: QualitySettings, points: FloatA
     sharpness = float(cv2.Laplacian(centre, cv2.CV_32F).var())
     brightness = float(centre.mean())
     reason = ""
-    if face_px < limits.min_face_px:
+    if presence is not None and presence < limits.min_presence:
+        reason = f"{NOT_A_FACE} (face mesh presence {presence:.2f} < {limits.min_presence:.2f})"
+    elif face_px < limits.min_face_px:
         reason = f"face too small ({face_px:.0f} px < {limits.min_face_px:.0f})"
     elif abs(yaw) > limits.max_yaw:
         reason = f"head turned (yaw {yaw:+.2f}, limit ±{limits.max_yaw:.2f})"
@@ -57,4 +69,5 @@ def assess(face: Face, crop: ImageArray, limits: QualitySettings, points: FloatA
         yaw=yaw,
         roll=roll,
         brightness=brightness,
+        presence=1.0 if presence is None else presence,
     )

@@ -42,6 +42,7 @@ class Track:
     retry_at: float = float("-inf")
     votes: deque[Vote] = field(default_factory=deque)
     reported: set[str] = field(default_factory=set)
+    non_face: bool = False  # the face mesh said this is not a face: no crop re-detection for it
 
     @property
     def confirmed(self) -> bool:
@@ -120,9 +121,15 @@ class Tracker:
             return True
         return now - track.last_embed >= self.p.stranger_recheck_s
 
-    def defer(self, track: Track, now: float) -> None:
-        """The face failed the quality gate: try again a little later, not every frame."""
+    def defer(self, track: Track, now: float, not_a_face: bool = False) -> None:
+        """The face failed the quality gate: try again a little later, not every frame.
+        A detection the face mesh says is not a face is no longer followed in its own crop."""
         track.retry_at = now + self.p.stranger_recheck_s / 5
+        track.non_face = track.non_face or not_a_face
+
+    def followed(self) -> list[Box]:
+        """Boxes of the live tracks worth re-detecting in a crop of their own."""
+        return [t.box for t in self.tracks if not t.non_face]
 
     def add_evidence(self, track: Track, match: Match, quality: float, box: Box, now: float) -> Confirmation | None:
         """Record one match for a track; a Confirmation when an identity newly reaches K of M."""

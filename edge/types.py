@@ -71,6 +71,7 @@ class Face:
     keypoints: FloatArray
     score: float
     detector: str = "short"
+    input_px: float = 0.0  # box side at the detector's input: how well the region resolved it
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class Quality:
     yaw: float
     roll: float
     brightness: float
+    presence: float = 1.0  # face mesh face-presence score (1 when the mesh did not run)
 
     @property
     def score(self) -> float:

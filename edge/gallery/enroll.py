@@ -1,8 +1,8 @@
 """Enrolment: ``DIR/<identity_id>/*.jpg|png`` → gallery entries, with a reason per photo.
 
 The device's own pipeline is used (detect → align → quality gate → embed). A
-photo with no face, several faces, or too low a quality is rejected with its
-reason. Only embeddings and metadata are kept, never the photos.
+photo with no face, two faces of similar size (who is to be enrolled?), or too low
+a quality is rejected with its reason; small faces in the background are ignored. Only embeddings and metadata are kept, never the photos.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import numpy as np
 from edge.config import TOMLDecodeError, parse_toml
 from edge.errors import ImageError, InputError
 from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.pipeline import Recognizer
+from edge.pipeline import Recognizer, main_face
 from edge.types import FloatArray
 
 IDENTITY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# A second face at least this fraction of the main face's width makes a photo ambiguous;
+# smaller ones are bystanders in the background (found now that large photos are tiled).
+RIVAL_FRACTION = 0.5
 
 
 @dataclass
@@ -62,10 +65,14 @@ def enroll_identity(rec: Recognizer, folder: Path) -> IdentityReport:
         if not faces:
             report.rejected[photo.name] = "no face found"
             continue
-        if len(faces) > 1:
-            report.rejected[photo.name] = f"{len(faces)} faces: enrolment photos must show one person"
+        main = main_face(faces, image)
+        rivals = [f for f in faces if f is not main and f.box.width >= RIVAL_FRACTION * main.box.width]
+        if rivals:
+            report.rejected[photo.name] = (
+                f"{len(rivals) + 1} faces of similar size: enrolment photos must show one person"
+            )
             continue
-        aligned = rec.align(image, faces)[0]
+        aligned = rec.align(image, [main])[0]
         if not aligned.quality.ok:
             report.rejected[photo.name] = f"quality: {aligned.quality.reason}"
             continue

@@ -1,0 +1,167 @@
+"""Gallery commands: ``enroll`` and ``gallery keygen|inspect|verify|publish``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edge.cli.common import parse_broker
+from edge.config import MqttSettings, load_settings
+from edge.errors import EdgeError, InputError
+from edge.gallery.bundle import BundleError
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge.gallery.bundle import Identity, encode, load_private_key
+    from edge.gallery.enroll import enroll_directory
+    from edge.pipeline import Recognizer
+
+    key = load_private_key(args.key)
+    rec = Recognizer(load_settings(args.config))
+    reports = enroll_directory(rec, args.photos, skip_failed=args.skip_failed)
+    identities = [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in reports if r.embeddings is not None]
+    data = encode(identities, args.gallery_name, args.version, rec.embedder_sha256, key, dtype=args.dtype)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(args.out)
+    rows = [{"identity_id": r.identity_id, "label": r.label, "accepted": r.accepted, "rejected": r.rejected,
+             "spread": r.spread} for r in reports]  # fmt: skip
+    if args.json:
+        print(json.dumps({"bundle": str(args.out), "bytes": len(data), "gallery": args.gallery_name,
+                          "version": args.version, "identities": rows}))  # fmt: skip
+    else:
+        print(f"{'identity':<24} {'accepted':>8} {'rejected':>8} {'spread':>7}  reasons")
+        for r in reports:
+            reasons = "; ".join(f"{k}: {v}" for k, v in r.rejected.items())
+            print(f"{r.identity_id:<24} {len(r.accepted):>8} {len(r.rejected):>8} {r.spread:>7.3f}  {reasons}")
+        print(
+            f"wrote {args.out}: gallery {args.gallery_name} v{args.version}, {len(identities)} identities, {len(data)} bytes"
+        )
+    return 0
+
+
+def read_bundle_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"gallery bundle {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"gallery bundle {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise InputError(f"gallery bundle {path} cannot be read: {exc.strerror or exc}") from None
+    if not data:
+        raise InputError(f"gallery bundle {path} is empty")
+    return data
+
+
+def publish_bundle(args: argparse.Namespace) -> int:
+    """Publish a bundle retained (fleet topic, or one device's set topic), in parts if large."""
+    from edge.gallery.bundle import peek_header
+    from edge.gallery.chunks import split
+    from edge.mqtt import Topics, tool_client
+
+    data = read_bundle_file(args.bundle)
+    try:
+        header = peek_header(data)
+    except BundleError as exc:
+        raise InputError(f"{args.bundle}: {exc}") from None
+    opts = broker_settings(args)
+    topics = Topics(args.prefix, args.device or "-")
+    topic = topics.gallery_set if args.device else topics.gallery_fleet(args.gallery_name or str(header.get("gallery")))
+    client = tool_client(opts, "edge-publish")
+    try:
+        messages = split(data, args.max_message)
+        for suffix, payload in messages:
+            info = client.publish(topic + suffix, payload, qos=1, retain=not args.device)
+            info.wait_for_publish(60)
+            if not info.is_published():
+                raise EdgeError(f"publishing to {topic + suffix} was not acknowledged within 60 s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    print(f"published {args.bundle} (gallery {header.get('gallery')} v{header.get('version')}, {len(data)} bytes) "
+          f"to {topic}{f' in {len(messages) - 1} parts' if len(messages) > 1 else ''}")  # fmt: skip
+    return 0
+
+
+def broker_settings(args: argparse.Namespace) -> MqttSettings:
+    """The [mqtt] section of --config (TLS, credentials), with --broker HOST:PORT over it."""
+    settings = load_settings(getattr(args, "config", None))
+    if args.broker:
+        host, port = parse_broker(args.broker)
+        return settings.mqtt.model_copy(update={"host": host, "port": port})
+    return settings.mqtt
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from edge.gallery import bundle as b
+    from edge.gallery.admit import verify_bundle
+
+    if args.gallery_command == "keygen":
+        pub = b.generate_key(args.out)
+        print(Path(f"{args.out}.pub").read_text(), end="")
+        print(
+            f"private key {args.out} (mode 0600); public key above, also in {args.out}.pub (key id {b.key_id(pub).hex()[:16]})"
+        )
+        return 0
+    if args.gallery_command == "publish":
+        return publish_bundle(args)
+    data = read_bundle_file(args.bundle)
+    try:
+        if args.gallery_command == "inspect":
+            header = b.peek_header(data)
+            header["bytes"] = len(data)
+            header["verified"] = False
+            print(json.dumps(header, indent=2))
+            return 0
+        pub = b.load_public_key(args.pubkey)
+        header = b.peek_header(data)
+        bundle = verify_bundle(data, [pub], str(header.get("embedder_sha256")), max_bytes=len(data))
+    except BundleError as exc:
+        raise InputError(f"{args.bundle}: {exc}") from None
+    print(f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}, "
+          f"{len(bundle.identities)} identities, {sum(len(i.embeddings) for i in bundle.identities)} embeddings")  # fmt: skip
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    en = sub.add_parser("enroll", help="photos → signed gallery bundle (embeddings and metadata only)")
+    en.add_argument("photos", type=Path, help="folder of <identity_id>/*.jpg|png (+ optional identity.toml)")
+    en.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    en.add_argument("--key", type=Path, required=True, help="Ed25519 private key (edge gallery keygen)")
+    en.add_argument("--gallery-name", default="default", help="gallery name")
+    en.add_argument("--version", type=int, default=1, help="gallery version (must increase with every publication)")
+    en.add_argument(
+        "--dtype", choices=["float16", "int8"], default="int8", help="embedding storage (int8: half the size)"
+    )
+    en.add_argument("--skip-failed", action="store_true", help="leave out identities with no usable photo")
+    en.add_argument("--config", type=Path, help="settings (models, quality gate) — use the devices' own")
+    en.add_argument("--json", action="store_true", help="print the report as JSON")
+    en.set_defaults(func=cmd_enroll)
+
+    gal = sub.add_parser("gallery", help="signing keys and bundles").add_subparsers(
+        dest="gallery_command", required=True
+    )
+    kg = gal.add_parser("keygen", help="new Ed25519 signing key (private 0600, public beside it)")
+    kg.add_argument("--out", type=Path, required=True)
+    ins = gal.add_parser("inspect", help="print a bundle's header (not verified)")
+    ins.add_argument("bundle", type=Path)
+    ver = gal.add_parser("verify", help="verify a bundle's signature and structure")
+    ver.add_argument("bundle", type=Path)
+    ver.add_argument("--pubkey", type=Path, required=True)
+    pub = gal.add_parser("publish", help="publish a bundle (retained on the fleet topic, or to one device)")
+    pub.add_argument("bundle", type=Path)
+    pub.add_argument("--broker", help="HOST:PORT (default: [mqtt] host and port of --config)")
+    pub.add_argument("--config", type=Path, help="settings whose [mqtt] section (TLS, credentials) is used")
+    pub.add_argument("--gallery-name", help="fleet topic name (default: the bundle's gallery)")
+    pub.add_argument("--device", help="send to this device's gallery/set topic instead (not retained)")
+    pub.add_argument("--prefix", default="edge", help="topic prefix")
+    pub.add_argument(
+        "--max-message",
+        type=int,
+        default=1 << 20,
+        help="split into parts above this size (the broker's message_size_limit)",
+    )
+    for p in (kg, ins, ver, pub):
+        p.set_defaults(func=cmd_gallery)

@@ -1,0 +1,201 @@
+"""Measurement commands: ``eval lfw``, ``eval range`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.cli.common import (
+    add_model_flags,
+    parse_distances,
+    parse_size,
+    progress_bar,
+    repo_fixture_faces,
+    settings_from,
+)
+from edge.errors import InputError
+
+
+def cmd_eval_lfw(args: argparse.Namespace) -> int:
+    from edge.eval import lfw
+    from edge.imageio import read_image
+    from edge.match import Gallery
+    from edge.pipeline import Recognizer
+
+    root: Path = args.root
+    image_root = root / "images" if (root / "images").is_dir() else root
+    pairs_path: Path = args.pairs or next(
+        (p for p in (root / "pairs.txt", root / "pairsDevTest.txt") if p.is_file()), root / "pairs.txt"
+    )
+    pairs = lfw.parse_pairs(pairs_path)
+    settings = settings_from(
+        args, detector=args.detector, embedder=args.embedder, threads=args.threads, fallback_detector=True
+    )
+    rec = Recognizer(settings)
+
+    face_times: list[float] = []
+
+    def embed_image(path: Path) -> tuple[Any, str]:
+        image = read_image(path)
+        t0 = time.perf_counter()
+        res = rec.still(image, centre_fallback=True)
+        assert res.aligned is not None  # centre_fallback always gives a face
+        vec = rec.embed([res.aligned])[0]
+        face_times.append(time.perf_counter() - t0)  # detect + align + embed: the whole per-face cost
+        return vec, res.fallback
+
+    data = lfw.embed_pairs_images(image_root, pairs, embed_image, progress_bar("embedding"))
+    matcher = rec.matcher
+    report = lfw.evaluate(pairs, data, matcher.snapshot(Gallery.empty()).threshold, matcher.per_identity_fmr(0))
+    out = {
+        "pairs_file": str(pairs_path),
+        "pairs": report.pairs,
+        "skipped": report.skipped,
+        "images": len(data.keys),
+        "missing_images": len(data.missing),
+        "no_face": report.no_face,
+        "no_face_handling": report.fallbacks,
+        "folds": report.folds,
+        "split": report.split,
+        "accuracy_mean": round(report.accuracy_mean, 4),
+        "accuracy_std": round(report.accuracy_std, 4),
+        "tar_at_fmr_1e-3": round(report.tar_at_fmr["1e-3"], 4),
+        "tar_at_fmr_1e-4": round(report.tar_at_fmr["1e-4"], 4),
+        "default_threshold": round(report.default_threshold, 4),
+        "stated_fmr": report.stated_fmr,
+        "observed_fmr": report.observed_fmr,
+        "impostor_pairs": report.impostor_pairs,
+        "model_sha256": rec.embedder_sha256,
+        "pipeline": rec.pipeline_id,
+        "detector": rec.detector.kind,
+        "ms_per_image_p50": round(float(np.median(face_times)) * 1000, 2) if face_times else None,
+    }
+    if args.compare_dlib:
+        from edge.eval.dlib_compare import compare
+
+        out.update(compare(image_root, pairs, report, float(np.median(face_times)) * 1000))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"LFW {pairs_path.name}: {report.pairs} pairs ({report.skipped} skipped), {len(data.keys)} images")
+        print(f"  accuracy        {report.accuracy_mean * 100:.2f}% ± {report.accuracy_std * 100:.2f} ({report.split})")
+        print(f"  TAR @ FMR 1e-3  {report.tar_at_fmr['1e-3'] * 100:.2f}%")
+        print(f"  TAR @ FMR 1e-4  {report.tar_at_fmr['1e-4'] * 100:.2f}%")
+        print(f"  no face         {report.no_face} {report.fallbacks or ''}")
+        print(
+            f"  calibration     threshold {report.default_threshold:.4f} promises FMR {report.stated_fmr:g}; "
+            f"observed {report.observed_fmr:.2e} over {report.impostor_pairs} impostor pairs"
+        )
+        print(f"  model           {rec.embedder_sha256[:16]} ({rec.pipeline_id}, detector {rec.detector.kind})")
+        if args.compare_dlib:
+            for key in [k for k in out if k.startswith(("dlib_", "edge_", "speedup"))]:
+                print(f"  {key:<28} {out[key]}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.demo import workdir
+    from edge.eval.bench import bench, bundle_bench, peak_rss_mb, portraits, service_bench, synthetic_stream
+    from edge.pipeline import Recognizer
+
+    width, height = parse_size(args.size)
+    settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
+    rec = Recognizer(settings)
+    rss_loaded = round(peak_rss_mb(), 1)
+    faces = args.faces or repo_fixture_faces()
+    if args.source is None and faces is None:
+        raise InputError("bench needs --source FILE|DIR or --faces DIR (no test fixtures found beside the package)")
+    result = bench(
+        rec, args.source, faces, frames=args.frames, gallery_size=args.gallery_size, width=width, height=height
+    )
+    result["rss_after_loading_models_mb"] = rss_loaded
+    if args.source is None and faces is not None:
+        result.update(service_bench(rec, faces, workdir(), width, height, args.distance))
+        result["peak_rss_mb_after_service"] = round(peak_rss_mb(), 1)
+    if args.bundle:
+        frame = (
+            next(synthetic_stream(portraits(faces), 1, width, height))
+            if faces
+            else np.zeros((height, width, 3), np.uint8)
+        )
+        result.update(bundle_bench(rec, frame))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:34} {value}")
+    return 0
+
+
+def cmd_eval_range(args: argparse.Namespace) -> int:
+    from edge.eval.range import evaluate
+    from edge.pipeline import Recognizer
+
+    width, height = parse_size(args.size)
+    settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
+    rec = Recognizer(settings)
+    out = evaluate(
+        rec, args.root, width, height, parse_distances(args.distances), args.hfov,
+        args.people, args.strangers, args.distractors, args.frames, args.seed, not args.any_cast,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(
+        f"range {width}x{height}, {args.hfov:g}° lens, gallery of {out['gallery_identities']} identities, seed {args.seed}"
+    )
+    print(f"{'distance':>8} {'face px':>8} {'recall':>7} {'false':>6} {'fps':>7} {'event ms p50/max':>17}")
+    for d, row in out["by_distance"].items():  # type: ignore[attr-defined]
+        lat = f"{row.get('event_latency_ms_p50', '-')}/{row.get('event_latency_ms_max', '-')}"
+        print(
+            f"{d + ' m':>8} {row['face_px']:>8} {row['recall'] * 100:>6.1f}% {row['false_events']:>6} {row['fps']:>7} {lat:>17}"
+        )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", required=True)
+    lfw_p = ev.add_parser("lfw", help="the LFW verification protocol on a pairs.txt-format file")
+    lfw_p.add_argument("--root", type=Path, required=True, help="LFW folder (name/name_NNNN.jpg, or with images/)")
+    lfw_p.add_argument("--pairs", type=Path, help="pairs file (default: ROOT/pairs.txt or ROOT/pairsDevTest.txt)")
+    lfw_p.add_argument("--json", action="store_true", help="print one JSON object")
+    lfw_p.add_argument("--compare-dlib", action="store_true", help="also run face_recognition (dlib) on the same pairs")
+    add_model_flags(lfw_p)
+    lfw_p.set_defaults(func=cmd_eval_lfw)
+
+    rng = ev.add_parser("range", help="recall by distance on composited scenes, through the service's frame loop")
+    rng.add_argument("--root", type=Path, required=True, help="LFW View 1 folder (people are taken from it)")
+    rng.add_argument("--size", default="1280x720", help="frame size WIDTHxHEIGHT (default 1280x720)")
+    rng.add_argument("--hfov", type=float, default=60.0, help="horizontal field of view of the lens, degrees")
+    rng.add_argument("--distances", default="1,2,3,4,5,6", help="metres, comma-separated")
+    rng.add_argument("--people", type=int, default=40, help="enrolled people shown (one visit each per distance)")
+    rng.add_argument("--strangers", type=int, default=20, help="people shown who are not enrolled")
+    rng.add_argument("--distractors", type=int, default=100, help="enrolled people who never appear")
+    rng.add_argument("--frames", type=int, default=40, help="frames each person is in view")
+    rng.add_argument("--seed", type=int, default=0)
+    rng.add_argument(
+        "--any-cast",
+        action="store_true",
+        help="cast enrolled people without first checking they are recognised up close (recall then includes "
+        "recognition errors at any distance)",
+    )
+    rng.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_flags(rng)
+    rng.set_defaults(func=cmd_eval_range)
+
+    b = sub.add_parser("bench", help="per-stage latency, frames per second, peak RSS")
+    b.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT of the composed streams")
+    b.add_argument("--distance", type=float, default=1.2, help="metres from the camera of the service clip's people")
+    b.add_argument("--source", type=Path, help="video file or image folder (default: a synthetic 640x480 stream)")
+    b.add_argument("--faces", type=Path, help="face images to compose the synthetic stream from")
+    b.add_argument("--frames", type=int, default=300)
+    b.add_argument("--gallery-size", type=int, default=10_000)
+    b.add_argument("--bundle", action="store_true", help="also time applying a 10,000 x 5 signed gallery bundle")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_flags(b)
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,276 @@
+"""Which parts of each frame the detector looks at: detection at the resolution faces need.
+
+BlazeFace sees a 128×128 input and finds a face when its box is about 1/8 to 3/4
+of the window it was given (measured: 14–104 px at the input). Letterboxing a
+1280×720 frame into 128 px shrinks it tenfold, so a face at 3 m (59 px) becomes
+6 px: invisible. The scanner therefore runs the same detector over windows of the
+frame chosen so that every face lands in some window at a size it can find:
+
+- **Layout** (per frame size, computed once): the whole frame, then levels of
+  overlapping square tiles, each level about 2–4× smaller, down to tiles in which
+  the smallest face worth judging (``quality.min_face_px``) is 1/8 of the window.
+  Tiles of a level overlap by the largest face the coarser level cannot see, so
+  every face lies whole inside at least one window of the right level.
+- **Tracks**: each live track is re-detected every frame in a crop of 2.5× its
+  face, so the face fills the input (its keypoints, hence its alignment, are as
+  precise as at 1 m) and a far face costs one invoke, not a tile scan.
+- **Motion**: a 1/8-scale grey image against a running background marks where
+  something changed; windows over changes not explained by a track are scanned
+  first, least recently scanned first, up to ``windows_per_frame``.
+- **Background sweep**: one window every ``idle_every`` frames in turn, so a face
+  that appeared without moving is still found, and nobody in view stays cheap.
+
+Detections of all windows are merged in frame coordinates: overlapping boxes are
+one face, kept from the window that resolved it best (the face nearest 48 px at
+the input). A face cut by a tile edge inside the frame is dropped by the detector;
+the neighbouring tile sees it whole. Stills (enrolment, ``edge identify``, eval)
+scan every window of their layout once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.config import DetectionSettings
+from edge.detect import Detector, Region
+from edge.types import Box, Face, ImageArray
+
+# A face is found when its box side is between these fractions of the window side.
+FIND_MIN = 1 / 8
+FIND_MAX = 3 / 4
+# Consecutive levels differ by at most this factor (each level covers a 6× size range).
+MAX_LEVEL_RATIO = 4.0
+BEST_INPUT_PX = 48.0
+MOTION_WIDTH = 160  # the motion image is about this wide
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The windows of one frame size: ``windows[0]`` is the whole frame."""
+
+    width: int
+    height: int
+    windows: tuple[Region, ...]
+    levels: tuple[int, ...]  # window side of each level, coarse to fine
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+def _positions(length: int, side: float, overlap: float) -> list[float]:
+    """Start offsets of tiles of ``side`` covering ``length`` with at least ``overlap``."""
+    if side >= length:
+        return [0.0]
+    stride = max(side - overlap, 1.0)
+    count = math.ceil((length - side) / stride) + 1
+    return [i * (length - side) / (count - 1) for i in range(count)]
+
+
+def layout(width: int, height: int, min_face: float) -> Layout:
+    """Whole frame, then tile levels down to windows where ``min_face`` is 1/8 of the side."""
+    long_side = float(max(width, height))
+    finest = min_face / FIND_MIN
+    windows = [Region(0.0, 0.0, float(width), float(height), min_face=long_side * FIND_MIN * 0.85, kind="frame")]
+    sides = [long_side]
+    if long_side > finest * 1.25:
+        n = math.ceil(math.log(long_side / finest) / math.log(MAX_LEVEL_RATIO))
+        ratio = (long_side / finest) ** (1.0 / n)
+        sides += [long_side / ratio**k for k in range(1, n + 1)]
+    for k in range(1, len(sides)):
+        side, coarser = sides[k], sides[k - 1]
+        # Faces below what the coarser level finds must fit whole in some tile: overlap by them.
+        overlap = coarser * FIND_MIN * 1.15
+        for y in _positions(height, side, overlap):
+            for x in _positions(width, side, overlap):
+                windows.append(
+                    Region(
+                        x, y, min(x + side, width), min(y + side, height),
+                        min_face=side * FIND_MIN * 0.85, max_face=side * FIND_MAX * 1.1, kind="tile",
+                    )
+                )  # fmt: skip
+    return Layout(width, height, tuple(windows), tuple(round(s) for s in sides))
+
+
+def track_region(box: Box, crop_scale: float) -> Region:
+    """A square around a tracked face, ``crop_scale`` times its side, where it is re-detected."""
+    side = max(box.width, box.height) * crop_scale
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    return Region(
+        cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2,
+        min_face=side * 0.12, max_face=side * 0.9, kind="track",
+    )  # fmt: skip
+
+
+def _overlap(a: Box, b: Box) -> tuple[float, float]:
+    """(IoU, intersection over the smaller box)."""
+    iw = min(a.x1, b.x1) - max(a.x0, b.x0)
+    ih = min(a.y1, b.y1) - max(a.y0, b.y0)
+    if iw <= 0 or ih <= 0:
+        return 0.0, 0.0
+    inter = iw * ih
+    area_a, area_b = a.width * a.height, b.width * b.height
+    return inter / (area_a + area_b - inter), inter / max(min(area_a, area_b), 1e-9)
+
+
+def _window_side(face: Face, input_size: int) -> float:
+    """Side of the window that found ``face`` (its box side over its size at the input, times the input)."""
+    side = max(face.box.width, face.box.height)
+    return side * input_size / face.input_px if face.input_px else float("inf")
+
+
+def _fragment_of(small: Face, big: Face, input_size: int) -> bool:
+    """``small`` lies in ``big``'s head region and was found by a window too small to see ``big`` whole:
+    a part of that face (an eye and brow, a mouth and chin) taken for a face."""
+    s, b = small.box, big.box
+    bside, sside = max(b.width, b.height), max(s.width, s.height)
+    if bside < 1.6 * sside or _window_side(small, input_size) >= 2.0 * bside:
+        return False
+    grow = 0.5 * bside
+    return b.x0 - grow <= s.x0 and s.x1 <= b.x1 + grow and b.y0 - grow <= s.y0 and s.y1 <= b.y1 + grow
+
+
+def merge(faces: Sequence[Face], input_size: int = 128, iou: float = 0.3, contained: float = 0.6) -> list[Face]:
+    """One face per cluster of overlapping detections, from the window that resolved it best;
+    fragments of a large face seen by small tiles are dropped."""
+
+    def preference(f: Face) -> tuple[float, float]:
+        resolved = -abs(math.log(max(f.input_px, 1.0) / BEST_INPUT_PX)) if f.input_px else -10.0
+        return (resolved, f.score)
+
+    def same(a: Face, b: Face) -> bool:
+        over, inside = _overlap(a.box, b.box)
+        return over >= iou or inside >= contained
+
+    kept: list[Face] = []
+    for face in sorted(faces, key=preference, reverse=True):
+        if not any(same(face, k) for k in kept):
+            kept.append(face)
+    return [f for f in kept if not any(_fragment_of(f, big, input_size) for big in kept if big is not f)]
+
+
+class Motion:
+    """Where the frame changed against a running background, on a ~160 px wide grey image."""
+
+    def __init__(self, threshold: float, alpha: float = 0.1) -> None:
+        self.threshold = threshold
+        self.alpha = alpha
+        self.step = 1
+        self._bg: npt.NDArray[np.float32] | None = None
+        self._changed: npt.NDArray[np.uint8] | None = None
+        self._integral: npt.NDArray[np.int32] | None = None
+
+    def update(self, image: ImageArray) -> None:
+        w = image.shape[1]
+        step = max(1, w // MOTION_WIDTH)
+        small = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_BGR2GRAY)
+        grey = cv2.blur(small, (3, 3)).astype(np.float32)
+        self._integral = None
+        if self._bg is None or self._bg.shape != grey.shape or step != self.step:
+            self.step, self._bg, self._changed = step, grey, None
+            return
+        self._changed = (cv2.absdiff(grey, self._bg) > self.threshold).astype(np.uint8)
+        cv2.accumulateWeighted(grey, self._bg, self.alpha)
+
+    def mask_out(self, boxes: Sequence[Box], grow: float = 2.0) -> None:
+        """Forget changes around these boxes (tracked faces: the track's crop covers them)."""
+        if self._changed is None:
+            return
+        h, w = self._changed.shape
+        for b in boxes:
+            cx, cy = (b.x0 + b.x1) / 2 / self.step, (b.y0 + b.y1) / 2 / self.step
+            half = max(b.width, b.height) * grow / 2 / self.step
+            y0, y1 = max(0, int(cy - half)), min(h, int(cy + half) + 1)
+            x0, x1 = max(0, int(cx - half)), min(w, int(cx + half) + 1)
+            self._changed[y0:y1, x0:x1] = 0
+        self._integral = None
+
+    def changed_in(self, region: Region, min_pixels: int = 3) -> bool:
+        if self._changed is None:
+            return False
+        if self._integral is None:
+            self._integral = np.asarray(cv2.integral(self._changed), np.int32)
+        ii, s = self._integral, self.step
+        h, w = ii.shape[0] - 1, ii.shape[1] - 1
+        x0, y0 = min(w, max(0, int(region.x0 / s))), min(h, max(0, int(region.y0 / s)))
+        x1, y1 = min(w, max(0, math.ceil(region.x1 / s))), min(h, max(0, math.ceil(region.y1 / s)))
+        total = int(ii[y1, x1]) - int(ii[y0, x1]) - int(ii[y1, x0]) + int(ii[y0, x0])
+        return total >= min_pixels
+
+
+@dataclass(frozen=True, slots=True)
+class ScanStats:
+    """What one frame's detection cost: detector invokes by kind."""
+
+    track_windows: int
+    motion_windows: int
+    sweep_windows: int
+
+    @property
+    def invokes(self) -> int:
+        return self.track_windows + self.motion_windows + self.sweep_windows
+
+
+class Scanner:
+    """Per camera: the layout of its frame size, the motion model, and when each window was last scanned."""
+
+    def __init__(self, detector: Detector, settings: DetectionSettings, min_face: float) -> None:
+        self.detector = detector
+        self.settings = settings
+        self.min_face = min_face
+        self.motion = Motion(settings.motion_threshold)
+        self._layout: Layout | None = None
+        self._last_scan: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._sweep_next = 0
+        self._frame = 0
+        self.last = ScanStats(0, 0, 0)
+
+    def layout_for(self, width: int, height: int) -> Layout:
+        if self._layout is None or (self._layout.width, self._layout.height) != (width, height):
+            self._layout = layout(width, height, self.min_face)
+            self._last_scan = np.full(len(self._layout), -(10**9), np.int64)
+            self._sweep_next = 0
+        return self._layout
+
+    def detect(self, image: ImageArray, tracked: Sequence[Box] = ()) -> list[Face]:
+        """Faces of one video frame: crops around ``tracked`` boxes, changed windows, one sweep window."""
+        h, w = image.shape[:2]
+        lay = self.layout_for(w, h)
+        self._frame += 1
+        faces: list[Face] = []
+        for box in tracked:
+            faces += self.detector.detect(image, track_region(box, self.settings.track_crop))
+        self.motion.update(image)
+        self.motion.mask_out(tracked)
+        changed = [i for i, win in enumerate(lay.windows) if self.motion.changed_in(win)]
+        changed.sort(key=lambda i: self._last_scan[i])
+        chosen = changed[: self.settings.windows_per_frame]
+        sweep = 0
+        if self._frame % self.settings.idle_every == 0:
+            # The background sweep: the next window in turn not already chosen this frame.
+            for _ in range(len(lay)):
+                i = self._sweep_next
+                self._sweep_next = (self._sweep_next + 1) % len(lay)
+                if i not in chosen:
+                    chosen.append(i)
+                    sweep = 1
+                    break
+        for i in chosen:
+            faces += self.detector.detect(image, lay.windows[i])
+            self._last_scan[i] = self._frame
+        self.last = ScanStats(len(tracked), len(chosen) - sweep, sweep)
+        return merge(faces, self.detector.spec.size)
+
+    def detect_still(self, image: ImageArray) -> list[Face]:
+        """Every face of a still image: every window of its layout, merged."""
+        h, w = image.shape[:2]
+        lay = layout(w, h, self.min_face)
+        faces: list[Face] = []
+        for win in lay.windows:
+            faces += self.detector.detect(image, win)
+        return merge(faces, self.detector.spec.size)

@@ -1,0 +1,164 @@
+"""The region scanner: layout coverage, small and large faces in big frames, merging, scheduling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.config import DetectionSettings, Settings, TrackingSettings
+from edge.detect import Region
+from edge.eval.scenes import gradient_background, paste, sensor_noise
+from edge.imageio import read_image
+from edge.pipeline import Recognizer
+from edge.scan import FIND_MAX, FIND_MIN, Scanner, layout, merge, track_region
+from edge.track import Tracker
+from edge.types import Box, Face
+
+from .conftest import FACES
+
+SIZES = [(640, 480), (1280, 720), (1920, 1080), (1080, 1920), (250, 250)]
+
+
+def responsible(win: Region, x0: float, y0: float, side: float) -> bool:
+    """``win`` holds the face whole and answers for its size."""
+    inside = win.x0 <= x0 and win.y0 <= y0 and x0 + side <= win.x1 and y0 + side <= win.y1
+    return inside and win.min_face <= side <= max(win.max_face, win.min_face) and side <= FIND_MAX * win.side * 1.1
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    size=st.sampled_from(SIZES),
+    fx=st.floats(0, 1),
+    fy=st.floats(0, 1),
+    scale=st.floats(0, 1),
+)
+def test_every_face_lies_whole_in_a_window_that_answers_for_its_size(
+    size: tuple[int, int], fx: float, fy: float, scale: float
+) -> None:
+    w, h = size
+    min_face = 28.0
+    largest = min(w, h) * 0.7
+    side = min_face + scale * (largest - min_face)
+    x0, y0 = fx * (w - side), fy * (h - side)
+    lay = layout(w, h, min_face)
+    assert any(responsible(win, x0, y0, side) for win in lay.windows), (size, x0, y0, side)
+
+
+def test_layout_levels_and_sizes() -> None:
+    lay = layout(1280, 720, 28.0)
+    assert lay.windows[0] == Region(0, 0, 1280, 720, min_face=lay.windows[0].min_face, kind="frame")
+    assert lay.levels[0] == 1280 and lay.levels[-1] == round(28 / FIND_MIN)  # the smallest face is 1/8 of a tile
+    assert all(r.x0 >= 0 and r.y0 >= 0 and r.x1 <= 1280 and r.y1 <= 720 for r in lay.windows)
+    assert len(layout(250, 250, 28.0)) == 1  # a portrait is one window, as before tiling
+    assert len(layout(1920, 1080, 28.0)) > len(lay) > len(layout(640, 480, 28.0))
+
+
+def compose(width: int, height: int, placements: list[tuple[str, float, float, float]], seed: int = 0) -> np.ndarray:
+    frame = gradient_background(width, height, np.random.default_rng(seed))
+    for name, cx, cy, face in placements:
+        paste(frame, read_image(FACES / name), cx, cy, face)
+    return frame
+
+
+def found_at(faces: list[Face], cx: float, cy: float, face: float) -> list[Face]:
+    return [
+        f
+        for f in faces
+        if abs((f.box.x0 + f.box.x1) / 2 - cx) < face * 0.5
+        and abs((f.box.y0 + f.box.y1) / 2 - cy) < face * 0.7
+        and 0.6 * face < f.box.width < 1.6 * face
+    ]
+
+
+def test_small_and_large_faces_in_a_1080p_still(recognizer: Recognizer) -> None:
+    people = [
+        ("Colin_Powell/Colin_Powell_0038.jpg", 300.0, 300.0, 30.0),  # about 9 m from a 60° 1080p camera
+        ("Laura_Bush/Laura_Bush_0004.jpg", 700.0, 500.0, 45.0),  # 6 m
+        ("Venus_Williams/Venus_Williams_0001.jpg", 1100.0, 420.0, 90.0),  # 3 m
+        ("Jean_Chretien/Jean_Chretien_0008.jpg", 1550.0, 560.0, 330.0),  # 0.8 m
+    ]
+    image = compose(1920, 1080, people)
+    faces = recognizer.detect(image)
+    for name, cx, cy, face in people:
+        assert len(found_at(faces, cx, cy, face)) == 1, (name, [(f.box, f.input_px) for f in faces])
+    assert len(faces) == len(people)
+    # The old way, the whole frame letterboxed into 128 px, sees only the closest one.
+    whole = recognizer.detector.detect(image)
+    assert len(whole) < len(people)
+
+
+def test_a_face_across_a_tile_border_is_one_face_and_one_track(recognizer: Recognizer) -> None:
+    lay = layout(1280, 720, recognizer.settings.quality.min_face_px)
+    tiles = [w for w in lay.windows if w.kind == "tile" and w.side == min(t.side for t in lay.windows)]
+    # The right edge of the first fine tile, inside the next one's overlap: two tiles see this face.
+    edge = tiles[0].x1
+    cx, cy, face = edge - 10.0, (tiles[0].y0 + tiles[0].y1) / 2, 36.0
+    image = compose(1280, 720, [("Laura_Bush/Laura_Bush_0016.jpg", cx, cy, face)])
+    holding = [w for w in lay.windows if w.x0 <= cx - face / 2 and cx + face / 2 <= w.x1 and w.kind == "tile"]
+    cut = [w for w in tiles if w.x0 < cx < w.x1 and not (w.x0 <= cx - face / 2 and cx + face / 2 <= w.x1)]
+    assert holding and cut  # the set-up puts the face on a border indeed
+    raw = [f for w in lay.windows for f in recognizer.detector.detect(image, w)]
+    assert len(found_at(raw, cx, cy, face)) >= 1
+    merged = merge(raw)
+    assert len(found_at(merged, cx, cy, face)) == 1 and len(merged) == 1
+    # Frame after frame through the service's scanner: one track, followed in its crop.
+    scanner = recognizer.scanner()
+    tracker = Tracker(TrackingSettings())
+    rng = np.random.default_rng(1)
+    ids = set()
+    for i in range(len(lay) * 2 + 4):
+        faces = scanner.detect(sensor_noise(image, rng), tracker.followed())
+        ids |= {t.id for t, _ in tracker.update(faces, i / 30)}
+    assert len(ids) == 1 and len(tracker.tracks) == 1
+    assert scanner.last.track_windows == 1
+
+
+def test_a_face_that_appears_is_found_through_motion_within_a_few_frames() -> None:
+    rec = Recognizer(Settings())
+    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
+    rng = np.random.default_rng(2)
+    empty = gradient_background(1280, 720, rng)
+    for _ in range(5):  # the background settles; nothing moves
+        assert scanner.detect(sensor_noise(empty, rng)) == []
+        assert scanner.last.motion_windows == 0 and scanner.last.invokes <= 1
+    person = compose(1280, 720, [("Venus_Williams/Venus_Williams_0004.jpg", 900.0, 300.0, 44.0)], seed=2)
+    found = None
+    for frame in range(1, 8):
+        faces = scanner.detect(sensor_noise(person, rng))
+        if found_at(faces, 900.0, 300.0, 44.0):
+            found = frame
+            break
+        assert scanner.last.motion_windows >= 1
+    assert found is not None and found <= 4
+
+
+def test_the_background_sweep_visits_every_window_and_costs_one_invoke_every_other_frame() -> None:
+    rec = Recognizer(Settings())
+    scanner = Scanner(rec.detector, DetectionSettings(idle_every=2), 28.0)
+    frame = np.full((720, 1280, 3), 100, np.uint8)
+    lay = scanner.layout_for(1280, 720)
+    invokes = 0
+    for _ in range(2 * len(lay)):
+        scanner.detect(frame)
+        invokes += scanner.last.invokes
+    assert invokes == len(lay)  # one window every second frame
+    assert (scanner._last_scan > 0).all()  # every window was looked at
+
+
+def test_track_crop_follows_a_face_near_the_frame_edge(recognizer: Recognizer) -> None:
+    image = compose(1280, 720, [("Colin_Powell/Colin_Powell_0120.jpg", 30.0, 360.0, 50.0)])
+    region = track_region(Box(5, 335, 55, 385), 2.5)
+    assert region.x0 < 0  # partly outside the frame: padded
+    faces = recognizer.detector.detect(image, region)
+    assert len(found_at(faces, 30.0, 360.0, 50.0)) == 1
+
+
+@pytest.mark.parametrize("bad", ["0x10", "640", "ax480", "99999x10"])
+def test_frame_size_argument_is_checked(bad: str) -> None:
+    from edge.cli.common import parse_size
+    from edge.errors import InputError
+
+    with pytest.raises(InputError, match="expected WIDTHxHEIGHT"):
+        parse_size(bad)
