@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cli import main
 from edge.gallery.bundle import (
@@ -28,35 +25,38 @@ from edge.gallery.bundle import (
     verify_signature,
 )
 
-from .test_service_e2e import DemoAssets, LocalBroker, assets, service, wait_for  # noqa: F401
+from .support import Collector
+from .test_service_e2e import DemoAssets, LocalBroker, assets, service  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 
-class Watch:
+class Watch(Collector):
+    """Gallery state and match events of cam1, as any consumer sees them."""
+
     def __init__(self, b: LocalBroker) -> None:
-        self.states: list[dict[str, object]] = []
-        self.events: list[dict[str, object]] = []
-        self.c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="watch")
-        self.c.on_connect = lambda cl, u, f, rc, p: (
-            cl.subscribe("edge/cam1/gallery/state", 1),
-            cl.subscribe("edge/cam1/events/match", 1),
-        )
-        self.c.on_message = self._msg
-        self.c.connect(b.host, b.port)
-        self.c.loop_start()
+        super().__init__(b.host, b.port, "edge/cam1/gallery/state", "edge/cam1/events/match", client_id="watch")
 
-    def _msg(self, c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
-        (self.states if m.topic.endswith("state") else self.events).append(json.loads(m.payload))
+    @property
+    def states(self) -> list[dict[str, object]]:
+        return list(self.on("gallery/state"))
 
-    def publish(self, topic: str, data: bytes, retain: bool = False) -> None:
-        self.c.publish(topic, data, qos=1, retain=retain).wait_for_publish(5)
+    @property
+    def events(self) -> list[dict[str, object]]:
+        return list(self.on("events/match"))
 
-    def state_where(self, pred: object, timeout: float = 15, since: int = 0) -> dict[str, object]:
+    def state_where(
+        self, pred: Callable[[dict[str, object]], bool], timeout: float = 20, since: int = 0
+    ) -> dict[str, object]:
         """The latest state message at position >= ``since`` that satisfies ``pred``."""
-        found = lambda: [s for s in self.states[since:] if pred(s)]  # type: ignore[operator]  # noqa: E731
-        assert wait_for(lambda: bool(found()), timeout), self.states[-3:]
-        return found()[-1]
+        found: list[dict[str, object]] = []
+
+        def check() -> bool:
+            found[:] = [s for s in self.states[since:] if pred(s)]
+            return bool(found)
+
+        assert self.wait_until(check, timeout), self.states[-3:]
+        return found[-1]
 
 
 @pytest.fixture()
@@ -107,9 +107,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
 
         w.publish("edge/galleries/demo", v2, retain=True)
         w.state_where(lambda s: s.get("version") == 2 and "error" not in s)
-        assert wait_for(
-            lambda: any(e["gallery_version"] == 2 and e["identity_id"] == "Laura_Bush" for e in w.events), 30
-        )
+        w.wait_for("events/match", lambda e: e["gallery_version"] == 2 and e["identity_id"] == "Laura_Bush", 30)
 
         other_key = Ed25519PrivateKey.generate()
         rejections = {
@@ -150,9 +148,8 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
             signed = verify_signature(stored, [load_public_key(Path(f"{keyfile}.pub"))])
             parse_identities(signed, read_header(signed), read_index(signed))
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-2000:]
+        rc = proc.stop()
+    assert rc == 0, proc.text()[-2000:]
 
     # A restart loads v3 from disk (verified again) before anything arrives.
     before = len(w.states)
@@ -174,10 +171,9 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         s = w.state_where(lambda s: s.get("version") == 5, timeout=60)
         assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed"] == []
     finally:
-        again.terminate()
-        _, err = again.communicate(timeout=30)
-    w.c.loop_stop()
-    assert re.search(r"gallery demo v5 applied in [0-9.]+s", err), err[-2000:]
+        again.stop()
+    w.close()
+    assert re.search(r"gallery demo v5 applied in [0-9.]+s", again.text()), again.text()[-2000:]
 
 
 def load_gallery_version(state: Path) -> int:

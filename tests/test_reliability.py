@@ -350,3 +350,54 @@ def test_a_hung_camera_ends_the_run(broker: LocalBroker, tmp_path: Path, recogni
         source.release.set()
     assert result.exit_code == 1 and app.fault is not None and "worker 'capture' stalled" in app.fault
     assert exits == []  # an orderly shutdown: the frame loop was alive
+
+
+class FlakyCamera:
+    """A live camera serving frames from memory that drops out once, mid-stream, and refuses the
+    first reopen (a USB camera unplugged and plugged back in)."""
+
+    name, live, fps = "flaky-camera", True, 30.0
+
+    def __init__(self, frames: int, drop_after: int) -> None:
+        from edge.capture.sources import SourceError
+
+        self.error = SourceError
+        self.frames, self.drop_after = frames, drop_after
+        self.served = self.opens = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens == 2:
+            raise self.error("source flaky-camera: cannot be opened (not plugged back yet)")
+
+    def read(self) -> ImageArray | None:
+        if self.served == self.drop_after and self.opens == 1:
+            raise self.error("source flaky-camera: no frame (device gone or stream dropped)")
+        if self.served >= self.frames:
+            return None
+        self.served += 1
+        return np.full((48, 64, 3), self.served % 250, np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_camera_lost_mid_stream_is_reopened_and_frames_flow_again() -> None:
+    slot, stop = LatestFrame(), threading.Event()
+    camera = FlakyCamera(frames=20, drop_after=5)
+    cap = CaptureThread(camera, slot, stop, realtime=False, at_end="exit", retry_initial_s=0.01, retry_max_s=0.05)
+    states: list[str] = []
+    with watching_logs() as logs:
+        cap.start()
+        seen = []
+        while (f := slot.take(timeout=10)) is not None:
+            seen.append(f)
+            states.append(cap.status.state)
+        cap.join(10)
+    # Every frame was delivered or (live camera, slow reader) dropped as stale, across the loss and the
+    # failed reopen; the newest one came through.
+    assert camera.opens == 3 and len(seen) + slot.dropped == 20
+    assert int(seen[-1].image[0, 0, 0]) == 20 and any(int(f.image[0, 0, 0]) > 5 for f in seen)
+    assert "(device gone or stream dropped); retrying" in logs.text()
+    assert "(not plugged back yet); retrying" in logs.text()
+    assert cap.status.state == "exhausted" and cap.status.error is None

@@ -1,35 +1,34 @@
-"""The device service end to end, against a real Mosquitto on a free loopback port.
-
-The service runs as a real process (``edge run``); an independent paho client
-subscribes like any consumer would.
-"""
+"""The device service end to end: ``edge run`` as a real process, a real Mosquitto on a free
+loopback port, and independent MQTT clients subscribing like any consumer would."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import LocalBroker, find_mosquitto
-from edge.demo import DemoAssets, Subscriber, build_assets
+from edge.demo import DemoAssets, build_assets
 
 from .conftest import FACES
+from .support import Collector, Service
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"), reason="mosquitto not installed"),
 ]
 EVENT_LINE = re.compile(r"event ([0-9a-f-]{36}) identity=(\S+)")
+PLANTED = "pl4nted-Secr3t"
+FAST = {"EDGE_MQTT__RECONNECT_MAX_S": "1", "EDGE_MQTT__HEARTBEAT_S": "1"}
 
 
 @pytest.fixture()
@@ -40,90 +39,56 @@ def broker() -> Iterator[LocalBroker]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> DemoAssets:
+    """The demo's gallery folder and clip (read-only: every test uses its own state dir)."""
     return build_assets(FACES, tmp_path_factory.mktemp("demo"))
 
 
-def service(args: list[str], state: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full_env = {**os.environ, "EDGE_MQTT__RECONNECT_MAX_S": "1", "EDGE_MQTT__HEARTBEAT_S": "1", **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--state-dir", str(state), "--device-id", "cam1", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
-    )  # fmt: skip
+def service(args: list[str], state: Path, env: dict[str, str] | None = None, device: str = "cam1") -> Service:
+    return Service(["--state-dir", str(state), "--device-id", device, *args], {**FAST, **(env or {})})
 
 
-def logged_events(stderr: str) -> dict[str, str]:
-    return {m.group(1): m.group(2) for m in EVENT_LINE.finditer(stderr)}
-
-
-def wait_for(pred: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
+def logged_events(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in EVENT_LINE.finditer(text)}
 
 
 def test_only_enrolled_people_produce_events(broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:
-    sub = Subscriber(broker.host, broker.port, "edge/cam1/events/match")
-    assert sub.ready.wait(5)
+    sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
     proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "fast",
                     "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path)  # fmt: skip
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    logged = logged_events(err)
-    assert wait_for(lambda: len(sub.received()) >= len(logged), 5)
+    assert proc.wait_exit(180) == 0, proc.text()[-2000:]
+    logged = logged_events(proc.text())
+    assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(logged), 10)
+    events = sub.on("events/match")
     sub.close()
-    got = {str(e["identity_id"]) for e in sub.received()}
-    assert got == set(assets.enrolled), err[-3000:]
-    assert {str(e["event_id"]) for e in sub.received()} == set(logged)
-    for e in sub.received():
+    assert {str(e["identity_id"]) for e in events} == set(assets.enrolled), proc.text()[-3000:]
+    assert {str(e["event_id"]) for e in events} == set(logged)
+    for e in events:
         assert e["device_id"] == "cam1" and e["schema"] == 1 and e["gallery_version"] == 0
-        assert e["score"] >= e["threshold"] and e["evidence"]["agreed"] >= 3  # type: ignore[index]
-        assert all(0.0 <= v <= 1.0 for v in e["bbox"])  # type: ignore[attr-defined]
-
-
-def durable_subscriber(broker: LocalBroker) -> tuple[mqtt.Client, list[dict[str, object]]]:
-    got: list[dict[str, object]] = []
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="durable-sub", clean_session=False)
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("edge/+/events/match", 1)
-    c.on_message = lambda cl, u, m: got.append(json.loads(m.payload))
-    c.reconnect_delay_set(1, 1)
-    c.connect_async(broker.host, broker.port)
-    c.loop_start()
-    return c, got
+        assert e["score"] >= e["threshold"] and e["evidence"]["agreed"] >= 3
+        assert all(0.0 <= v <= 1.0 for v in e["bbox"])
 
 
 def test_broker_restart_mid_run_loses_nothing(broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:
-    sub, got = durable_subscriber(broker)
-    time.sleep(0.5)
+    sub = Collector(broker.host, broker.port, "edge/+/events/match", client_id="durable-sub", clean=False)
+    sub.client.reconnect_delay_set(1, 1)
     proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "native",
                     "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path)  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[str] = []
-
-    def read_until(done: Callable[[str], bool], limit: float = 60) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and not done("".join(lines)):
-            lines.append(proc.stderr.readline())  # type: ignore[union-attr]
-
-    read_until(lambda text: len(logged_events(text)) >= 1)  # the first event is out
+    proc.wait_for(EVENT_LINE.pattern)  # the first event is out
     broker.stop()
     # The next confirmed event can only wait in the outbox.
-    read_until(lambda text: "mqtt disconnected" in text and len(logged_events(text)) >= 2)
+    proc.wait_for("mqtt disconnected")
+    cut = len(proc.text())
+    proc.wait_for(EVENT_LINE.pattern, count=2)
     broker.start()
-    _, rest = proc.communicate(timeout=120)
-    err = "".join(lines) + rest
-    assert proc.returncode == 0, err[-2000:]
-    logged = logged_events(err)
+    assert proc.wait_exit(180) == 0, proc.text()[-2000:]
+    text = proc.text()
+    logged = logged_events(text)
     assert len(logged) == len(assets.enrolled)
-    assert wait_for(lambda: {str(e["event_id"]) for e in got} >= set(logged), 10), (logged, got)
-    sub.loop_stop()
-    ids = [str(e["event_id"]) for e in got]
-    assert set(ids) == set(logged)
+    assert sub.wait_until(lambda: {str(e["event_id"]) for e in sub.on("events/match")} >= set(logged), 20)
+    sub.close()
     # At least one event was confirmed while the broker was away (it waited in the outbox).
-    cut = err.index("mqtt disconnected")
-    assert EVENT_LINE.search(err, cut) and err.index("mqtt connected", cut) > EVENT_LINE.search(err, cut).start()  # type: ignore[union-attr]
+    waited = EVENT_LINE.search(text, cut)
+    assert waited is not None and text.index("mqtt connected", cut) > waited.start()
 
 
 def test_sigkill_with_pending_events_then_restart_delivers(assets: DemoAssets, tmp_path: Path) -> None:
@@ -132,27 +97,21 @@ def test_sigkill_with_pending_events_then_restart_delivers(assets: DemoAssets, t
     # No broker on that port: events can only pile up in the outbox.
     proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "native",
                     "--broker", f"127.0.0.1:{port}", "--loop"], tmp_path)  # fmt: skip
-    lines: list[str] = []
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(logged_events("".join(lines))) < 2:
-        lines.append(proc.stderr.readline())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    pending = logged_events("".join(lines))
+    proc.wait_for(EVENT_LINE.pattern, count=2)
+    proc.stop(signal.SIGKILL)
+    pending = logged_events(proc.text())
     assert len(pending) >= 2
     with LocalBroker(port=port) as broker:
-        sub = Subscriber(broker.host, broker.port, "edge/cam1/events/match")
-        assert sub.ready.wait(5)
+        sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
         empty = tmp_path / "empty"
         empty.mkdir()
-        (empty / "blank.png").write_bytes(
-            __import__("cv2").imencode(".png", __import__("numpy").zeros((48, 64, 3), "uint8"))[1].tobytes()
-        )
+        import cv2
+        import numpy as np
+
+        cv2.imwrite(str(empty / "blank.png"), np.zeros((48, 64, 3), np.uint8))
         again = service(["--source", str(empty), "--broker", f"{broker.host}:{port}", "--exit-at-end"], tmp_path)
-        _, err = again.communicate(timeout=60)
-        assert again.returncode == 0, err[-2000:]
-        assert wait_for(lambda: {str(e["event_id"]) for e in sub.received()} >= set(pending), 5)
+        assert again.wait_exit(60) == 0, again.text()[-2000:]
+        assert sub.wait_until(lambda: {str(e["event_id"]) for e in sub.on("events/match")} >= set(pending), 10)
         sub.close()
 
 
@@ -167,39 +126,24 @@ def test_malformed_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def status_listener(broker: LocalBroker) -> tuple[mqtt.Client, list[dict[str, object]]]:
-    got: list[dict[str, object]] = []
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="status-sub")
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("edge/cam1/status", 1)
-    c.on_message = lambda cl, u, m: got.append(json.loads(m.payload))
-    c.connect_async(broker.host, broker.port)
-    c.loop_start()
-    return c, got
-
-
 def test_camera_that_cannot_open_is_reported_not_fatal(broker: LocalBroker, tmp_path: Path) -> None:
-    c, got = status_listener(broker)
+    status = Collector(broker.host, broker.port, "edge/cam1/status")
     proc = service(["--source", "/dev/video99", "--broker", f"{broker.host}:{broker.port}"], tmp_path)
-    ok = wait_for(
-        lambda: any(s.get("camera") == "retrying" and "/dev/video99" in str(s.get("camera_error")) for s in got), 20
-    )
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
-    c.loop_stop()
-    assert ok, (got, err[-2000:])
-    assert alive and proc.returncode == 0
-    assert got[-1]["state"] == "offline"  # the clean shutdown says so too
+    status.wait_for("status", lambda s: s.get("camera") == "retrying" and "/dev/video99" in str(s.get("camera_error")))
+    assert proc.proc.poll() is None
+    assert proc.stop() == 0
+    status.wait_for("status", lambda s: s["state"] == "offline")  # the clean shutdown says so too
+    status.close()
 
 
 def test_last_will_marks_the_device_offline_when_it_dies(broker: LocalBroker, tmp_path: Path) -> None:
-    c, got = status_listener(broker)
+    status = Collector(broker.host, broker.port, "edge/cam1/status")
     proc = service(["--source", "/dev/video99", "--broker", f"{broker.host}:{broker.port}"], tmp_path)
-    assert wait_for(lambda: any(s.get("state") == "online" for s in got), 20)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    assert wait_for(lambda: got[-1].get("state") == "offline", 10), got[-3:]
-    c.loop_stop()
+    status.wait_for("status", lambda s: s["state"] == "online")
+    proc.stop(signal.SIGKILL)
+    status.wait_until(lambda: status.on("status")[-1]["state"] == "offline", 10)
+    assert status.on("status")[-1]["state"] == "offline" and "last_error" not in status.on("status")[-1]
+    status.close()
 
 
 def test_signed_bundle_gallery_events_carry_its_version(
@@ -210,92 +154,239 @@ def test_signed_bundle_gallery_events_carry_its_version(
     key = tmp_path / "k.pem"
     assert main(["gallery", "keygen", "--out", str(key)]) == 0
     bundle = tmp_path / "g.bundle"
-    assert (
-        main(
-            [
-                "enroll",
-                str(assets.gallery),
-                "--out",
-                str(bundle),
-                "--key",
-                str(key),
-                "--gallery-name",
-                "demo",
-                "--version",
-                "2",
-            ]
-        )
-        == 0
-    )
-    sub = Subscriber(broker.host, broker.port, "edge/cam1/events/match")
-    assert sub.ready.wait(5)
+    assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(key),
+                 "--gallery-name", "demo", "--version", "2"]) == 0  # fmt: skip
+    sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
     args = ["--source", str(assets.clip), "--gallery", str(bundle), "--gallery-name", "demo", "--trusted-key", f"{key}.pub",
             "--rate", "fast", "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"]  # fmt: skip
     proc = service(args, tmp_path)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    assert wait_for(lambda: len(sub.received()) >= len(logged_events(err)) > 0, 5)
+    assert proc.wait_exit(180) == 0, proc.text()[-2000:]
+    logged = logged_events(proc.text())
+    assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(logged) > 0, 10)
+    assert {e["gallery_version"] for e in sub.on("events/match")} == {2}
+    assert {str(e["identity_id"]) for e in sub.on("events/match")} == set(assets.enrolled)
     sub.close()
-    assert {e["gallery_version"] for e in sub.received()} == {2}
-    assert {str(e["identity_id"]) for e in sub.received()} == set(assets.enrolled)
     # A bundle signed by a key the device does not trust stops start-up with a clear error.
     other = tmp_path / "other.pem"
     assert main(["gallery", "keygen", "--out", str(other)]) == 0
-    bad = service([*args[:6], "--trusted-key", f"{other}.pub", *args[8:]], tmp_path)
-    _, err = bad.communicate(timeout=60)
-    assert bad.returncode == 2 and "not trusted" in err
+    bad = service([*args[:6], "--trusted-key", f"{other}.pub", *args[8:]], tmp_path / "s2")
+    assert bad.wait_exit(60) == 2 and "not trusted" in bad.text()
 
 
-def make_ca(folder: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
-    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
-    ext = folder / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=edge-test-ca",
+def test_a_file_source_that_cannot_be_opened_ends_an_exit_at_end_run(broker: LocalBroker, tmp_path: Path) -> None:
+    proc = service(["--source", str(tmp_path / "missing.mp4"), "--broker", f"{broker.host}:{broker.port}",
+                    "--exit-at-end"], tmp_path)  # fmt: skip
+    assert proc.wait_exit(60) == 2
+    assert "missing.mp4: no such file" in proc.text() and "retrying" not in proc.text()
+
+
+# -- TLS, credentials, secrets -----------------------------------------------------------
+def make_ca(folder: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    p = {n: folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem",
+                                 "client.key", "client.csr", "client.pem", "ext.cnf", "other.key", "other.pem")}  # fmt: skip
+    p["ext.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*a: str) -> None:
+        subprocess.run(["openssl", *a], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(p["ca.key"]), "-out", str(p["ca.pem"]),
+        "-days", "2", "-subj", "/CN=edge-test-ca")  # fmt: skip
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(p["other.key"]), "-out", str(p["other.pem"]),
+        "-days", "2", "-subj", "/CN=another-ca")  # fmt: skip
+    for who, cn in (("server", "127.0.0.1"), ("client", "cam1")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(p[f"{who}.key"]), "-out", str(p[f"{who}.csr"]),
+            "-subj", f"/CN={cn}")  # fmt: skip
+        run("x509", "-req", "-in", str(p[f"{who}.csr"]), "-CA", str(p["ca.pem"]), "-CAkey", str(p["ca.key"]),
+            "-CAcreateserial", "-out", str(p[f"{who}.pem"]), "-days", "2", "-extfile", str(p["ext.cnf"]))  # fmt: skip
+    return p
+
+
+needs_openssl = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+
+
+@needs_openssl
+def test_tls_with_a_private_ca_and_every_tls_mistake_is_logged(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    with LocalBroker(tls=(ca["ca.pem"], ca["server.pem"], ca["server.key"])) as tls_broker, LocalBroker() as plain:
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="tls-sub")
+        client.tls_set(ca_certs=str(ca["ca.pem"]))
+        got: list[str] = []
+        seen = threading.Event()
+
+        def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+            got.append(m.payload.decode())
+            if '"online"' in got[-1]:
+                seen.set()
+
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe("edge/cam1/status", 1)
+        client.on_message = on_message
+        client.connect(tls_broker.host, tls_broker.port)
+        client.loop_start()
+        ok = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{tls_broker.port}"], tmp_path / "a",
+                     {"EDGE_MQTT__CA_FILE": str(ca["ca.pem"])})  # fmt: skip
+        assert seen.wait(30), ok.text()[-2000:]
+        assert ok.stop() == 0
+        client.loop_stop()
+        mistakes = {
+            "wrong CA": ({"EDGE_MQTT__CA_FILE": str(ca["other.pem"])}, tls_broker.port,
+                         r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected .*check mqtt\.ca_file"),
+            "plain MQTT to the TLS port": ({}, tls_broker.port,
+                                           r"closed the connection before accepting it \(is the port TLS\?\)"),
+            "TLS to a plain port": ({"EDGE_MQTT__CA_FILE": str(ca["ca.pem"])}, plain.port,
+                                    r"TLS: 127\.0\.0\.1:\d+ (does not speak TLS|dropped the TLS handshake)"),
+        }  # fmt: skip
+        for name, (env, port, pattern) in mistakes.items():
+            proc = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{port}"], tmp_path / name, env)
+            proc.wait_for(pattern, timeout=30)
+            assert proc.stop() == 0, name
+            assert "connected to" not in proc.text(), name
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    down = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{port}"], tmp_path / "down")
+    down.wait_for(rf"broker 127\.0\.0\.1:{port} refused the connection \(nothing listening there\?\); retrying")
+    assert down.stop() == 0
+    missing = service(["--source", "/dev/video99"], tmp_path / "m", {"EDGE_MQTT__CA_FILE": str(tmp_path / "nope.pem")})
+    assert missing.wait_exit(60) == 2
+    assert missing.text().strip().splitlines()[-1] == (
+        f"edge: config error in environment variable EDGE_MQTT__CA_FILE: mqtt.ca_file = '{tmp_path}/nope.pem': "
+        f"{tmp_path}/nope.pem does not exist or is not a file"
     )
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
-        "-days", "2", "-extfile", str(ext))  # fmt: skip
-    return ca, cert, key
 
 
-@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl not installed")
-def test_tls_connection_with_a_private_ca(tmp_path: Path) -> None:
-    ca, cert, key = make_ca(tmp_path)
-    with LocalBroker(tls=(ca, cert, key)) as b:
-        got: list[dict[str, object]] = []
-        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="tls-sub")
-        c.tls_set(ca_certs=str(ca))
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("edge/cam1/status", 1)
-        c.on_message = lambda cl, u, m: got.append(json.loads(m.payload))
+@needs_openssl
+def test_password_file_and_mutual_tls_against_a_real_broker_and_no_secret_leaks(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    pw = tmp_path / "mqtt-password"
+    pw.write_text(PLANTED + "\n")
+    with LocalBroker(tls=(ca["ca.pem"], ca["server.pem"], ca["server.key"]), users={"cam1": PLANTED},
+                     require_certificate=True) as b:  # fmt: skip
+        env = {"EDGE_MQTT__USERNAME": "cam1", "EDGE_MQTT__PASSWORD_FILE": str(pw), "EDGE_MQTT__CA_FILE": str(ca["ca.pem"]),
+               "EDGE_MQTT__CERT_FILE": str(ca["client.pem"]), "EDGE_MQTT__KEY_FILE": str(ca["client.key"])}  # fmt: skip
+        camera = f"rtsp://admin:{PLANTED}@127.0.0.1:9/stream?token={PLANTED}"
+        proc = service(["--source", camera, "--broker", f"127.0.0.1:{b.port}"], tmp_path / "s", env)
+        proc.wait_for(r"mqtt connected to 127\.0\.0\.1")
+        proc.wait_for(r"retrying", count=2)  # the camera URL has failed and been logged twice
+        assert proc.stop() == 0
+        # Every retained and live message of the device, read back by a client with the same credentials.
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        seen: list[bytes] = []
+        done = threading.Event()
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="reader")
+        c.tls_set(ca_certs=str(ca["ca.pem"]), certfile=str(ca["client.pem"]), keyfile=str(ca["client.key"]))
+        c.username_pw_set("cam1", PLANTED)
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe([("edge/#", 1), ("marker/#", 1)])
+        c.on_subscribe = lambda cl, u, mid, rc, p: cl.publish("marker/end", b"x", qos=1)
+
+        def on_message(cl: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+            seen.append(m.payload)
+            if m.topic == "marker/end":
+                done.set()
+
+        c.on_message = on_message
         c.connect(b.host, b.port)
         c.loop_start()
-        env = {"EDGE_MQTT__CA_FILE": str(ca)}
-        proc = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path, env)
-        ok = wait_for(lambda: any(s.get("state") == "online" for s in got), 20)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        assert done.wait(20)
         c.loop_stop()
-        assert ok, err[-2000:]
-        # Without the CA the device refuses the broker's certificate (and keeps retrying).
-        proc = service(
-            ["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path, {"EDGE_MQTT__TLS": "true"}
-        )
-        time.sleep(3)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-        assert "connected to" not in err and proc.returncode == 0
+        status = [s for s in seen if b'"camera"' in s]
+        assert status and any(b"admin:***@127.0.0.1:9" in s for s in status)
+        assert all(PLANTED.encode() not in s for s in seen)
+        assert PLANTED not in proc.text() and "admin:***@127.0.0.1:9/stream?token=***" in proc.text()
+        # A wrong password is refused, and said so (still without printing it).
+        pw.write_text("wrong-password\n")
+        bad = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path / "s2", env)
+        bad.wait_for(r"broker refused the connection: (Bad user name or password|Not authorized)")
+        assert bad.stop() == 0 and "wrong-password" not in bad.text()
+
+
+def test_two_devices_with_one_id_say_so(broker: LocalBroker, tmp_path: Path) -> None:
+    a = service(["--source", "/dev/video99", "--broker", f"{broker.host}:{broker.port}"], tmp_path / "a", device="twin")
+    a.wait_for("mqtt connected")
+    b = service(["--source", "/dev/video99", "--broker", f"{broker.host}:{broker.port}"], tmp_path / "b", device="twin")
+    # Mosquitto 2.0.11 drops the older connection without MQTT v5's 'session taken over' reason
+    # (later versions send it); either way both devices say what is going on.
+    pattern = r"another client (is probably )?connected as 'twin'.*two devices share device\.id"
+    a.wait_for(pattern)
+    b.wait_for(pattern)
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def test_a_hung_network_camera_ends_the_service_non_zero(broker: LocalBroker, tmp_path: Path) -> None:
+    """A camera that accepts the connection and then sends nothing: the capture thread hangs in
+    the driver; the supervisor ends the service (exit 1) and the final status says why."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+    status = Collector(broker.host, broker.port, "edge/cam1/status")
+    env = {"EDGE_HEALTH__STALL_TIMEOUT_S": "3", "EDGE_HEALTH__EXIT_GRACE_S": "5"}
+    proc = service(["--source", f"http://127.0.0.1:{silent.getsockname()[1]}/video.mjpg",
+                    "--broker", f"{broker.host}:{broker.port}"], tmp_path, env)  # fmt: skip
+    assert proc.wait_exit(60) == 1, proc.text()[-2000:]
+    assert "worker 'capture' stalled" in proc.text()
+    final = status.wait_for("status", lambda s: s["state"] == "offline" and "last_error" in s)
+    assert "capture" in final["last_error"]
+    status.close()
+    silent.close()
+
+
+def test_a_message_over_the_size_limit_never_reaches_the_device(broker: LocalBroker, tmp_path: Path) -> None:
+    """MQTT v5 Maximum Packet Size: the broker drops what the device would refuse, before it is sent."""
+    import numpy as np
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.cli import main
+    from edge.config import Settings
+    from edge.gallery.bundle import Identity, encode, load_private_key
+    from edge.pipeline import Recognizer
+
+    keyfile = tmp_path / "k.pem"
+    assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
+    key: Ed25519PrivateKey = load_private_key(keyfile)
+    sha = Recognizer(Settings()).embedder_sha256
+    watch = Collector(broker.host, broker.port, "edge/cam1/gallery/state")
+    proc = service(["--source", "/dev/video99", "--gallery-name", "lobby", "--trusted-key", f"{keyfile}.pub",
+                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "s",
+                   {"EDGE_GALLERY__MAX_BUNDLE_BYTES": str(1 << 20)})  # fmt: skip
+    watch.wait_for("gallery/state")
+    peak_before = peak_rss_kib(proc.proc.pid)
+    watch.publish("edge/cam1/gallery/set", bytes(40 << 20))  # 40 MiB of nothing
+    v = np.eye(192, dtype=np.float32)[:1]
+    watch.publish("edge/cam1/gallery/set", encode([Identity("a", None, v, {})], "lobby", 1, sha, key))
+    watch.wait_for("gallery/state", lambda s: s.get("version") == 1)
+    assert not any(s.get("error") for s in watch.on("gallery/state"))  # never delivered, so never refused
+    assert peak_rss_kib(proc.proc.pid) - peak_before < 10 * 1024  # nothing near 40 MiB was ever buffered
+    assert proc.stop() == 0
+    watch.close()
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_edge_demo_prints_the_events_of_the_enrolled_and_no_stranger() -> None:
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith(
+        "demo: 4 enrolled (Colin_Powell, Venus_Williams, Laura_Bush, Jean_Chretien), 4 not enrolled"
+    )
+    matches = [ln for ln in lines if ln.startswith("match ")]
+    assert sorted(ln.split()[1] for ln in matches) == sorted(
+        ["Colin_Powell", "Venus_Williams", "Laura_Bush", "Jean_Chretien"]
+    )
+    assert lines[-1] == (
+        "demo: 4 match event(s) received for Colin_Powell, Jean_Chretien, Laura_Bush, Venus_Williams; "
+        "strangers matched: none"
+    )
