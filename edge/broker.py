@@ -33,9 +33,16 @@ def free_port() -> int:
 
 class LocalBroker:
     def __init__(
-        self, port: int | None = None, message_size_limit: int = 0, tls: tuple[Path, Path, Path] | None = None
+        self,
+        port: int | None = None,
+        message_size_limit: int = 0,
+        tls: tuple[Path, Path, Path] | None = None,
+        users: dict[str, str] | None = None,
+        require_certificate: bool = False,
     ) -> None:
-        """``tls``: (CA certificate, server certificate, server key) for a TLS listener."""
+        """``tls``: (CA certificate, server certificate, server key) for a TLS listener;
+        ``users``: name → password (anonymous clients are then refused);
+        ``require_certificate``: clients must present a certificate signed by the CA (mutual TLS)."""
         binary = find_mosquitto()
         if binary is None:
             raise EdgeError("mosquitto not found: install it (Debian/Raspberry Pi OS: apt install mosquitto)")
@@ -47,7 +54,7 @@ class LocalBroker:
         conf = self._dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if users else 'true'}",
             f"log_dest file {self.log}",
             # Started as root, mosquitto would switch to user 'mosquitto', who cannot
             # write in this private folder: run it as whoever runs the tests or demo.
@@ -60,6 +67,15 @@ class LocalBroker:
         if tls is not None:
             ca, cert, key = tls
             lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"]
+            if require_certificate:
+                lines.append("require_certificate true")
+        if users:
+            passwd = self._dir / "passwd"
+            tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+            for i, (user, password) in enumerate(users.items()):
+                subprocess.run([tool, "-b", *(["-c"] if i == 0 else []), str(passwd), user, password],
+                               check=True, capture_output=True)  # fmt: skip
+            lines.append(f"password_file {passwd}")
         if message_size_limit:
             lines.append(f"message_size_limit {message_size_limit}")
         conf.write_text("\n".join(lines) + "\n")

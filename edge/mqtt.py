@@ -45,6 +45,8 @@ from edge.supervisor import Worker
 
 log = logging.getLogger(__name__)
 SESSION_TAKEN_OVER = 142
+FLAP_SECONDS = 20.0  # a connection the broker drops this soon after accepting it counts as a flap
+FLAPS = 3  # that many in a row: another client is almost surely using this client id
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ def explain(exc: BaseException, host: str, port: int, tls: bool) -> str:
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
             return f"TLS: {where} does not speak TLS (plain MQTT port?); set mqtt.tls = false or use the TLS port"
         return f"TLS handshake with {where} failed: {exc.reason or text}"
+    if tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError)):
+        return f"TLS: {where} dropped the TLS handshake (plain MQTT port?); set mqtt.tls = false or use the TLS port"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve broker host {host!r}: {exc.strerror or exc}"
     if isinstance(exc, ConnectionRefusedError):
@@ -187,6 +191,10 @@ class MqttLink:
         self._cursor = 0  # highest outbox seq handed to paho in this process
         self._subscriptions: dict[str, int] = {}
         self._got_connack = False
+        self._logged_at = 0.0
+        self._flaps = 0
+        self._connected_at = 0.0
+        self._accepted = False  # the current connection was accepted (CONNACK success)
         self.on_message: Callable[[str, bytes, bool], None] | None = None
         self.on_connected: Callable[[], None] | None = None
         client = mqtt.Client(
@@ -263,7 +271,7 @@ class MqttLink:
         delay = self.opts.reconnect_min_s
         while not self._closing.is_set():
             self._beat(self._network_worker)
-            self._got_connack = False
+            self._got_connack = self._accepted = False
             try:
                 self.client.connect(
                     self.opts.host, self.opts.port, keepalive=self.opts.keepalive, clean_start=True,
@@ -282,12 +290,12 @@ class MqttLink:
                     log.exception("mqtt loop failed")
                     self.last_error = f"mqtt loop failed: {type(exc).__name__}: {exc}"
                     break
-            was_connected = self.connected.is_set()
             self.connected.clear()
             if self._closing.is_set():
                 break
-            if was_connected:
+            if self._accepted:
                 delay = self.opts.reconnect_min_s
+                self._note_flap(time.monotonic() - self._connected_at)
             elif not self._got_connack and self.last_error is None:
                 self.last_error = (
                     f"broker {self.opts.host}:{self.opts.port} closed the connection before accepting it "
@@ -299,10 +307,28 @@ class MqttLink:
         if self._network_worker is not None:
             self._network_worker.done("stopped")
 
+    def _note_flap(self, lasted: float) -> None:
+        """Brokers without MQTT v5 'session taken over' just drop the older connection of two clients
+        with the same id: the sign is connections dropped moments after they are accepted, in a row."""
+        self._flaps = self._flaps + 1 if lasted < FLAP_SECONDS else 0
+        if self._flaps == FLAPS or (self._flaps > FLAPS and self._flaps % 20 == 0):
+            self.last_error = (
+                f"the broker dropped {self._flaps} connections in a row moments after accepting them: "
+                f"another client is probably connected as {self.topics.device_id!r} (two devices share "
+                "device.id, or a second instance is running); give each device its own device.id"
+            )
+            log.error("mqtt: %s", self.last_error)
+
     def _failed(self, reason: str, delay: float) -> None:
-        changed = reason != self.last_error
+        """Log a failed attempt: at once when the reason is new, then at most once a minute."""
+        now = time.monotonic()
+        if reason != self.last_error:
+            log.error("mqtt: %s; retrying in %.0fs", reason, delay)
+            self._logged_at = now
+        elif now - self._logged_at >= 60:
+            log.warning("mqtt: still failing: %s; retrying in %.0fs", reason, delay)
+            self._logged_at = now
         self.last_error = reason
-        (log.error if changed else log.warning)("mqtt: %s; retrying in %.0fs", reason, delay)
         self._sleep(delay)
 
     def _sleep(self, seconds: float) -> None:
@@ -402,6 +428,8 @@ class MqttLink:
             log.error("mqtt %s:%d: %s", self.opts.host, self.opts.port, self.last_error)
             return
         self.last_error = None
+        self._connected_at = time.monotonic()
+        self._accepted = True
         self.connected.set()
         log.info("mqtt connected to %s:%d as %s", self.opts.host, self.opts.port, self.topics.device_id)
         for topic, qos in self._subscriptions.items():
@@ -424,6 +452,7 @@ class MqttLink:
                 "two devices share device.id (give each its own), or a second instance is running"
             )
             log.error("mqtt: %s", self.last_error)
+            self._flaps = FLAPS  # already said
         elif was:
             self.last_error = f"disconnected: {reason}"
             log.warning("mqtt disconnected (%s); reconnecting with back-off", reason)
