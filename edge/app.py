@@ -24,8 +24,9 @@ from datetime import datetime
 from types import FrameType
 
 from edge import __version__
+from edge.audit import AuditLog
 from edge.capture import CaptureThread, LatestFrame, open_source
-from edge.config import Settings, secret_values
+from edge.config import Settings, secret_values, settings_digest
 from edge.errors import EdgeError
 from edge.events import MatchEvent, Status, make_event, utc_now
 from edge.gallery.admit import Policy, load_bundle_file, load_trusted, to_gallery
@@ -39,7 +40,7 @@ from edge.mqtt import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.pipeline import Recognizer
 from edge.process import FrameProcessor
-from edge.sinks import EventSink, OutboxSink, Sinks
+from edge.sinks import AuditSink, EventSink, OutboxSink, Sinks
 from edge.supervisor import Supervisor
 from edge.track import Confirmation, Tracker
 from edge.types import Frame
@@ -80,6 +81,8 @@ class App:
         self.events = 0
         self.model_tag = self.rec.embedder_sha256[:16]
         state = settings.device.state_dir
+        a = settings.audit
+        self.audit = AuditLog(state / "audit", a.segment_bytes, a.max_bytes, a.max_age_days) if a.enabled else None
         self.outbox = Outbox(
             settings.outbox.path or state / "outbox.sqlite", settings.outbox.max_events, settings.outbox.max_age_s
         )
@@ -112,7 +115,8 @@ class App:
             sync_worker = sup.register("gallery-sync")
             self.sync = GallerySync(
                 self.gallery, GalleryStore(state / "gallery", self.policy), self.policy, g,
-                lambda data: self.link.publish_retained(self.topics.gallery_state, data), worker=sync_worker,
+                lambda data: self.link.publish_retained(self.topics.gallery_state, data),
+                journal=self._journal, worker=sync_worker,
             )  # fmt: skip
             sup.attach(sync_worker, self.sync.thread)
             self.link.on_message = lambda topic, payload, retain: (
@@ -126,8 +130,28 @@ class App:
         self.loop_worker = sup.register("frame-loop")
 
     def event_sinks(self) -> list[EventSink]:
-        """Every consumer of a confirmed event, in order: the one place to add one."""
-        return [OutboxSink(self.outbox, self.topics.match, self.s.events.include_label, self.link.notify)]
+        """Every consumer of a confirmed event, in order: the one place to add one. The audit log comes
+        first, so an event is on record before it takes effect."""
+        sinks: list[EventSink] = [AuditSink(self.audit)] if self.audit is not None else []
+        sinks.append(OutboxSink(self.outbox, self.topics.match, self.s.events.include_label, self.link.notify))
+        return sinks
+
+    def _journal(self, kind: str, details: dict[str, object]) -> None:
+        """A gallery decision, on record before it takes effect (a refused write is logged, not fatal)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(f"gallery_{kind}", details)
+        except EdgeError as exc:
+            log.error("gallery decision not recorded: %s", exc)
+
+    def _record(self, kind: str, details: dict[str, object]) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(kind, details)
+        except EdgeError as exc:
+            log.error("%s not recorded in the audit log: %s", kind, exc)
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
@@ -171,7 +195,8 @@ class App:
         """The most recent problem still affecting the device, most severe first."""
         if self.fault:
             return self.fault
-        for source in (self.sinks.last_error, self.link.last_error, self.capture.status.error):
+        audit_error = self.audit.last_error if self.audit is not None else None
+        for source in (audit_error, self.sinks.last_error, self.link.last_error, self.capture.status.error):
             if source:
                 return source
         if self.sync is not None and self.sync.last_error is not None:
@@ -196,6 +221,8 @@ class App:
             outbox_dropped=dropped + sum(self.sinks.failures.values()), events_published=self.link.published,
             gallery_name=snap.gallery.name or None, gallery_version=snap.version, gallery_identities=len(snap),
             cpu_temp_c=cpu_temperature(), since=self.since, last_error=self.last_error(),
+            audit_head=self.audit.head.hash if self.audit else None,
+            audit_records=self.audit.head.records if self.audit else None,
         )  # fmt: skip
 
     # -- events ------------------------------------------------------------------
@@ -243,6 +270,10 @@ class App:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> RunResult:
+        self._record("start", {
+            "version": __version__, "device_id": self.topics.device_id, "settings_sha256": settings_digest(self.s),
+            "models": {k: m.sha256 for k, m in self.rec.manifest.models.items()},
+        })  # fmt: skip
         self.load_gallery()
         if self.sync is not None:
             self.sync.start()
@@ -299,6 +330,7 @@ class App:
         self.capture.join(timeout=3.0)
         if self.sync is not None:
             self.sync.stop()
+        self._record("stop", {"frames": self.process.frames, "events": self.events, "fault": self.fault})
         self.link.close(self.status("offline"), timeout=3.0)
         self.outbox.close()
         if self._hard_exit_timer is not None:

@@ -330,6 +330,17 @@ class HealthSettings(Section):
     )
 
 
+class AuditSettings(Section):
+    enabled: bool = Field(
+        True, description="Keep the tamper-evident audit log under <state_dir>/audit (edge audit verify checks it)."
+    )
+    segment_bytes: int = Field(1 << 20, ge=4096, description="A new log file is started past this size.")
+    max_bytes: int = Field(
+        64 << 20, ge=1 << 16, description="The oldest files are deleted beyond this total (the chain stays verifiable)."
+    )
+    max_age_days: float = Field(365.0, gt=0, description="Files whose records are all older than this are deleted.")
+
+
 class Settings(Section):
     # Sections are frozen, so one default instance can be shared safely.
     models: ModelSettings = Field(ModelSettings(), description="Model files and interpreter options.")
@@ -344,6 +355,7 @@ class Settings(Section):
     events: EventSettings = Field(EventSettings(), description="What match events carry.")
     gallery: GallerySettings = Field(GallerySettings(), description="The enrolled identities.")
     health: HealthSettings = Field(HealthSettings(), description="Supervision of the service's threads.")
+    audit: AuditSettings = Field(AuditSettings(), description="The local, hash-chained record of every decision.")
 
 
 def _unwrap_optional(annotation: Any) -> Any:

@@ -118,6 +118,10 @@ class Status(Payload):
     gallery_identities: int = Field(0, description="Identities matching now.")
     cpu_temp_c: float | None = Field(None, description="CPU temperature, where readable.")
     since: datetime | None = Field(None, description="When the device last came online (its current session).")
+    audit_head: str | None = Field(
+        None, description="Hash of the newest audit log record: keep it to detect a log cut or rewritten later."
+    )
+    audit_records: int | None = Field(None, description="Records in the audit log's chain so far (its last seq).")
     last_error: str | None = Field(
         None,
         description="The most recent problem still affecting the device (broker, outbox, camera, gallery, a worker), or why it stopped.",

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from edge.audit import AuditLog
 from edge.errors import EdgeError
 from edge.events import MatchEvent
 from edge.outbox import Outbox
@@ -42,6 +43,25 @@ class OutboxSink:
     def emit(self, event: MatchEvent) -> None:
         self.outbox.put(self.topic, event.to_json(self.include_label))
         self.wake()
+
+
+class AuditSink:
+    """Records the event in the audit log before it goes anywhere: identity ids and scores only."""
+
+    name = "audit"
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def emit(self, event: MatchEvent) -> None:
+        self.audit.append(
+            "event",
+            {
+                "event_id": str(event.event_id), "identity_id": event.identity_id, "score": event.score,
+                "threshold": event.threshold, "est_false_match_rate": event.est_false_match_rate,
+                "gallery_version": event.gallery_version, "track_id": event.track_id,
+            },
+        )  # fmt: skip
 
 
 class Sinks:

@@ -1,0 +1,102 @@
+"""Operator commands: ``audit verify|show`` (and ``fleet status``, ``identify``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edge.config import load_settings
+from edge.errors import InputError
+
+
+def audit_folder(args: argparse.Namespace) -> Path:
+    """The audit log of --state-dir, or of the state dir in --config (default settings otherwise)."""
+    state: Path = args.state_dir or load_settings(args.config).device.state_dir
+    return state / "audit"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from edge import audit
+
+    folder = audit_folder(args)
+    if args.audit_command == "verify":
+        v = audit.verify(folder, args.head)
+        if args.json:
+            print(json.dumps({"ok": v.ok, "records": v.records, "first_seq": v.first_seq, "head": v.head.hash,
+                              "last_seq": v.head.records, "torn_tail": v.torn_tail, "message": v.message}))  # fmt: skip
+        else:
+            print(v.message if v.ok else f"audit log {folder}: {v.message}")
+        return 0 if v.ok else 1
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise InputError(f"--since {args.since!r}: expected an ISO time such as 2026-11-24T08:00") from None
+        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    if not folder.is_dir():
+        raise InputError(f"no audit log under {folder}")
+    for rec in audit.records_since(folder, since):
+        if args.json:
+            print(json.dumps(rec))
+        else:
+            data = " ".join(f"{k}={v}" for k, v in rec["data"].items())
+            print(f"{rec['seq']:>7} {rec['ts']}  {rec['kind']:<17} {data}")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from edge.gallery.admit import load_trusted
+    from edge.identify import identify, load_gallery, photos
+    from edge.pipeline import Recognizer
+
+    rec = Recognizer(load_settings(args.config))
+    gallery = load_gallery(rec, args.gallery, load_trusted(args.trusted_key or []))
+    snap = rec.matcher.snapshot(gallery)
+    files = list(photos(args.images))
+    if not files:
+        raise InputError("no photo to identify (JPEG, PNG, BMP, WebP) among the paths given")
+    unreadable = 0
+    if not args.json:
+        print(f"gallery {args.gallery}: {len(snap)} identities; threshold {snap.threshold:.4f} for large faces "
+              f"(max false-match rate {rec.settings.match.max_false_match_rate:g} per stranger)")  # fmt: skip
+        print(f"{'file':<40} {'face':>4} {'box':<22} {'identity':<24} {'score':>6} {'thresh':>6}  note")
+    for path in files:
+        for v in identify(rec, snap, path, rec.settings.events.include_label):
+            unreadable += v.face is None and v.reason != "no face found"
+            if args.json:
+                print(json.dumps(v.as_json()), flush=True)
+                continue
+            box = "-" if v.bbox is None else ",".join(str(c) for c in v.bbox)
+            who = v.identity_id or ("-" if v.face is None or not v.quality_ok else "unknown")
+            score = "-" if v.score is None else f"{v.score:.3f}"
+            thr = "-" if v.threshold is None else f"{v.threshold:.3f}"
+            note = v.reason or (f"est. false-match rate {v.est_false_match_rate:.1e}" if v.identity_id else "")
+            name = v.file if len(v.file) <= 40 else "…" + v.file[-39:]
+            print(f"{name:<40} {'-' if v.face is None else v.face:>4} {box:<22} {who:<24} {score:>6} {thr:>6}  {note}")
+    return 2 if unreadable else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    idf = sub.add_parser("identify", help="every face in photos, matched against a gallery as a device would")
+    idf.add_argument("images", type=Path, nargs="+", help="photos or folders of photos")
+    idf.add_argument("--gallery", type=Path, required=True, help="folder of <identity_id>/*.jpg, or a signed bundle")
+    idf.add_argument("--trusted-key", type=Path, action="append", help="public key that signed the bundle; repeatable")
+    idf.add_argument("--config", type=Path, help="the devices' settings (models, quality gate, match rate)")
+    idf.add_argument("--json", action="store_true", help="one JSON object per face and line")
+    idf.set_defaults(func=cmd_identify)
+
+    au = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    ver = au.add_parser("verify", help="check every record's hash and link; exit 1 naming the first broken one")
+    ver.add_argument("--head", help="a head (audit_head of a status message) that must still be in the chain")
+    show = au.add_parser("show", help="the records, readable")
+    show.add_argument("--since", help="only records from this time on (ISO, UTC unless it says otherwise)")
+    for p in (ver, show):
+        p.add_argument("--state-dir", type=Path, help="the device's state dir (default: from --config)")
+        p.add_argument("--config", type=Path, help="TOML settings file (for device.state_dir)")
+        p.add_argument("--json", action="store_true", help="JSON output")
+        p.set_defaults(func=cmd_audit)
