@@ -98,3 +98,69 @@ def test_compare_dlib_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture
     assert out["speedup_per_face"] == pytest.approx(
         out["dlib_encode_ms_per_face_p50"] / out["edge_ms_per_face_p50"], rel=0.05
     )
+
+
+FEMALE = {"Angelina_Jolie", "Halle_Berry", "Venus_Williams", "Laura_Bush", "Condoleezza_Rice"}
+
+
+def test_eval_lfw_reports_error_rates_per_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(
+        "3\nColin_Powell 38 74\nVenus_Williams 1 4\nLaura_Bush 4 11\n"
+        "Colin_Powell 38 Halle_Berry 1\nVenus_Williams 1 Angelina_Jolie 3\nLaura_Bush 4 Jean_Chretien 3\n"
+    )
+    groups = tmp_path / "groups.csv"
+    files = sorted(p.name for p in FACES.glob("*/*.jpg"))
+    unlabelled = "Jean_Chretien_0003.jpg"
+    groups.write_text(
+        "image,group\n"
+        + "".join(f"{f},{'female' if f.rsplit('_', 1)[0] in FEMALE else 'male'}\n" for f in files if f != unlabelled)
+    )
+    assert main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--groups", str(groups), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # The images the pairs name: Colin 38/74, Venus 1/4, Laura 4/11, Halle 1, Angelina 3, Jean 3.
+    person = {"Colin_Powell": "m", "Venus_Williams": "f", "Laura_Bush": "f", "Halle_Berry": "f",
+              "Angelina_Jolie": "f", "Jean_Chretien": None}  # fmt: skip
+    images = [("Colin_Powell", 2), ("Venus_Williams", 2), ("Laura_Bush", 2), ("Halle_Berry", 1), ("Angelina_Jolie", 1),
+              ("Jean_Chretien", 1)]  # fmt: skip
+    expanded = [(name, person[name]) for name, count in images for _ in range(count)]
+    pairs_of = lambda keep: sum(  # noqa: E731
+        1 for a, b in itertools.combinations(expanded, 2) if a[0] != b[0] and keep(a[1], b[1])
+    )
+    assert out["groups"]["female"]["impostor_pairs"] == pairs_of(lambda x, y: x == y == "f")
+    assert out["groups"]["male"]["impostor_pairs"] == 0  # one man labelled, one unlabelled
+    assert out["cross_group"]["impostor_pairs"] == pairs_of(lambda x, y: {x, y} == {"f", "m"})
+    assert out["all"]["impostor_pairs"] == pairs_of(lambda x, y: True) == out["impostor_pairs"]
+    assert out["groups"]["female"]["genuine_pairs"] == 2 and out["groups"]["male"]["genuine_pairs"] == 1
+    assert out["groups"]["female"]["fnmr"] == 0.0 and out["groups"]["female"]["observed_fmr"] == 0.0
+    assert set(out["fmr_at_stated"]) == {"0.001", "0.0001", "1e-05", "1e-06"}
+    t = [out["fmr_at_stated"][k]["threshold"] for k in ("0.001", "0.0001", "1e-05", "1e-06")]
+    assert t == sorted(t) and len(set(t)) == 4
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,sex\nx.jpg,f\n")
+    assert main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--groups", str(bad)]) == 2
+    assert "the first line must be 'image,group'" in capsys.readouterr().err
+
+
+def test_the_worst_group_table_holds_for_every_group_and_extrapolates_by_ratio() -> None:
+    from edge.eval.groups import worst_group_table
+
+    rng = np.random.default_rng(3)
+    # Group "a" is shifted up: at any threshold its false-match rate is a few times the others'.
+    a = rng.normal(0.05, 0.1, 300_000).astype(np.float32)
+    b = rng.normal(0.0, 0.1, 2_000_000).astype(np.float32)
+    cross = rng.normal(-0.05, 0.1, 2_000_000).astype(np.float32)
+    everything = np.concatenate([a, b, cross])
+    table = worst_group_table({"all": everything, "a": a, "b": b, "cross_group": cross})
+    rows = np.array(table.rows)
+    assert np.all(np.diff(rows[:, 0]) < 0) and np.all(np.diff(rows[:, 1]) > 0)
+    for f, t in table.rows:
+        if f * len(a) >= 10:  # measured directly: the stated rate holds inside group "a" and overall
+            assert (a >= t).mean() <= f * 1.0001 and (everything >= t).mean() <= f * 1.0001
+    assert set(table.governing) >= {"a"} and table.floors["a"] > table.floors["b"]
+    assert table.ratios["a"] > 1.5
+    # Below "a"'s floor its rate is the all-pairs rate times its ratio: thresholds keep climbing.
+    below = [t for f, t in table.rows if f * len(a) < 10]
+    assert below and below[0] > max(t for f, t in table.rows if f * len(a) >= 10)
+    plain = lfw.calibration_table(everything)
+    assert all(w >= p for (_, w), (_, p) in zip(table.rows, plain, strict=False))  # never looser than all-pairs

@@ -75,6 +75,20 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         "detector": rec.detector.kind,
         "ms_per_image_p50": round(float(np.median(face_times)) * 1000, 2) if face_times else None,
     }
+    if args.groups:
+        from edge.eval.groups import group_report, read_groups
+
+        table = rec.matcher.calibration.largest.table
+        out.update(
+            group_report(
+                data.emb,
+                data.person,
+                [f"{n}_{i:04d}.jpg" for n, i in data.keys],
+                read_groups(args.groups),
+                report.default_threshold,
+                table.threshold_for,
+            )
+        )
     if args.compare_dlib:
         from edge.eval.dlib_compare import compare
 
@@ -92,10 +106,31 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
             f"observed {report.observed_fmr:.2e} over {report.impostor_pairs} impostor pairs"
         )
         print(f"  model           {rec.embedder_sha256[:16]} ({rec.pipeline_id}, detector {rec.detector.kind})")
+        if args.groups:
+            print_groups(out)
         if args.compare_dlib:
             for key in [k for k in out if k.startswith(("dlib_", "edge_", "speedup"))]:
                 print(f"  {key:<28} {out[key]}")
     return 0
+
+
+def print_groups(out: dict[str, Any]) -> None:
+    stated = out["stated_fmr"]
+    print(f"\n  per group at the default threshold {out['default_threshold']:.4f} (stated FMR {stated:g}); "
+          f"{out['labelled_images']} labelled images")  # fmt: skip
+    print(
+        f"  {'group':<14} {'impostor pairs':>15} {'observed FMR':>13} {'x stated':>9} {'genuine pairs':>14} {'FNMR':>7}"
+    )
+    rows = [("all", out["all"]), *out["groups"].items(), ("cross_group", out["cross_group"])]
+    for g, r in rows:
+        fnmr = f"{r['fnmr'] * 100:6.2f}%" if r.get("fnmr") is not None else "      -"
+        print(f"  {g:<14} {r['impostor_pairs']:>15,} {r['observed_fmr']:>13.2e} {r['observed_fmr'] / stated:>9.2f} "
+              f"{r.get('genuine_pairs', 0):>14,} {fnmr:>7}")  # fmt: skip
+    print("\n  observed FMR at the device's threshold for each stated rate")
+    names = ["all", *out["groups"]]
+    print(f"  {'stated':>8} {'threshold':>9} " + " ".join(f"{n:>12}" for n in names))
+    for f, row in out["fmr_at_stated"].items():
+        print(f"  {f:>8} {row['threshold']:>9.4f} " + " ".join(f"{row[n]:>12.2e}" for n in names))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -165,6 +200,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lfw_p.add_argument("--pairs", type=Path, help="pairs file (default: ROOT/pairs.txt or ROOT/pairsDevTest.txt)")
     lfw_p.add_argument("--json", action="store_true", help="print one JSON object")
     lfw_p.add_argument("--compare-dlib", action="store_true", help="also run face_recognition (dlib) on the same pairs")
+    lfw_p.add_argument(
+        "--groups", type=Path, help="CSV image,group (e.g. gender.csv): error rates per group and across groups"
+    )
     add_model_flags(lfw_p)
     lfw_p.set_defaults(func=cmd_eval_lfw)
 

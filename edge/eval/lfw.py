@@ -17,6 +17,7 @@ few hundred different pairs of the file, so rates down to 1e-4 are measured.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,7 @@ def calibration_table(impostors: FloatArray, fmrs: Iterable[float] = TABLE_FMRS)
         if k < 10:
             break
         t = float(np.nextafter(ordered[k], np.float32(2.0)))  # exactly k scores are > ordered[k]
-        rows.append([f, round(t, 6)])
+        rows.append([f, math.ceil(t * 1e6) / 1e6])  # rounded up: never looser than measured
     thresholds = [r[1] for r in rows]
     if thresholds != sorted(thresholds):
         raise ValueError("calibration thresholds are not monotone")

@@ -1,0 +1,230 @@
+"""Error rates per labelled group, and calibration tables that hold for the worst group.
+
+Labels come from a CSV ``image,group`` (the image's file name, e.g. ``AJ_Cook_0001.jpg``);
+they are used to measure, never on a device. An impostor pair belongs to a group
+when both images carry that label; pairs across groups are ``cross_group``;
+unlabelled images count in ``all`` only.
+
+``worst_group_table``: for every rate f of the table, the threshold is the highest
+of the all-pairs threshold and every group's. A group has too few pairs to measure
+very small rates (a row needs at least 10 impostors); below that floor its rate is
+taken as R × the all-pairs rate, R being the largest ratio of the group's rate to
+the all-pairs rate over its last measurable rows: an explicit, conservative
+assumption, recorded with the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import InputError
+from edge.eval.lfw import TABLE_FMRS, FloatArray, threshold_at_fmr
+
+MIN_IMPOSTORS = 10  # a table row needs at least this many impostor pairs above its threshold
+
+
+def read_groups(path: Path) -> dict[str, str]:
+    """``image file name → group`` from a CSV with columns ``image,group``."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as exc:
+        raise InputError(f"groups file {path} cannot be read: {exc.strerror or exc}") from None
+    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["image", "group"]:
+        raise InputError(f"groups file {path}: the first line must be 'image,group'")
+    out: dict[str, str] = {}
+    for i, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise InputError(f"groups file {path}: line {i} {','.join(row)!r} is not 'image,group'")
+        out[row[0].strip()] = row[1].strip()
+    if not out:
+        raise InputError(f"groups file {path} has no labelled image")
+    return out
+
+
+def labels_for(files: Sequence[str], groups: Mapping[str, str]) -> npt.NDArray[np.object_]:
+    """The group of each image (None when unlabelled)."""
+    return np.array([groups.get(f) for f in files], dtype=object)
+
+
+def impostors_by_group(
+    emb: FloatArray, person: npt.NDArray[np.int_], label: npt.NDArray[np.object_], block: int = 1024
+) -> dict[str, FloatArray]:
+    """Scores of every pair of images of different people: ``all``, each group's own, ``cross_group``."""
+    names = sorted({str(g) for g in label if g is not None})
+    code = np.array([names.index(str(g)) if g is not None else -1 for g in label])
+    parts: dict[str, list[FloatArray]] = {"all": [], "cross_group": [], **{g: [] for g in names}}
+    n = len(emb)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sims = emb[start:stop] @ emb[start:].T
+        rows = np.arange(start, stop)[:, None]
+        cols = np.arange(start, n)[None, :]
+        mask = (cols > rows) & (person[start:stop, None] != person[None, start:])
+        parts["all"].append(sims[mask])
+        a, b = code[start:stop, None], code[None, start:]
+        labelled = (a >= 0) & (b >= 0)
+        parts["cross_group"].append(sims[mask & labelled & (a != b)])
+        for k, g in enumerate(names):
+            parts[g].append(sims[mask & (a == k) & (b == k)])
+    return {k: np.concatenate(v).astype(np.float32) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+
+
+def genuine_by_group(
+    emb: FloatArray, person: npt.NDArray[np.int_], label: npt.NDArray[np.object_]
+) -> dict[str, FloatArray]:
+    """Scores of every pair of images of the same person: ``all`` and per group (both images labelled)."""
+    out: dict[str, list[float]] = {"all": []}
+    for p in np.unique(person):
+        idx = np.flatnonzero(person == p)
+        if len(idx) < 2:
+            continue
+        sims = emb[idx] @ emb[idx].T
+        iu = np.triu_indices(len(idx), 1)
+        scores = sims[iu]
+        out["all"] += scores.tolist()
+        labs = label[idx]
+        same = np.array([labs[i] is not None and labs[i] == labs[j] for i, j in zip(*iu, strict=True)], bool)
+        for g in {str(x) for x in labs if x is not None}:
+            mine = same & np.array([labs[i] == g for i in iu[0]], bool)
+            out.setdefault(g, []).extend(scores[mine].tolist())
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class GroupRates:
+    impostor_pairs: int
+    observed_fmr: float
+    genuine_pairs: int
+    fnmr: float | None
+
+
+def rates_at(
+    threshold: float, impostors: Mapping[str, FloatArray], genuine: Mapping[str, FloatArray]
+) -> dict[str, GroupRates]:
+    out = {}
+    for g, imp in impostors.items():
+        gen = genuine.get(g)
+        out[g] = GroupRates(
+            impostor_pairs=len(imp),
+            observed_fmr=float((imp >= threshold).mean()) if len(imp) else float("nan"),
+            genuine_pairs=len(gen) if gen is not None else 0,
+            fnmr=float((gen < threshold).mean()) if gen is not None and len(gen) else None,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class WorstGroupTable:
+    rows: list[list[float]]  # [fmr, threshold], the device's table
+    floors: dict[str, float]  # smallest rate measured directly, per group
+    ratios: dict[str, float]  # R per group: its rate over the all-pairs rate near its floor
+    governing: list[str]  # which group set each row's threshold
+
+
+def _measured(impostors: FloatArray, fmrs: Iterable[float]) -> dict[float, float]:
+    """Thresholds at the rates this distribution supports (at least MIN_IMPOSTORS above each)."""
+    n = len(impostors)
+    return {f: threshold_at_fmr(impostors, f) for f in fmrs if f * n >= MIN_IMPOSTORS}
+
+
+def worst_group_table(impostors: Mapping[str, FloatArray], fmrs: Sequence[float] = TABLE_FMRS) -> WorstGroupTable:
+    """A table whose every row holds for the all-pairs distribution and for every group's."""
+    all_scores = impostors["all"]
+    base = _measured(all_scores, fmrs)
+    if len(base) < 2:
+        raise ValueError("too few impostor pairs for a calibration table")
+    groups = {g: s for g, s in impostors.items() if g not in ("all", "cross_group") and len(s)}
+    measured = {g: _measured(s, fmrs) for g, s in groups.items()}
+    floors, ratios = {}, {}
+    for g, table in measured.items():
+        if not table:
+            continue
+        floors[g] = min(table)
+        last = sorted(table)[:3]  # the smallest rates this group supports
+        ratios[g] = max(
+            max(float((groups[g] >= table[f]).mean()) / max(float((all_scores >= table[f]).mean()), 1e-12), 1.0)
+            for f in last
+        )
+    rows, governing = [], []
+    for f in fmrs:
+        if f not in base:
+            break
+        best, who = base[f], "all"
+        for g in groups:
+            if f in measured[g]:
+                t = measured[g][f]
+            elif g in ratios:
+                target = f / ratios[g]  # the all-pairs rate at which this group's is f, by its ratio
+                t = (
+                    threshold_at_fmr(all_scores, target)
+                    if target * len(all_scores) >= MIN_IMPOSTORS
+                    else max(base.values())
+                )
+            else:
+                continue
+            if t > best:
+                best, who = t, g
+        rows.append([f, math.ceil(float(best) * 1e6) / 1e6])  # rounded up: never looser than measured
+        governing.append(who)
+    for i in range(1, len(rows)):  # monotone: a stricter rate never has a lower threshold
+        rows[i][1] = max(rows[i][1], rows[i - 1][1] + 1e-6)
+    return WorstGroupTable(rows, floors, ratios, governing)
+
+
+STATED = (1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def group_report(
+    emb: FloatArray,
+    person: npt.NDArray[np.int_],
+    files: Sequence[str],
+    groups: Mapping[str, str],
+    default_threshold: float,
+    threshold_for: Callable[[float], float],
+) -> dict[str, object]:
+    """``edge eval lfw --groups``: rates per group at the default threshold and at the device's
+    thresholds for 1e-3 … 1e-6 (impostors: every cross-identity pair; genuine: every same-person pair)."""
+    label = labels_for(files, groups)
+    imp = impostors_by_group(emb, person, label)
+    gen = genuine_by_group(emb, person, label)
+    at_default = rates_at(default_threshold, imp, gen)
+    by_rate: dict[str, dict[str, object]] = {}
+    for f in STATED:
+        t = threshold_for(f)
+        row: dict[str, object] = {"threshold": round(t, 4)}
+        row.update({g: r.observed_fmr for g, r in rates_at(t, imp, gen).items() if g != "cross_group"})
+        by_rate[f"{f:g}"] = row
+    return {
+        "labelled_images": int(sum(x is not None for x in label)),
+        "groups": {
+            g: {
+                "impostor_pairs": r.impostor_pairs,
+                "observed_fmr": r.observed_fmr,
+                "genuine_pairs": r.genuine_pairs,
+                "fnmr": r.fnmr,
+            }
+            for g, r in at_default.items()
+            if g not in ("all", "cross_group")
+        },
+        "cross_group": {
+            "impostor_pairs": at_default["cross_group"].impostor_pairs,
+            "observed_fmr": at_default["cross_group"].observed_fmr,
+        },
+        "all": {
+            "impostor_pairs": at_default["all"].impostor_pairs,
+            "observed_fmr": at_default["all"].observed_fmr,
+            "genuine_pairs": at_default["all"].genuine_pairs,
+            "fnmr": at_default["all"].fnmr,
+        },
+        "fmr_at_stated": by_rate,
+    }
