@@ -150,17 +150,15 @@ def test_the_pump_survives_an_outbox_that_cannot_delete_and_catches_up(broker: L
     sup.attach(net, link.threads[0])
     sup.attach(pump, link.threads[1])
     sub = Collector(broker.host, broker.port, "edge/pumptest/events/match")
+    box._db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full or read-only disk
+    with pytest.raises(EdgeError):
+        box.put("edge/pumptest/events/match", b"{}")
+    box._db.execute("PRAGMA query_only = OFF")
+    for i in range(3):
+        box.put("edge/pumptest/events/match", f'{{"n": {i}}}'.encode())
+    box._db.execute("PRAGMA query_only = ON")  # the events are stored; their deletes will fail
     link.start()
     try:
-        assert link.connected.wait(10)
-        box._db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full or read-only disk
-        with pytest.raises(EdgeError):
-            box.put("edge/pumptest/events/match", b"{}")
-        box._db.execute("PRAGMA query_only = OFF")
-        for i in range(3):
-            box.put("edge/pumptest/events/match", f'{{"n": {i}}}'.encode())
-        box._db.execute("PRAGMA query_only = ON")
-        link.notify()
         assert sub.wait_until(lambda: len(sub.on("events/match")) == 3, 20)  # published, PUBACKs in
         assert link.wait(lambda: link.ack_failures > 0, 20)
         assert "acknowledged event" in str(link.last_error) and "not removed" in str(link.last_error)
