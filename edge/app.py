@@ -34,6 +34,7 @@ from edge.gallery.enroll import enroll_directory
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.health import Stats, SystemdNotifier, cpu_temperature
+from edge.homeassistant import HomeAssistant
 from edge.logs import protect
 from edge.match import Gallery, GalleryHolder
 from edge.mqtt import MqttLink, Topics
@@ -93,7 +94,7 @@ class App:
         )
         sup.attach(net, self.link.threads[0])
         sup.attach(pump, self.link.threads[1])
-        self.link.on_connected = self._on_connected
+        self.link.when_connected(self._on_connected)
         self.slot = LatestFrame()
         capture = sup.register("capture")
         self.capture = CaptureThread(
@@ -119,14 +120,22 @@ class App:
                 journal=self._journal, worker=sync_worker,
             )  # fmt: skip
             sup.attach(sync_worker, self.sync.thread)
-            self.link.on_message = lambda topic, payload, retain: (
-                self.sync.submit(topic, payload) if self.sync else None
-            )
+            submit = self.sync.submit
             for topic in (self.topics.gallery_fleet(g.name), self.topics.gallery_set):
-                self.link.subscribe(topic)
-                self.link.subscribe(topic + "/part/+")
+                for filt in (topic, topic + "/part/+"):
+                    self.link.listen(filt, lambda t, payload, retain: submit(t, payload))
+        self.ha: HomeAssistant | None = None
+        self.periodic: list[Callable[[float], None]] = []  # called from the frame loop, at least 4 times a second
+        if settings.homeassistant.enabled:
+            self.ha = HomeAssistant(settings.homeassistant, self.topics, self.link, settings.events.include_label)
+            self.ha.attach()
+            self.gallery.on_change(self.ha.on_gallery)
+            self.periodic.append(self.ha.presence.tick)
         self.sinks = Sinks(self.event_sinks())
-        self.process = FrameProcessor(self.rec, self.gallery, Tracker(settings.tracking), self.stats, self.emit)
+        self.process = FrameProcessor(
+            self.rec, self.gallery, Tracker(settings.tracking), self.stats, self.emit,
+            on_seen=self.ha.presence.seen if self.ha else None,
+        )  # fmt: skip
         self.loop_worker = sup.register("frame-loop")
 
     def event_sinks(self) -> list[EventSink]:
@@ -134,6 +143,8 @@ class App:
         first, so an event is on record before it takes effect."""
         sinks: list[EventSink] = [AuditSink(self.audit)] if self.audit is not None else []
         sinks.append(OutboxSink(self.outbox, self.topics.match, self.s.events.include_label, self.link.notify))
+        if self.ha is not None:
+            sinks.append(self.ha.presence)
         return sinks
 
     def _journal(self, kind: str, details: dict[str, object]) -> None:
@@ -294,6 +305,8 @@ class App:
                 if frame is not None:
                     self.process(frame)
                 now = time.monotonic()
+                for task in self.periodic:
+                    task(now)
                 if self.supervisor.healthy:  # a dead or stalled worker stops the watchdog pings
                     self.notifier.watchdog(now)
                 if now >= next_beat:

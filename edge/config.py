@@ -341,6 +341,22 @@ class AuditSettings(Section):
     max_age_days: float = Field(365.0, gt=0, description="Files whose records are all older than this are deleted.")
 
 
+class HomeAssistantSettings(Section):
+    enabled: bool = Field(
+        True,
+        description="Publish Home Assistant MQTT discovery: the device, a 'Face match' event entity, a presence sensor per enrolled identity, diagnostic sensors.",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant", pattern=r"^[^#+/][^#+]*$", description="Home Assistant's MQTT discovery prefix."
+    )
+    presence_timeout_s: float = Field(
+        60.0, gt=0, le=86400, description="A presence sensor turns off this long after the person was last seen."
+    )
+    device_name: str | None = Field(
+        None, max_length=64, description="Device name in Home Assistant (default: 'Face recognizer <device id>')."
+    )
+
+
 class Settings(Section):
     # Sections are frozen, so one default instance can be shared safely.
     models: ModelSettings = Field(ModelSettings(), description="Model files and interpreter options.")
@@ -356,6 +372,7 @@ class Settings(Section):
     gallery: GallerySettings = Field(GallerySettings(), description="The enrolled identities.")
     health: HealthSettings = Field(HealthSettings(), description="Supervision of the service's threads.")
     audit: AuditSettings = Field(AuditSettings(), description="The local, hash-chained record of every decision.")
+    homeassistant: HomeAssistantSettings = Field(HomeAssistantSettings(), description="Home Assistant MQTT discovery.")
 
 
 def _unwrap_optional(annotation: Any) -> Any:

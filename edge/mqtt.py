@@ -195,8 +195,8 @@ class MqttLink:
         self._flaps = 0
         self._connected_at = 0.0
         self._accepted = False  # the current connection was accepted (CONNACK success)
-        self.on_message: Callable[[str, bytes, bool], None] | None = None
-        self.on_connected: Callable[[], None] | None = None
+        self._handlers: list[tuple[str, Callable[[str, bytes, bool], None]]] = []
+        self._on_connect_actions: list[Callable[[], None]] = []
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=topics.device_id,
@@ -355,6 +355,16 @@ class MqttLink:
         if self.connected.is_set():
             self.client.subscribe(topic, qos)
 
+    def listen(self, topic_filter: str, handler: Callable[[str, bytes, bool], None], qos: int = 1) -> None:
+        """Subscribe (now and after every reconnect) and hand matching messages to ``handler``
+        (topic, payload, retained), on the network thread: it must return quickly."""
+        self._handlers.append((topic_filter, handler))
+        self.subscribe(topic_filter, qos)
+
+    def when_connected(self, action: Callable[[], None]) -> None:
+        """Run ``action`` after every successful (re)connection, on the network thread."""
+        self._on_connect_actions.append(action)
+
     def _pump_loop(self) -> None:
         while True:
             self._beat(self._pump_worker)
@@ -434,11 +444,11 @@ class MqttLink:
         log.info("mqtt connected to %s:%d as %s", self.opts.host, self.opts.port, self.topics.device_id)
         for topic, qos in self._subscriptions.items():
             client.subscribe(topic, qos)
-        if self.on_connected is not None:
+        for action in self._on_connect_actions:
             try:
-                self.on_connected()
+                action()
             except Exception:
-                log.exception("mqtt: on-connect actions failed")
+                log.exception("mqtt: an on-connect action failed")
         self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -463,10 +473,11 @@ class MqttLink:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self.on_message is None:
-            return
-        try:
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-            self.on_message(msg.topic, payload, bool(msg.retain))
-        except Exception:
-            log.exception("mqtt: message on %s could not be handled", msg.topic)
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        for topic_filter, handler in self._handlers:
+            if not mqtt.topic_matches_sub(topic_filter, msg.topic):
+                continue
+            try:
+                handler(msg.topic, payload, bool(msg.retain))
+            except Exception:
+                log.exception("mqtt: message on %s could not be handled", msg.topic)

@@ -20,17 +20,25 @@ from edge.track import Confirmation, Tracker
 from edge.types import Frame
 
 OnConfirm = Callable[[Confirmation, Frame], None]
+OnSeen = Callable[[set[str], float], None]
 
 
 class FrameProcessor:
     def __init__(
-        self, rec: Recognizer, gallery: GalleryHolder, tracker: Tracker, stats: Stats, on_confirm: OnConfirm
+        self,
+        rec: Recognizer,
+        gallery: GalleryHolder,
+        tracker: Tracker,
+        stats: Stats,
+        on_confirm: OnConfirm,
+        on_seen: OnSeen | None = None,
     ) -> None:
         self.rec = rec
         self.gallery = gallery
         self.tracker = tracker
         self.stats = stats
         self.on_confirm = on_confirm
+        self.on_seen = on_seen
         self.scanner = rec.scanner()
         self.frames = 0
 
@@ -41,6 +49,10 @@ class FrameProcessor:
         faces = self.scanner.detect(frame.image, tracker.followed())
         t1 = clock()
         pairs = tracker.update(faces, now)
+        if self.on_seen is not None:  # identities of confirmed tracks in view this frame (presence)
+            seen = {ident for t in tracker.tracks if t.missed == 0 for ident in t.reported}
+            if seen:
+                self.on_seen(seen, now)
         need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
         self.frames += 1
         self.stats.count(len(faces))

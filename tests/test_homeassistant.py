@@ -1,0 +1,104 @@
+"""Home Assistant discovery on the device side: presence timing and stale entities, over a real broker.
+(Home Assistant itself reads these messages in tests/ha, with its own code.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.broker import LocalBroker
+from edge.config import HomeAssistantSettings, load_settings
+from edge.events import Evidence, MatchEvent
+from edge.homeassistant import HomeAssistant
+from edge.match import Gallery, GalleryHolder, Matcher
+from edge.mqtt import MqttLink, Topics
+from edge.outbox import Outbox
+
+from .support import Collector
+from .test_match import CAL
+
+
+@pytest.fixture()
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+def connected_link(broker: LocalBroker, tmp_path: Path, stop: threading.Event) -> MqttLink:
+    s = load_settings(environ={}, overrides={"mqtt": {"host": broker.host, "port": broker.port}})
+    return MqttLink(s.mqtt, Topics("edge", "door"), Outbox(tmp_path / "o.sqlite"), stop)
+
+
+def event(ident: str, score: float = 0.8) -> MatchEvent:
+    return MatchEvent(device_id="door", identity_id=ident, label=ident.title(), score=score, threshold=0.6,
+                      est_false_match_rate=1e-6, evidence=Evidence(agreed=3, seen=4), track_id=1,
+                      bbox=(0.1, 0.1, 0.2, 0.2), quality=0.9, model="m", gallery_version=1)  # fmt: skip
+
+
+def gallery(*ids: str) -> Gallery:
+    eye = np.eye(192, dtype=np.float32)
+    return Gallery.build([(i, i.title(), eye[k : k + 1]) for k, i in enumerate(ids)], version=1)
+
+
+def test_presence_is_on_while_seen_and_off_after_the_timeout(broker: LocalBroker, tmp_path: Path) -> None:
+    stop = threading.Event()
+    link = connected_link(broker, tmp_path, stop)
+    ha = HomeAssistant(HomeAssistantSettings(presence_timeout_s=10), Topics("edge", "door"), link, include_label=True)
+    watch = Collector(broker.host, broker.port, "edge/door/presence/#")
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        ha.presence.emit(event("alice"))
+        on = watch.wait_for("presence/alice", lambda p: p["state"] == "ON")
+        assert on["score"] == 0.8 and on["label"] == "Alice" and on["last_seen"]
+        t0 = ha.presence._seen["alice"]
+        ha.presence.seen({"alice"}, now=t0 + 8)  # still in view: the timeout counts from here
+        ha.presence.tick(now=t0 + 12)
+        ha.presence.tick(now=t0 + 17.9)
+        assert [p["state"] for p in watch.on("presence/alice")] == ["ON"]
+        ha.presence.tick(now=t0 + 18)
+        off = watch.wait_for("presence/alice", lambda p: p["state"] == "OFF")
+        assert off["score"] == 0.8 and off["last_seen"] == on["last_seen"]  # the last sight is kept
+        ha.presence.seen({"alice"}, now=t0 + 20)  # a track seen after OFF does not turn it on again…
+        ha.presence.tick(now=t0 + 21)
+        assert [p["state"] for p in watch.on("presence/alice")] == ["ON", "OFF"]  # …only a new match does
+    finally:
+        stop.set()
+        link.close(None)
+        watch.close()
+
+
+def test_entities_of_identities_no_longer_enrolled_are_removed_even_from_an_earlier_run(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    watch = Collector(broker.host, broker.port, "homeassistant/#", "edge/door/presence/#")
+    # An earlier run published an entity for someone since removed from the gallery.
+    stale = "homeassistant/binary_sensor/door/presence_bob/config"
+    watch.publish(stale, json.dumps({"name": "Bob seen"}).encode(), retain=True)
+    stop = threading.Event()
+    link = connected_link(broker, tmp_path, stop)
+    holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
+    ha = HomeAssistant(HomeAssistantSettings(), Topics("edge", "door"), link, include_label=False)
+    ha.attach()
+    holder.on_change(ha.on_gallery)
+    holder.swap(gallery("alice", "carol"))
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        watch.wait_for("binary_sensor/door/presence_bob/config", lambda p: p == b"")  # removed (empty, retained)
+        cfg = watch.wait_for("event/door/face_match/config")
+        assert cfg["event_types"] == ["alice", "carol"]
+        assert watch.wait_for("presence_carol/config")["name"] == "carol seen"  # labels stay off the wire
+        holder.swap(gallery("alice"))
+        watch.wait_for("event/door/face_match/config", lambda p: isinstance(p, dict) and p["event_types"] == ["alice"])
+        watch.wait_for("binary_sensor/door/presence_carol/config", lambda p: p == b"")
+        watch.wait_for("presence/carol", lambda p: p == b"")  # and its state topic cleared
+    finally:
+        stop.set()
+        link.close(None)
+        watch.close()
