@@ -99,7 +99,13 @@ class Status(Payload):
     schema_: int = Field(SCHEMA_VERSION, alias="schema", description="Payload schema version.")
     device_id: str = Field(description="Device id.")
     state: Literal["online", "offline"] = Field(description="'online' while the service runs.")
-    ts: datetime = Field(default_factory=utc_now, description="When this status was made, RFC 3339 UTC.")
+    ts: datetime | None = Field(
+        default_factory=utc_now, description="When this status was made, RFC 3339 UTC (absent in the last will)."
+    )
+    lost: bool | None = Field(
+        None,
+        description="True in the last will: the broker published this because the connection was lost, at a time the device could not know.",
+    )
     version: str = Field("", description="Software version.")
     uptime_s: float = Field(0.0, description="Seconds since the service started.")
     camera: str = Field("", description="Camera state: starting, ok, retrying, failed, exhausted, idle.")

@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge import __version__
 from edge.config import MqttSettings
 from edge.errors import EdgeError, InputError
 from edge.events import Status
@@ -203,7 +204,7 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,  # this link reconnects itself, to know and say why
         )
-        offline = Status(device_id=topics.device_id, state="offline").to_json()
+        offline = Status(device_id=topics.device_id, state="offline", ts=None, lost=True, version=__version__).to_json()
         client.will_set(topics.status, offline, qos=1, retain=True)
         self.tls = configure(client, opts)
         client.max_inflight_messages_set(opts.max_inflight)
@@ -256,8 +257,8 @@ class MqttLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 log.warning("the final status was not acknowledged before shutdown")
+        self._closing.set()  # before the DISCONNECT: what follows is not a lost connection
         self.client.disconnect()
-        self._closing.set()
         self._wake.set()
         self._net_thread.join(timeout)
         self._pump.join(timeout)

@@ -79,7 +79,75 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 2 if unreadable else 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import sys
+    import threading
+
+    from edge.cli.common import parse_broker
+    from edge.fleet import Fleet, table
+
+    opts = load_settings(args.config).mqtt
+    if args.broker:
+        host, port = parse_broker(args.broker)
+        opts = opts.model_copy(update={"host": host, "port": port})
+    prefix = args.prefix or opts.topic_prefix
+    fleet = Fleet(opts, prefix)
+    fleet.connect()
+    try:
+        fleet.wait_synced()
+
+        def draw(rows: list[dict[str, object]]) -> None:
+            if args.json:
+                print(json.dumps(rows), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\033[H\033[J", end="")
+                print(table(rows), flush=True)
+
+        draw(fleet.rows(args.stale_after))
+        if args.watch:
+            stop = threading.Event()
+            try:
+                fleet.watch(draw, args.stale_after, stop)
+            except KeyboardInterrupt:
+                stop.set()
+    finally:
+        fleet.close()
+    return 0
+
+
+def cmd_fleet_simulate(args: argparse.Namespace) -> int:
+    from edge.eval.fleet_sim import simulate
+
+    out = simulate(args.devices, args.processes, args.heartbeat, args.identities)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:<42} {v}")
+    return 0 if out["all_on_new_version"] else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    fl = sub.add_parser("fleet", help="every device under a prefix, from the broker").add_subparsers(
+        dest="fleet_command", required=True
+    )
+    st = fl.add_parser("status", help="one row per device: online, gallery, camera, outbox, last heartbeat")
+    st.add_argument("--broker", help="HOST:PORT (default: [mqtt] of --config)")
+    st.add_argument("--config", type=Path, help="settings whose [mqtt] section (TLS, credentials) is used")
+    st.add_argument("--prefix", help="topic prefix (default: [mqtt] topic_prefix, 'edge')")
+    st.add_argument("--json", action="store_true", help="one JSON array, an object per device")
+    st.add_argument("--watch", action="store_true", help="keep listening and redraw as messages come")
+    st.add_argument("--stale-after", type=float, default=120.0, help="an online device silent this long is 'stale'")
+    st.set_defaults(func=cmd_fleet)
+    sim = fl.add_parser("simulate", help="N simulated devices on a local Mosquitto: what a fleet costs")
+    sim.add_argument("--devices", type=int, default=500)
+    sim.add_argument("--processes", type=int, default=2, help="simulator processes the devices are spread over")
+    sim.add_argument("--heartbeat", type=float, default=10.0, help="status heartbeat of the simulated devices, s")
+    sim.add_argument("--identities", type=int, default=100, help="identities in the bundle published")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_fleet_simulate)
+
     idf = sub.add_parser("identify", help="every face in photos, matched against a gallery as a device would")
     idf.add_argument("images", type=Path, nargs="+", help="photos or folders of photos")
     idf.add_argument("--gallery", type=Path, required=True, help="folder of <identity_id>/*.jpg, or a signed bundle")
