@@ -390,3 +390,21 @@ def test_edge_demo_prints_the_events_of_the_enrolled_and_no_stranger() -> None:
         "demo: 4 match event(s) received for Colin_Powell, Jean_Chretien, Laura_Bush, Venus_Williams; "
         "strangers matched: none"
     )
+
+
+def test_a_face_at_four_metres_in_720p_gives_its_event(broker: LocalBroker, tmp_path: Path) -> None:
+    """The demo's people 4 m from a 60° 1280x720 camera: faces of 44 px, a tenth of what the
+    whole-frame detector could see."""
+    far = build_assets(FACES, tmp_path / "far", width=1280, height=720, distance_m=4.0)
+    sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
+    proc = service(["--source", str(far.clip), "--gallery", str(far.gallery), "--rate", "fast",
+                    "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path / "s")  # fmt: skip
+    assert proc.wait_exit(300) == 0, proc.text()[-2000:]
+    logged = logged_events(proc.text())
+    assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(logged) > 0, 10)
+    got = {str(e["identity_id"]) for e in sub.on("events/match")}
+    sub.close()
+    assert got == set(far.enrolled), proc.text()[-3000:]  # everyone enrolled, no stranger
+    for e in sub.on("events/match"):
+        x0, y0, x1, y1 = e["bbox"]
+        assert 30 < (x1 - x0) * 1280 < 60  # the 44 px face it saw

@@ -193,6 +193,23 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_soak(args: argparse.Namespace) -> int:
+    from edge.eval.soak import soak
+
+    faces = args.faces or repo_fixture_faces()
+    if faces is None:
+        raise InputError("soak needs the face fixtures of a source checkout or --faces DIR")
+    out = soak(faces, args.minutes, args.gallery_every, args.sample_every)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            if k != "rss_mb_samples":
+                print(f"{k:<30} {v}")
+        print("rss_mb_samples (s, MB):", " ".join(f"{t:.0f}:{mb}" for t, mb in out["rss_mb_samples"]))  # type: ignore[attr-defined]
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", required=True)
     lfw_p = ev.add_parser("lfw", help="the LFW verification protocol on a pairs.txt-format file")
@@ -225,6 +242,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rng.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_flags(rng)
     rng.set_defaults(func=cmd_eval_range)
+
+    sk = ev.add_parser(
+        "soak", help="the service for a long run: about 1 event/s, a gallery update every 5 min, RSS sampled"
+    )
+    sk.add_argument("--minutes", type=float, default=60.0)
+    sk.add_argument("--gallery-every", type=float, default=300.0, help="seconds between gallery versions")
+    sk.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
+    sk.add_argument("--faces", type=Path, help="face folder (default: the checkout's tests/fixtures/faces)")
+    sk.add_argument("--json", action="store_true")
+    sk.set_defaults(func=cmd_eval_soak)
 
     b = sub.add_parser("bench", help="per-stage latency, frames per second, peak RSS")
     b.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT of the composed streams")
