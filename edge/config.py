@@ -102,6 +102,10 @@ class ModelSettings(Section):
 
 
 class DetectionSettings(Section):
+    mode: Literal["regions", "whole"] = Field(
+        "regions",
+        description="'regions': the region scanner (tiles, crops around tracks, motion; faces down to quality.min_face_px at any frame size); 'whole': the whole frame letterboxed into the detector each frame (cheaper, close faces only: the behaviour before the scanner).",
+    )
     windows_per_frame: int = Field(
         4,
         ge=1,

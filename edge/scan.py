@@ -239,6 +239,9 @@ class Scanner:
 
     def detect(self, image: ImageArray, tracked: Sequence[Box] = ()) -> list[Face]:
         """Faces of one video frame: crops around ``tracked`` boxes, changed windows, one sweep window."""
+        if self.settings.mode == "whole":  # the whole frame letterboxed, nothing else
+            self.last = ScanStats(0, 0, 1)
+            return self.detector.detect(image)
         h, w = image.shape[:2]
         lay = self.layout_for(w, h)
         self._frame += 1
@@ -268,6 +271,8 @@ class Scanner:
 
     def detect_still(self, image: ImageArray) -> list[Face]:
         """Every face of a still image: every window of its layout, merged."""
+        if self.settings.mode == "whole":
+            return self.detector.detect(image)
         h, w = image.shape[:2]
         lay = layout(w, h, self.min_face)
         faces: list[Face] = []

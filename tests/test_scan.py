@@ -162,3 +162,15 @@ def test_frame_size_argument_is_checked(bad: str) -> None:
 
     with pytest.raises(InputError, match="expected WIDTHxHEIGHT"):
         parse_size(bad)
+
+
+def test_whole_frame_mode_is_the_single_letterbox_and_sees_close_faces_only() -> None:
+    rec = Recognizer(Settings.model_validate({"detection": {"mode": "whole"}}))
+    image = compose(1280, 720, [("Laura_Bush/Laura_Bush_0004.jpg", 300.0, 300.0, 180.0),
+                                ("Venus_Williams/Venus_Williams_0001.jpg", 900.0, 400.0, 44.0)])  # fmt: skip
+    scanner = rec.scanner()
+    faces = scanner.detect(image)
+    assert scanner.last.invokes == 1 and len(found_at(faces, 300.0, 300.0, 180.0)) == 1
+    assert not found_at(faces, 900.0, 400.0, 44.0)  # 4 m away: out of its reach
+    assert len(rec.detect(image)) == 1
+    assert len(Recognizer(Settings()).detect(image)) == 2  # the region scanner sees both

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,15 @@ def print_groups(out: dict[str, Any]) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge.demo import workdir
-    from edge.eval.bench import bench, bundle_bench, peak_rss_mb, portraits, service_bench, synthetic_stream
+    from edge.eval.bench import (
+        audit_bench,
+        bench,
+        bundle_bench,
+        peak_rss_mb,
+        portraits,
+        service_bench,
+        synthetic_stream,
+    )
     from edge.pipeline import Recognizer
 
     width, height = parse_size(args.size)
@@ -152,6 +161,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.source is None and faces is not None:
         result.update(service_bench(rec, faces, workdir(), width, height, args.distance))
         result["peak_rss_mb_after_service"] = round(peak_rss_mb(), 1)
+    audit_dir = workdir()
+    try:
+        result.update(audit_bench(audit_dir / "audit"))  # on the disk the state dir would use: /tmp here
+    finally:
+        shutil.rmtree(audit_dir, ignore_errors=True)
     if args.bundle:
         frame = (
             next(synthetic_stream(portraits(faces), 1, width, height))

@@ -300,6 +300,21 @@ def service_bench(
     }
 
 
+def audit_bench(folder: Path, records: int = 300) -> dict[str, object]:
+    """What the audit log costs per event: one fsync'd append of an event record."""
+    from edge.audit import AuditLog
+
+    log = AuditLog(folder)
+    times = []
+    for i in range(records):
+        data = {"event_id": f"{i:08d}-0000-0000-0000-000000000000", "identity_id": "visitor-0042", "score": 0.7342,
+                "threshold": 0.6012, "est_false_match_rate": 3.1e-7, "gallery_version": 7, "track_id": i}  # fmt: skip
+        t = time.perf_counter()
+        log.append("event", data)
+        times.append(time.perf_counter() - t)
+    return {"audit_append_ms_p50": round(pct(times, 50), 3), "audit_append_ms_p95": round(pct(times, 95), 3)}
+
+
 def bundle_bench(rec: Recognizer, frame: ImageArray, identities: int = 10_000, per: int = 5) -> dict[str, object]:
     """Size of a 10,000 × 5 bundle and the time to apply it (verify + parse + swap) in a
     thread, while the frame loop keeps processing ``frame``: the longest gap between
