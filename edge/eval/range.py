@@ -57,6 +57,8 @@ class Visit:
 
 
 def _people(root: Path) -> dict[str, list[Path]]:
+    if not root.is_dir():
+        raise InputError(f"--root {root}: no such folder (LFW View 1: NAME/NAME_NNNN.jpg, or with images/)")
     images = root / "images" if (root / "images").is_dir() else root
     people = {p.name: sorted(p.glob("*.jpg")) for p in sorted(images.iterdir()) if p.is_dir()}
     people = {k: v for k, v in people.items() if v}
