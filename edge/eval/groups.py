@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import InputError
-from edge.eval.lfw import TABLE_FMRS, FloatArray, threshold_at_fmr
+from edge.eval.lfw import TABLE_FMRS, FloatArray, impostor_blocks, threshold_at_fmr
 
 MIN_IMPOSTORS = 10  # a table row needs at least this many impostor pairs above its threshold
 
@@ -63,15 +63,9 @@ def impostors_by_group(
     names = sorted({str(g) for g in label if g is not None})
     code = np.array([names.index(str(g)) if g is not None else -1 for g in label])
     parts: dict[str, list[FloatArray]] = {"all": [], "cross_group": [], **{g: [] for g in names}}
-    n = len(emb)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        sims = emb[start:stop] @ emb[start:].T
-        rows = np.arange(start, stop)[:, None]
-        cols = np.arange(start, n)[None, :]
-        mask = (cols > rows) & (person[start:stop, None] != person[None, start:])
+    for rows, cols, sims, mask in impostor_blocks(emb, person, block):
         parts["all"].append(sims[mask])
-        a, b = code[start:stop, None], code[None, start:]
+        a, b = code[rows, None], code[None, cols]
         labelled = (a >= 0) & (b >= 0)
         parts["cross_group"].append(sims[mask & labelled & (a != b)])
         for k, g in enumerate(names):

@@ -18,7 +18,7 @@ few hundred different pairs of the file, so rates down to 1e-4 are measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,17 +120,24 @@ def cross_validated_accuracy(
     return float(np.mean(accs)), float(np.std(accs)), thresholds
 
 
-def impostor_scores(emb: FloatArray, person: npt.NDArray[np.int_], block: int = 1024) -> FloatArray:
-    """Cosine scores of every pair of images of different people (upper triangle)."""
+def impostor_blocks(
+    emb: FloatArray, person: npt.NDArray[np.int_], block: int = 1024
+) -> Iterator[tuple[slice, slice, FloatArray, npt.NDArray[np.bool_]]]:
+    """Blocks of the upper triangle of the score matrix: (rows, columns, scores, mask of the pairs
+    of images of different people), so millions of pairs are scored without the full matrix."""
     n = len(emb)
-    parts = []
     for start in range(0, n, block):
         stop = min(start + block, n)
         sims = emb[start:stop] @ emb[start:].T
         rows = np.arange(start, stop)[:, None]
         cols = np.arange(start, n)[None, :]
         mask = (cols > rows) & (person[start:stop, None] != person[None, start:])
-        parts.append(sims[mask])
+        yield slice(start, stop), slice(start, n), sims, mask
+
+
+def impostor_scores(emb: FloatArray, person: npt.NDArray[np.int_], block: int = 1024) -> FloatArray:
+    """Cosine scores of every pair of images of different people (upper triangle)."""
+    parts = [sims[mask] for _, _, sims, mask in impostor_blocks(emb, person, block)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 
