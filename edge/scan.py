@@ -190,17 +190,25 @@ class Motion:
             self._changed[y0:y1, x0:x1] = 0
         self._integral = None
 
-    def changed_in(self, region: Region, min_pixels: int = 3) -> bool:
+    def bounds(self, windows: Sequence[Region]) -> npt.NDArray[np.intp]:
+        """(n, 4) window corners on the motion image (x0, y0, x1, y1): computed once per layout."""
+        s = self.step
+        return np.array(
+            [(int(r.x0 / s), int(r.y0 / s), math.ceil(r.x1 / s), math.ceil(r.y1 / s)) for r in windows], np.intp
+        )
+
+    def changed_in(self, bounds: npt.NDArray[np.intp], min_pixels: int = 3) -> npt.NDArray[np.bool_]:
+        """For every window at once: did at least ``min_pixels`` of its motion-image pixels change?"""
         if self._changed is None:
-            return False
+            return np.zeros(len(bounds), bool)
         if self._integral is None:
             self._integral = np.asarray(cv2.integral(self._changed), np.int32)
-        ii, s = self._integral, self.step
-        h, w = ii.shape[0] - 1, ii.shape[1] - 1
-        x0, y0 = min(w, max(0, int(region.x0 / s))), min(h, max(0, int(region.y0 / s)))
-        x1, y1 = min(w, max(0, math.ceil(region.x1 / s))), min(h, max(0, math.ceil(region.y1 / s)))
-        total = int(ii[y1, x1]) - int(ii[y0, x1]) - int(ii[y1, x0]) + int(ii[y0, x0])
-        return total >= min_pixels
+        ii = self._integral
+        x0, x1 = np.clip(bounds[:, 0], 0, ii.shape[1] - 1), np.clip(bounds[:, 2], 0, ii.shape[1] - 1)
+        y0, y1 = np.clip(bounds[:, 1], 0, ii.shape[0] - 1), np.clip(bounds[:, 3], 0, ii.shape[0] - 1)
+        total = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+        changed: npt.NDArray[np.bool_] = total >= min_pixels
+        return changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +233,7 @@ class Scanner:
         self.min_face = min_face
         self.motion = Motion(settings.motion_threshold)
         self._layout: Layout | None = None
+        self._bounds: npt.NDArray[np.intp] | None = None  # the layout's windows on the motion image
         self._last_scan: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._sweep_next = 0
         self._frame = 0
@@ -233,6 +242,7 @@ class Scanner:
     def layout_for(self, width: int, height: int) -> Layout:
         if self._layout is None or (self._layout.width, self._layout.height) != (width, height):
             self._layout = layout(width, height, self.min_face)
+            self._bounds = None
             self._last_scan = np.full(len(self._layout), -(10**9), np.int64)
             self._sweep_next = 0
         return self._layout
@@ -250,9 +260,12 @@ class Scanner:
             faces += self.detector.detect(image, track_region(box, self.settings.track_crop))
         self.motion.update(image)
         self.motion.mask_out(tracked)
-        changed = [i for i, win in enumerate(lay.windows) if self.motion.changed_in(win)]
-        changed.sort(key=lambda i: self._last_scan[i])
-        chosen = changed[: self.settings.windows_per_frame]
+        if self._bounds is None:  # the motion image's scale is known after its first update
+            self._bounds = self.motion.bounds(lay.windows)
+        changed = np.flatnonzero(self.motion.changed_in(self._bounds))
+        # The least recently scanned first (a stable sort keeps coarse before fine among equals).
+        order = changed[np.argsort(self._last_scan[changed], kind="stable")]
+        chosen = [int(i) for i in order[: self.settings.windows_per_frame]]
         sweep = 0
         if self._frame % self.settings.idle_every == 0:
             # The background sweep: the next window in turn not already chosen this frame.
