@@ -117,13 +117,10 @@ class App:
             self.sync = GallerySync(
                 self.gallery, GalleryStore(state / "gallery", self.policy), self.policy, g,
                 lambda data: self.link.publish_retained(self.topics.gallery_state, data),
-                journal=self._journal, worker=sync_worker,
+                journal=lambda kind, details: self._record(f"gallery_{kind}", details), worker=sync_worker,
             )  # fmt: skip
             sup.attach(sync_worker, self.sync.thread)
-            submit = self.sync.submit
-            for topic in (self.topics.gallery_fleet(g.name), self.topics.gallery_set):
-                for filt in (topic, topic + "/part/+"):
-                    self.link.listen(filt, lambda t, payload, retain: submit(t, payload))
+            self.sync.attach(self.link, self.topics)
         self.ha: HomeAssistant | None = None
         self.periodic: list[Callable[[float], None]] = []  # called from the frame loop, at least 4 times a second
         if settings.homeassistant.enabled:
@@ -147,16 +144,8 @@ class App:
             sinks.append(self.ha.presence)
         return sinks
 
-    def _journal(self, kind: str, details: dict[str, object]) -> None:
-        """A gallery decision, on record before it takes effect (a refused write is logged, not fatal)."""
-        if self.audit is None:
-            return
-        try:
-            self.audit.append(f"gallery_{kind}", details)
-        except EdgeError as exc:
-            log.error("gallery decision not recorded: %s", exc)
-
     def _record(self, kind: str, details: dict[str, object]) -> None:
+        """On record in the audit log before it takes effect (a refused write is logged, not fatal)."""
         if self.audit is None:
             return
         try:
@@ -198,8 +187,6 @@ class App:
     def _on_connected(self) -> None:
         self.since = self.since or utc_now()
         self.link.publish_status(self.status("online"))
-        if self.sync is not None:
-            self.sync.publish()
 
     # -- status --------------------------------------------------------------------
     def last_error(self) -> str | None:

@@ -34,7 +34,7 @@ def test_fleet_status_shows_online_stopped_and_lost_devices(
     watch = Collector(broker.host, broker.port, "edge/+/status")
     devices = {name: run_device(broker, tmp_path / name, name) for name in ("door-1", "door-2", "hall")}
     for name in devices:
-        watch.wait_for(f"{name}/status", lambda s: s["state"] == "online")
+        watch.wait_for(f"{name}/status", lambda s: s["state"] == "online" and s.get("camera") == "retrying")
     assert devices["door-2"].stop() == 0  # a clean stop: its final status says offline, with the time
     devices["hall"].stop(signal.SIGKILL)  # the broker publishes its last will: connection lost
     watch.wait_for("door-2/status", lambda s: s["state"] == "offline" and "ts" in s)

@@ -63,17 +63,12 @@ class SimDevice:
         self.holder = GalleryHolder(matcher)
         store = GalleryStore(Path(f"{folder}/{device}/gallery"), policy)
         self.sync = GallerySync(self.holder, store, policy, s.gallery, self._publish_state)
-        for filt in (self.topics.gallery_fleet("fleet"), self.topics.gallery_fleet("fleet") + "/part/+"):
-            self.link.listen(filt, self._on_bundle)
+        self.sync.attach(self.link, self.topics)
         self.since = utc_now()
         self.link.when_connected(self.beat)
-        self.link.when_connected(self.sync.publish)
 
     def _publish_state(self, data: bytes) -> None:
         self.link.publish_retained(self.topics.gallery_state, data)
-
-    def _on_bundle(self, topic: str, payload: bytes, retained: bool) -> None:
-        self.sync.submit(topic, payload)
 
     def beat(self) -> None:
         snap = self.holder.current

@@ -37,6 +37,7 @@ from edge.gallery.bundle import Buffer, Bundle, BundleError
 from edge.gallery.chunks import Assembler, base_topic
 from edge.gallery.store import Applied, GalleryStore, head_digest
 from edge.match import GalleryHolder
+from edge.mqtt import MqttLink, Topics
 from edge.supervisor import Worker
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,17 @@ class GallerySync:
     @property
     def thread(self) -> threading.Thread:
         return self._thread
+
+    def attach(self, link: MqttLink, topics: Topics) -> None:
+        """Follow the fleet topic and this device's set topic (and their parts); state at every connection."""
+        name = self.policy.gallery_name or ""
+        for topic in (topics.gallery_fleet(name), topics.gallery_set):
+            for filt in (topic, topic + "/part/+"):
+                link.listen(filt, self._on_message)
+        link.when_connected(self.publish)
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        self.submit(topic, payload)
 
     @property
     def version(self) -> int | None:
