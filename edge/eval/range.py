@@ -250,7 +250,7 @@ def evaluate(
     hfov: float = 60.0,
     people: int = 40,
     strangers: int = 20,
-    distractors: int = 100,
+    distractors: int = 20,
     frames: int = 40,
     seed: int = 0,
     recognised_close_up: bool = True,
