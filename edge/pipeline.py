@@ -73,8 +73,7 @@ class Recognizer:
 
     def detect(self, image: ImageArray) -> list[Face]:
         """Every face of a still image, at any size (every window of its layout)."""
-        image = check_frame(image)
-        return Scanner(self.detector, self.settings.detection, self.settings.quality.min_face_px).detect_still(image)
+        return self.scanner().detect_still(check_frame(image))
 
     def align(self, image: ImageArray, faces: Sequence[Face]) -> list[AlignedFace]:
         """Each face warped to the template; with ``mesh5`` from refined five points."""
