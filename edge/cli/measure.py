@@ -244,7 +244,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rng.add_argument("--distances", default="1,2,3,4,5,6", help="metres, comma-separated")
     rng.add_argument("--people", type=int, default=40, help="enrolled people shown (one visit each per distance)")
     rng.add_argument("--strangers", type=int, default=20, help="people shown who are not enrolled")
-    rng.add_argument("--distractors", type=int, default=20, help="enrolled people who never appear (gallery size = people + distractors)")
+    rng.add_argument(
+        "--distractors",
+        type=int,
+        default=20,
+        help="enrolled people who never appear (gallery size = people + distractors)",
+    )
     rng.add_argument("--frames", type=int, default=40, help="frames each person is in view")
     rng.add_argument("--seed", type=int, default=0)
     rng.add_argument(
