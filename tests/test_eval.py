@@ -164,3 +164,20 @@ def test_the_worst_group_table_holds_for_every_group_and_extrapolates_by_ratio()
     assert below and below[0] > max(t for f, t in table.rows if f * len(a) >= 10)
     plain = lfw.calibration_table(everything)
     assert all(w >= p for (_, w), (_, p) in zip(table.rows, plain, strict=False))  # never looser than all-pairs
+
+
+def test_a_margin_makes_every_row_promise_twice_what_was_measured() -> None:
+    from edge.eval.groups import worst_group_table
+
+    rng = np.random.default_rng(4)
+    scores = {"all": rng.normal(0, 0.1, 1_000_000).astype(np.float32)}
+    plain = worst_group_table(scores)
+    safe = worst_group_table(scores, margin=2.0)
+    for f, t in safe.rows:
+        assert (scores["all"] >= t).mean() <= f / 2 * 1.0001  # measured at f/2, promised f
+    # The row promising 1e-3 is the plain table's row for 5e-4.
+    from edge.calibration import CalibrationTable
+
+    assert CalibrationTable.from_rows(safe.rows).threshold_for(1e-3) == pytest.approx(
+        CalibrationTable.from_rows(plain.rows).threshold_for(5e-4), abs=2e-3
+    )

@@ -131,8 +131,17 @@ def _measured(impostors: FloatArray, fmrs: Iterable[float]) -> dict[float, float
     return {f: threshold_at_fmr(impostors, f) for f in fmrs if f * n >= MIN_IMPOSTORS}
 
 
-def worst_group_table(impostors: Mapping[str, FloatArray], fmrs: Sequence[float] = TABLE_FMRS) -> WorstGroupTable:
-    """A table whose every row holds for the all-pairs distribution and for every group's."""
+def worst_group_table(
+    impostors: Mapping[str, FloatArray], fmrs: Sequence[float] = TABLE_FMRS, margin: float = 1.0
+) -> WorstGroupTable:
+    """A table whose every row holds for the all-pairs distribution and for every group's.
+
+    With ``margin`` m, the row that promises rate f carries the threshold measured for f/m: a
+    factor for how much a group's rate varies from one sample of people to another."""
+    if margin != 1.0:
+        inner = worst_group_table(impostors, [f / margin for f in fmrs], 1.0)
+        rows = [[round(f * margin, 12), t] for f, t in inner.rows]
+        return WorstGroupTable(rows, inner.floors, inner.ratios, inner.governing)
     all_scores = impostors["all"]
     base = _measured(all_scores, fmrs)
     if len(base) < 2:
