@@ -359,6 +359,13 @@ class HomeAssistantSettings(Section):
     device_name: str | None = Field(
         None, max_length=64, description="Device name in Home Assistant (default: 'Face recognizer <device id>')."
     )
+    max_identity_entities: int = Field(
+        100,
+        ge=0,
+        le=1000,
+        description="A gallery of up to this many identities gets a presence sensor and an event type per identity; "
+        "a larger one (a watch list) gets the 'Face match' event entity only, with the one event type 'match'.",
+    )
 
 
 class Settings(Section):

@@ -15,6 +15,10 @@ Per-entity discovery topics ``<prefix>/<component>/<node_id>/<object_id>/config`
   minute, outbox depth, camera state, gallery version and identities, CPU
   temperature, last error.
 
+A gallery larger than ``max_identity_entities`` (a watch list of thousands) gets
+no per-identity entities: the event entity then has the one event type ``match``
+(the identity is in its attributes), so discovery stays a few dozen messages.
+
 Configs are published at every connection, whenever the gallery changes (event
 types, presence entities added or removed), and again when Home Assistant says
 ``online`` on ``<prefix>/status``. Presence entities of identities no longer in
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # The match event as Home Assistant's event entity wants it: the payload's fields plus event_type.
 EVENT_TEMPLATE = "{{ dict(value_json, event_type=value_json.identity_id) | to_json }}"
+# …and for a gallery too large for an entity per identity: one event type.
+EVENT_TYPE_ANY = "match"
+EVENT_TEMPLATE_ANY = "{{ dict(value_json, event_type='match') | to_json }}"
 # Status fields shown as diagnostic sensors: (object id, name, template field, unit, device class, icon).
 DIAGNOSTICS: tuple[tuple[str, str, str, str | None, str | None, str | None], ...] = (
     ("fps", "Frames per second", "fps", "fps", None, "mdi:speedometer"),
@@ -77,7 +84,9 @@ class HomeAssistant:
         self.node = slug(topics.device_id)
         self.presence = Presence(settings, topics, link, include_label)
         self._lock = threading.Lock()
-        self._identities: dict[str, str | None] = {}  # id → label, as last published
+        self._identities: dict[str, str | None] = {}  # id → label of identities with entities, as last published
+        self._per_identity = True  # the gallery is small enough for an entity per identity
+        self._wanted: frozenset[str] = frozenset()  # object ids of the presence configs of _identities
         self._published_presence: set[str] = set()  # object ids of presence configs known to be retained
 
     # -- what is published -------------------------------------------------------------------
@@ -105,7 +114,7 @@ class HomeAssistant:
             ]
         }
 
-    def configs(self, identities: dict[str, str | None]) -> list[Discovered]:
+    def configs(self, identities: dict[str, str | None], per_identity: bool = True) -> list[Discovered]:
         device, avail = self.device(), self.availability()
         out = [
             Discovered(
@@ -114,8 +123,8 @@ class HomeAssistant:
                     "name": "Face match",
                     "unique_id": f"edge_{self.node}_face_match",
                     "state_topic": self.topics.match,
-                    "event_types": sorted(identities),
-                    "value_template": EVENT_TEMPLATE,
+                    "event_types": sorted(identities) if per_identity else [EVENT_TYPE_ANY],
+                    "value_template": EVENT_TEMPLATE if per_identity else EVENT_TEMPLATE_ANY,
                     "icon": "mdi:face-recognition",
                     "device": device,
                     **avail,
@@ -169,25 +178,34 @@ class HomeAssistant:
     def on_gallery(self, snap: GallerySnapshot) -> None:
         """The gallery changed: new event types, presence entities added and removed."""
         g = snap.gallery
-        identities = dict(zip(g.identity_ids, g.labels, strict=True))
+        per_identity = len(g.identity_ids) <= self.s.max_identity_entities
+        identities = dict(zip(g.identity_ids, g.labels, strict=True)) if per_identity else {}
         with self._lock:
-            changed = identities != self._identities
-            self._identities = identities
+            changed = identities != self._identities or per_identity != self._per_identity
+            if per_identity != self._per_identity:
+                log.info(
+                    "home assistant: %d identities %s max_identity_entities (%d): %s",
+                    len(g.identity_ids), "within" if per_identity else "over", self.s.max_identity_entities,
+                    "a presence sensor per identity" if per_identity else "the event entity only (event type 'match')",
+                )  # fmt: skip
+            self._identities, self._per_identity = identities, per_identity
+            self._wanted = frozenset(f"presence_{slug(i)}" for i in identities)
+            self.presence.active = per_identity
         if changed:
             self.publish()  # the entities of identities gone are removed first…
             self.presence.forget(set(self.presence.known) - set(identities))  # …then their topics cleared
 
     def publish(self) -> None:
         with self._lock:
-            identities = dict(self._identities)
-        for d in self.configs(identities):
+            identities, per_identity = dict(self._identities), self._per_identity
+        for d in self.configs(identities, per_identity):
             self.link.publish_retained(d.topic, json.dumps(d.payload).encode())
-        self._remove_stale(identities)
+        self._remove_stale()
         self.presence.publish_all(identities)
 
-    def _remove_stale(self, identities: dict[str, str | None]) -> None:
-        keep = {f"presence_{slug(i)}" for i in identities}
+    def _remove_stale(self) -> None:
         with self._lock:
+            keep = self._wanted
             stale = self._published_presence - keep
             self._published_presence = set(keep)
         for oid in sorted(stale):
@@ -204,11 +222,11 @@ class HomeAssistant:
         oid = topic.split("/")[-2]
         if not payload or not oid.startswith("presence_"):
             return
-        with self._lock:
-            wanted = oid in {f"presence_{slug(i)}" for i in self._identities}
+        with self._lock:  # on the network thread: O(1) per message (a gallery may hold thousands)
+            wanted = oid in self._wanted
             self._published_presence.add(oid)
         if not wanted and retained:
-            self._remove_stale(dict(self._identities))
+            self._remove_stale()
 
 
 class Presence:
@@ -228,6 +246,7 @@ class Presence:
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}  # identity → monotonic time of the last sight (ON while present)
         self._last: dict[str, dict[str, Any]] = {}  # identity → last published state
+        self.active = True  # False while the gallery is too large for an entity per identity
 
     @property
     def known(self) -> list[str]:
@@ -236,11 +255,14 @@ class Presence:
 
     def emit(self, event: MatchEvent) -> None:
         """A confirmed match: ON now, with the score and time."""
-        self._set(event.identity_id, True, event.score, event.label)
+        if self.active:
+            self._set(event.identity_id, True, event.score, event.label)
 
     def seen(self, identities: Iterable[str], now: float | None = None) -> None:
         """Identities of confirmed tracks in view this frame: they stay ON."""
         now = time.monotonic() if now is None else now
+        if not self.active:
+            return
         with self._lock:
             for ident in identities:
                 if ident in self._seen:

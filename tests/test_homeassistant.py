@@ -102,3 +102,40 @@ def test_entities_of_identities_no_longer_enrolled_are_removed_even_from_an_earl
         stop.set()
         link.close(None)
         watch.close()
+
+
+def test_a_watch_list_too_large_for_an_entity_each_gets_the_event_entity_only(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    watch = Collector(broker.host, broker.port, "homeassistant/#", "edge/door/presence/#")
+    stop = threading.Event()
+    link = connected_link(broker, tmp_path, stop)
+    holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
+    ha = HomeAssistant(HomeAssistantSettings(max_identity_entities=3), Topics("edge", "door"), link, include_label=True)
+    ha.attach()
+    holder.on_change(ha.on_gallery)
+    holder.swap(gallery("alice", "carol"))
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        watch.wait_for("presence_carol/config", lambda p: isinstance(p, dict))
+        holder.swap(gallery("alice", "bob", "carol", "dave"))  # one over the limit
+        cfg = watch.wait_for("face_match/config", lambda p: isinstance(p, dict) and p["event_types"] == ["match"])
+        assert "'match'" in cfg["value_template"]
+        for who in ("alice", "carol"):  # the per-identity entities and their states are removed
+            watch.wait_for(f"binary_sensor/door/presence_{who}/config", lambda p: p == b"")
+            watch.wait_for(f"presence/{who}", lambda p: p == b"")
+        ha.presence.emit(event("bob"))  # no entity for bob: nothing is published for him
+        holder.swap(gallery("alice"))  # back within the limit: entities again
+        watch.wait_for("event/door/face_match/config", lambda p: isinstance(p, dict) and p["event_types"] == ["alice"])
+        watch.wait_for("presence_alice/config", lambda p: isinstance(p, dict) and p["name"] == "Alice seen")
+        ha.presence.emit(event("alice"))
+        watch.wait_for("presence/alice", lambda p: isinstance(p, dict) and p["state"] == "ON")
+        # Messages of one client arrive in order: had bob's state been published, it would be here by now.
+        seen = [t for t, _, _ in watch.messages]
+        assert not [t for t in seen if t.endswith(("presence_bob/config", "presence_dave/config", "presence/bob"))]
+        assert "edge/door/presence/alice" in seen
+    finally:
+        stop.set()
+        link.close(None)
+        watch.close()
