@@ -180,3 +180,14 @@ def test_journald_priorities_are_syslog_levels() -> None:
         fmt.format(logging.LogRecord("edge.x", logging.INFO, "f", 1, f"pw={PLANTED}", None, None))
         == "<6>edge.x: pw=***"
     )
+
+
+def test_the_shipped_example_config_is_valid_once_its_files_exist(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "systemd" / "edge.toml.example").read_text()
+    for needed in ("/etc/edge-recognizer/ca.pem", "/run/credentials/edge-recognizer.service/mqtt-password"):
+        assert needed in text
+        local = tmp_path / Path(needed).name
+        local.write_text("x")
+        text = text.replace(needed, str(local))
+    s = load_settings(write(tmp_path, text), environ={})
+    assert s.homeassistant.max_identity_entities == 100 and s.homeassistant.device_name == "Front door"
