@@ -9,14 +9,13 @@ JPEG, PNG, BMP and WebP.
 
 from __future__ import annotations
 
-import stat
 import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge.errors import ImageError
+from edge.errors import ImageError, read_input_file
 from edge.types import ImageArray
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -101,22 +100,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> ImageArray:
 
 
 def read_image(path: Path) -> ImageArray:
-    try:
-        st = path.stat()
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError(f"image {path} is a folder, not a file")
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-            raise ImageError(f"image {path} is not a regular file")
-        size = st.st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"image {path} is {size} bytes, over the limit of {MAX_FILE_BYTES}")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"image {path} does not exist") from None
-    except IsADirectoryError:
-        raise ImageError(f"image {path} is a folder, not a file") from None
-    except OSError as exc:
-        raise ImageError(f"image {path} cannot be read: {exc.strerror or exc}") from None
+    data = read_input_file(path, "image", MAX_FILE_BYTES, ImageError)
     return decode_image(data, str(path))
 
 

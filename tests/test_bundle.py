@@ -195,3 +195,17 @@ def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer:
     stored.write_bytes(stored.read_bytes()[:-10])  # damaged on disk
     with pytest.raises(InputError, match=r"stored gallery .*current\.bundle: gallery bundle rejected at signature"):
         sync().load_from_disk()
+
+
+def test_a_bundle_path_that_is_no_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "pipe.bundle"
+    os.mkfifo(fifo)  # reading it would block forever
+    (tmp_path / "folder.bundle").mkdir()
+    (tmp_path / "empty.bundle").write_bytes(b"")
+    for name, why in [("pipe.bundle", "is not a regular file"), ("folder.bundle", "is a folder, not a file"),
+                      ("empty.bundle", "is empty"), ("missing.bundle", "does not exist")]:  # fmt: skip
+        assert main(["gallery", "inspect", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"edge: gallery bundle {tmp_path / name} {why}", err

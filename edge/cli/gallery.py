@@ -8,8 +8,11 @@ from pathlib import Path
 
 from edge.cli.common import parse_broker
 from edge.config import MqttSettings, load_settings
-from edge.errors import EdgeError, InputError
+from edge.errors import EdgeError, InputError, read_input_file
 from edge.gallery.bundle import BundleError
+
+# A bundle file on the admin's machine: well above what a device accepts (gallery.max_bundle_bytes, 64 MiB).
+MAX_BUNDLE_FILE_BYTES = 1 << 30
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -42,14 +45,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def read_bundle_file(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"gallery bundle {path} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"gallery bundle {path} is a folder, not a file") from None
-    except OSError as exc:
-        raise InputError(f"gallery bundle {path} cannot be read: {exc.strerror or exc}") from None
+    data = read_input_file(path, "gallery bundle", MAX_BUNDLE_FILE_BYTES)
     if not data:
         raise InputError(f"gallery bundle {path} is empty")
     return data
