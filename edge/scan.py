@@ -15,8 +15,10 @@ frame chosen so that every face lands in some window at a size it can find:
   face, so the face fills the input (its keypoints, hence its alignment, are as
   precise as at 1 m) and a far face costs one invoke, not a tile scan.
 - **Motion**: a 1/8-scale grey image against a running background marks where
-  something changed; windows over changes not explained by a track are scanned
-  first, least recently scanned first, up to ``windows_per_frame``.
+  something changed; windows over changes not explained by a track are scanned,
+  up to ``windows_per_frame``, the levels taking turns (coarse first) and the least
+  recently scanned first within a level: a near face is found at once, though a
+  moving body also covers many fine tiles.
 - **Background sweep**: one window every ``idle_every`` frames in turn, so a face
   that appeared without moving is still found, and nobody in view stays cheap.
 
@@ -58,6 +60,7 @@ class Layout:
     height: int
     windows: tuple[Region, ...]
     levels: tuple[int, ...]  # window side of each level, coarse to fine
+    level_of: tuple[int, ...]  # the level of each window (0: the whole frame)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -77,6 +80,7 @@ def layout(width: int, height: int, min_face: float) -> Layout:
     long_side = float(max(width, height))
     finest = min_face / FIND_MIN
     windows = [Region(0.0, 0.0, float(width), float(height), min_face=long_side * FIND_MIN * 0.85, kind="frame")]
+    level_of = [0]
     sides = [long_side]
     if long_side > finest * 1.25:
         n = math.ceil(math.log(long_side / finest) / math.log(MAX_LEVEL_RATIO))
@@ -94,7 +98,8 @@ def layout(width: int, height: int, min_face: float) -> Layout:
                         min_face=side * FIND_MIN * 0.85, max_face=side * FIND_MAX * 1.1, kind="tile",
                     )
                 )  # fmt: skip
-    return Layout(width, height, tuple(windows), tuple(round(s) for s in sides))
+                level_of.append(k)
+    return Layout(width, height, tuple(windows), tuple(round(s) for s in sides), tuple(level_of))
 
 
 def track_region(box: Box, crop_scale: float) -> Region:
@@ -234,6 +239,7 @@ class Scanner:
         self.motion = Motion(settings.motion_threshold)
         self._layout: Layout | None = None
         self._bounds: npt.NDArray[np.intp] | None = None  # the layout's windows on the motion image
+        self._level: npt.NDArray[np.intp] = np.zeros(0, np.intp)  # the layout's level of each window
         self._last_scan: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._sweep_next = 0
         self._frame = 0
@@ -244,6 +250,7 @@ class Scanner:
             self._layout = layout(width, height, self.min_face)
             self._bounds = None
             self._last_scan = np.full(len(self._layout), -(10**9), np.int64)
+            self._level = np.array(self._layout.level_of, np.intp)
             self._sweep_next = 0
         return self._layout
 
@@ -263,9 +270,7 @@ class Scanner:
         if self._bounds is None:  # the motion image's scale is known after its first update
             self._bounds = self.motion.bounds(lay.windows)
         changed = np.flatnonzero(self.motion.changed_in(self._bounds))
-        # The least recently scanned first (a stable sort keeps coarse before fine among equals).
-        order = changed[np.argsort(self._last_scan[changed], kind="stable")]
-        chosen = [int(i) for i in order[: self.settings.windows_per_frame]]
+        chosen = [int(i) for i in self._by_level_in_turn(changed)[: self.settings.windows_per_frame]]
         sweep = 0
         if self._frame % self.settings.idle_every == 0:
             # The background sweep: the next window in turn not already chosen this frame.
@@ -281,6 +286,17 @@ class Scanner:
             self._last_scan[i] = self._frame
         self.last = ScanStats(len(tracked), len(chosen) - sweep, sweep)
         return merge(faces, self.detector.spec.size)
+
+    def _by_level_in_turn(self, changed: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        """Changed windows in scan order: levels take turns, coarse first, and within a level the least
+        recently scanned first. A near face (found by a coarse window) then does not wait behind the
+        many fine tiles over a moving body, and fine tiles still get most of the slots."""
+        level, last = self._level[changed], self._last_scan[changed]
+        by_level = np.lexsort((last, level))  # by level, then least recently scanned
+        lv = level[by_level]
+        rank = np.arange(len(lv)) - np.searchsorted(lv, lv)  # position within its level
+        ordered: npt.NDArray[np.intp] = changed[by_level][np.lexsort((lv, rank))]
+        return ordered
 
     def detect_still(self, image: ImageArray) -> list[Face]:
         """Every face of a still image: every window of its layout, merged."""

@@ -134,6 +134,37 @@ def test_a_face_that_appears_is_found_through_motion_within_a_few_frames() -> No
     assert found is not None and found <= 4
 
 
+def test_a_near_face_is_found_in_its_first_frame_though_many_far_tiles_changed_too() -> None:
+    rec = Recognizer(Settings())
+    scanner = Scanner(rec.detector, DetectionSettings(idle_every=100), 28.0)  # no sweep: motion alone
+    rng = np.random.default_rng(3)
+    empty = gradient_background(1920, 1080, rng)
+    for _ in range(5):
+        scanner.detect(sensor_noise(empty, rng))
+    # Someone passed by a moment ago: the coarse windows were scanned lately, most 224 px tiles long ago.
+    coarse = np.array(scanner.layout_for(1920, 1080).level_of) < 2
+    scanner._last_scan[coarse] = scanner._frame
+    # 1 m from a 1920-wide 60° camera: a 266 px face, over many fine tiles that have waited longer.
+    person = compose(1920, 1080, [("Venus_Williams/Venus_Williams_0004.jpg", 800.0, 250.0, 266.0)], seed=3)
+    faces = scanner.detect(sensor_noise(person, rng))
+    assert found_at(faces, 800.0, 250.0, 266.0), faces
+    assert scanner.last.invokes == scanner.last.motion_windows == DetectionSettings().windows_per_frame
+
+
+def test_changed_windows_take_levels_in_turn_coarse_first_least_recently_scanned_within() -> None:
+    rec = Recognizer(Settings())
+    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
+    lay = scanner.layout_for(1280, 720)
+    assert lay.levels == (1280, 535, 224)
+    level = np.array(lay.level_of)
+    mid, fine = np.flatnonzero(level == 1), np.flatnonzero(level == 2)
+    scanner._last_scan[fine[0]] = 50  # scanned lately: it waits for the other fine tiles
+    changed = np.array([0, mid[0], mid[1], fine[0], fine[1], fine[2]])
+    order = scanner._by_level_in_turn(changed)
+    assert list(level[order]) == [0, 1, 2, 1, 2, 2]
+    assert list(order) == [0, mid[0], fine[1], mid[1], fine[2], fine[0]]
+
+
 def test_the_background_sweep_visits_every_window_and_costs_one_invoke_every_other_frame() -> None:
     rec = Recognizer(Settings())
     scanner = Scanner(rec.detector, DetectionSettings(idle_every=2), 28.0)
