@@ -68,6 +68,14 @@ def test_fleet_simulate_brings_a_bundle_to_every_device(capsys: pytest.CaptureFi
     assert out["per_device_bytes_per_gallery_update"] > out["bundle_bytes"]
 
 
+def test_fleet_simulate_refuses_more_devices_per_process_than_paho_can_watch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["fleet", "simulate", "--devices", "500", "--processes", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge: fleet simulate: 250 devices per process, over 150") and "--processes 4" in err
+
+
 def test_fleet_status_on_an_empty_broker_and_a_bad_broker(
     broker: LocalBroker, capsys: pytest.CaptureFixture[str]
 ) -> None:

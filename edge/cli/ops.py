@@ -142,7 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.set_defaults(func=cmd_fleet)
     sim = fl.add_parser("simulate", help="N simulated devices on a local Mosquitto: what a fleet costs")
     sim.add_argument("--devices", type=int, default=500)
-    sim.add_argument("--processes", type=int, default=2, help="simulator processes the devices are spread over")
+    sim.add_argument("--processes", type=int, help="simulator processes the devices are spread over "
+                     "(default: one per 150 devices, at least 2)")  # fmt: skip
     sim.add_argument("--heartbeat", type=float, default=10.0, help="status heartbeat of the simulated devices, s")
     sim.add_argument("--identities", type=int, default=100, help="identities in the bundle published")
     sim.add_argument("--json", action="store_true")

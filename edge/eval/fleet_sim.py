@@ -14,6 +14,7 @@ resident memory, and the bytes per device at rest, per event and per gallery upd
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -29,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.calibration import Band, Calibration, CalibrationTable
 from edge.config import load_settings
-from edge.errors import EdgeError
+from edge.errors import EdgeError, InputError
 from edge.events import Status, utc_now
 from edge.gallery.admit import Policy, load_trusted
 from edge.gallery.store import GalleryStore
@@ -37,6 +38,10 @@ from edge.gallery.sync import GallerySync
 from edge.match import GalleryHolder, Matcher
 from edge.mqtt import MqttLink, Topics
 from edge.outbox import Outbox
+
+# Each simulated device holds about 6 file descriptors (socket, paho's wake-up pair, SQLite outbox with its
+# WAL and shared memory); paho-mqtt waits with select(), which fails on descriptors above 1023.
+MAX_DEVICES_PER_PROCESS = 150
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -173,15 +178,22 @@ def _sample_event() -> int:
 
 
 def simulate(
-    devices: int = 500, processes: int = 2, heartbeat_s: float = 10.0, identities: int = 100
+    devices: int = 500, processes: int | None = None, heartbeat_s: float = 10.0, identities: int = 100
 ) -> dict[str, object]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edge.broker import LocalBroker
     from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
 
+    processes = processes or max(2, math.ceil(devices / MAX_DEVICES_PER_PROCESS))
     if not 1 <= devices <= 5000 or not 1 <= processes <= 64:
-        raise EdgeError("fleet simulate: 1-5000 devices over 1-64 processes")
+        raise InputError("fleet simulate: 1-5000 devices over 1-64 processes")
+    if math.ceil(devices / processes) > MAX_DEVICES_PER_PROCESS:
+        raise InputError(
+            f"fleet simulate: {math.ceil(devices / processes)} devices per process, over {MAX_DEVICES_PER_PROCESS}: "
+            "paho-mqtt's select() loop cannot watch file descriptors above 1023 and each simulated device holds "
+            f"about 6; use --processes {math.ceil(devices / MAX_DEVICES_PER_PROCESS)} or more"
+        )
     folder = Path(tempfile.mkdtemp(prefix="edge-fleet-"))
     sha = "ab" * 32
     try:
