@@ -67,12 +67,15 @@ class Supervisor:
         worker.beat()
 
     def check(self, now: float | None = None) -> str | None:
-        """The first fault found, or None while every worker is alive and making progress."""
+        """The fault found, or None while every worker is alive and making progress. A worker that
+        ended comes first; of several stalled ones, the one silent longest (the others are most
+        likely waiting for what it holds), the rest named after it."""
         if self.fault is not None:
             return self.fault
         now = time.monotonic() if now is None else now
         with self._lock:
             workers = list(self._workers)
+        stalled: list[tuple[float, Worker]] = []
         for w in workers:
             if w.finished:
                 continue
@@ -80,8 +83,15 @@ class Supervisor:
                 return f"worker '{w.name}' ended unexpectedly{': ' + w.note if w.note else ''}"
             idle = now - w.last_beat
             if idle > w.stall_after:
-                return f"worker '{w.name}' stalled: no progress for {idle:.0f}s (limit {w.stall_after:.0f}s)"
-        return None
+                stalled.append((idle, w))
+        if not stalled:
+            return None
+        stalled.sort(key=lambda s: -s[0])
+        idle, first = stalled[0]
+        reason = f"worker '{first.name}' stalled: no progress for {idle:.0f}s (limit {first.stall_after:.0f}s)"
+        if len(stalled) > 1:
+            reason += "; also stalled: " + ", ".join(f"'{w.name}' ({i:.0f}s)" for i, w in stalled[1:])
+        return reason
 
     @property
     def healthy(self) -> bool:

@@ -173,6 +173,20 @@ def test_the_pump_survives_an_outbox_that_cannot_delete_and_catches_up(broker: L
         sub.close()
 
 
+def test_of_several_stalled_workers_the_one_silent_longest_is_named_first() -> None:
+    sup = Supervisor(2.0, lambda reason: None)
+    loop, net, pump = sup.register("frame-loop"), sup.register("mqtt-network"), sup.register("mqtt-pump")
+    t0 = time.monotonic()
+    loop.last_beat, net.last_beat, pump.last_beat = t0 - 5.0, t0 - 3.0, t0
+    assert sup.check(now=t0) == (
+        "worker 'frame-loop' stalled: no progress for 5s (limit 2s); also stalled: 'mqtt-network' (3s)"
+    )
+    loop.last_beat = t0
+    assert sup.check(now=t0) == "worker 'mqtt-network' stalled: no progress for 3s (limit 2s)"
+    net.last_beat = t0
+    assert sup.check(now=t0) is None
+
+
 # -- supervision: killed and wedged workers end the service non-zero -------------------------
 def _raise_in(thread: threading.Thread) -> None:
     """Kill a thread from outside: raise SystemExit in it (a real thread death, no mock)."""
@@ -241,6 +255,15 @@ def app_settings(broker: LocalBroker, tmp_path: Path, **extra: dict[str, object]
 # The issue's bound: the unit's WatchdogSec. Expected here: stall 2 s + check 1 s + grace 4 s; the rest
 # is headroom for a loaded CI machine (the waits return as soon as the run ends).
 WITHIN_WATCHDOG = 30.0
+
+
+def online(broker: LocalBroker) -> None:
+    """The device has said it is online: what runs on the network thread at connect is done."""
+    status = Collector(broker.host, broker.port, "edge/supervised/status")
+    status.wait_for("status", lambda s: s["state"] == "online")
+    status.close()
+
+
 WORKERS = ["capture", "mqtt-network", "mqtt-pump", "frame-loop"]
 
 
@@ -282,8 +305,9 @@ def test_a_wedged_gallery_sync_ends_the_run(broker: LocalBroker, tmp_path: Path,
         app.gallery._lock.acquire()  # the sync will wait for it forever: a wedge, not a crash
         try:
             v = np.eye(192, dtype=np.float32)[:2]
+            # Retained: the device gets it whether or not it has subscribed yet.
             status.publish("edge/galleries/lobby", encode([Identity("a", None, v, {})], "lobby", 1,
-                                                          recognizer.embedder_sha256, key))  # fmt: skip
+                                                          recognizer.embedder_sha256, key), retain=True)  # fmt: skip
             assert running.ended(WITHIN_WATCHDOG)
             assert app.fault is not None and "worker 'gallery-sync' stalled" in app.fault
         finally:
@@ -295,6 +319,7 @@ def test_a_wedged_gallery_sync_ends_the_run(broker: LocalBroker, tmp_path: Path,
 def test_a_wedged_frame_loop_is_ended_hard(broker: LocalBroker, tmp_path: Path, recognizer: Recognizer) -> None:
     with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
         app = running.app
+        online(broker)  # the connect callback (status: statistics, outbox depth) is behind us
         app.stats._lock.acquire()  # the frame loop blocks on its next statistic: wedged
         try:
             assert running.exited.wait(WITHIN_WATCHDOG), "no hard exit"
@@ -310,6 +335,7 @@ def test_a_wedged_outbox_stalls_the_pump_and_ends_the_run(
 ) -> None:
     with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
         app = running.app
+        online(broker)
         app.outbox._lock.acquire()  # the pump waits for the outbox forever
         try:
             assert running.ended(WITHIN_WATCHDOG)
