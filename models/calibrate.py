@@ -117,6 +117,16 @@ def validate(
     return out
 
 
+def view1(lfw: Path, groups: Path) -> tuple[list[Path], list[str], np.ndarray, np.ndarray]:
+    """Every View 1 image (sorted: the order of the cached embeddings), its person's name and
+    index, and its group label (None when unlabelled)."""
+    images = sorted(lfw.glob("images/*/*.jpg"))
+    names = [p.parent.name for p in images]
+    uniq = {n: i for i, n in enumerate(sorted(set(names)))}
+    person = np.array([uniq[n] for n in names])
+    return images, names, person, G.labels_for([p.name for p in images], G.read_groups(groups))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-view1")
@@ -125,11 +135,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=HERE / ".work" / "calibrate", help="embeddings kept between runs")
     args = ap.parse_args()
-    images = sorted(args.lfw.glob("images/*/*.jpg"))
-    names = [p.parent.name for p in images]
-    uniq = {n: i for i, n in enumerate(sorted(set(names)))}
-    person = np.array([uniq[n] for n in names])
-    label = G.labels_for([p.name for p in images], G.read_groups(args.groups))
+    images, names, person, label = view1(args.lfw, args.groups)
     train_people = {
         ln.split()[0] for ln in (args.lfw / "peopleDevTrain.txt").read_text().splitlines()[1:] if ln.strip()
     }

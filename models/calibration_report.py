@@ -23,10 +23,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+sys.path.insert(0, str(HERE))
+
+from calibrate import BANDS, view1  # noqa: E402
+
 from edge.calibration import Calibration, parse_calibrations  # noqa: E402
 from edge.eval import groups as G  # noqa: E402
 
-BANDS = ((80, None), (50, 80), (36, 50), (28, 36))  # as models/calibrate.py
 NAMES = {"all": "all", "female": "female–female", "male": "male–male", "cross_group": "female–male"}
 
 
@@ -48,11 +51,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1e-4, help="stated false-match rate per comparison")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    images = sorted(args.lfw.glob("images/*/*.jpg"))
-    names = [p.parent.name for p in images]
-    uniq = {n: i for i, n in enumerate(sorted(set(names)))}
-    person = np.array([uniq[n] for n in names])
-    label = G.labels_for([p.name for p in images], G.read_groups(args.groups))
+    _, _, person, label = view1(args.lfw, args.groups)
     before, after = default_calibration(args.before), default_calibration(args.manifest)
     held_out = json.loads(args.manifest.read_text())["calibration_validation"]["by_band"]
     f = args.rate
