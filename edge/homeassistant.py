@@ -85,7 +85,6 @@ class HomeAssistant:
         self.presence = Presence(settings, topics, link, include_label)
         self._lock = threading.Lock()
         self._identities: dict[str, str | None] = {}  # id → label of identities with entities, as last published
-        self._per_identity = True  # the gallery is small enough for an entity per identity
         self._wanted: frozenset[str] = frozenset()  # object ids of the presence configs of _identities
         self._published_presence: set[str] = set()  # object ids of presence configs known to be retained
 
@@ -181,23 +180,24 @@ class HomeAssistant:
         per_identity = len(g.identity_ids) <= self.s.max_identity_entities
         identities = dict(zip(g.identity_ids, g.labels, strict=True)) if per_identity else {}
         with self._lock:
-            changed = identities != self._identities or per_identity != self._per_identity
-            if per_identity != self._per_identity:
+            switched = per_identity != self.presence.active
+            changed = identities != self._identities or switched
+            if switched:
                 log.info(
                     "home assistant: %d identities %s max_identity_entities (%d): %s",
                     len(g.identity_ids), "within" if per_identity else "over", self.s.max_identity_entities,
                     "a presence sensor per identity" if per_identity else "the event entity only (event type 'match')",
                 )  # fmt: skip
-            self._identities, self._per_identity = identities, per_identity
+            self._identities = identities
             self._wanted = frozenset(f"presence_{slug(i)}" for i in identities)
-            self.presence.active = per_identity
+            self.presence.active = per_identity  # the one record of whether entities are per identity
         if changed:
             self.publish()  # the entities of identities gone are removed first…
             self.presence.forget(set(self.presence.known) - set(identities))  # …then their topics cleared
 
     def publish(self) -> None:
         with self._lock:
-            identities, per_identity = dict(self._identities), self._per_identity
+            identities, per_identity = dict(self._identities), self.presence.active
         for d in self.configs(identities, per_identity):
             self.link.publish_retained(d.topic, json.dumps(d.payload).encode())
         self._remove_stale()
