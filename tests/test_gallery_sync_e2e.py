@@ -46,16 +46,21 @@ class Watch(Collector):
         return list(self.on("events/match"))
 
     def state_where(
-        self, pred: Callable[[dict[str, object]], bool], timeout: float = 20, since: int = 0
+        self,
+        pred: Callable[[dict[str, object]], bool],
+        timeout: float = 20,
+        since: int = 0,
+        context: Callable[[], str] = lambda: "",
     ) -> dict[str, object]:
-        """The latest state message at position >= ``since`` that satisfies ``pred``."""
+        """The latest state message at position >= ``since`` that satisfies ``pred``; on failure
+        the last states and ``context()`` (e.g. the service's log) are shown."""
         found: list[dict[str, object]] = []
 
         def check() -> bool:
             found[:] = [s for s in self.states[since:] if pred(s)]
             return bool(found)
 
-        assert self.wait_until(check, timeout), self.states[-3:]
+        assert self.wait_until(check, timeout), (self.states[-3:], context())
         return found[-1]
 
 
@@ -168,8 +173,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         rc = main(["gallery", "publish", str(big_file), "--broker", f"{broker.host}:{broker.port}", "--device", "cam1",
                    "--max-message", str(1 << 20)])  # fmt: skip
         assert rc == 0
-        assert w.wait_until(lambda: any(x.get("version") == 5 for x in w.states), 60), again.text()[-4000:]
-        s = w.state_where(lambda s: s.get("version") == 5)
+        s = w.state_where(lambda s: s.get("version") == 5, timeout=60, context=lambda: again.text()[-4000:])
         assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed"] == []
     finally:
         again.stop()

@@ -45,6 +45,20 @@ def gallery(*ids: str) -> Gallery:
     return Gallery.build([(i, i.title(), eye[k : k + 1]) for k, i in enumerate(ids)], version=1)
 
 
+def discovering(
+    broker: LocalBroker, tmp_path: Path, stop: threading.Event, settings: HomeAssistantSettings, include_label: bool
+) -> tuple[MqttLink, GalleryHolder, HomeAssistant]:
+    """A device's link with discovery attached, its gallery holding alice and carol, started."""
+    link = connected_link(broker, tmp_path, stop)
+    holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
+    ha = HomeAssistant(settings, Topics("edge", "door"), link, include_label=include_label)
+    ha.attach()
+    holder.on_change(ha.on_gallery)
+    holder.swap(gallery("alice", "carol"))
+    link.start()
+    return link, holder, ha
+
+
 def test_presence_is_on_while_seen_and_off_after_the_timeout(broker: LocalBroker, tmp_path: Path) -> None:
     stop = threading.Event()
     link = connected_link(broker, tmp_path, stop)
@@ -81,13 +95,7 @@ def test_entities_of_identities_no_longer_enrolled_are_removed_even_from_an_earl
     stale = "homeassistant/binary_sensor/door/presence_bob/config"
     watch.publish(stale, json.dumps({"name": "Bob seen"}).encode(), retain=True)
     stop = threading.Event()
-    link = connected_link(broker, tmp_path, stop)
-    holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
-    ha = HomeAssistant(HomeAssistantSettings(), Topics("edge", "door"), link, include_label=False)
-    ha.attach()
-    holder.on_change(ha.on_gallery)
-    holder.swap(gallery("alice", "carol"))
-    link.start()
+    link, holder, _ = discovering(broker, tmp_path, stop, HomeAssistantSettings(), include_label=False)
     try:
         assert link.connected.wait(10)
         watch.wait_for("binary_sensor/door/presence_bob/config", lambda p: p == b"")  # removed (empty, retained)
@@ -109,13 +117,7 @@ def test_a_watch_list_too_large_for_an_entity_each_gets_the_event_entity_only(
 ) -> None:
     watch = Collector(broker.host, broker.port, "homeassistant/#", "edge/door/presence/#")
     stop = threading.Event()
-    link = connected_link(broker, tmp_path, stop)
-    holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
-    ha = HomeAssistant(HomeAssistantSettings(max_identity_entities=3), Topics("edge", "door"), link, include_label=True)
-    ha.attach()
-    holder.on_change(ha.on_gallery)
-    holder.swap(gallery("alice", "carol"))
-    link.start()
+    link, holder, ha = discovering(broker, tmp_path, stop, HomeAssistantSettings(max_identity_entities=3), True)
     try:
         assert link.connected.wait(10)
         watch.wait_for("presence_carol/config", lambda p: isinstance(p, dict))
