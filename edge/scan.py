@@ -11,16 +11,21 @@ frame chosen so that every face lands in some window at a size it can find:
   the smallest face worth judging (``quality.min_face_px``) is 1/8 of the window.
   Tiles of a level overlap by the largest face the coarser level cannot see, so
   every face lies whole inside at least one window of the right level.
-- **Tracks**: each live track is re-detected every frame in a crop of 2.5× its
-  face, so the face fills the input (its keypoints, hence its alignment, are as
+- **Tracks**: each live track is re-detected in a crop of 2.5× its face (every frame
+  while seen lately, then every third: ``Tracker.followed``), so the face fills the input (its keypoints, hence its alignment, are as
   precise as at 1 m) and a far face costs one invoke, not a tile scan.
 - **Motion**: a 1/8-scale grey image against a running background marks where
-  something changed; windows over changes not explained by a track are scanned,
-  up to ``windows_per_frame``, the levels taking turns (coarse first) and the least
-  recently scanned first within a level: a near face is found at once, though a
-  moving body also covers many fine tiles.
-- **Background sweep**: one window every ``idle_every`` frames in turn, so a face
-  that appeared without moving is still found, and nobody in view stays cheap.
+  something changed; a pixel steady for ``SETTLE_FRAMES`` is background again (what
+  someone who left uncovered stops counting at once). Changes explained by a face
+  found this frame or in the last ``SETTLE_FRAMES`` (its head, and its body below it:
+  a walker's trail) are set aside; windows over the other changes are scanned, up to
+  ``windows_per_frame``, the levels taking turns (coarse first) and the least recently
+  scanned first within a level: a near face is found at once, and someone walking in
+  view costs the crop around their face, not the tiles over their body.
+- **Background sweep**: one window every ``idle_every`` frames, every other time the
+  next in turn (so a face that appeared without moving is still found, and nobody in
+  view stays cheap), else the least recently scanned window whose changes a face
+  explained (someone may stand behind a tracked person).
 
 Detections of all windows are merged in frame coordinates: overlapping boxes are
 one face, kept from the window that resolved it best (the face nearest 48 px at
@@ -50,6 +55,7 @@ FIND_MAX = 3 / 4
 MAX_LEVEL_RATIO = 4.0
 BEST_INPUT_PX = 48.0
 MOTION_WIDTH = 160  # the motion image is about this wide
+SETTLE_FRAMES = 10  # a motion-image pixel steady this many frames is taken into the background
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +168,16 @@ def merge(faces: Sequence[Face], input_size: int = 128, iou: float = 0.3, contai
 class Motion:
     """Where the frame changed against a running background, on a ~160 px wide grey image."""
 
-    def __init__(self, threshold: float, alpha: float = 0.1) -> None:
+    def __init__(self, threshold: float, alpha: float = 0.1, settle: int = SETTLE_FRAMES) -> None:
         self.threshold = threshold
         self.alpha = alpha
+        self.settle = settle
         self.step = 1
         self._bg: npt.NDArray[np.float32] | None = None
+        self._prev: npt.NDArray[np.float32] | None = None
+        self._still: npt.NDArray[np.uint8] | None = None  # frames each pixel has not changed, up to settle
         self._changed: npt.NDArray[np.uint8] | None = None
+        self._explained: npt.NDArray[np.uint8] | None = None  # frames since a face explained each pixel
         self._integral: npt.NDArray[np.int32] | None = None
 
     def update(self, image: ImageArray) -> None:
@@ -176,23 +186,43 @@ class Motion:
         small = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_BGR2GRAY)
         grey = cv2.blur(small, (3, 3)).astype(np.float32)
         self._integral = None
-        if self._bg is None or self._bg.shape != grey.shape or step != self.step:
-            self.step, self._bg, self._changed = step, grey, None
+        if self._bg is None or self._bg.shape != grey.shape or step != self.step or self._prev is None:
+            self.step, self._bg, self._prev, self._changed = step, grey, grey, None
+            self._still = np.zeros(grey.shape, np.uint8)
+            self._explained = np.full(grey.shape, 255, np.uint8)
             return
+        assert self._still is not None
+        # A pixel steady for ``settle`` frames is background now: what someone who left uncovered
+        # stops counting as motion at once, not after the running average has caught up.
+        steady = cv2.absdiff(grey, self._prev) < self.threshold / 2
+        self._still = np.where(steady, np.minimum(self._still + 1, self.settle), 0).astype(np.uint8)
+        settled = self._still >= self.settle
+        self._bg[settled] = grey[settled]
         self._changed = (cv2.absdiff(grey, self._bg) > self.threshold).astype(np.uint8)
         cv2.accumulateWeighted(grey, self._bg, self.alpha)
+        self._prev = grey
 
-    def mask_out(self, boxes: Sequence[Box], grow: float = 2.0) -> None:
-        """Forget changes around these boxes (tracked faces: the track's crop covers them)."""
-        if self._changed is None:
+    def mask_out(self, boxes: Sequence[Box], grow: float = 2.5, body: float = 3.5) -> None:
+        """Forget changes explained by these faces (found this frame), and by those of the last
+        ``settle`` frames (what a walker uncovers changes until it has settled): the head and
+        hair, a square ``grow`` times the face, and the body, a column ``body`` faces wide from
+        the chin down."""
+        if self._changed is None or self._explained is None:
             return
         h, w = self._changed.shape
+        age = self._explained
+        np.minimum(age.astype(np.uint16) + 1, 255, out=age, casting="unsafe")
         for b in boxes:
             cx, cy = (b.x0 + b.x1) / 2 / self.step, (b.y0 + b.y1) / 2 / self.step
-            half = max(b.width, b.height) * grow / 2 / self.step
+            side = max(b.width, b.height) / self.step
+            half = side * grow / 2
             y0, y1 = max(0, int(cy - half)), min(h, int(cy + half) + 1)
             x0, x1 = max(0, int(cx - half)), min(w, int(cx + half) + 1)
-            self._changed[y0:y1, x0:x1] = 0
+            age[y0:y1, x0:x1] = 0
+            half = side * body / 2
+            x0, x1 = max(0, int(cx - half)), min(w, int(cx + half) + 1)
+            age[max(0, int(cy + side * 0.5)) :, x0:x1] = 0
+        self._changed[age <= self.settle + 1] = 0
         self._integral = None
 
     def bounds(self, windows: Sequence[Region]) -> npt.NDArray[np.intp]:
@@ -242,6 +272,7 @@ class Scanner:
         self._level: npt.NDArray[np.intp] = np.zeros(0, np.intp)  # the layout's level of each window
         self._last_scan: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._sweep_next = 0
+        self._sweeps = 0
         self._frame = 0
         self.last = ScanStats(0, 0, 0)
 
@@ -255,37 +286,58 @@ class Scanner:
         return self._layout
 
     def detect(self, image: ImageArray, tracked: Sequence[Box] = ()) -> list[Face]:
-        """Faces of one video frame: crops around ``tracked`` boxes, changed windows, one sweep window."""
+        """Faces of one video frame: crops around ``tracked`` boxes, changed windows no face found
+        this frame explains, one sweep window."""
         if self.settings.mode == "whole":  # the whole frame letterboxed, nothing else
             self.last = ScanStats(0, 0, 1)
             return self.detector.detect(image)
         h, w = image.shape[:2]
         lay = self.layout_for(w, h)
         self._frame += 1
-        faces: list[Face] = []
-        for box in tracked:
-            faces += self.detector.detect(image, track_region(box, self.settings.track_crop))
+        faces = self._follow(image, tracked)
         self.motion.update(image)
-        self.motion.mask_out(tracked)
         if self._bounds is None:  # the motion image's scale is known after its first update
             self._bounds = self.motion.bounds(lay.windows)
-        changed = np.flatnonzero(self.motion.changed_in(self._bounds))
+        moved = self.motion.changed_in(self._bounds)
+        self.motion.mask_out([f.box for f in faces])  # what the faces found this frame explain
+        unexplained = self.motion.changed_in(self._bounds)
+        changed = np.flatnonzero(unexplained)
         chosen = [int(i) for i in self._by_level_in_turn(changed)[: self.settings.windows_per_frame]]
         sweep = 0
         if self._frame % self.settings.idle_every == 0:
-            # The background sweep: the next window in turn not already chosen this frame.
-            for _ in range(len(lay)):
-                i = self._sweep_next
-                self._sweep_next = (self._sweep_next + 1) % len(lay)
-                if i not in chosen:
-                    chosen.append(i)
-                    sweep = 1
-                    break
+            i = self._sweep_window(np.flatnonzero(moved & ~unexplained), set(chosen))
+            if i is not None:
+                chosen.append(i)
+                sweep = 1
         for i in chosen:
             faces += self.detector.detect(image, lay.windows[i])
             self._last_scan[i] = self._frame
         self.last = ScanStats(len(tracked), len(chosen) - sweep, sweep)
         return merge(faces, self.detector.spec.size)
+
+    def _follow(self, image: ImageArray, tracked: Sequence[Box]) -> list[Face]:
+        """Re-detect each tracked face in a crop around its box: the face fills the input, so its
+        keypoints are as precise as at 1 m, whatever the frame size."""
+        faces: list[Face] = []
+        for box in tracked:
+            faces += self.detector.detect(image, track_region(box, self.settings.track_crop))
+        return faces
+
+    def _sweep_window(self, explained: npt.NDArray[np.intp], taken: set[int]) -> int | None:
+        """The background sweep's window this time: every other time, the least recently scanned
+        window whose changes a face explained (someone could stand behind a tracked person); else
+        the next window in turn. None when every candidate is already scanned this frame."""
+        assert self._layout is not None
+        self._sweeps += 1
+        fresh = [int(i) for i in explained if int(i) not in taken]
+        if fresh and self._sweeps % 2 == 0:
+            return min(fresh, key=lambda i: int(self._last_scan[i]))
+        for _ in range(len(self._layout)):
+            i = self._sweep_next
+            self._sweep_next = (self._sweep_next + 1) % len(self._layout)
+            if i not in taken:
+                return i
+        return None
 
     def _by_level_in_turn(self, changed: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
         """Changed windows in scan order: levels take turns, coarse first, and within a level the least

@@ -23,6 +23,8 @@ import numpy as np
 from edge.config import TrackingSettings
 from edge.types import Box, Face, Match
 
+FOLLOW_MISSED = 3  # a track missed more frames in a row than this is re-detected in its crop less often
+
 
 @dataclass(frozen=True, slots=True)
 class Vote:
@@ -128,8 +130,14 @@ class Tracker:
         track.non_face = track.non_face or not_a_face
 
     def followed(self) -> list[Box]:
-        """Boxes of the live tracks worth re-detecting in a crop of their own."""
-        return [t.box for t in self.tracks if not t.non_face]
+        """Boxes of the live tracks worth re-detecting in a crop of their own: faces, every frame
+        while seen within the last ``FOLLOW_MISSED`` frames, then every ``FOLLOW_MISSED``-th frame
+        until the track ends (someone who left costs a third as much while their track lives on)."""
+        return [
+            t.box
+            for t in self.tracks
+            if not t.non_face and (t.missed <= FOLLOW_MISSED or t.missed % FOLLOW_MISSED == 0)
+        ]
 
     def add_evidence(self, track: Track, match: Match, quality: float, box: Box, now: float) -> Confirmation | None:
         """Record one match for a track; a Confirmation when an identity newly reaches K of M."""

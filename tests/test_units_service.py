@@ -187,3 +187,20 @@ def test_a_track_ends_after_max_missed_frames() -> None:
     assert tr.tracks == []
     ((again, _),) = tr.update([_face(10)], now=0.2)
     assert again.id != track.id  # a new track: its evidence starts over
+
+
+def test_a_track_missed_a_while_is_re_detected_in_its_crop_less_often_until_it_ends() -> None:
+    from edge.track import FOLLOW_MISSED
+
+    tr = Tracker(TrackingSettings(max_missed_frames=15))
+    ((track, _),) = tr.update([_face(10)], now=0.0)
+    followed = []
+    for k in range(15):
+        followed.append(tr.followed() == [track.box])
+        tr.update([], now=(k + 1) * 0.03)
+    assert followed[: FOLLOW_MISSED + 1] == [True] * (FOLLOW_MISSED + 1)  # every frame at first
+    later = followed[FOLLOW_MISSED + 1 :]
+    assert 0 < sum(later) <= len(later) // FOLLOW_MISSED + 1  # then every FOLLOW_MISSED-th frame
+    assert tr.tracks == [track]  # the track lives on, to take its face back
+    ((again, _),) = tr.update([_face(10)], now=0.5)
+    assert again is track and tr.followed() == [track.box]
