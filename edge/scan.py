@@ -202,7 +202,7 @@ class Motion:
         cv2.accumulateWeighted(grey, self._bg, self.alpha)
         self._prev = grey
 
-    def mask_out(self, boxes: Sequence[Box], grow: float = 2.5, body: float = 3.5) -> None:
+    def mask_out(self, boxes: Sequence[Box], grow: float = 3.0, body: float = 3.5) -> None:
         """Forget changes explained by these faces (found this frame), and by those of the last
         ``settle`` frames (what a walker uncovers changes until it has settled): the head and
         hair, a square ``grow`` times the face, and the body, a column ``body`` faces wide from
