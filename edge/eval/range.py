@@ -237,6 +237,7 @@ def run_distance(
     }
     if latencies:
         out["event_latency_ms_p50"] = round(float(np.percentile(latencies, 50)), 1)
+        out["event_latency_ms_p90"] = round(float(np.percentile(latencies, 90)), 1)
         out["event_latency_ms_max"] = round(float(max(latencies)), 1)
     return out
 
