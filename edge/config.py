@@ -280,6 +280,14 @@ class TrackingSettings(Section):
     stranger_recheck_s: float = Field(
         0.5, gt=0, description="Re-embed an unconfirmed track with a full window this often."
     )
+    undecided_recheck_s: float = Field(
+        0.2,
+        gt=0,
+        description="Re-embed an unconfirmed track with a full window this often instead while one of its recent matches scored within undecided_margin of its threshold (a far face near the line gets more looks; a clear stranger does not cost more).",
+    )
+    undecided_margin: float = Field(
+        0.1, ge=0, le=1, description="How far below its threshold a match counts as undecided (cosine similarity)."
+    )
     cooldown_s: float = Field(30.0, ge=0, description="Least time between two events for the same identity.")
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 A face is associated with a track by box overlap (IoU, greedy on the IoU matrix).
 The embedder runs only for tracks that need evidence: a new or unconfirmed track
 (every frame until its window of M embeddings is full, then every
+``undecided_recheck_s`` while a recent match scored near its threshold, else every
 ``stranger_recheck_s``), and a confirmed track every ``recheck_s``. So people
 standing still cost about one detector run per frame.
 
@@ -121,7 +122,8 @@ class Tracker:
             return now - track.last_embed >= self.p.recheck_s
         if len(track.votes) < self.p.confirm_m:
             return True
-        return now - track.last_embed >= self.p.stranger_recheck_s
+        undecided = any(v.match.score >= v.match.threshold - self.p.undecided_margin for v in track.votes)
+        return now - track.last_embed >= (self.p.undecided_recheck_s if undecided else self.p.stranger_recheck_s)
 
     def defer(self, track: Track, now: float, not_a_face: bool = False) -> None:
         """The face failed the quality gate: try again a little later, not every frame.

@@ -83,6 +83,19 @@ def test_tracker_never_confirms_a_stranger_and_backs_off() -> None:
     assert not tr.needs_evidence(track, 0.2) and tr.needs_evidence(track, 0.7)
 
 
+def test_an_unconfirmed_face_scoring_near_its_threshold_is_looked_at_more_often_than_a_clear_stranger() -> None:
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, stranger_recheck_s=0.5, undecided_recheck_s=0.2))
+    for i in range(5):
+        t = i * 0.03
+        ((near, fa), (clear, fb)) = tr.update([_face(50), _face(400)], now=t)
+        # Threshold 0.5: 0.45 is within undecided_margin (0.1) below it, 0.3 a clear stranger.
+        tr.add_evidence(near, _match("carol", False, 0.45), 0.9, fa.box, t)
+        tr.add_evidence(clear, _match("dave", False, 0.3), 0.9, fb.box, t)
+    last = 4 * 0.03
+    assert not tr.needs_evidence(near, last + 0.15) and tr.needs_evidence(near, last + 0.21)
+    assert not tr.needs_evidence(clear, last + 0.21) and tr.needs_evidence(clear, last + 0.51)
+
+
 def test_latest_frame_drops_the_stalest_and_counts() -> None:
     slot, stop = LatestFrame(), threading.Event()
     img = np.zeros((8, 8, 3), np.uint8)
