@@ -116,7 +116,7 @@ class DetectionSettings(Section):
         2,
         ge=1,
         le=100,
-        description="Scan one more window of the frame, in turn, every this many frames (finds faces that did not move).",
+        description="Scan one more window every this many frames: alternately the next in turn (finds faces that did not move) and the longest unscanned one over motion that a tracked face explains (someone behind them).",
     )
     motion_threshold: float = Field(
         12.0, gt=0, le=255, description="Grey-level change (0-255) that counts as motion on the 1/8-scale image."
