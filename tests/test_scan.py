@@ -275,3 +275,35 @@ def test_what_someone_who_left_uncovered_stops_counting_as_motion_once_steady() 
     assert changed["settling"][0] > 50 and changed["averaging"][0] > 50  # a change at first
     assert changed["settling"][SETTLE_FRAMES + 1] == 0  # steady for SETTLE_FRAMES: background again
     assert changed["averaging"][SETTLE_FRAMES + 1] > 50  # the average alone would still see a change
+
+
+def test_a_face_that_appears_where_a_tracked_person_explains_the_motion_is_found_by_the_sweep() -> None:
+    rec = Recognizer(Settings())
+    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
+    tracker = Tracker(TrackingSettings())
+    rng = np.random.default_rng(7)
+    hall = gradient_background(1280, 720, rng)
+    for _ in range(5):
+        scanner.detect(sensor_noise(hall, rng), tracker.followed())
+    walker = "Laura_Bush/Laura_Bush_0004.jpg"
+    for i in range(20):  # someone near walks slowly through; tracked
+        frame = person_frame(hall, 400.0 + 2 * i, 200.0, 90.0, walker)
+        tracker.update(scanner.detect(sensor_noise(frame, rng), tracker.followed()), i / 30)
+    # A far face, still, in front of the walker's body: every change there is "explained".
+    # The sweep's turn has just passed the windows that hold it: in turn, it would wait a
+    # whole round of the layout (over 100 frames).
+    lay = scanner.layout_for(1280, 720)
+    holding = [k for k, w in enumerate(lay.windows) if w.x0 <= 413 <= 447 <= w.x1 and w.y0 <= 403 <= 437 <= w.y1]
+    scanner._sweep_next = (max(holding) + 1) % len(lay)
+    found = None
+    for i in range(20, 80):
+        cx = 400.0 + 2 * i
+        frame = person_frame(hall, cx, 200.0, 90.0, walker)
+        paste(frame, read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg"), 430.0, 420.0, 34.0)
+        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed())
+        tracker.update(faces, i / 30)
+        assert found_at(faces, cx, 200.0, 90.0)  # the walker stays followed
+        if found_at(faces, 430.0, 420.0, 34.0):
+            found = i - 19
+            break
+    assert found is not None, "the face in front of the motion a track explains was not scanned in 2 s"
