@@ -12,8 +12,9 @@ frame chosen so that every face lands in some window at a size it can find:
   Tiles of a level overlap by the largest face the coarser level cannot see, so
   every face lies whole inside at least one window of the right level.
 - **Tracks**: each live track is re-detected in a crop of 2.5× its face (every frame
-  while seen lately, then every third: ``Tracker.followed``), so the face fills the input (its keypoints, hence its alignment, are as
-  precise as at 1 m) and a far face costs one invoke, not a tile scan.
+  while seen lately, then every third: ``Tracker.followed``), so the face fills the
+  input (its keypoints, hence its alignment, are as precise as at 1 m) and a far face
+  costs one invoke, not a tile scan.
 - **Motion**: a 1/8-scale grey image against a running background marks where
   something changed; a pixel steady for ``SETTLE_FRAMES`` is background again (what
   someone who left uncovered stops counting at once). Changes explained by a face
@@ -202,7 +203,7 @@ class Motion:
         cv2.accumulateWeighted(grey, self._bg, self.alpha)
         self._prev = grey
 
-    def mask_out(self, boxes: Sequence[Box], grow: float = 3.0, body: float = 3.5) -> None:
+    def explain(self, boxes: Sequence[Box], grow: float = 3.0, body: float = 3.5) -> None:
         """Forget changes explained by these faces (found this frame), and by those of the last
         ``settle`` frames (what a walker uncovers changes until it has settled): the head and
         hair, a square ``grow`` times the face, and the body, a column ``body`` faces wide from
@@ -211,7 +212,7 @@ class Motion:
             return
         h, w = self._changed.shape
         age = self._explained
-        np.minimum(age.astype(np.uint16) + 1, 255, out=age, casting="unsafe")
+        np.add(age, 1, out=age, where=age < 255)
         for b in boxes:
             cx, cy = (b.x0 + b.x1) / 2 / self.step, (b.y0 + b.y1) / 2 / self.step
             side = max(b.width, b.height) / self.step
@@ -298,13 +299,14 @@ class Scanner:
         self.motion.update(image)
         if self._bounds is None:  # the motion image's scale is known after its first update
             self._bounds = self.motion.bounds(lay.windows)
-        moved = self.motion.changed_in(self._bounds)
-        self.motion.mask_out([f.box for f in faces])  # what the faces found this frame explain
+        sweep_due = self._frame % self.settings.idle_every == 0
+        moved = self.motion.changed_in(self._bounds) if sweep_due else None
+        self.motion.explain([f.box for f in faces])  # what the faces found this frame explain
         unexplained = self.motion.changed_in(self._bounds)
         changed = np.flatnonzero(unexplained)
         chosen = [int(i) for i in self._by_level_in_turn(changed)[: self.settings.windows_per_frame]]
         sweep = 0
-        if self._frame % self.settings.idle_every == 0:
+        if moved is not None:
             i = self._sweep_window(np.flatnonzero(moved & ~unexplained), set(chosen))
             if i is not None:
                 chosen.append(i)
