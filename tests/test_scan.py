@@ -216,15 +216,22 @@ def person_frame(background: np.ndarray, cx: float, cy: float, face: float, name
     return frame
 
 
-def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body() -> None:
-    rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
+def watching_an_empty_hall(
+    recognizer: Recognizer, seed: int
+) -> tuple[Scanner, Tracker, np.random.Generator, np.ndarray]:
+    """A scanner and a tracker that have watched an empty 1280×720 hall for 5 frames."""
+    scanner = Scanner(recognizer.detector, DetectionSettings(), 28.0)
     tracker = Tracker(TrackingSettings())
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     hall = gradient_background(1280, 720, rng)
-    lay = scanner.layout_for(1280, 720)
     for _ in range(5):
         scanner.detect(sensor_noise(hall, rng), tracker.followed())
+    return scanner, tracker, rng, hall
+
+
+def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body(recognizer: Recognizer) -> None:
+    scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 4)
+    lay = scanner.layout_for(1280, 720)
     costs, visited = [], set()
     for i in range(60):  # 60 frames walking sideways, 3 px a frame: head and torso move
         frame = person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg")
@@ -277,14 +284,10 @@ def test_what_someone_who_left_uncovered_stops_counting_as_motion_once_steady() 
     assert changed["averaging"][SETTLE_FRAMES + 1] > 50  # the average alone would still see a change
 
 
-def test_a_face_that_appears_where_a_tracked_person_explains_the_motion_is_found_by_the_sweep() -> None:
-    rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
-    tracker = Tracker(TrackingSettings())
-    rng = np.random.default_rng(7)
-    hall = gradient_background(1280, 720, rng)
-    for _ in range(5):
-        scanner.detect(sensor_noise(hall, rng), tracker.followed())
+def test_a_face_that_appears_where_a_tracked_person_explains_the_motion_is_found_by_the_sweep(
+    recognizer: Recognizer,
+) -> None:
+    scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 7)
     walker = "Laura_Bush/Laura_Bush_0004.jpg"
     for i in range(20):  # someone near walks slowly through; tracked
         frame = person_frame(hall, 400.0 + 2 * i, 200.0, 90.0, walker)
