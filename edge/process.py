@@ -46,7 +46,7 @@ class FrameProcessor:
         clock = time.perf_counter
         rec, tracker, now = self.rec, self.tracker, frame.ts
         t0 = clock()
-        faces = self.scanner.detect(frame.image, tracker.followed())
+        faces = self.scanner.detect(frame.image, tracker.followed(now))
         t1 = clock()
         pairs = tracker.update(faces, now)
         if self.on_seen is not None:  # identities of confirmed tracks in view this frame (presence)

@@ -47,7 +47,7 @@ import numpy.typing as npt
 
 from edge.config import DetectionSettings
 from edge.detect import Detector, Region
-from edge.types import Box, Face, ImageArray
+from edge.types import Box, Face, Follow, ImageArray
 
 # A face is found when its box side is between these fractions of the window side.
 FIND_MIN = 1 / 8
@@ -182,9 +182,11 @@ class Motion:
         self._integral: npt.NDArray[np.int32] | None = None
 
     def update(self, image: ImageArray) -> None:
-        w = image.shape[1]
+        h, w = image.shape[:2]
         step = max(1, w // MOTION_WIDTH)
-        small = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_BGR2GRAY)
+        # Every step-th pixel: image[::step, ::step] where step divides the frame (no strided copy).
+        size = (-(-w // step), -(-h // step))
+        small = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_NEAREST), cv2.COLOR_BGR2GRAY)
         grey = cv2.blur(small, (3, 3)).astype(np.float32)
         self._integral = None
         if self._bg is None or self._bg.shape != grey.shape or step != self.step or self._prev is None:
@@ -226,6 +228,18 @@ class Motion:
         self._changed[age <= self.settle + 1] = 0
         self._integral = None
 
+    def steady(self, box: Box, frames: int, fraction: float = 0.9) -> bool:
+        """Has at least ``fraction`` of ``box`` (frame pixels) been steady, frame to frame, for the
+        last ``frames`` frames (at most ``settle``)? Then what was there is still there."""
+        if self._still is None or frames > self.settle:
+            return False
+        s = self.step
+        h, w = self._still.shape
+        x0, y0 = max(0, int(box.x0 / s)), max(0, int(box.y0 / s))
+        x1, y1 = min(w, math.ceil(box.x1 / s)), min(h, math.ceil(box.y1 / s))
+        patch = self._still[y0:y1, x0:x1]
+        return patch.size > 0 and int(np.count_nonzero(patch >= frames)) >= fraction * patch.size
+
     def bounds(self, windows: Sequence[Region]) -> npt.NDArray[np.intp]:
         """(n, 4) window corners on the motion image (x0, y0, x1, y1): computed once per layout."""
         s = self.step
@@ -254,6 +268,7 @@ class ScanStats:
     track_windows: int
     motion_windows: int
     sweep_windows: int
+    held: int = 0  # tracks not re-detected, nothing in their crop having changed: no invoke
 
     @property
     def invokes(self) -> int:
@@ -286,17 +301,17 @@ class Scanner:
             self._sweep_next = 0
         return self._layout
 
-    def detect(self, image: ImageArray, tracked: Sequence[Box] = ()) -> list[Face]:
-        """Faces of one video frame: crops around ``tracked`` boxes, changed windows no face found
-        this frame explains, one sweep window."""
+    def detect(self, image: ImageArray, tracked: Sequence[Follow] = ()) -> list[Face]:
+        """Faces of one video frame: crops around ``tracked`` faces (or the face itself when nothing
+        in it changed), changed windows no face found this frame explains, one sweep window."""
         if self.settings.mode == "whole":  # the whole frame letterboxed, nothing else
             self.last = ScanStats(0, 0, 1)
             return self.detector.detect(image)
         h, w = image.shape[:2]
         lay = self.layout_for(w, h)
         self._frame += 1
-        faces = self._follow(image, tracked)
         self.motion.update(image)
+        faces, held = self._follow(image, tracked)
         if self._bounds is None:  # the motion image's scale is known after its first update
             self._bounds = self.motion.bounds(lay.windows)
         sweep_due = self._frame % self.settings.idle_every == 0
@@ -314,16 +329,28 @@ class Scanner:
         for i in chosen:
             faces += self.detector.detect(image, lay.windows[i])
             self._last_scan[i] = self._frame
-        self.last = ScanStats(len(tracked), len(chosen) - sweep, sweep)
+        self.last = ScanStats(len(tracked) - held, len(chosen) - sweep, sweep, held)
         return merge(faces, self.detector.spec.size)
 
-    def _follow(self, image: ImageArray, tracked: Sequence[Box]) -> list[Face]:
+    def _follow(self, image: ImageArray, tracked: Sequence[Follow]) -> tuple[list[Face], int]:
         """Re-detect each tracked face in a crop around its box: the face fills the input, so its
-        keypoints are as precise as at 1 m, whatever the frame size."""
+        keypoints are as precise as at 1 m, whatever the frame size. A face offered as ``still``
+        whose pixels have not changed since it was found is kept as it was (someone standing
+        still costs nothing between the looks their track needs), and a lost face is looked for
+        again only where its crop changed. Returns faces, and how many tracks cost no invoke."""
         faces: list[Face] = []
-        for box in tracked:
-            faces += self.detector.detect(image, track_region(box, self.settings.track_crop))
-        return faces
+        held = 0
+        for f in tracked:
+            if f.still is not None and self.motion.steady(f.still.box, f.held + 1):
+                faces.append(f.still)
+                held += 1
+                continue
+            crop = track_region(f.box, self.settings.track_crop)
+            if f.lost and self.motion.steady(Box(crop.x0, crop.y0, crop.x1, crop.y1), f.lost, fraction=0.98):
+                held += 1  # not found there, and nothing there changed since: it is not there now
+                continue
+            faces += self.detector.detect(image, crop)
+        return faces, held
 
     def _sweep_window(self, explained: npt.NDArray[np.intp], taken: set[int]) -> int | None:
         """The background sweep's window this time: every other time, the least recently scanned

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import TrackingSettings
-from edge.types import Box, Face, Match
+from edge.types import Box, Face, Follow, Match
 
 FOLLOW_MISSED = 3  # a track missed more frames in a row than this is re-detected in its crop less often
 
@@ -46,6 +46,8 @@ class Track:
     votes: deque[Vote] = field(default_factory=deque)
     reported: set[str] = field(default_factory=set)
     non_face: bool = False  # the face mesh said this is not a face: no crop re-detection for it
+    face: Face | None = None  # the face it was last found as
+    held: int = 0  # frames in a row it was kept at ``face`` because nothing there changed
 
     @property
     def confirmed(self) -> bool:
@@ -103,6 +105,8 @@ class Tracker:
                 used_f.add(fi)
                 track = self.tracks[ti]
                 track.box, track.last_seen, track.missed = faces[fi].box, now, 0
+                track.held = track.held + 1 if faces[fi] is track.face else 0
+                track.face = faces[fi]
                 pairs.append((track, faces[fi]))
         for ti, track in enumerate(self.tracks):
             if ti not in used_t:
@@ -110,7 +114,7 @@ class Tracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.p.max_missed_frames]
         for fi, face in enumerate(faces):
             if fi not in used_f:
-                track = Track(next(self._ids), face.box, now, now, votes=deque(maxlen=self.p.confirm_m))
+                track = Track(next(self._ids), face.box, now, now, votes=deque(maxlen=self.p.confirm_m), face=face)
                 self.tracks.append(track)
                 pairs.append((track, face))
         return pairs
@@ -131,12 +135,20 @@ class Tracker:
         track.retry_at = now + self.p.stranger_recheck_s / 5
         track.non_face = track.non_face or not_a_face
 
-    def followed(self) -> list[Box]:
-        """Boxes of the live tracks worth re-detecting in a crop of their own: faces, every frame
-        while seen within the last ``FOLLOW_MISSED`` frames, then every ``FOLLOW_MISSED``-th frame
-        until the track ends (someone who left costs a third as much while their track lives on)."""
+    def followed(self, now: float) -> list[Follow]:
+        """The live tracks worth re-detecting in a crop of their own: faces, every frame while
+        seen within the last ``FOLLOW_MISSED`` frames, then every ``FOLLOW_MISSED``-th frame
+        until the track ends (someone who left costs a third as much while their track lives on).
+        A track seen last frame that needs no evidence now offers its face as ``still``: the
+        scanner keeps it there without a detector run if nothing in it changed since; a lost
+        one is looked for only where its crop changed since it was lost."""
         return [
-            t.box
+            Follow(
+                t.box,
+                t.face if t.missed == 0 and t.face is not None and not self.needs_evidence(t, now) else None,
+                t.held,
+                t.missed,
+            )
             for t in self.tracks
             if not t.non_face and (t.missed <= FOLLOW_MISSED or t.missed % FOLLOW_MISSED == 0)
         ]

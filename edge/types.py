@@ -75,6 +75,20 @@ class Face:
 
 
 @dataclass(frozen=True, slots=True)
+class Follow:
+    """A live track the scanner re-detects in a crop of its own. ``still`` is the face it was
+    last found as, offered when the track needs no evidence this frame: if nothing in that face
+    changed for the ``held`` frames since it was found, plus this one, it is still there and no
+    detector runs for it. A track ``lost`` frames ago whose crop has not changed since is not
+    looked for again: the detector would see what it saw when it lost the face."""
+
+    box: Box
+    still: Face | None = None
+    held: int = 0
+    lost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Quality:
     """Outcome of the quality gate for one face: ``reason`` is empty when accepted."""
 

@@ -12,9 +12,10 @@ from edge.detect import Region
 from edge.eval.scenes import gradient_background, paste, sensor_noise
 from edge.imageio import read_image
 from edge.pipeline import Recognizer
+from edge.quality import NOT_A_FACE
 from edge.scan import FIND_MAX, FIND_MIN, Scanner, layout, merge, track_region
 from edge.track import Tracker
-from edge.types import Box, Face
+from edge.types import Box, Face, Match
 
 from .conftest import FACES
 
@@ -109,7 +110,7 @@ def test_a_face_across_a_tile_border_is_one_face_and_one_track(recognizer: Recog
     rng = np.random.default_rng(1)
     ids = set()
     for i in range(len(lay) * 2 + 4):
-        faces = scanner.detect(sensor_noise(image, rng), tracker.followed())
+        faces = scanner.detect(sensor_noise(image, rng), tracker.followed(i / 30))
         ids |= {t.id for t, _ in tracker.update(faces, i / 30)}
     assert len(ids) == 1 and len(tracker.tracks) == 1
     assert scanner.last.track_windows == 1
@@ -225,7 +226,7 @@ def watching_an_empty_hall(
     rng = np.random.default_rng(seed)
     hall = gradient_background(1280, 720, rng)
     for _ in range(5):
-        scanner.detect(sensor_noise(hall, rng), tracker.followed())
+        scanner.detect(sensor_noise(hall, rng), tracker.followed(0.0))
     return scanner, tracker, rng, hall
 
 
@@ -235,7 +236,7 @@ def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body
     costs, visited = [], set()
     for i in range(60):  # 60 frames walking sideways, 3 px a frame: head and torso move
         frame = person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg")
-        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed())
+        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30))
         tracker.update(faces, i / 30)
         if i >= 20:  # a first, rougher detection's track has ended by then
             assert len(found_at(faces, 400.0 + 3 * i, 250.0, 44.0)) == 1
@@ -251,7 +252,7 @@ def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body
     for i in range(60, 68):
         frame = person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg")
         paste(frame, read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg"), 1000.0, 300.0, 36.0)
-        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed())
+        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30))
         tracker.update(faces, i / 30)
         if found_at(faces, 1000.0, 300.0, 36.0):
             found = i - 59
@@ -291,7 +292,7 @@ def test_a_face_that_appears_where_a_tracked_person_explains_the_motion_is_found
     walker = "Laura_Bush/Laura_Bush_0004.jpg"
     for i in range(20):  # someone near walks slowly through; tracked
         frame = person_frame(hall, 400.0 + 2 * i, 200.0, 90.0, walker)
-        tracker.update(scanner.detect(sensor_noise(frame, rng), tracker.followed()), i / 30)
+        tracker.update(scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30)), i / 30)
     # A far face, still, in front of the walker's body: every change there is "explained".
     # The sweep's turn has just passed the windows that hold it: in turn, it would wait a
     # whole round of the layout (over 100 frames).
@@ -303,10 +304,94 @@ def test_a_face_that_appears_where_a_tracked_person_explains_the_motion_is_found
         cx = 400.0 + 2 * i
         frame = person_frame(hall, cx, 200.0, 90.0, walker)
         paste(frame, read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg"), 430.0, 420.0, 34.0)
-        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed())
+        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30))
         tracker.update(faces, i / 30)
         assert found_at(faces, cx, 200.0, 90.0)  # the walker stays followed
         if found_at(faces, 430.0, 420.0, 34.0):
             found = i - 19
             break
     assert found is not None, "the face in front of the motion a track explains was not scanned in 2 s"
+
+
+def looked_at(recognizer: Recognizer, image: np.ndarray, tracker: Tracker, pairs: list, now: float) -> None:
+    """What the frame loop does for tracks that need evidence: the quality gate (the face mesh
+    rejects what is not a face), then a match that accepts (only whether a track needs a fresh
+    look is the scanner's business)."""
+    need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
+    for (track, face), a in zip(need, recognizer.align(image, [f for _, f in need]), strict=True):
+        if a.quality.ok:
+            tracker.add_evidence(track, Match("alice", "Alice", 0.9, 0.1, 0.5, 1e-6, True), 1.0, face.box, now)
+        else:
+            tracker.defer(track, now, not_a_face=a.quality.reason.startswith(NOT_A_FACE))
+
+
+def test_a_still_tracked_face_costs_no_detector_run_until_it_moves_or_its_track_needs_a_look(
+    recognizer: Recognizer,
+) -> None:
+    from edge.scan import SETTLE_FRAMES
+
+    scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 8)
+    still = person_frame(hall, 600.0, 300.0, 60.0, "Colin_Powell/Colin_Powell_0038.jpg")
+    params = TrackingSettings()
+    costs = []
+    for i in range(40):  # standing still (a camera's noise in every frame)
+        now = i / 30
+        image = sensor_noise(still, rng)
+        faces = scanner.detect(image, tracker.followed(now))
+        looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
+        assert len(found_at(faces, 600.0, 300.0, 60.0)) == 1 and len(tracker.tracks) == 1
+        costs.append((scanner.last.track_windows, scanner.last.held))
+    assert tracker.tracks[0].confirmed
+    # Every frame until confirmed (confirm_k accepting looks), then kept without a run between
+    # the looks its track needs, but re-detected at least every SETTLE_FRAMES frames.
+    assert costs[1 : params.confirm_k] == [(1, 0)] * (params.confirm_k - 1)  # frame 0 found it by motion
+    later = costs[params.confirm_k :]
+    assert sum(held for _, held in later) >= len(later) * (SETTLE_FRAMES - 1) // SETTLE_FRAMES - 1
+    assert 1 <= sum(run for run, _ in later) <= len(later) // SETTLE_FRAMES + 1
+    # Its re-check is due: a fresh detection, not the kept face.
+    now = params.recheck_s + 1.0
+    assert tracker.followed(now)[0].still is None
+    scanner.detect(sensor_noise(still, rng), tracker.followed(now))
+    assert scanner.last.track_windows == 1 and scanner.last.held == 0
+    # They walk away, 4 px a frame: re-detected every frame, found where they are.
+    for i in range(12):
+        now = params.recheck_s + 1.0 + (i + 1) / 30
+        cx = 600.0 + 4 * (i + 1)
+        image = sensor_noise(person_frame(hall, cx, 300.0, 60.0, "Colin_Powell/Colin_Powell_0038.jpg"), rng)
+        faces = scanner.detect(image, tracker.followed(now))
+        looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
+        assert (scanner.last.track_windows, scanner.last.held) == (1, 0)
+        assert len(found_at(faces, cx, 300.0, 60.0)) == 1 and len(tracker.tracks) == 1
+
+
+def test_a_lost_face_is_looked_for_again_only_where_its_crop_changed(recognizer: Recognizer) -> None:
+    scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 9)
+    person = person_frame(hall, 500.0, 300.0, 60.0, "Laura_Bush/Laura_Bush_0004.jpg")
+    for i in range(6):
+        now = i / 30
+        image = sensor_noise(person, rng)
+        faces = scanner.detect(image, tracker.followed(now))
+        looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
+    (track,) = [t for t in tracker.tracks if not t.non_face]
+    # Someone steps in front and stays: the face is gone, its crop changed once, then not.
+    blocked = hall.copy()
+    blocked[200:420, 420:580] = (30, 90, 30)
+    costs = []
+    for i in range(6, 12):
+        now = i / 30
+        image = sensor_noise(blocked, rng)
+        faces = scanner.detect(image, tracker.followed(now))
+        looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
+        assert not found_at(faces, 500.0, 300.0, 60.0)
+        costs.append((scanner.last.track_windows, scanner.last.held))
+    assert costs[0] == (1, 0)  # the frame it changed: looked for
+    # Unchanged since: not looked for (the track, offered every frame at first, then every
+    # FOLLOW_MISSED-th, is passed over), and the track lives on.
+    assert [run for run, _ in costs[1:]] == [0] * 5 and sum(held for _, held in costs[1:]) >= 3
+    assert track in tracker.tracks and track.missed == 6
+    # They step aside: the crop changed, the face is looked for and taken back by its track.
+    now = 12 / 30
+    faces = scanner.detect(sensor_noise(person, rng), tracker.followed(now))
+    assert scanner.last.track_windows == 1
+    tracker.update(faces, now)
+    assert track in tracker.tracks and track.missed == 0

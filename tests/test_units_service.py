@@ -209,11 +209,11 @@ def test_a_track_missed_a_while_is_re_detected_in_its_crop_less_often_until_it_e
     ((track, _),) = tr.update([_face(10)], now=0.0)
     followed = []
     for k in range(15):
-        followed.append(tr.followed() == [track.box])
+        followed.append([f.box for f in tr.followed(k * 0.03)] == [track.box])
         tr.update([], now=(k + 1) * 0.03)
     assert followed[: FOLLOW_MISSED + 1] == [True] * (FOLLOW_MISSED + 1)  # every frame at first
     later = followed[FOLLOW_MISSED + 1 :]
     assert 0 < sum(later) <= len(later) // FOLLOW_MISSED + 1  # then every FOLLOW_MISSED-th frame
     assert tr.tracks == [track]  # the track lives on, to take its face back
     ((again, _),) = tr.update([_face(10)], now=0.5)
-    assert again is track and tr.followed() == [track.box]
+    assert again is track and [f.box for f in tr.followed(0.5)] == [track.box]
