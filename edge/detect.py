@@ -178,8 +178,11 @@ class Detector:
         self._canvas[:] = 0.0  # [-1, 1] input: 0 is mid-grey, MediaPipe's letterbox padding
         if cx1 > cx0 and cy1 > cy0:
             part = image[cy0:cy1, cx0:cx1]
-            shrink = p.scale < 1
-            small = cv2.resize(part, (dw, dh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            # Bilinear, as MediaPipe feeds BlazeFace, unless shrinking more than 2x (it would alias):
+            # area averaging there. OpenCV's INTER_AREA at a fractional ratio under 2 costs ~0.2 ms
+            # per window at 128 px, bilinear ~0.03 ms.
+            fine = p.scale >= 0.5
+            small = cv2.resize(part, (dw, dh), interpolation=cv2.INTER_LINEAR if fine else cv2.INTER_AREA)
             rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
             self._canvas[dy : dy + dh, dx : dx + dw] = rgb.astype(np.float32) * (2.0 / 255.0) - 1.0
         return self._canvas[None], p

@@ -14,7 +14,10 @@ frame chosen so that every face lands in some window at a size it can find:
 - **Tracks**: each live track is re-detected in a crop of 2.5× its face (every frame
   while seen lately, then every third: ``Tracker.followed``), so the face fills the
   input (its keypoints, hence its alignment, are as precise as at 1 m) and a far face
-  costs one invoke, not a tile scan.
+  costs one invoke, not a tile scan. A track that needs no evidence this frame, whose
+  face's pixels have not changed since it was found (at most ``SETTLE_FRAMES`` frames
+  ago), is kept as it was: someone standing still costs nothing between the looks their
+  track needs. A lost track is looked for only where its crop changed since.
 - **Motion**: a 1/8-scale grey image against a running background marks where
   something changed; a pixel steady for ``SETTLE_FRAMES`` is background again (what
   someone who left uncovered stops counting at once). Changes explained by a face
