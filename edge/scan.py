@@ -60,6 +60,7 @@ MAX_LEVEL_RATIO = 4.0
 BEST_INPUT_PX = 48.0
 MOTION_WIDTH = 160  # the motion image is about this wide
 SETTLE_FRAMES = 10  # a motion-image pixel steady this many frames is taken into the background
+HOLD_STEADY = 0.75  # a tracked face is where it was when this share of its pixels is unchanged since
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +232,7 @@ class Motion:
         self._changed[age <= self.settle + 1] = 0
         self._integral = None
 
-    def steady(self, box: Box, frames: int, fraction: float = 0.9) -> bool:
+    def steady(self, box: Box, frames: int, fraction: float) -> bool:
         """Has at least ``fraction`` of ``box`` (frame pixels) been steady, frame to frame, for the
         last ``frames`` frames (at most ``settle``)? Then what was there is still there."""
         if self._still is None or frames > self.settle:
@@ -344,7 +345,7 @@ class Scanner:
         faces: list[Face] = []
         held = 0
         for f in tracked:
-            if f.still is not None and self.motion.steady(f.still.box, f.held + 1):
+            if f.still is not None and self.motion.steady(f.still.box, f.held + 1, HOLD_STEADY):
                 faces.append(f.still)
                 held += 1
                 continue
