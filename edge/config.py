@@ -288,6 +288,11 @@ class TrackingSettings(Section):
     undecided_margin: float = Field(
         0.1, ge=0, le=1, description="How far below its threshold a match counts as undecided (cosine similarity)."
     )
+    undecided_eager_s: float = Field(
+        0.3,
+        ge=0,
+        description="An unconfirmed track whose recent matches are undecided is embedded every frame for this long after it began, then every undecided_recheck_s: face -> event within about this long whenever three of its looks agree (0: only its first confirm_m frames).",
+    )
     cooldown_s: float = Field(30.0, ge=0, description="Least time between two events for the same identity.")
 
     @model_validator(mode="after")

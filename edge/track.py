@@ -2,10 +2,11 @@
 
 A face is associated with a track by box overlap (IoU, greedy on the IoU matrix).
 The embedder runs only for tracks that need evidence: a new or unconfirmed track
-(every frame until its window of M embeddings is full, then every
-``undecided_recheck_s`` while a recent match scored near its threshold, else every
-``stranger_recheck_s``), and a confirmed track every ``recheck_s``. So people
-standing still cost about one detector run per frame.
+(every frame until its window of M embeddings is full, and while a recent match
+scored near its threshold for its first ``undecided_eager_s``; then every
+``undecided_recheck_s`` while one did, else every ``stranger_recheck_s``), and a
+confirmed track every ``recheck_s``. Between those looks a face that did not move
+costs no detector run either (``edge.scan``).
 
 An identity is confirmed for a track when at least K of the track's last M
 matches accepted that same identity. One event per (track, identity); a
@@ -127,6 +128,8 @@ class Tracker:
         if len(track.votes) < self.p.confirm_m:
             return True
         undecided = any(v.match.score >= v.match.threshold - self.p.undecided_margin for v in track.votes)
+        if undecided and now - track.first_seen < self.p.undecided_eager_s:
+            return True  # a face near its threshold, just arrived: every look counts towards a prompt event
         return now - track.last_embed >= (self.p.undecided_recheck_s if undecided else self.p.stranger_recheck_s)
 
     def defer(self, track: Track, now: float, not_a_face: bool = False) -> None:

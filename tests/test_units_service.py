@@ -84,7 +84,11 @@ def test_tracker_never_confirms_a_stranger_and_backs_off() -> None:
 
 
 def test_an_unconfirmed_face_scoring_near_its_threshold_is_looked_at_more_often_than_a_clear_stranger() -> None:
-    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, stranger_recheck_s=0.5, undecided_recheck_s=0.2))
+    tr = Tracker(
+        TrackingSettings(
+            confirm_k=3, confirm_m=5, stranger_recheck_s=0.5, undecided_recheck_s=0.2, undecided_eager_s=0.0
+        )
+    )
     for i in range(5):
         t = i * 0.03
         ((near, fa), (clear, fb)) = tr.update([_face(50), _face(400)], now=t)
@@ -94,6 +98,23 @@ def test_an_unconfirmed_face_scoring_near_its_threshold_is_looked_at_more_often_
     last = 4 * 0.03
     assert not tr.needs_evidence(near, last + 0.15) and tr.needs_evidence(near, last + 0.21)
     assert not tr.needs_evidence(clear, last + 0.21) and tr.needs_evidence(clear, last + 0.51)
+
+
+def test_a_face_near_its_threshold_is_looked_at_every_frame_for_its_first_undecided_eager_s() -> None:
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, undecided_recheck_s=0.2, undecided_eager_s=0.3))
+    looked = {"near": 0, "clear": 0}
+    for i in range(12):  # 0.4 s at 30 frames/s
+        t = i / 30
+        ((near, fa), (clear, fb)) = tr.update([_face(50), _face(400)], now=t)
+        if tr.needs_evidence(near, t):
+            looked["near"] += 1
+            tr.add_evidence(near, _match("carol", False, 0.45), 0.9, fa.box, t)  # threshold 0.5: near
+        if tr.needs_evidence(clear, t):
+            looked["clear"] += 1
+            tr.add_evidence(clear, _match("dave", False, 0.3), 0.9, fb.box, t)  # a clear stranger
+    # Every frame while under 0.3 s old (frames 0-8), then the 0.2 s re-check: none due by 0.37 s.
+    assert looked == {"near": 9, "clear": 5}
+    assert not near.confirmed and tr.needs_evidence(near, 8 / 30 + 0.21)
 
 
 def test_latest_frame_drops_the_stalest_and_counts() -> None:
