@@ -113,7 +113,7 @@ class DetectionSettings(Section):
         description="Most frame windows scanned per frame where something moved (besides one crop per tracked face).",
     )
     idle_every: int = Field(
-        2,
+        3,
         ge=1,
         le=100,
         description="Scan one more window every this many frames: alternately the next in turn (finds faces that did not move) and the longest unscanned one over motion that a tracked face explains (someone behind them).",
