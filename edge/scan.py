@@ -202,10 +202,11 @@ class Motion:
         # A pixel steady for ``settle`` frames is background now: what someone who left uncovered
         # stops counting as motion at once, not after the running average has caught up.
         steady = cv2.absdiff(grey, self._prev) < self.threshold / 2
-        self._still = np.where(steady, np.minimum(self._still + 1, self.settle), 0).astype(np.uint8)
-        settled = self._still >= self.settle
-        self._bg[settled] = grey[settled]
-        self._changed = (cv2.absdiff(grey, self._bg) > self.threshold).astype(np.uint8)
+        still = self._still  # in place: +1 up to settle where steady, else 0
+        np.add(still, 1, out=still, where=still < self.settle)
+        still *= steady
+        np.copyto(self._bg, grey, where=still >= self.settle)
+        self._changed = np.greater(cv2.absdiff(grey, self._bg), self.threshold).view(np.uint8)
         cv2.accumulateWeighted(grey, self._bg, self.alpha)
         self._prev = grey
 
@@ -229,7 +230,7 @@ class Motion:
             half = side * body / 2
             x0, x1 = max(0, int(cx - half)), min(w, int(cx + half) + 1)
             age[max(0, int(cy + side * 0.5)) :, x0:x1] = 0
-        self._changed[age <= self.settle + 1] = 0
+        self._changed *= age > self.settle + 1
         self._integral = None
 
     def steady(self, box: Box, frames: int, fraction: float) -> bool:
