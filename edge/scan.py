@@ -26,6 +26,10 @@ frame chosen so that every face lands in some window at a size it can find:
   ``windows_per_frame``, the levels taking turns (coarse first) and the least recently
   scanned first within a level: a near face is found at once, and someone walking in
   view costs the crop around their face, not the tiles over their body.
+- **First round**: the motion model takes the first frame as its background, so whoever
+  is in view when watching begins is found by looking: until every window has been
+  scanned once, up to ``windows_per_frame`` not yet scanned are added each frame (coarse
+  first), what motion takes not counted.
 - **Background sweep**: one window every ``idle_every`` frames, every other time the
   next in turn (so a face that appeared without moving is still found, and nobody in
   view stays cheap), else the least recently scanned window whose changes a face
@@ -272,7 +276,7 @@ class ScanStats:
 
     track_windows: int
     motion_windows: int
-    sweep_windows: int
+    sweep_windows: int  # the background sweep and, at first, the first round
     held: int = 0  # tracks not re-detected, nothing in their crop having changed: no invoke
 
     @property
@@ -293,9 +297,15 @@ class Scanner:
         self._level: npt.NDArray[np.intp] = np.zeros(0, np.intp)  # the layout's level of each window
         self._last_scan: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._sweep_next = 0
+        self._first_round = True  # every window not yet scanned once since the layout was made
         self._sweeps = 0
         self._frame = 0
         self.last = ScanStats(0, 0, 0)
+
+    @property
+    def first_round(self) -> bool:
+        """Still looking at every window once since watching began (or the frame size changed)."""
+        return self._first_round and self.settings.mode != "whole"
 
     def layout_for(self, width: int, height: int) -> Layout:
         if self._layout is None or (self._layout.width, self._layout.height) != (width, height):
@@ -304,6 +314,7 @@ class Scanner:
             self._last_scan = np.full(len(self._layout), -(10**9), np.int64)
             self._level = np.array(self._layout.level_of, np.intp)
             self._sweep_next = 0
+            self._first_round = True
         return self._layout
 
     def detect(self, image: ImageArray, tracked: Sequence[Follow] = ()) -> list[Face]:
@@ -326,11 +337,17 @@ class Scanner:
         changed = np.flatnonzero(unexplained)
         chosen = [int(i) for i in self._by_level_in_turn(changed)[: self.settings.windows_per_frame]]
         sweep = 0
+        if self._first_round:  # what was in view when watching began is the motion model's background
+            never = [int(i) for i in np.flatnonzero(self._last_scan < 0) if int(i) not in chosen]
+            first = never[: max(0, self.settings.windows_per_frame - len(chosen))]
+            chosen += first
+            sweep += len(first)
+            self._first_round = len(never) > len(first)
         if moved is not None:
             i = self._sweep_window(np.flatnonzero(moved & ~unexplained), set(chosen))
             if i is not None:
                 chosen.append(i)
-                sweep = 1
+                sweep += 1
         for i in chosen:
             faces += self.detector.detect(image, lay.windows[i])
             self._last_scan[i] = self._frame

@@ -121,7 +121,9 @@ def test_a_face_that_appears_is_found_through_motion_within_a_few_frames() -> No
     scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
     rng = np.random.default_rng(2)
     empty = gradient_background(1280, 720, rng)
-    for _ in range(5):  # the background settles; nothing moves
+    for _ in range(20):  # the first round looks at every window once; nothing moves
+        assert scanner.detect(sensor_noise(empty, rng)) == []
+    for _ in range(5):
         assert scanner.detect(sensor_noise(empty, rng)) == []
         assert scanner.last.motion_windows == 0 and scanner.last.invokes <= 1
     person = compose(1280, 720, [("Venus_Williams/Venus_Williams_0004.jpg", 900.0, 300.0, 44.0)], seed=2)
@@ -166,17 +168,45 @@ def test_changed_windows_take_levels_in_turn_coarse_first_least_recently_scanned
     assert list(order) == [0, mid[0], fine[1], mid[1], fine[2], fine[0]]
 
 
-def test_the_background_sweep_visits_every_window_and_costs_one_invoke_every_other_frame() -> None:
+def test_the_first_round_then_the_background_sweep_visit_every_window_and_cost_one_invoke_every_other_frame() -> None:
     rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(idle_every=2), 28.0)
+    settings = DetectionSettings(idle_every=2)
+    scanner = Scanner(rec.detector, settings, 28.0)
     frame = np.full((720, 1280, 3), 100, np.uint8)
     lay = scanner.layout_for(1280, 720)
+    first = -(-len(lay) // settings.windows_per_frame)
+    costs = []
+    for _ in range(first):  # the first round: windows_per_frame a frame (and the sweep's own)
+        scanner.detect(frame)
+        costs.append(scanner.last.invokes)
+    assert len(lay) <= sum(costs) and max(costs) <= settings.windows_per_frame + 1
+    assert (scanner._last_scan > 0).all()  # every window was looked at once
+    scanned = scanner._last_scan.copy()
     invokes = 0
     for _ in range(2 * len(lay)):
         scanner.detect(frame)
         invokes += scanner.last.invokes
-    assert invokes == len(lay)  # one window every second frame
-    assert (scanner._last_scan > 0).all()  # every window was looked at
+    assert invokes == len(lay)  # then one window every second frame
+    assert (scanner._last_scan > scanned).all()  # every window was looked at again
+
+
+def test_a_face_in_view_when_watching_begins_is_found_in_the_first_round(recognizer: Recognizer) -> None:
+    # Still from the first frame on: to the motion model, part of the background. In the last
+    # fine tile of a 1080p layout, the sweep in turn would reach it after some 400 frames.
+    lay = layout(1920, 1080, 28.0)
+    cx, cy = 1800.0, 1000.0
+    image = compose(1920, 1080, [("Venus_Williams/Venus_Williams_0004.jpg", cx, cy, 40.0)])
+    holding = [k for k, w in enumerate(lay.windows) if responsible(w, cx - 20, cy - 20, 40.0)]
+    assert holding and min(holding) > len(lay) * 0.9
+    scanner = recognizer.scanner()
+    rng = np.random.default_rng(11)
+    found = None
+    for i in range(len(lay)):
+        if found_at(scanner.detect(sensor_noise(image, rng)), cx, cy, 40.0):
+            found = i + 1
+            break
+        assert scanner.last.motion_windows == 0  # nothing moved: only looking finds it
+    assert found is not None and found <= -(-len(lay) // scanner.settings.windows_per_frame)
 
 
 def test_track_crop_follows_a_face_near_the_frame_edge(recognizer: Recognizer) -> None:
@@ -220,12 +250,12 @@ def person_frame(background: np.ndarray, cx: float, cy: float, face: float, name
 def watching_an_empty_hall(
     recognizer: Recognizer, seed: int
 ) -> tuple[Scanner, Tracker, np.random.Generator, np.ndarray]:
-    """A scanner and a tracker that have watched an empty 1280×720 hall for 5 frames."""
+    """A scanner and a tracker that have watched an empty 1280×720 hall for 20 frames."""
     scanner = Scanner(recognizer.detector, DetectionSettings(), 28.0)
     tracker = Tracker(TrackingSettings())
     rng = np.random.default_rng(seed)
     hall = gradient_background(1280, 720, rng)
-    for _ in range(5):
+    for _ in range(20):  # the first round (every window once) is over
         scanner.detect(sensor_noise(hall, rng), tracker.followed(0.0))
     return scanner, tracker, rng, hall
 
@@ -234,11 +264,12 @@ def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body
     scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 4)
     lay = scanner.layout_for(1280, 720)
     costs, visited = [], set()
-    for i in range(60):  # 60 frames walking sideways, 3 px a frame: head and torso move
+    for i in range(80):  # 80 frames walking sideways, 3 px a frame: head and torso move
         frame = person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg")
         faces = scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30))
         tracker.update(faces, i / 30)
-        if i >= 20:  # a first, rougher detection's track has ended by then
+        if i >= 35:  # a false face beside the head, found early, has ended its track by then (the face
+            # mesh would have rejected it; max_missed_frames after it was lost)
             assert len(found_at(faces, 400.0 + 3 * i, 250.0, 44.0)) == 1
             costs.append((scanner.last.track_windows, scanner.last.motion_windows))
             visited |= {int(k) for k in np.flatnonzero(scanner._last_scan == scanner._frame)}
@@ -249,13 +280,13 @@ def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body
     assert under_body and under_body & visited
     # Someone else appears elsewhere: unexplained motion, found within a few frames.
     found = None
-    for i in range(60, 68):
+    for i in range(80, 88):
         frame = person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg")
         paste(frame, read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg"), 1000.0, 300.0, 36.0)
         faces = scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30))
         tracker.update(faces, i / 30)
         if found_at(faces, 1000.0, 300.0, 36.0):
-            found = i - 59
+            found = i - 79
             break
         assert scanner.last.motion_windows >= 1
     assert found is not None and found <= 4
