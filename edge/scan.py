@@ -65,6 +65,7 @@ BEST_INPUT_PX = 48.0
 MOTION_WIDTH = 160  # the motion image is about this wide
 SETTLE_FRAMES = 10  # a motion-image pixel steady this many frames is taken into the background
 HOLD_STEADY = 0.75  # a tracked face is where it was when this share of its pixels is unchanged since
+LOST_STEADY = 0.98  # a lost face is not looked for again while this share of its crop is unchanged since
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,7 @@ class Motion:
         grey = cv2.blur(small, (3, 3)).astype(np.float32)
         self._integral = None
         if self._bg is None or self._bg.shape != grey.shape or step != self.step or self._prev is None:
-            self.step, self._bg, self._prev, self._changed = step, grey, grey, None
+            self.step, self._bg, self._prev, self._changed = step, grey.copy(), grey, None
             self._still = np.zeros(grey.shape, np.uint8)
             self._explained = np.full(grey.shape, 255, np.uint8)
             return
@@ -368,7 +369,7 @@ class Scanner:
                 held += 1
                 continue
             crop = track_region(f.box, self.settings.track_crop)
-            if f.lost and self.motion.steady(Box(crop.x0, crop.y0, crop.x1, crop.y1), f.lost, fraction=0.98):
+            if f.lost and self.motion.steady(Box(crop.x0, crop.y0, crop.x1, crop.y1), f.lost, LOST_STEADY):
                 held += 1  # not found there, and nothing there changed since: it is not there now
                 continue
             faces += self.detector.detect(image, crop)
