@@ -46,7 +46,7 @@ class Track:
     retry_at: float = float("-inf")
     votes: deque[Vote] = field(default_factory=deque)
     reported: set[str] = field(default_factory=set)
-    non_face: bool = False  # the face mesh said this is not a face: no crop re-detection for it
+    non_face: bool = False  # the face mesh's last look said this is not a face: no crop re-detection for it
     face: Face | None = None  # the face it was last found as
     held: int = 0  # frames in a row it was kept at ``face`` because nothing there changed
 
@@ -134,9 +134,10 @@ class Tracker:
 
     def defer(self, track: Track, now: float, not_a_face: bool = False) -> None:
         """The face failed the quality gate: try again a little later, not every frame.
-        A detection the face mesh says is not a face is no longer followed in its own crop."""
+        A detection the face mesh says is not a face is not followed in its own crop until a
+        later look (the track may since hold a tighter box of a real face) says it is one."""
         track.retry_at = now + self.p.stranger_recheck_s / 5
-        track.non_face = track.non_face or not_a_face
+        track.non_face = not_a_face
 
     def followed(self, now: float) -> list[Follow]:
         """The live tracks worth re-detecting in a crop of their own: faces, every frame while
@@ -159,6 +160,7 @@ class Tracker:
     def add_evidence(self, track: Track, match: Match, quality: float, box: Box, now: float) -> Confirmation | None:
         """Record one match for a track; a Confirmation when an identity newly reaches K of M."""
         track.last_embed = now
+        track.non_face = False  # it passed the quality gate: a face
         track.votes.append(Vote(match, quality, box))
         if not match.accepted or match.identity_id is None or match.identity_id in track.reported:
             return None

@@ -238,3 +238,20 @@ def test_a_track_missed_a_while_is_re_detected_in_its_crop_less_often_until_it_e
     assert tr.tracks == [track]  # the track lives on, to take its face back
     ((again, _),) = tr.update([_face(10)], now=0.5)
     assert again is track and [f.box for f in tr.followed(0.5)] == [track.box]
+
+
+def test_a_track_the_face_mesh_called_no_face_is_followed_again_once_a_later_look_finds_a_face() -> None:
+    tr = Tracker(TrackingSettings(stranger_recheck_s=0.5))
+    ((track, _),) = tr.update([_face(10)], now=0.0)  # a loose box from a coarse window: "not a face"
+    tr.defer(track, 0.0, not_a_face=True)
+    assert tr.followed(0.03) == []  # not re-detected in its own crop
+    ((same, _),) = tr.update([_face(11)], now=0.03)  # the tiles find the face there again
+    assert same is track and not tr.needs_evidence(track, 0.03)  # its next look waits a little
+    assert tr.followed(0.06) == []
+    assert tr.needs_evidence(track, 0.1)
+    tr.defer(track, 0.1, not_a_face=False)  # a face this time, head turned: followed again
+    assert [f.box for f in tr.followed(0.13)] == [track.box]
+    tr.defer(track, 0.2, not_a_face=True)
+    assert tr.followed(0.23) == []
+    tr.add_evidence(track, _match(None, False, 0.2), 1.0, track.box, 0.3)  # it passed the quality gate
+    assert [f.box for f in tr.followed(0.33)] == [track.box]
