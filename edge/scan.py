@@ -33,7 +33,9 @@ frame chosen so that every face lands in some window at a size it can find:
 - **Background sweep**: one window every ``idle_every`` frames, every other time the
   next in turn (so a face that appeared without moving is still found, and nobody in
   view stays cheap), else the least recently scanned window whose changes a face
-  explained (someone may stand behind a tracked person).
+  explained (someone may stand behind a tracked person). A window scanned since the
+  sweep in turn last passed it (for motion, or in the first round) is passed over without
+  a detector run: every window is still looked at at least once between two turns.
 
 Detections of all windows are merged in frame coordinates: overlapping boxes are
 one face, kept from the window that resolved it best (the face nearest 48 px at
@@ -251,11 +253,15 @@ class Motion:
         return patch.size > 0 and int(np.count_nonzero(patch >= frames)) >= fraction * patch.size
 
     def bounds(self, windows: Sequence[Region]) -> npt.NDArray[np.intp]:
-        """(n, 4) window corners on the motion image (x0, y0, x1, y1): computed once per layout."""
+        """(n, 4) window corners on the motion image (x0, y0, x1, y1), inside it: computed once per
+        layout, after the first update (which sets the motion image's size)."""
+        assert self._still is not None
+        h, w = self._still.shape
         s = self.step
-        return np.array(
+        corners = np.array(
             [(int(r.x0 / s), int(r.y0 / s), math.ceil(r.x1 / s), math.ceil(r.y1 / s)) for r in windows], np.intp
         )
+        return np.clip(corners, 0, np.array([w, h, w, h], np.intp))
 
     def changed_in(self, bounds: npt.NDArray[np.intp], min_pixels: int = 3) -> npt.NDArray[np.bool_]:
         """For every window at once: did at least ``min_pixels`` of its motion-image pixels change?"""
@@ -264,8 +270,7 @@ class Motion:
         if self._integral is None:
             self._integral = np.asarray(cv2.integral(self._changed), np.int32)
         ii = self._integral
-        x0, x1 = np.clip(bounds[:, 0], 0, ii.shape[1] - 1), np.clip(bounds[:, 2], 0, ii.shape[1] - 1)
-        y0, y1 = np.clip(bounds[:, 1], 0, ii.shape[0] - 1), np.clip(bounds[:, 3], 0, ii.shape[0] - 1)
+        x0, y0, x1, y1 = bounds.T
         total = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
         changed: npt.NDArray[np.bool_] = total >= min_pixels
         return changed
@@ -297,6 +302,7 @@ class Scanner:
         self._bounds: npt.NDArray[np.intp] | None = None  # the layout's windows on the motion image
         self._level: npt.NDArray[np.intp] = np.zeros(0, np.intp)  # the layout's level of each window
         self._last_scan: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._swept: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # when the sweep in turn last passed each window
         self._sweep_next = 0
         self._first_round = True  # every window not yet scanned once since the layout was made
         self._sweeps = 0
@@ -314,6 +320,7 @@ class Scanner:
             self._bounds = None
             self._last_scan = np.full(len(self._layout), -(10**9), np.int64)
             self._level = np.array(self._layout.level_of, np.intp)
+            self._swept = np.full(len(self._layout), -(10**9), np.int64)
             self._sweep_next = 0
             self._first_round = True
         return self._layout
@@ -378,7 +385,8 @@ class Scanner:
     def _sweep_window(self, explained: npt.NDArray[np.intp], taken: set[int]) -> int | None:
         """The background sweep's window this time: every other time, the least recently scanned
         window whose changes a face explained (someone could stand behind a tracked person); else
-        the next window in turn. None when every candidate is already scanned this frame."""
+        the next window in turn. None when every candidate is already scanned this frame, or when
+        the window in turn was scanned since the sweep last passed it (nothing to catch up on)."""
         assert self._layout is not None
         self._sweeps += 1
         fresh = [int(i) for i in explained if int(i) not in taken]
@@ -388,6 +396,10 @@ class Scanner:
             i = self._sweep_next
             self._sweep_next = (self._sweep_next + 1) % len(self._layout)
             if i not in taken:
+                if self._last_scan[i] > self._swept[i]:  # looked at since the sweep last passed it
+                    self._swept[i] = self._frame
+                    return None
+                self._swept[i] = self._frame
                 return i
         return None
 

@@ -181,6 +181,11 @@ def test_the_first_round_then_the_background_sweep_visit_every_window_and_cost_o
         costs.append(scanner.last.invokes)
     assert len(lay) <= sum(costs) and max(costs) <= settings.windows_per_frame + 1
     assert (scanner._last_scan > 0).all()  # every window was looked at once
+    invokes = 0
+    for _ in range(2 * len(lay)):  # one round of the sweep: it passes over what the first round just saw
+        scanner.detect(frame)
+        invokes += scanner.last.invokes
+    assert invokes < len(lay) // 4
     scanned = scanner._last_scan.copy()
     invokes = 0
     for _ in range(2 * len(lay)):
@@ -188,6 +193,28 @@ def test_the_first_round_then_the_background_sweep_visit_every_window_and_cost_o
         invokes += scanner.last.invokes
     assert invokes == len(lay)  # then one window every second frame
     assert (scanner._last_scan > scanned).all()  # every window was looked at again
+
+
+def test_the_sweep_passes_over_a_window_looked_at_since_it_last_came_by() -> None:
+    rec = Recognizer(Settings())
+    scanner = Scanner(rec.detector, DetectionSettings(idle_every=1), 28.0)
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    lay = scanner.layout_for(640, 480)
+    scanner._first_round = False
+    swept = []
+    for _ in range(len(lay)):  # a first pass of the sweep in turn: every window, one a frame
+        scanner.detect(frame)
+        swept.append(int(np.argmax(scanner._last_scan)))
+        assert scanner.last.sweep_windows == 1
+    assert sorted(swept) == list(range(len(lay)))
+    scanner._last_scan[3] = scanner._frame  # window 3 looked at since (by motion, say)
+    costs = []
+    for _ in range(2 * len(lay)):
+        scanner.detect(frame)
+        costs.append(scanner.last.sweep_windows)
+    assert costs[3] == 0  # passed over, the once
+    assert costs[len(lay) + 3] == 1  # and looked at when the sweep comes by again
+    assert sum(costs) == 2 * len(lay) - 1
 
 
 def test_a_face_in_view_when_watching_begins_is_found_in_the_first_round(recognizer: Recognizer) -> None:
@@ -265,11 +292,11 @@ def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body
     lay = scanner.layout_for(1280, 720)
     costs, visited = [], set()
     for i in range(80):  # 80 frames walking sideways, 3 px a frame: head and torso move
-        frame = person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg")
-        faces = scanner.detect(sensor_noise(frame, rng), tracker.followed(i / 30))
-        tracker.update(faces, i / 30)
+        image = sensor_noise(person_frame(hall, 400.0 + 3 * i, 250.0, 44.0, "Laura_Bush/Laura_Bush_0004.jpg"), rng)
+        faces = scanner.detect(image, tracker.followed(i / 30))
+        looked_at(recognizer, image, tracker, tracker.update(faces, i / 30), i / 30)
         if i >= 35:  # a false face beside the head, found early, has ended its track by then (the face
-            # mesh would have rejected it; max_missed_frames after it was lost)
+            # mesh rejected it: not followed in its own crop; max_missed_frames after it was lost)
             assert len(found_at(faces, 400.0 + 3 * i, 250.0, 44.0)) == 1
             costs.append((scanner.last.track_windows, scanner.last.motion_windows))
             visited |= {int(k) for k in np.flatnonzero(scanner._last_scan == scanner._frame)}
