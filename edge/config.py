@@ -128,9 +128,9 @@ class DetectionSettings(Section):
 
 class QualitySettings(Section):
     min_face_px: float = Field(
-        28.0,
+        24.0,
         gt=0,
-        description="Smallest face (box side, pixels) that is judged. Measured on LFW View 1 (README, 'Range'): at 28 px 85% of genuine faces still pass the threshold, at 24 px 77%; the region scanner looks for faces down to this size.",
+        description="Smallest face (box side, pixels) that is judged, each size band with its own calibrated threshold (models/manifest.json has bands down to 24 px; README, 'What the device promises at each face size'); the region scanner looks for faces down to this size.",
     )
     min_sharpness: float = Field(15.0, ge=0, description="Minimum variance of the Laplacian of the aligned crop.")
     max_yaw: float = Field(

@@ -15,7 +15,7 @@ from edge import align as align_mod
 from edge.config import ModelSettings, Settings
 from edge.detect import Detector, DetectorKind, load_detector
 from edge.embed import Embedder, load_embedder
-from edge.errors import InputError
+from edge.errors import InputError, ModelError
 from edge.imageio import check_frame
 from edge.landmarks import MeshRefiner, load_refiner
 from edge.match import Matcher
@@ -58,6 +58,13 @@ class Recognizer:
         gallery in force lives in a ``GalleryHolder``."""
         if self._matcher is None:
             calibration = self.manifest.calibration_for(self.embedder_sha256, self.pipeline_id)
+            smallest = calibration.bands[-1].min_px
+            if self.limits.min_face_px < smallest:
+                raise ModelError(
+                    f"quality.min_face_px = {self.limits.min_face_px:g}: below the smallest face-size band the "
+                    f"calibration of {self.pipeline_id} measured ({smallest:g} px), so faces that small have no "
+                    "known false-match rate; raise it, or calibrate smaller faces (models/calibrate.py)"
+                )
             self._matcher = Matcher(calibration, self.settings.match)
         return self._matcher
 

@@ -8,7 +8,8 @@ frame chosen so that every face lands in some window at a size it can find:
 
 - **Layout** (per frame size, computed once): the whole frame, then levels of
   overlapping square tiles, each level about 2–4× smaller, down to tiles in which
-  the smallest face worth judging (``quality.min_face_px``) is 1/8 of the window.
+  the smallest face worth judging (``quality.min_face_px``) is ``REACH`` × 1/8 of the
+  window (where the detector still finds it).
   Tiles of a level overlap by the largest face the coarser level cannot see, so
   every face lies whole inside at least one window of the right level.
 - **Tracks**: each live track is re-detected in a crop of 2.5× its face (every frame
@@ -61,6 +62,9 @@ from edge.types import Box, Face, Follow, ImageArray
 # A face is found when its box side is between these fractions of the window side.
 FIND_MIN = 1 / 8
 FIND_MAX = 3 / 4
+# A window answers for faces down to this share of FIND_MIN (found there too, less surely): the
+# finest tiles are laid out so that the smallest face judged is just that.
+REACH = 0.85
 # Consecutive levels differ by at most this factor (each level covers a 6× size range).
 MAX_LEVEL_RATIO = 4.0
 BEST_INPUT_PX = 48.0
@@ -94,16 +98,19 @@ def _positions(length: int, side: float, overlap: float) -> list[float]:
 
 
 def layout(width: int, height: int, min_face: float) -> Layout:
-    """Whole frame, then tile levels down to windows where ``min_face`` is 1/8 of the side."""
+    """Whole frame, then tile levels down to windows that answer for faces of ``min_face``
+    (``REACH`` × 1/8 of their side)."""
     long_side = float(max(width, height))
-    finest = min_face / FIND_MIN
-    windows = [Region(0.0, 0.0, float(width), float(height), min_face=long_side * FIND_MIN * 0.85, kind="frame")]
-    level_of = [0]
+    finest = min_face / (FIND_MIN * REACH)
     sides = [long_side]
     if long_side > finest * 1.25:
         n = math.ceil(math.log(long_side / finest) / math.log(MAX_LEVEL_RATIO))
         ratio = (long_side / finest) ** (1.0 / n)
         sides += [long_side / ratio**k for k in range(1, n + 1)]
+    # Without tiles (a small image) the frame is the finest window: it answers down to min_face.
+    frame_min = long_side * FIND_MIN * REACH if len(sides) > 1 else min(long_side * FIND_MIN * REACH, min_face)
+    windows = [Region(0.0, 0.0, float(width), float(height), min_face=frame_min, kind="frame")]
+    level_of = [0]
     for k in range(1, len(sides)):
         side, coarser = sides[k], sides[k - 1]
         # Faces below what the coarser level finds must fit whole in some tile: overlap by them.
@@ -113,7 +120,7 @@ def layout(width: int, height: int, min_face: float) -> Layout:
                 windows.append(
                     Region(
                         x, y, min(x + side, width), min(y + side, height),
-                        min_face=side * FIND_MIN * 0.85, max_face=side * FIND_MAX * 1.1, kind="tile",
+                        min_face=side * FIND_MIN * REACH, max_face=side * FIND_MAX * 1.1, kind="tile",
                     )
                 )  # fmt: skip
                 level_of.append(k)

@@ -41,7 +41,7 @@ from edge.pipeline import Recognizer  # noqa: E402
 from edge.runtime import load_manifest  # noqa: E402
 
 # (min_px, max_px): box side of the detected face. LFW deep-funneled faces are ~106 px boxed.
-BANDS: tuple[tuple[float, float | None], ...] = ((80, None), (50, 80), (36, 50), (28, 36))
+BANDS: tuple[tuple[float, float | None], ...] = ((80, None), (50, 80), (36, 50), (28, 36), (24, 28))
 NATIVE_BOX_PX = 106.0
 ALIGNMENTS = ("mesh5", "keypoints4")
 EMBEDDERS = ("fp32", "int8")

@@ -65,3 +65,15 @@ def test_embedder_runs_any_batch_size() -> None:
     one = np.concatenate([model.run(x[i : i + 1])[0] for i in range(4)])
     assert four.shape == (4, 192)
     np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-4)
+
+
+def test_the_calibration_covers_every_face_the_gate_admits_and_a_lower_gate_is_refused() -> None:
+    from edge.config import Settings
+    from edge.pipeline import Recognizer
+
+    rec = Recognizer(Settings())
+    smallest = rec.matcher.calibration.bands[-1].min_px
+    assert smallest <= rec.settings.quality.min_face_px  # the default gate's faces have a measured rate
+    below = Recognizer(Settings.model_validate({"quality": {"min_face_px": smallest - 4}}), rec.manifest)
+    with pytest.raises(ModelError, match=rf"quality.min_face_px = {smallest - 4:g}: below the smallest face-size band"):
+        below.matcher  # noqa: B018 (the matcher is made at start-up: the service fails there, naming the key)

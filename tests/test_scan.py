@@ -7,19 +7,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.config import DetectionSettings, Settings, TrackingSettings
+from edge.config import DetectionSettings, QualitySettings, Settings, TrackingSettings
 from edge.detect import Region
 from edge.eval.scenes import gradient_background, paste, sensor_noise
 from edge.imageio import read_image
 from edge.pipeline import Recognizer
 from edge.quality import NOT_A_FACE
-from edge.scan import FIND_MAX, FIND_MIN, Scanner, layout, merge, track_region
+from edge.scan import FIND_MAX, FIND_MIN, REACH, Scanner, layout, merge, track_region
 from edge.track import Tracker
 from edge.types import Box, Face, Match
 
 from .conftest import FACES
 
 SIZES = [(640, 480), (1280, 720), (1920, 1080), (1080, 1920), (250, 250)]
+GATE = QualitySettings().min_face_px  # the smallest face judged, by default
 
 
 def responsible(win: Region, x0: float, y0: float, side: float) -> bool:
@@ -39,7 +40,7 @@ def test_every_face_lies_whole_in_a_window_that_answers_for_its_size(
     size: tuple[int, int], fx: float, fy: float, scale: float
 ) -> None:
     w, h = size
-    min_face = 28.0
+    min_face = GATE
     largest = min(w, h) * 0.7
     side = min_face + scale * (largest - min_face)
     x0, y0 = fx * (w - side), fy * (h - side)
@@ -48,12 +49,14 @@ def test_every_face_lies_whole_in_a_window_that_answers_for_its_size(
 
 
 def test_layout_levels_and_sizes() -> None:
-    lay = layout(1280, 720, 28.0)
+    lay = layout(1280, 720, GATE)
     assert lay.windows[0] == Region(0, 0, 1280, 720, min_face=lay.windows[0].min_face, kind="frame")
-    assert lay.levels[0] == 1280 and lay.levels[-1] == round(28 / FIND_MIN)  # the smallest face is 1/8 of a tile
+    # The finest tiles answer for the smallest face judged: REACH x 1/8 of their side.
+    assert lay.levels[0] == 1280 and lay.levels[-1] == round(GATE / (FIND_MIN * REACH))
+    assert min(w.min_face for w in lay.windows) == pytest.approx(GATE)
     assert all(r.x0 >= 0 and r.y0 >= 0 and r.x1 <= 1280 and r.y1 <= 720 for r in lay.windows)
-    assert len(layout(250, 250, 28.0)) == 1  # a portrait is one window, as before tiling
-    assert len(layout(1920, 1080, 28.0)) > len(lay) > len(layout(640, 480, 28.0))
+    assert len(layout(250, 250, GATE)) == 1  # a portrait is one window, as before tiling
+    assert len(layout(1920, 1080, GATE)) > len(lay) > len(layout(640, 480, GATE))
 
 
 def compose(width: int, height: int, placements: list[tuple[str, float, float, float]], seed: int = 0) -> np.ndarray:
@@ -118,7 +121,7 @@ def test_a_face_across_a_tile_border_is_one_face_and_one_track(recognizer: Recog
 
 def test_a_face_that_appears_is_found_through_motion_within_a_few_frames() -> None:
     rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
+    scanner = Scanner(rec.detector, DetectionSettings(), GATE)
     rng = np.random.default_rng(2)
     empty = gradient_background(1280, 720, rng)
     for _ in range(20):  # the first round looks at every window once; nothing moves
@@ -139,12 +142,12 @@ def test_a_face_that_appears_is_found_through_motion_within_a_few_frames() -> No
 
 def test_a_near_face_is_found_in_its_first_frame_though_many_far_tiles_changed_too() -> None:
     rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(idle_every=100), 28.0)  # no sweep: motion alone
+    scanner = Scanner(rec.detector, DetectionSettings(idle_every=100), GATE)  # no sweep: motion alone
     rng = np.random.default_rng(3)
     empty = gradient_background(1920, 1080, rng)
     for _ in range(5):
         scanner.detect(sensor_noise(empty, rng))
-    # Someone passed by a moment ago: the coarse windows were scanned lately, most 224 px tiles long ago.
+    # Someone passed by a moment ago: the coarse windows were scanned lately, most 226 px tiles long ago.
     coarse = np.array(scanner.layout_for(1920, 1080).level_of) < 2
     scanner._last_scan[coarse] = scanner._frame
     # 1 m from a 1920-wide 60° camera: a 266 px face, over many fine tiles that have waited longer.
@@ -156,9 +159,9 @@ def test_a_near_face_is_found_in_its_first_frame_though_many_far_tiles_changed_t
 
 def test_changed_windows_take_levels_in_turn_coarse_first_least_recently_scanned_within() -> None:
     rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(), 28.0)
+    scanner = Scanner(rec.detector, DetectionSettings(), GATE)
     lay = scanner.layout_for(1280, 720)
-    assert lay.levels == (1280, 535, 224)
+    assert lay.levels == (1280, 538, 226)
     level = np.array(lay.level_of)
     mid, fine = np.flatnonzero(level == 1), np.flatnonzero(level == 2)
     scanner._last_scan[fine[0]] = 50  # scanned lately: it waits for the other fine tiles
@@ -171,7 +174,7 @@ def test_changed_windows_take_levels_in_turn_coarse_first_least_recently_scanned
 def test_the_first_round_then_the_background_sweep_visit_every_window_and_cost_one_invoke_every_other_frame() -> None:
     rec = Recognizer(Settings())
     settings = DetectionSettings(idle_every=2)
-    scanner = Scanner(rec.detector, settings, 28.0)
+    scanner = Scanner(rec.detector, settings, GATE)
     frame = np.full((720, 1280, 3), 100, np.uint8)
     lay = scanner.layout_for(1280, 720)
     first = -(-len(lay) // settings.windows_per_frame)
@@ -197,7 +200,7 @@ def test_the_first_round_then_the_background_sweep_visit_every_window_and_cost_o
 
 def test_the_sweep_passes_over_a_window_looked_at_since_it_last_came_by() -> None:
     rec = Recognizer(Settings())
-    scanner = Scanner(rec.detector, DetectionSettings(idle_every=1), 28.0)
+    scanner = Scanner(rec.detector, DetectionSettings(idle_every=1), GATE)
     frame = np.full((480, 640, 3), 100, np.uint8)
     lay = scanner.layout_for(640, 480)
     scanner._first_round = False
@@ -220,7 +223,7 @@ def test_the_sweep_passes_over_a_window_looked_at_since_it_last_came_by() -> Non
 def test_a_face_in_view_when_watching_begins_is_found_in_the_first_round(recognizer: Recognizer) -> None:
     # Still from the first frame on: to the motion model, part of the background. In the last
     # fine tile of a 1080p layout, the sweep in turn would reach it after some 400 frames.
-    lay = layout(1920, 1080, 28.0)
+    lay = layout(1920, 1080, GATE)
     cx, cy = 1800.0, 1000.0
     image = compose(1920, 1080, [("Venus_Williams/Venus_Williams_0004.jpg", cx, cy, 40.0)])
     holding = [k for k, w in enumerate(lay.windows) if responsible(w, cx - 20, cy - 20, 40.0)]
@@ -278,7 +281,7 @@ def watching_an_empty_hall(
     recognizer: Recognizer, seed: int
 ) -> tuple[Scanner, Tracker, np.random.Generator, np.ndarray]:
     """A scanner and a tracker that have watched an empty 1280×720 hall for 20 frames."""
-    scanner = Scanner(recognizer.detector, DetectionSettings(), 28.0)
+    scanner = Scanner(recognizer.detector, DetectionSettings(), GATE)
     tracker = Tracker(TrackingSettings())
     rng = np.random.default_rng(seed)
     hall = gradient_background(1280, 720, rng)
