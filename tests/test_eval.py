@@ -10,6 +10,7 @@ import pytest
 from edge.cli import main
 from edge.errors import InputError
 from edge.eval import lfw
+from edge.pipeline import Recognizer
 
 from .conftest import FACES
 
@@ -181,3 +182,18 @@ def test_a_margin_makes_every_row_promise_twice_what_was_measured() -> None:
     assert CalibrationTable.from_rows(safe.rows).threshold_for(1e-3) == pytest.approx(
         CalibrationTable.from_rows(plain.rows).threshold_for(5e-4), abs=2e-3
     )
+
+
+@pytest.mark.slow
+def test_the_service_bench_confirms_the_demo_people_and_measures_a_steady_empty_hall(
+    recognizer: Recognizer, tmp_path: Path
+) -> None:
+    from edge.demo import ENROLLED
+    from edge.eval.bench import service_bench
+
+    r = service_bench(recognizer, FACES, tmp_path / "work", 640, 480, idle_frames=60)
+    assert sorted(r["confirmations"]) == sorted(ENROLLED)  # the four enrolled, no stranger
+    assert r["service_frames"] > 0 and r["service_fps"] > 0
+    # Steady: one sweep window every idle_every frames, neither the first round nor the
+    # round after it (which passes over what the first round has just seen).
+    assert r["empty_detector_invokes_per_frame"] == round(1 / recognizer.settings.detection.idle_every, 2)
