@@ -31,7 +31,7 @@ def gallery(tmp_path: Path) -> Path:
 def group_photo(path: Path) -> list[tuple[str, float, float, float]]:
     """A 2000x1200 photo: Colin and Laura (enrolled, other photos), Halle (not enrolled), a tiny face."""
     people = [("Colin_Powell/Colin_Powell_0074.jpg", 500.0, 500.0, 180.0), ("Laura_Bush/Laura_Bush_0016.jpg", 1100.0, 480.0, 150.0),
-              ("Halle_Berry/Halle_Berry_0001.jpg", 1600.0, 520.0, 160.0), ("Venus_Williams/Venus_Williams_0004.jpg", 1800.0, 1000.0, 20.0)]  # fmt: skip
+              ("Halle_Berry/Halle_Berry_0001.jpg", 1600.0, 520.0, 160.0), ("Venus_Williams/Venus_Williams_0004.jpg", 1800.0, 1000.0, 15.0)]  # fmt: skip
     frame = gradient_background(2000, 1200, np.random.default_rng(5))
     for name, cx, cy, face in people:
         paste(frame, read_image(FACES / name), cx, cy, face)
@@ -53,7 +53,7 @@ def test_identify_a_group_photo_as_json(tmp_path: Path, gallery: Path, capsys: p
         near = [p for p in placed if abs((x0 + x1) / 2 - p[1]) < p[3] / 2 and abs((y0 + y1) / 2 - p[2]) < p[3]]
         assert len(near) == 1, r
         by_place[near[0][0].split("/")[0]] = r
-    assert set(by_place) == {"Colin_Powell", "Laura_Bush", "Halle_Berry"}  # the 20 px face is under the gate's size
+    assert set(by_place) == {"Colin_Powell", "Laura_Bush", "Halle_Berry"}  # the tiny face: under the gate
     assert (
         by_place["Colin_Powell"]["identity_id"] == "Colin_Powell"
         and by_place["Laura_Bush"]["identity_id"] == "Laura_Bush"
