@@ -291,7 +291,7 @@ class TrackingSettings(Section):
     undecided_eager_s: float = Field(
         0.3,
         ge=0,
-        description="An unconfirmed track whose recent matches are undecided is embedded every frame for this long after it began, then every undecided_recheck_s: face -> event within about this long whenever three of its looks agree (0: only its first confirm_m frames).",
+        description="An unconfirmed track whose recent matches are undecided is embedded every frame for this long after it began, then every undecided_recheck_s: face -> event within about this long whenever three of its looks agree (0: only its first confirm_m frames). In this time a look the quality gate refused (a head turned just past the limit, not a non-face) is tried again the next frame.",
     )
     cooldown_s: float = Field(30.0, ge=0, description="Least time between two events for the same identity.")
 

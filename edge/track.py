@@ -133,10 +133,13 @@ class Tracker:
         return now - track.last_embed >= (self.p.undecided_recheck_s if undecided else self.p.stranger_recheck_s)
 
     def defer(self, track: Track, now: float, not_a_face: bool = False) -> None:
-        """The face failed the quality gate: try again a little later, not every frame.
+        """The face failed the quality gate: try again a little later, not every frame, except
+        in a new track's first ``undecided_eager_s`` (a head turned just past the limit, a blur:
+        the next frame may pass, and those first looks decide how soon an event comes).
         A detection the face mesh says is not a face is not followed in its own crop until a
         later look (the track may since hold a tighter box of a real face) says it is one."""
-        track.retry_at = now + self.p.stranger_recheck_s / 5
+        eager = not not_a_face and now - track.first_seen < self.p.undecided_eager_s
+        track.retry_at = now if eager else now + self.p.stranger_recheck_s / 5
         track.non_face = not_a_face
 
     def followed(self, now: float) -> list[Follow]:

@@ -255,3 +255,17 @@ def test_a_track_the_face_mesh_called_no_face_is_followed_again_once_a_later_loo
     assert tr.followed(0.23) == []
     tr.add_evidence(track, _match(None, False, 0.2), 1.0, track.box, 0.3)  # it passed the quality gate
     assert [f.box for f in tr.followed(0.33)] == [track.box]
+
+
+def test_a_new_face_the_quality_gate_refused_is_looked_at_again_next_frame_for_undecided_eager_s() -> None:
+    tr = Tracker(TrackingSettings(undecided_eager_s=0.3, stranger_recheck_s=0.5))
+    ((track, _),) = tr.update([_face(10)], now=0.0)
+    tr.defer(track, 0.0)  # head turned just past the limit
+    assert tr.needs_evidence(track, 1 / 30)  # the next frame may pass: look again
+    tr.defer(track, 0.2)
+    assert tr.needs_evidence(track, 0.2 + 1 / 30)
+    tr.defer(track, 0.4)  # past its first 0.3 s: a little later, not every frame
+    assert not tr.needs_evidence(track, 0.4 + 1 / 30) and tr.needs_evidence(track, 0.5)
+    ((other, _),) = tr.update([_face(10), _face(400)], now=0.5)[1:]
+    tr.defer(other, 0.5, not_a_face=True)  # not a face: never eager
+    assert not tr.needs_evidence(other, 0.5 + 1 / 30)
