@@ -403,11 +403,9 @@ class Scanner:
             i = self._sweep_next
             self._sweep_next = (self._sweep_next + 1) % len(self._layout)
             if i not in taken:
-                if self._last_scan[i] > self._swept[i]:  # looked at since the sweep last passed it
-                    self._swept[i] = self._frame
-                    return None
+                looked_since = self._last_scan[i] > self._swept[i]  # since the sweep last passed it
                 self._swept[i] = self._frame
-                return i
+                return None if looked_since else i
         return None
 
     def _by_level_in_turn(self, changed: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
