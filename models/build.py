@@ -38,12 +38,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import graph  # noqa: E402
 
-from edge.config import Settings  # noqa: E402
-from edge.embed import Embedder  # noqa: E402
+from edge.capture.imageio import read_image  # noqa: E402
+from edge.device.config import Settings  # noqa: E402
+from edge.device.runtime import load_manifest  # noqa: E402
 from edge.eval import lfw  # noqa: E402
-from edge.imageio import read_image  # noqa: E402
-from edge.pipeline import Recognizer  # noqa: E402
-from edge.runtime import load_manifest  # noqa: E402
+from edge.recognition.pipeline import Recognizer  # noqa: E402
+from edge.vision.embed import Embedder  # noqa: E402
 
 DETECTORS = {
     "detector_short": ("face_detection_short_range.tflite", "BlazeFace short range (MediaPipe), unchanged", 128),
@@ -105,7 +105,7 @@ def recognizer(out: Path, **models: object) -> Recognizer:
 
 def agreement(model: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
     """Unit embeddings of ``x`` one face per invoke, and the median ms per invoke."""
-    from edge.runtime import interpreter_factory
+    from edge.device.runtime import interpreter_factory
 
     it = interpreter_factory()(model_content=model, num_threads=1)
     inp = it.get_input_details()[0]["index"]

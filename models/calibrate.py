@@ -32,13 +32,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from edge.calibration import CalibrationTable  # noqa: E402
-from edge.config import Settings  # noqa: E402
+from edge.capture.imageio import read_image  # noqa: E402
+from edge.device.config import Settings  # noqa: E402
+from edge.device.runtime import load_manifest  # noqa: E402
 from edge.eval import groups as G  # noqa: E402
 from edge.eval.lfw import TABLE_FMRS  # noqa: E402
-from edge.imageio import read_image  # noqa: E402
-from edge.pipeline import Recognizer  # noqa: E402
-from edge.runtime import load_manifest  # noqa: E402
+from edge.recognition.calibration import CalibrationTable  # noqa: E402
+from edge.recognition.pipeline import Recognizer  # noqa: E402
 
 # (min_px, max_px): box side of the detected face. LFW deep-funneled faces are ~106 px boxed.
 BANDS: tuple[tuple[float, float | None], ...] = ((80, None), (50, 80), (36, 50), (28, 36), (24, 28))

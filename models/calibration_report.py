@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE))
 
 from calibrate import BANDS, view1  # noqa: E402
 
-from edge.calibration import Calibration, parse_calibrations  # noqa: E402
 from edge.eval import groups as G  # noqa: E402
+from edge.recognition.calibration import Calibration, parse_calibrations  # noqa: E402
 
 NAMES = {"all": "all", "female": "female–female", "male": "male–male", "cross_group": "female–male"}
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import Settings
-from edge.imageio import read_image
-from edge.pipeline import Recognizer
-from edge.runtime import default_models_dir
+from edge.capture.imageio import read_image
+from edge.device.config import Settings
+from edge.device.runtime import default_models_dir
+from edge.recognition.pipeline import Recognizer
 from edge.types import ImageArray
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.audit import AuditLog, verify
 from edge.cli import main
+from edge.delivery.audit import AuditLog, verify
 from edge.errors import EdgeError
 
 
@@ -52,7 +52,7 @@ def tamper(seg: Path, lines: list[bytes], how: str) -> None:
         rec["data"]["score"] = 0.99
         lines[5] = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     elif how == "edited and re-hashed":
-        from edge.audit import _digest
+        from edge.delivery.audit import _digest
 
         rec = json.loads(lines[5])
         rec["data"]["identity_id"] = "someone-else"
@@ -103,7 +103,7 @@ def test_a_log_cut_at_a_record_boundary_is_caught_with_a_recorded_head(tmp_path:
 def test_a_crash_mid_append_is_a_torn_tail_repaired_on_restart(tmp_path: Path) -> None:
     folder = tmp_path / "audit"
     script = (
-        "import sys; from pathlib import Path; from edge.audit import AuditLog\n"
+        "import sys; from pathlib import Path; from edge.delivery.audit import AuditLog\n"
         f"log = AuditLog(Path({str(folder)!r}))\n"
         "i = 0\n"
         "while True:\n"
@@ -158,8 +158,8 @@ def test_a_full_disk_refuses_the_record_and_leaves_no_partial_line(tmp_path: Pat
 def test_records_hold_ids_and_scores_never_images_or_embeddings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge.events import Evidence, MatchEvent
-    from edge.sinks import AuditSink
+    from edge.delivery.events import Evidence, MatchEvent
+    from edge.delivery.sinks import AuditSink
 
     log = AuditLog(tmp_path / "audit")
     event = MatchEvent(

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.cli import main
 from edge.gallery.admit import to_gallery, verify_bundle
 from edge.gallery.bundle import BundleError, Identity, encode, generate_key, load_private_key, load_public_key
-from edge.pipeline import Recognizer
+from edge.recognition.pipeline import Recognizer
 
 from .conftest import FACES
 
@@ -174,12 +174,12 @@ def test_enroll_fails_on_an_identity_without_usable_photo_unless_skipped(tmp_pat
 
 
 def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer: Recognizer) -> None:
-    from edge.config import GallerySettings
+    from edge.device.config import GallerySettings
     from edge.errors import InputError
     from edge.gallery.admit import Policy
     from edge.gallery.store import CURRENT, GalleryStore
     from edge.gallery.sync import GallerySync
-    from edge.match import GalleryHolder
+    from edge.recognition.match import GalleryHolder
 
     key = Ed25519PrivateKey.generate()
     policy = Policy((key.public_key(),), recognizer.embedder_sha256, "g", 1 << 20)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.config import Settings, load_settings
+from edge.device.config import Settings, load_settings
 from edge.errors import InputError
 
 
@@ -167,7 +167,7 @@ def test_secrets_never_appear_in_errors_or_in_config_check(tmp_path: Path, capsy
 def test_journald_priorities_are_syslog_levels() -> None:
     import logging
 
-    from edge.logs import JournalFormatter, ScrubbingFormatter, protect
+    from edge.device.logs import JournalFormatter, ScrubbingFormatter, protect
 
     fmt = ScrubbingFormatter(JournalFormatter("%(name)s: %(message)s"))
     lines = {

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge import align
-from edge.detect import SPECS, make_anchors, weighted_nms
-from edge.imageio import read_image
-from edge.pipeline import Recognizer, main_face
+from edge.capture.imageio import read_image
+from edge.recognition.pipeline import Recognizer, main_face
+from edge.vision import align
+from edge.vision.detect import SPECS, make_anchors, weighted_nms
 
 from .conftest import FACES
 

@@ -10,7 +10,7 @@ import pytest
 from edge.cli import main
 from edge.errors import InputError
 from edge.eval import lfw
-from edge.pipeline import Recognizer
+from edge.recognition.pipeline import Recognizer
 
 from .conftest import FACES
 
@@ -177,7 +177,7 @@ def test_a_margin_makes_every_row_promise_twice_what_was_measured() -> None:
     for f, t in safe.rows:
         assert (scores["all"] >= t).mean() <= f / 2 * 1.0001  # measured at f/2, promised f
     # The row promising 1e-3 is the plain table's row for 5e-4.
-    from edge.calibration import CalibrationTable
+    from edge.recognition.calibration import CalibrationTable
 
     assert CalibrationTable.from_rows(safe.rows).threshold_for(1e-3) == pytest.approx(
         CalibrationTable.from_rows(plain.rows).threshold_for(5e-4), abs=2e-3
@@ -188,8 +188,8 @@ def test_a_margin_makes_every_row_promise_twice_what_was_measured() -> None:
 def test_the_service_bench_confirms_the_demo_people_and_measures_a_steady_empty_hall(
     recognizer: Recognizer, tmp_path: Path
 ) -> None:
-    from edge.demo import ENROLLED
     from edge.eval.bench import service_bench
+    from edge.service.demo import ENROLLED
 
     r = service_bench(recognizer, FACES, tmp_path / "work", 640, 480, idle_frames=60)
     assert sorted(r["confirmations"]) == sorted(ENROLLED)  # the four enrolled, no stranger

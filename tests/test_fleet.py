@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.broker import LocalBroker
 from edge.cli import main
+from edge.delivery.broker import LocalBroker
 
 from .support import Collector, Service
 

@@ -12,9 +12,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.config import Settings, load_settings
+from edge.capture.imageio import decode_image
+from edge.device.config import Settings, load_settings
 from edge.errors import ImageError, InputError
-from edge.imageio import decode_image
 
 from .conftest import FACES
 

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.config import GallerySettings, MatchSettings
-from edge.events import GalleryState
+from edge.delivery.events import GalleryState
+from edge.device.config import GallerySettings, MatchSettings
 from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import MAGIC, BundleError, Identity, encode, key_id
 from edge.gallery.chunks import PART, POINTER, Assembler, _frame, split
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
-from edge.match import GalleryHolder, Matcher
+from edge.recognition.match import GalleryHolder, Matcher
 
 from .test_match import CAL
 

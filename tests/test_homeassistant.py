@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.broker import LocalBroker
-from edge.config import HomeAssistantSettings, load_settings
-from edge.events import Evidence, MatchEvent
-from edge.homeassistant import HomeAssistant
-from edge.match import Gallery, GalleryHolder, Matcher
-from edge.mqtt import MqttLink, Topics
-from edge.outbox import Outbox
+from edge.delivery.broker import LocalBroker
+from edge.delivery.events import Evidence, MatchEvent
+from edge.delivery.homeassistant import HomeAssistant
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.delivery.outbox import Outbox
+from edge.device.config import HomeAssistantSettings, load_settings
+from edge.recognition.match import Gallery, GalleryHolder, Matcher
 
 from .support import Collector
 from .test_match import CAL

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.capture.imageio import read_image
+from edge.capture.scenes import gradient_background, paste
 from edge.cli import main
-from edge.eval.scenes import gradient_background, paste
-from edge.imageio import read_image
 
 from .conftest import FACES
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.capture.imageio import check_frame, read_image
 from edge.errors import ImageError
-from edge.imageio import check_frame, read_image
-from edge.pipeline import Recognizer
+from edge.recognition.pipeline import Recognizer
 
 from .conftest import FACES
 

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from edge.calibration import Band, Calibration, CalibrationTable, parse_calibrations
-from edge.config import MatchSettings
-from edge.match import Gallery, GalleryHolder, Matcher
+from edge.device.config import MatchSettings
+from edge.recognition.calibration import Band, Calibration, CalibrationTable, parse_calibrations
+from edge.recognition.match import Gallery, GalleryHolder, Matcher
 
 # Rates 1e-1 … 1e-6 at thresholds 0.2 … 0.7 (large faces); small faces need 0.1 more.
 LARGE = CalibrationTable.from_rows([[10.0**-k, 0.1 + 0.1 * k] for k in range(1, 7)], 1_000_000)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.embed import Embedder
-from edge.imageio import read_image
-from edge.pipeline import Recognizer, require_face
-from edge.runtime import TFLiteModel, default_models_dir
+from edge.capture.imageio import read_image
+from edge.device.runtime import TFLiteModel, default_models_dir
+from edge.recognition.pipeline import Recognizer, require_face
+from edge.vision.embed import Embedder
 
 from .conftest import FACES
 

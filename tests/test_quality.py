@@ -3,11 +3,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.config import QualitySettings
-from edge.imageio import read_image
-from edge.pipeline import Recognizer
-from edge.quality import assess
+from edge.capture.imageio import read_image
+from edge.device.config import QualitySettings
+from edge.recognition.pipeline import Recognizer
 from edge.types import Box, Face
+from edge.vision.quality import assess
 
 from .conftest import FACES
 

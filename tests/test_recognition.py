@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import Settings
-from edge.imageio import read_image
-from edge.match import Gallery
-from edge.pipeline import Recognizer, require_face
+from edge.capture.imageio import read_image
+from edge.device.config import Settings
+from edge.recognition.match import Gallery
+from edge.recognition.pipeline import Recognizer, require_face
 
 from .conftest import FACES
 

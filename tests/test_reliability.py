@@ -14,16 +14,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.broker import LocalBroker
+from edge.capture.imageio import read_image
 from edge.capture.reader import CaptureThread, LatestFrame
 from edge.capture.sources import ImageDirSource
-from edge.config import Settings, load_settings
+from edge.delivery.broker import LocalBroker
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.delivery.outbox import Outbox
+from edge.device.config import Settings, load_settings
+from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError, ImageError
-from edge.imageio import read_image
-from edge.mqtt import MqttLink, Topics
-from edge.outbox import Outbox
-from edge.pipeline import Recognizer
-from edge.supervisor import Supervisor
+from edge.recognition.pipeline import Recognizer
 from edge.types import ImageArray
 
 from .conftest import FACES
@@ -199,7 +199,7 @@ class RunningApp:
     """An App running in a thread of this process, its hard exit recorded instead of performed."""
 
     def __init__(self, settings: Settings, recognizer: Recognizer) -> None:
-        from edge.app import App, RunResult
+        from edge.service.app import App, RunResult
 
         self.exits: list[int] = []
         self.exited = threading.Event()
@@ -365,7 +365,7 @@ class Wedged:
 
 @pytest.mark.slow
 def test_a_hung_camera_ends_the_run(broker: LocalBroker, tmp_path: Path, recognizer: Recognizer) -> None:
-    from edge.app import App
+    from edge.service.app import App
 
     exits: list[int] = []
     app = App(app_settings(broker, tmp_path), recognizer, hard_exit=exits.append)

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.device.runtime import load_manifest, load_model
 from edge.errors import ModelError
-from edge.runtime import load_manifest, load_model
+from edge.recognition.calibration import calibration_for
 
 
 def test_manifest_lists_every_model_with_checksum_and_calibration() -> None:
@@ -17,7 +18,7 @@ def test_manifest_lists_every_model_with_checksum_and_calibration() -> None:
         assert len(spec.sha256) == 64
         assert (m.root / spec.file).is_file()
     for key in ("embedder_fp32", "embedder_int8"):
-        for band in m.calibration_for(m.spec(key).sha256, "mesh5").bands:
+        for band in calibration_for(m, m.spec(key).sha256, "mesh5").bands:
             table = band.table
             assert table.impostor_pairs > 1_000_000
             assert np.all(np.diff(table.fmr) < 0) and np.all(np.diff(table.threshold) > 0)
@@ -50,7 +51,7 @@ def test_malformed_manifest_is_one_clear_error(models_copy: Path) -> None:
 
 def test_calibration_table_threshold_and_rate_are_inverse() -> None:
     m = load_manifest()
-    table = m.calibration_for(m.spec("embedder_fp32").sha256, "mesh5").largest.table
+    table = calibration_for(m, m.spec("embedder_fp32").sha256, "mesh5").largest.table
     t = table.threshold_for(1e-4)
     assert table.fmr_at(t) == pytest.approx(1e-4, rel=0.05)
     # Stricter rate → higher threshold; past the table's end the strictest measured one.
@@ -68,8 +69,8 @@ def test_embedder_runs_any_batch_size() -> None:
 
 
 def test_the_calibration_covers_every_face_the_gate_admits_and_a_lower_gate_is_refused() -> None:
-    from edge.config import Settings
-    from edge.pipeline import Recognizer
+    from edge.device.config import Settings
+    from edge.recognition.pipeline import Recognizer
 
     rec = Recognizer(Settings())
     smallest = rec.matcher.calibration.bands[-1].min_px

@@ -7,15 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.config import DetectionSettings, QualitySettings, Settings, TrackingSettings
-from edge.detect import Region
-from edge.eval.scenes import gradient_background, paste, sensor_noise
-from edge.imageio import read_image
-from edge.pipeline import Recognizer
-from edge.quality import NOT_A_FACE
-from edge.scan import FIND_MAX, FIND_MIN, REACH, Scanner, layout, merge, track_region
-from edge.track import Tracker
+from edge.capture.imageio import read_image
+from edge.capture.scenes import gradient_background, paste, sensor_noise
+from edge.device.config import DetectionSettings, QualitySettings, Settings, TrackingSettings
+from edge.recognition.pipeline import Recognizer
+from edge.recognition.track import Tracker
 from edge.types import Box, Face, Match
+from edge.vision.detect import Region
+from edge.vision.quality import NOT_A_FACE
+from edge.vision.scan import FIND_MAX, FIND_MIN, REACH, Scanner, layout, merge, track_region
 
 from .conftest import FACES
 
@@ -323,7 +323,7 @@ def test_a_tracked_person_walking_costs_their_crop_not_the_tiles_over_their_body
 
 
 def test_what_someone_who_left_uncovered_stops_counting_as_motion_once_steady() -> None:
-    from edge.scan import SETTLE_FRAMES, Motion
+    from edge.vision.scan import SETTLE_FRAMES, Motion
 
     rng = np.random.default_rng(6)
     hall = gradient_background(640, 480, rng)
@@ -389,7 +389,7 @@ def looked_at(recognizer: Recognizer, image: np.ndarray, tracker: Tracker, pairs
 def test_a_still_tracked_face_costs_no_detector_run_until_it_moves_or_its_track_needs_a_look(
     recognizer: Recognizer,
 ) -> None:
-    from edge.scan import SETTLE_FRAMES
+    from edge.vision.scan import SETTLE_FRAMES
 
     scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 8)
     still = person_frame(hall, 600.0, 300.0, 60.0, "Colin_Powell/Colin_Powell_0038.jpg")

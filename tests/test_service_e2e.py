@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.broker import LocalBroker, find_mosquitto
-from edge.demo import DemoAssets, build_assets
+from edge.delivery.broker import LocalBroker, find_mosquitto
+from edge.service.demo import DemoAssets, build_assets
 
 from .conftest import FACES
 from .support import Collector, Service
@@ -344,9 +344,9 @@ def test_a_message_over_the_size_limit_never_reaches_the_device(broker: LocalBro
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edge.cli import main
-    from edge.config import Settings
+    from edge.device.config import Settings
     from edge.gallery.bundle import Identity, encode, load_private_key
-    from edge.pipeline import Recognizer
+    from edge.recognition.pipeline import Recognizer
 
     keyfile = tmp_path / "k.pem"
     assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0

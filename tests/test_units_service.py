@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from edge.capture.reader import LatestFrame
-from edge.config import TrackingSettings
-from edge.events import Evidence, MatchEvent, Status, make_event
-from edge.health import SystemdNotifier
-from edge.outbox import Outbox
-from edge.track import Tracker
+from edge.delivery.events import Evidence, MatchEvent, Status, make_event
+from edge.delivery.outbox import Outbox
+from edge.device.config import TrackingSettings
+from edge.device.health import SystemdNotifier
+from edge.recognition.track import Tracker
 from edge.types import Box, Face, Frame, Match
 
 
@@ -174,7 +174,7 @@ def test_outbox_write_failure_is_one_clear_error_and_keeps_what_was_stored(tmp_p
 def test_stats_snapshots_from_another_thread_lose_and_break_nothing() -> None:
     # The MQTT thread publishes a status (closing the interval) on reconnect while
     # the frame loop keeps adding samples: no crash, no frame counted twice or lost.
-    from edge.health import Stats
+    from edge.device.health import Stats
 
     stats = Stats(window=50)
     stats.since = 0.0  # snapshots below are taken at t = 1, 2, 3 … s
@@ -200,7 +200,7 @@ def test_stats_snapshots_from_another_thread_lose_and_break_nothing() -> None:
 
 
 def test_include_label_false_keeps_the_label_out_of_the_event() -> None:
-    from edge.track import Confirmation
+    from edge.recognition.track import Confirmation
 
     m = Match("alice", "Alice Smith", 0.81, 0.3, 0.55, 2e-7, True, gallery_version=7, band="80+ px")
     conf = Confirmation(3, m, 0.9, Box(64, 48, 192, 176), 3, 4, 0.0)
@@ -224,7 +224,7 @@ def test_a_track_ends_after_max_missed_frames() -> None:
 
 
 def test_a_track_missed_a_while_is_re_detected_in_its_crop_less_often_until_it_ends() -> None:
-    from edge.track import FOLLOW_MISSED
+    from edge.recognition.track import FOLLOW_MISSED
 
     tr = Tracker(TrackingSettings(max_missed_frames=15))
     ((track, _),) = tr.update([_face(10)], now=0.0)

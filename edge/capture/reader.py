@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge.capture.sources import FrameSource, SourceError
-from edge.supervisor import Worker
+from edge.device.supervisor import Worker
 from edge.types import Frame
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edge.capture.imageio import IMAGE_SUFFIXES, read_image
+from edge.device.redact import redact_url
 from edge.errors import EdgeError, ImageError
-from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.redact import redact_url
 from edge.types import ImageArray
 
 log = logging.getLogger(__name__)

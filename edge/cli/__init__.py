@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from edge import __version__
 from edge.cli import gallery, measure, ops, service
+from edge.device.logs import setup_logging
 from edge.errors import EdgeError
-from edge.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.config import Settings, load_settings
+from edge.device.config import Settings, load_settings
 from edge.errors import InputError
 
 

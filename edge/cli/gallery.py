@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from edge.cli.common import parse_broker
-from edge.config import MqttSettings, load_settings
+from edge.device.config import MqttSettings, load_settings
 from edge.errors import EdgeError, InputError, read_input_file
 from edge.gallery.bundle import BundleError
 
@@ -18,7 +18,7 @@ MAX_BUNDLE_FILE_BYTES = 1 << 30
 def cmd_enroll(args: argparse.Namespace) -> int:
     from edge.gallery.bundle import Identity, encode, load_private_key
     from edge.gallery.enroll import enroll_directory
-    from edge.pipeline import Recognizer
+    from edge.recognition.pipeline import Recognizer
 
     key = load_private_key(args.key)
     rec = Recognizer(load_settings(args.config))
@@ -53,9 +53,9 @@ def read_bundle_file(path: Path) -> bytes:
 
 def publish_bundle(args: argparse.Namespace) -> int:
     """Publish a bundle retained (fleet topic, or one device's set topic), in parts if large."""
+    from edge.delivery.mqtt import Topics, tool_client
     from edge.gallery.bundle import peek_header
     from edge.gallery.chunks import split
-    from edge.mqtt import Topics, tool_client
 
     data = read_bundle_file(args.bundle)
     try:

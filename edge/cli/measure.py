@@ -23,10 +23,10 @@ from edge.errors import InputError
 
 
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
+    from edge.capture.imageio import read_image
     from edge.eval import lfw
-    from edge.imageio import read_image
-    from edge.match import Gallery
-    from edge.pipeline import Recognizer
+    from edge.recognition.match import Gallery
+    from edge.recognition.pipeline import Recognizer
 
     root: Path = args.root
     image_root = root / "images" if (root / "images").is_dir() else root
@@ -135,7 +135,6 @@ def print_groups(out: dict[str, Any]) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge.demo import workdir
     from edge.eval.bench import (
         audit_bench,
         bench,
@@ -145,7 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         service_bench,
         synthetic_stream,
     )
-    from edge.pipeline import Recognizer
+    from edge.recognition.pipeline import Recognizer
+    from edge.service.demo import workdir
 
     width, height = parse_size(args.size)
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
@@ -183,7 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_eval_range(args: argparse.Namespace) -> int:
     from edge.eval.range import evaluate
-    from edge.pipeline import Recognizer
+    from edge.recognition.pipeline import Recognizer
 
     width, height = parse_size(args.size)
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)

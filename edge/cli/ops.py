@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.config import load_settings
+from edge.device.config import load_settings
 from edge.errors import InputError
 
 
@@ -18,7 +18,7 @@ def audit_folder(args: argparse.Namespace) -> Path:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from edge import audit
+    from edge.delivery import audit
 
     folder = audit_folder(args)
     if args.audit_command == "verify":
@@ -49,8 +49,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_identify(args: argparse.Namespace) -> int:
     from edge.gallery.admit import load_trusted
-    from edge.identify import identify, load_gallery, photos
-    from edge.pipeline import Recognizer
+    from edge.recognition.pipeline import Recognizer
+    from edge.service.identify import identify, load_gallery, photos
 
     rec = Recognizer(load_settings(args.config))
     gallery = load_gallery(rec, args.gallery, load_trusted(args.trusted_key or []))
@@ -84,7 +84,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     import threading
 
     from edge.cli.common import parse_broker
-    from edge.fleet import Fleet, table
+    from edge.delivery.fleet import Fleet, table
 
     opts = load_settings(args.config).mqtt
     if args.broker:

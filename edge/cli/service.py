@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import parse_broker, repo_fixture_faces
-from edge.config import Settings, load_settings
+from edge.device.config import Settings, load_settings
 from edge.errors import InputError
 
 
@@ -24,7 +24,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from edge.events import schemas
+    from edge.delivery.events import schemas
 
     out = {"settings": Settings.model_json_schema()} if args.config_schema else schemas()
     print(json.dumps(out, indent=2))
@@ -54,7 +54,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.app import App
+    from edge.service.app import App
 
     settings = load_settings(args.config, overrides=run_overrides(args))
     app = App(settings)
@@ -70,9 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.app import App
-    from edge.broker import LocalBroker
-    from edge.demo import Subscriber, build_assets, workdir
+    from edge.delivery.broker import LocalBroker
+    from edge.service.app import App
+    from edge.service.demo import Subscriber, build_assets, workdir
 
     faces = args.faces or repo_fixture_faces()
     if faces is None:

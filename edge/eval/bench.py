@@ -29,14 +29,14 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from edge.capture.imageio import IMAGE_SUFFIXES, read_image
+from edge.capture.scenes import face_px_at, gradient_background, hall_background, paste, sensor_noise
+from edge.device.health import Stats
 from edge.errors import InputError
-from edge.eval.scenes import face_px_at, gradient_background, hall_background, paste, sensor_noise
-from edge.health import Stats
-from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.match import Gallery, GalleryHolder, GallerySnapshot
-from edge.pipeline import Recognizer
-from edge.process import FrameProcessor
-from edge.track import Confirmation, Tracker
+from edge.recognition.match import Gallery, GalleryHolder, GallerySnapshot
+from edge.recognition.pipeline import Recognizer
+from edge.recognition.process import FrameProcessor
+from edge.recognition.track import Confirmation, Tracker
 from edge.types import Frame, ImageArray
 
 FPS_IN = 30.0
@@ -165,7 +165,7 @@ def embed_batches(
 
 def window_ms(rec: Recognizer, image: ImageArray, reps: int = 50) -> float:
     """One detector window: crop, letterbox, invoke, decode (a 2.5× crop around a 60 px face)."""
-    from edge.detect import Region
+    from edge.vision.detect import Region
 
     h, w = image.shape[:2]
     region = Region(w / 2 - 75, h / 2 - 75, w / 2 + 75, h / 2 + 75, kind="tile")
@@ -247,8 +247,8 @@ def service_bench(
     Confirmation latency is the time from a track's first frame to its confirming
     frame, plus that frame's processing time (the event is in the outbox then;
     publication adds a loopback round trip)."""
-    from edge.demo import build_assets
     from edge.gallery.enroll import enroll_directory
+    from edge.service.demo import build_assets
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance_m)
     reports = enroll_directory(rec, assets.gallery)
@@ -312,7 +312,7 @@ def service_bench(
 
 def audit_bench(folder: Path, records: int = 300) -> dict[str, object]:
     """What the audit log costs per event: one fsync'd append of an event record."""
-    from edge.audit import AuditLog
+    from edge.delivery.audit import AuditLog
 
     log = AuditLog(folder)
     times = []

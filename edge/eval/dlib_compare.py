@@ -16,9 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.capture.imageio import read_image
 from edge.errors import InputError
 from edge.eval import lfw
-from edge.imageio import read_image
 
 FloatArray = Any
 

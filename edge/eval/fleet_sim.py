@@ -28,16 +28,16 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.calibration import Band, Calibration, CalibrationTable
-from edge.config import load_settings
+from edge.delivery.events import Status, utc_now
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.delivery.outbox import Outbox
+from edge.device.config import load_settings
 from edge.errors import EdgeError, InputError
-from edge.events import Status, utc_now
 from edge.gallery.admit import Policy, load_trusted
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
-from edge.match import GalleryHolder, Matcher
-from edge.mqtt import MqttLink, Topics
-from edge.outbox import Outbox
+from edge.recognition.calibration import Band, Calibration, CalibrationTable
+from edge.recognition.match import GalleryHolder, Matcher
 
 # Each simulated device holds about 6 file descriptors (socket, paho's wake-up pair, SQLite outbox with its
 # WAL and shared memory); paho-mqtt waits with select(), which fails on descriptors above 1023.
@@ -167,7 +167,7 @@ class Monitor:
 
 def _sample_event() -> int:
     """Bytes of one match event as published (payload and topic), labels included."""
-    from edge.events import Evidence, MatchEvent
+    from edge.delivery.events import Evidence, MatchEvent
 
     event = MatchEvent(
         device_id="sim-0000", identity_id="visitor-0042", label="A Visitor", score=0.7342, threshold=0.6012,
@@ -182,7 +182,7 @@ def simulate(
 ) -> dict[str, object]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edge.broker import LocalBroker
+    from edge.delivery.broker import LocalBroker
     from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
 
     processes = processes or max(2, math.ceil(devices / MAX_DEVICES_PER_PROCESS))

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.capture.imageio import read_image
+from edge.capture.scenes import face_px_at, hall_background, paste
+from edge.device.health import Stats
 from edge.errors import InputError
-from edge.eval.scenes import face_px_at, hall_background, paste
-from edge.health import Stats
-from edge.imageio import read_image
-from edge.match import Gallery, GalleryHolder
-from edge.pipeline import Recognizer
-from edge.process import FrameProcessor
-from edge.track import Confirmation, Tracker
+from edge.recognition.match import Gallery, GalleryHolder
+from edge.recognition.pipeline import Recognizer
+from edge.recognition.process import FrameProcessor
+from edge.recognition.track import Confirmation, Tracker
 from edge.types import FloatArray, Frame, ImageArray
 
 FPS_IN = 30.0

@@ -27,15 +27,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import LocalBroker
-from edge.config import Settings
-from edge.demo import ENROLLED, PROBES
+from edge.capture.imageio import read_image
+from edge.capture.scenes import face_px_at, gradient_background, paste
+from edge.delivery.broker import LocalBroker
+from edge.device.config import Settings
 from edge.errors import EdgeError
-from edge.eval.scenes import face_px_at, gradient_background, paste
 from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
 from edge.gallery.enroll import enroll_directory
-from edge.imageio import read_image
-from edge.pipeline import Recognizer
+from edge.recognition.pipeline import Recognizer
+from edge.service.demo import ENROLLED, PROBES
 
 FPS = 30
 

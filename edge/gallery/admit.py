@@ -39,7 +39,7 @@ from edge.gallery.bundle import (
     read_index,
     verify_signature,
 )
-from edge.match import Gallery
+from edge.recognition.match import Gallery
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.config import TOMLDecodeError, parse_toml
+from edge.capture.imageio import IMAGE_SUFFIXES, read_image
+from edge.device.config import TOMLDecodeError, parse_toml
 from edge.errors import ImageError, InputError
-from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.pipeline import Recognizer, main_face
+from edge.recognition.pipeline import Recognizer, main_face
 from edge.types import FloatArray
 
 IDENTITY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")

@@ -30,15 +30,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from edge.config import GallerySettings
-from edge.events import GalleryError, GalleryState
+from edge.delivery.events import GalleryError, GalleryState
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.device.config import GallerySettings
+from edge.device.supervisor import Worker
 from edge.gallery.admit import Policy, admit, expired, to_gallery
 from edge.gallery.bundle import Buffer, Bundle, BundleError
 from edge.gallery.chunks import Assembler, base_topic
 from edge.gallery.store import Applied, GalleryStore, head_digest
-from edge.match import GalleryHolder
-from edge.mqtt import MqttLink, Topics
-from edge.supervisor import Worker
+from edge.recognition.match import GalleryHolder
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from edge.broker import LocalBroker  # noqa: E402
 from edge.cli import main as edge  # noqa: E402
-from edge.demo import build_assets  # noqa: E402
+from edge.delivery.broker import LocalBroker  # noqa: E402
+from edge.service.demo import build_assets  # noqa: E402
 
 DEVICE = "ha-cam"
 REMOVED = "Jean_Chretien"

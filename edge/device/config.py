@@ -13,7 +13,7 @@ ignored; ``EDGE_<SECTION>__<KEY>`` naming no setting is an error naming the vari
 The environment is read when settings are loaded, never at import time.
 
 Secrets (the MQTT password, credentials in a camera URL) never appear in an error,
-in ``edge config check --show`` or in any log line (see ``edge.redact``).
+in ``edge config check --show`` or in any log line (see ``edge.device.redact``).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from pydantic import (
     model_validator,
 )
 
+from edge.device.redact import redact_url, url_secrets
 from edge.errors import InputError
-from edge.redact import redact_url, url_secrets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -539,7 +539,7 @@ def load_settings(
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """Raw secret values held by the settings (for ``edge.logs.protect``); the password file is read where used."""
+    """Raw secret values held by the settings (for ``edge.device.logs.protect``); the password file is read where used."""
     values = url_secrets(settings.source.uri)
     if settings.mqtt.password is not None:
         values.append(settings.mqtt.password.get_secret_value())

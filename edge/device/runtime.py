@@ -17,7 +17,6 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edge.calibration import Calibration, parse_calibrations
 from edge.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
@@ -59,11 +58,11 @@ def interpreter_factory() -> Callable[..., Interpreter]:
 
 def default_models_dir() -> Path:
     """Models shipped in the wheel (``edge/_models``) or beside a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_models", here.parent / "models"):
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "_models", package.parent / "models"):
         if (candidate / MANIFEST_NAME).is_file():
             return candidate
-    return here.parent / "models"
+    return package.parent / "models"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,24 +82,13 @@ class Manifest:
 
     root: Path
     models: dict[str, ModelSpec]
-    calibrations: tuple[Calibration, ...]
-    raw: dict[str, Any]
+    raw: dict[str, Any]  # everything else it holds: calibration tables (edge.recognition.calibration), provenance
 
     def spec(self, key: str) -> ModelSpec:
         try:
             return self.models[key]
         except KeyError:
             raise ModelError(f"model '{key}' is not in {self.root / MANIFEST_NAME}") from None
-
-    def calibration_for(self, embedder_sha256: str, pipeline: str) -> Calibration:
-        """The score → FMR tables measured for exactly this embedder file and pipeline variant."""
-        for cal in self.calibrations:
-            if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline:
-                return cal
-        raise ModelError(
-            f"{self.root / MANIFEST_NAME} has no calibration table for embedder sha256 {embedder_sha256[:12]}… "
-            f"with pipeline '{pipeline}'; rebuild the models with models/build.py"
-        )
 
 
 def load_manifest(models_dir: Path | None = None) -> Manifest:
@@ -119,12 +107,11 @@ def load_manifest(models_dir: Path | None = None) -> Manifest:
             )
             for key, entry in raw["models"].items()
         }
-        calibrations = parse_calibrations(raw.get("calibration", []))
     except FileNotFoundError:
         raise ModelError(f"model manifest not found: {path}") from None
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise ModelError(f"model manifest {path} is malformed: {exc!r}") from None
-    return Manifest(root=root, models=models, calibrations=calibrations, raw=raw)
+    return Manifest(root=root, models=models, raw=raw)
 
 
 def read_verified(path: Path, sha256: str) -> bytes:

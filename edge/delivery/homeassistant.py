@@ -39,10 +39,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from edge import __version__
-from edge.config import HomeAssistantSettings
-from edge.events import MatchEvent
-from edge.match import GallerySnapshot
-from edge.mqtt import MqttLink, Topics
+from edge.delivery.events import MatchEvent
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.device.config import HomeAssistantSettings
+from edge.recognition.match import GallerySnapshot
 
 log = logging.getLogger(__name__)
 

@@ -24,29 +24,29 @@ from datetime import datetime
 from types import FrameType
 
 from edge import __version__
-from edge.audit import AuditLog
 from edge.capture import CaptureThread, LatestFrame, open_source
-from edge.config import Settings, secret_values, settings_digest
+from edge.delivery.audit import AuditLog
+from edge.delivery.events import MatchEvent, StageLatency, Status, make_event, utc_now
+from edge.delivery.homeassistant import HomeAssistant
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.delivery.outbox import Outbox
+from edge.delivery.sinks import AuditSink, EventSink, OutboxSink, Sinks
+from edge.device.config import Settings, secret_values, settings_digest
+from edge.device.health import Stats, SystemdNotifier, cpu_temperature
+from edge.device.logs import protect
+from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError
-from edge.events import MatchEvent, Status, make_event, utc_now
 from edge.gallery.admit import Policy, load_bundle_file, load_trusted, to_gallery
 from edge.gallery.enroll import enroll_directory
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
-from edge.health import Stats, SystemdNotifier, cpu_temperature
-from edge.homeassistant import HomeAssistant
-from edge.logs import protect
-from edge.match import Gallery, GalleryHolder
-from edge.mqtt import MqttLink, Topics
-from edge.outbox import Outbox
-from edge.pipeline import Recognizer
-from edge.process import FrameProcessor
-from edge.sinks import AuditSink, EventSink, OutboxSink, Sinks
-from edge.supervisor import Supervisor
-from edge.track import Confirmation, Tracker
+from edge.recognition.match import Gallery, GalleryHolder
+from edge.recognition.pipeline import Recognizer
+from edge.recognition.process import FrameProcessor
+from edge.recognition.track import Confirmation, Tracker
 from edge.types import Frame
 
-log = logging.getLogger("edge.app")
+log = logging.getLogger("edge.service.app")
 
 
 @dataclass
@@ -214,7 +214,8 @@ class App:
             depth, dropped = -1, -1
         return Status(
             device_id=self.topics.device_id, state=state, version=__version__,
-            uptime_s=round(now - self.started, 1), camera=cap.state, camera_error=cap.error, fps=fps, latency=lat,
+            uptime_s=round(now - self.started, 1), camera=cap.state, camera_error=cap.error, fps=fps,
+            latency={k: StageLatency(p50_ms=v.p50_ms, p95_ms=v.p95_ms) for k, v in lat.items()},
             faces_per_min=fpm, dropped_frames=self.slot.dropped, outbox_depth=depth,
             outbox_dropped=dropped + sum(self.sinks.failures.values()), events_published=self.link.published,
             gallery_name=snap.gallery.name or None, gallery_version=snap.version, gallery_identities=len(snap),

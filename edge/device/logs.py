@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 
-from edge.redact import scrub
+from edge.device.redact import scrub
 
 SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.track import Confirmation
+from edge.recognition.track import Confirmation
 
 SCHEMA_VERSION = 1
 

@@ -37,12 +37,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge import __version__
-from edge.config import MqttSettings
+from edge.delivery.events import Status
+from edge.delivery.outbox import Outbox
+from edge.device.config import MqttSettings
+from edge.device.logs import protect
+from edge.device.supervisor import Worker
 from edge.errors import EdgeError, InputError
-from edge.events import Status
-from edge.logs import protect
-from edge.outbox import Outbox
-from edge.supervisor import Worker
 
 log = logging.getLogger(__name__)
 SESSION_TAKEN_OVER = 142

@@ -11,18 +11,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge import align as align_mod
-from edge.config import ModelSettings, Settings
-from edge.detect import Detector, DetectorKind, load_detector
-from edge.embed import Embedder, load_embedder
+from edge.capture.imageio import check_frame
+from edge.device.config import ModelSettings, Settings
+from edge.device.runtime import Manifest, load_manifest
 from edge.errors import InputError, ModelError
-from edge.imageio import check_frame
-from edge.landmarks import MeshRefiner, load_refiner
-from edge.match import Matcher
-from edge.quality import assess
-from edge.runtime import Manifest, load_manifest
-from edge.scan import Scanner
+from edge.recognition.calibration import calibration_for
+from edge.recognition.match import Matcher
 from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
+from edge.vision import align as align_mod
+from edge.vision.detect import Detector, DetectorKind, load_detector
+from edge.vision.embed import Embedder, load_embedder
+from edge.vision.landmarks import MeshRefiner, load_refiner
+from edge.vision.quality import assess
+from edge.vision.scan import Scanner
 
 EMBEDDER_KEYS = {"fp32": "embedder_fp32", "int8": "embedder_int8"}
 
@@ -57,7 +58,7 @@ class Recognizer:
         ``models/build.py`` can run the pipeline before the tables exist). Stateless: the
         gallery in force lives in a ``GalleryHolder``."""
         if self._matcher is None:
-            calibration = self.manifest.calibration_for(self.embedder_sha256, self.pipeline_id)
+            calibration = calibration_for(self.manifest, self.embedder_sha256, self.pipeline_id)
             smallest = calibration.bands[-1].min_px
             if self.limits.min_face_px < smallest:
                 raise ModelError(

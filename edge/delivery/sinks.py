@@ -14,10 +14,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from edge.audit import AuditLog
+from edge.delivery.audit import AuditLog
+from edge.delivery.events import MatchEvent
+from edge.delivery.outbox import Outbox
 from edge.errors import EdgeError
-from edge.events import MatchEvent
-from edge.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.runtime import Manifest, TFLiteModel, load_model
+from edge.device.runtime import Manifest, TFLiteModel, load_model
 from edge.types import FloatArray, ImageArray
 
 

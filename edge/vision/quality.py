@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from edge.config import QualitySettings
+from edge.device.config import QualitySettings
 from edge.types import Face, FloatArray, ImageArray, Quality
 
 NOT_A_FACE = "not a face"

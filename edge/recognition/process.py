@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edge.health import Stats
-from edge.match import GalleryHolder
-from edge.pipeline import Recognizer
-from edge.quality import NOT_A_FACE
-from edge.track import Confirmation, Tracker
+from edge.device.health import Stats
+from edge.recognition.match import GalleryHolder
+from edge.recognition.pipeline import Recognizer
+from edge.recognition.track import Confirmation, Tracker
 from edge.types import Frame
+from edge.vision.quality import NOT_A_FACE
 
 OnConfirm = Callable[[Confirmation, Frame], None]
 OnSeen = Callable[[set[str], float], None]

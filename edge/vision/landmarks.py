@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from edge.runtime import Manifest, TFLiteModel, load_model
+from edge.device.runtime import Manifest, TFLiteModel, load_model
 from edge.types import FloatArray, ImageArray
 
 SIZE = 192

@@ -55,9 +55,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.config import DetectionSettings
-from edge.detect import Detector, Region
+from edge.device.config import DetectionSettings
 from edge.types import Box, Face, Follow, ImageArray
+from edge.vision.detect import Detector, Region
 
 # A face is found when its box side is between these fractions of the window side.
 FIND_MIN = 1 / 8

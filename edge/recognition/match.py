@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edge.calibration import Band, Calibration
-from edge.config import MatchSettings
+from edge.device.config import MatchSettings
+from edge.recognition.calibration import Band, Calibration
 from edge.types import FloatArray, Match
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.capture.imageio import read_image
+from edge.capture.scenes import face_px_at, gradient_background, paste
 from edge.errors import InputError
-from edge.eval.scenes import face_px_at, gradient_background, paste
-from edge.imageio import read_image
 
 ENROLLED = ("Colin_Powell", "Venus_Williams", "Laura_Bush", "Jean_Chretien")
 # The photo of each enrolled person that plays in the clip (never enrolled itself).

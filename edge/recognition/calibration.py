@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.device.runtime import MANIFEST_NAME, Manifest
+from edge.errors import ModelError
+
 
 @dataclass(frozen=True, slots=True)
 class CalibrationTable:
@@ -130,3 +133,19 @@ def parse_calibrations(entries: Sequence[Mapping[str, Any]]) -> tuple[Calibratio
             raise ValueError(f"two calibration tables for the same band ({pipeline}, {sha[:12]})")
         out.append(Calibration(sha, pipeline, tuple(Band(m, t, lbl) for m, t, lbl in rows), methods[(sha, pipeline)]))
     return tuple(out)
+
+
+def calibration_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> Calibration:
+    """The score → FMR tables the manifest holds for exactly this embedder file and pipeline variant."""
+    path = manifest.root / MANIFEST_NAME
+    try:
+        calibrations = parse_calibrations(manifest.raw.get("calibration", []))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(f"model manifest {path} has a malformed calibration: {exc!r}") from None
+    for cal in calibrations:
+        if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline:
+            return cal
+    raise ModelError(
+        f"{path} has no calibration table for embedder sha256 {embedder_sha256[:12]}… "
+        f"with pipeline '{pipeline}'; rebuild the models with models/build.py"
+    )

@@ -13,11 +13,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from edge.events import StageLatency
 
 THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 
@@ -53,6 +52,14 @@ class SystemdNotifier:
             self.notify("WATCHDOG=1")
 
 
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """One stage's latency over an interval."""
+
+    p50_ms: float
+    p95_ms: float
+
+
 class Stats:
     """Rolling per-stage latencies and counts since the last heartbeat.
 
@@ -79,7 +86,7 @@ class Stats:
         with self._lock:
             self.lat[stage].append(seconds)
 
-    def snapshot(self, now: float) -> tuple[float, float, dict[str, StageLatency]]:
+    def snapshot(self, now: float) -> tuple[float, float, dict[str, Latency]]:
         """(fps, faces per minute, latency) over the interval, then reset it."""
         with self._lock:
             span = max(now - self.since, 1e-6)
@@ -90,7 +97,7 @@ class Stats:
             for v in self.lat.values():
                 v.clear()
         lat = {
-            s: StageLatency(
+            s: Latency(
                 p50_ms=round(float(np.percentile(v, 50)) * 1e3, 2), p95_ms=round(float(np.percentile(v, 95)) * 1e3, 2)
             )
             for s, v in samples.items()

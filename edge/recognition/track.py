@@ -6,7 +6,7 @@ The embedder runs only for tracks that need evidence: a new or unconfirmed track
 scored near its threshold for its first ``undecided_eager_s``; then every
 ``undecided_recheck_s`` while one did, else every ``stranger_recheck_s``), and a
 confirmed track every ``recheck_s``. Between those looks a face that did not move
-costs no detector run either (``edge.scan``).
+costs no detector run either (``edge.vision.scan``).
 
 An identity is confirmed for a track when at least K of the track's last M
 matches accepted that same identity. One event per (track, identity); a
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.config import TrackingSettings
+from edge.device.config import TrackingSettings
 from edge.types import Box, Face, Follow, Match
 
 FOLLOW_MISSED = 3  # a track missed more frames in a row than this is re-detected in its crop less often

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.errors import ImageError, InputError
 from edge.gallery.admit import Policy, load_bundle_file, to_gallery
 from edge.gallery.enroll import enroll_directory
-from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.match import Gallery, GallerySnapshot
-from edge.pipeline import Recognizer
+from edge.recognition.match import Gallery, GallerySnapshot
+from edge.recognition.pipeline import Recognizer
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ anchor decode, weighted NMS, boxes mapped back to frame pixels.
 Two MediaPipe variants ship: ``short`` (128×128 input, 896 anchors) and ``full``
 (192×192, 2304 anchors). Measured on this project's CPU (``edge bench``), both
 find faces from about 14 px to 100 px *at their input*, and short range costs a
-third of full range, so the region scanner (``edge.scan``) feeds short range with
+third of full range, so the region scanner (``edge.vision.scan``) feeds short range with
 regions of the frame sized so that each face lands in that window. Anchors and each
 region's letterbox geometry are computed once, never per frame.
 """
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.runtime import Manifest, TFLiteModel, load_model
+from edge.device.runtime import Manifest, TFLiteModel, load_model
 from edge.types import Box, Face, FloatArray, ImageArray
 
 DetectorKind = Literal["short", "full"]
