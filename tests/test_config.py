@@ -164,6 +164,33 @@ def test_secrets_never_appear_in_errors_or_in_config_check(tmp_path: Path, capsy
     assert PLANTED not in capsys.readouterr().err
 
 
+def test_a_secret_pasted_into_the_wrong_field_is_masked_in_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The password given where it belongs, and pasted by mistake as the port: the port's error names
+    # the key and the reason, never the value.
+    bad = write(tmp_path, f'[mqtt]\npassword = "{PLANTED}"\nport = "{PLANTED}"\n')
+    with pytest.raises(InputError) as exc:
+        load_settings(bad, environ={})
+    assert "mqtt.port = '***'" in str(exc.value) and PLANTED not in str(exc.value)
+    # From the environment, and a camera URL's password pasted into another field.
+    env = {"EDGE_MQTT__PASSWORD": PLANTED, "EDGE_DEVICE__ID": f"{PLANTED}!"}
+    with pytest.raises(InputError) as exc:
+        load_settings(environ=env)
+    assert "device.id" in str(exc.value) and PLANTED not in str(exc.value)
+    cam = write(tmp_path, f'[source]\nuri = "rtsp://u:{PLANTED}@cam"\nrate = "{PLANTED}"\n')
+    assert main(["config", "check", str(cam)]) == 2
+    err = capsys.readouterr().err
+    assert "source.rate = '***'" in err and PLANTED not in err
+    # The content of the password file, pasted into the broker's host name field.
+    secret_file = tmp_path / "mqtt-password"
+    secret_file.write_text(PLANTED + "\n")
+    pw_file = write(tmp_path, f'[mqtt]\npassword_file = "{secret_file}"\nkeepalive = "{PLANTED}"\n')
+    with pytest.raises(InputError) as exc:
+        load_settings(pw_file, environ={})
+    assert "mqtt.keepalive" in str(exc.value) and PLANTED not in str(exc.value)
+
+
 def test_journald_priorities_are_syslog_levels() -> None:
     import logging
 

@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge.device.redact import redact_url, url_secrets
+from edge.device.redact import redact_url, scrub, url_secrets
 from edge.errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -535,7 +535,44 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise InputError(format_errors(exc, source, origin)) from None
+        # A secret pasted into the wrong field (the password as mqtt.port) is echoed as that field's
+        # value: every secret the file, the environment and the options hold is masked, as in logs.
+        secrets = raw_secrets(read_toml(path) if path is not None else {}, env_data, overrides or {})
+        raise InputError(scrub(format_errors(exc, source, origin), secrets)) from None
+
+
+def raw_secrets(*layers: Mapping[str, Any]) -> list[str]:
+    """Every secret value the unvalidated settings hold, wherever it is: passwords (inline, or what a
+    readable password_file holds, as the MQTT link reads it) and the credentials of any URL. Values shorter than 3
+    characters are left out, as in ``edge.device.logs.protect`` (they would mask ordinary text)."""
+    found: list[str] = []
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str):
+            if key == "password":
+                found.append(node)
+            elif key == "password_file":
+                found.extend(_file_secret(Path(node)))
+            found.extend(url_secrets(node))
+
+    for layer in layers:
+        walk(layer)
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)  # longest first: no partial masks
+
+
+def _file_secret(path: Path) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            text = f.read(4096).decode("utf-8", "replace").strip()
+    except OSError:
+        return []
+    return [text] if text else []
 
 
 def secret_values(settings: Settings) -> list[str]:
