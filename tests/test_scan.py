@@ -456,3 +456,45 @@ def test_a_lost_face_is_looked_for_again_only_where_its_crop_changed(recognizer:
     assert scanner.last.track_windows == 1
     tracker.update(faces, now)
     assert track in tracker.tracks and track.missed == 0
+
+
+def _det(x0: float, y0: float, side: float, input_px: float, score: float = 0.8) -> Face:
+    return Face(Box(x0, y0, x0 + side, y0 + side), np.zeros((6, 2), np.float32), score, "short", input_px)
+
+
+def test_a_large_box_that_is_not_a_face_no_longer_hides_the_face_inside_it() -> None:
+    wall = _det(100, 100, 560, 56.0)  # a smooth wall boxed whole by the frame window: well resolved
+    face = _det(300, 300, 44, 30.0)  # the real face in front of it, found by a fine tile
+    fragment = _det(520, 120, 40, 20.0)  # inside the large box's region, found by a window too small for it
+    # Without the face mesh's verdict the large box is taken for a face: what it holds is dropped.
+    assert merge([wall, face, fragment]) == [wall]
+    asked: list[Face] = []
+
+    def mesh(f: Face) -> bool:
+        asked.append(f)
+        return f is not wall
+
+    kept = merge([wall, face, fragment], is_face=mesh)
+    assert wall not in kept and face in kept and fragment in kept and asked == [wall]  # asked once, of it alone
+    # A real large face keeps its fragments out, as before.
+    assert merge([wall, face], is_face=lambda f: True) == [wall]
+    # Boxes of about the same size are one face, whatever the mesh would say: it is not asked.
+    twin = _det(302, 301, 46, 28.0, score=0.7)
+    assert merge([face, twin], is_face=lambda f: pytest.fail("asked")) == [face]
+
+
+def test_a_face_in_front_of_a_smooth_textured_wall_is_found_at_every_distance(recognizer: Recognizer) -> None:
+    """The wall that hid faces: BlazeFace boxes it whole (hundreds of pixels), and the merge used to
+    keep that box over the face inside it; the face mesh now says the large box is no face."""
+    from edge.capture.scenes import face_px_at, paste_head, smooth_background
+
+    portrait = read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg")
+    found = []
+    for k, distance in enumerate((1.0, 2.0, 4.0, 6.0)):
+        rng = np.random.default_rng(40 + k)
+        frame = smooth_background(1280, 720, rng)
+        face = face_px_at(distance, 1280)
+        paste_head(frame, portrait, 500.0, 380.0, face)
+        faces = recognizer.detect(frame)
+        found.append(len(found_at(faces, 500.0, 380.0, face)) == 1)
+    assert all(found), found

@@ -55,6 +55,47 @@ def hall_background(width: int, height: int, rng: np.random.Generator) -> ImageA
     return out
 
 
+def smooth_background(width: int, height: int, rng: np.random.Generator, cell: int = 60) -> ImageArray:
+    """A smooth textured wall: a grey level of 60-190 per ``cell`` px cell, a tint of ±12 per channel,
+    upscaled with cubic interpolation, with fixed sensor noise (sigma 6). Such a wall is where
+    BlazeFace draws large false boxes (hundreds of pixels) that hold the real faces in front of it."""
+    gw, gh = width // cell + 2, height // cell + 2
+    grey = rng.uniform(60, 190, (gh, gw, 1)) + rng.uniform(-12, 12, (1, 1, 3))
+    big = cv2.resize(grey.astype(np.float32), (gw * cell, gh * cell), interpolation=cv2.INTER_CUBIC)[:height, :width]
+    out: ImageArray = np.clip(big + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+    return out
+
+
+# An LFW deep-funneled 250×250 portrait cut to the head (rows 20-230, columns 30-220): its face is ~110 px wide.
+HEAD_ROWS, HEAD_COLS, HEAD_FACE_PX = (20, 230), (30, 220), 110.0
+
+
+def paste_head(frame: ImageArray, portrait: ImageArray, cx: float, cy: float, face_px: float) -> None:
+    """Draw the head of an LFW-style portrait into ``frame`` so that its face is ``face_px`` wide, centred
+    at (cx, cy), through a feathered ellipse (semi-axes 0.46 w, 0.48 h, Gaussian edge of w / 12)."""
+    head = portrait[HEAD_ROWS[0] : HEAD_ROWS[1], HEAD_COLS[0] : HEAD_COLS[1]]
+    scale = face_px / HEAD_FACE_PX
+    w, h = max(4, round(head.shape[1] * scale)), max(4, round(head.shape[0] * scale))
+    tile = cv2.resize(head, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    x0, y0 = round(cx - w / 2), round(cy - h / 2)
+    fh, fw = frame.shape[:2]
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + w, fw), min(y0 + h, fh)
+    if fx1 <= fx0 or fy1 <= fy0:
+        return
+    alpha = _ellipse(w, h)[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    part = tile[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0].astype(np.float32)
+    under = frame[fy0:fy1, fx0:fx1].astype(np.float32)
+    frame[fy0:fy1, fx0:fx1] = (part * alpha + under * (1.0 - alpha)).astype(np.uint8)
+
+
+@cache
+def _ellipse(w: int, h: int) -> npt.NDArray[np.float32]:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = (((xx - w / 2) / (0.46 * w)) ** 2 + ((yy - h / 2) / (0.48 * h)) ** 2 <= 1.0).astype(np.float32)
+    alpha: npt.NDArray[np.float32] = cv2.GaussianBlur(inside, (0, 0), max(w / 12, 0.5))[..., None]
+    return alpha
+
+
 @cache
 def _feather(side: int) -> npt.NDArray[np.float32]:
     """An elliptical alpha mask over a portrait's head and shoulders, soft at the edge."""

@@ -76,8 +76,16 @@ class Recognizer:
         return self._other
 
     def scanner(self) -> Scanner:
-        """A region scanner for one camera (it keeps that camera's motion and schedule)."""
-        return Scanner(self.detector, self.settings.detection, self.settings.quality.min_face_px)
+        """A region scanner for one camera (it keeps that camera's motion and schedule). Where a large
+        box would hide a smaller detection, the face mesh says whether the large one is a face."""
+        check = self.is_face if self.refiner is not None else None
+        return Scanner(self.detector, self.settings.detection, self.settings.quality.min_face_px, check)
+
+    def is_face(self, image: ImageArray, face: Face) -> bool:
+        """The face mesh's presence check on one detection (what the quality gate applies later)."""
+        assert self.refiner is not None
+        _, presence = self.refiner.refine(image, face.keypoints, max(face.box.width, face.box.height))
+        return presence >= self.limits.min_presence
 
     def detect(self, image: ImageArray) -> list[Face]:
         """Every face of a still image, at any size (every window of its layout)."""

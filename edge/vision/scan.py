@@ -48,7 +48,7 @@ scan every window of their layout once.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -72,6 +72,7 @@ MOTION_WIDTH = 160  # the motion image is about this wide
 SETTLE_FRAMES = 10  # a motion-image pixel steady this many frames is taken into the background
 HOLD_STEADY = 0.75  # a tracked face is where it was when this share of its pixels is unchanged since
 LOST_STEADY = 0.98  # a lost face is not looked for again while this share of its crop is unchanged since
+NEST_RATIO = 1.6  # a detection this many times the side of another that lies inside it is not the same face
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,32 +149,56 @@ def _overlap(a: Box, b: Box) -> tuple[float, float]:
     return inter / (area_a + area_b - inter), inter / max(min(area_a, area_b), 1e-9)
 
 
+def _side(face: Face) -> float:
+    return max(face.box.width, face.box.height)
+
+
 def _window_side(face: Face, input_size: int) -> float:
     """Side of the window that found ``face`` (its box side over its size at the input, times the input)."""
-    side = max(face.box.width, face.box.height)
-    return side * input_size / face.input_px if face.input_px else float("inf")
+    return _side(face) * input_size / face.input_px if face.input_px else float("inf")
 
 
-def _fragment_of(small: Face, big: Face, input_size: int) -> bool:
-    """``small`` lies in ``big``'s head region and was found by a window too small to see ``big`` whole:
-    a part of that face (an eye and brow, a mouth and chin) taken for a face."""
+def _nested(small: Face, big: Face) -> bool:
+    """``small`` is far smaller than ``big`` (``NEST_RATIO``) and lies in its head region (the box
+    grown by half its side): one of them is not a face of its own."""
     s, b = small.box, big.box
-    bside, sside = max(b.width, b.height), max(s.width, s.height)
-    if bside < 1.6 * sside or _window_side(small, input_size) >= 2.0 * bside:
+    bside = _side(big)
+    if bside < NEST_RATIO * _side(small):
         return False
     grow = 0.5 * bside
     return b.x0 - grow <= s.x0 and s.x1 <= b.x1 + grow and b.y0 - grow <= s.y0 and s.y1 <= b.y1 + grow
 
 
-def merge(faces: Sequence[Face], input_size: int = 128, iou: float = 0.3, contained: float = 0.6) -> list[Face]:
-    """One face per cluster of overlapping detections, from the window that resolved it best;
-    fragments of a large face seen by small tiles are dropped."""
+def _fragment_of(small: Face, big: Face, input_size: int) -> bool:
+    """``small`` lies in the real face ``big``'s head region and was found by a window too small to
+    see ``big`` whole: a part of that face (an eye and brow, a mouth and chin) taken for a face."""
+    return _nested(small, big) and _window_side(small, input_size) < 2.0 * _side(big)
+
+
+IsFace = Callable[[Face], bool]
+FaceCheck = Callable[[ImageArray, Face], bool]  # is this detection in this image a face? (the face mesh)
+
+
+def merge(
+    faces: Sequence[Face],
+    input_size: int = 128,
+    iou: float = 0.3,
+    contained: float = 0.6,
+    is_face: IsFace | None = None,
+) -> list[Face]:
+    """One face per cluster of overlapping detections of about the same size, from the window that
+    resolved it best. A much smaller detection inside a large one is either a fragment of that face
+    (dropped) or a real face inside clutter that the detector boxed whole (a door, a smooth textured
+    wall: then the large box goes). ``is_face`` (the face mesh's presence check) says which, and is
+    asked only for such a large box; without it the large box is taken for a face."""
 
     def preference(f: Face) -> tuple[float, float]:
         resolved = -abs(math.log(max(f.input_px, 1.0) / BEST_INPUT_PX)) if f.input_px else -10.0
         return (resolved, f.score)
 
     def same(a: Face, b: Face) -> bool:
+        if max(_side(a), _side(b)) >= NEST_RATIO * min(_side(a), _side(b)):
+            return False  # nested detections of very different sizes: resolved below
         over, inside = _overlap(a.box, b.box)
         return over >= iou or inside >= contained
 
@@ -181,7 +206,23 @@ def merge(faces: Sequence[Face], input_size: int = 128, iou: float = 0.3, contai
     for face in sorted(faces, key=preference, reverse=True):
         if not any(same(face, k) for k in kept):
             kept.append(face)
-    return [f for f in kept if not any(_fragment_of(f, big, input_size) for big in kept if big is not f)]
+    dropped: set[int] = set()
+    for big in sorted(kept, key=_side, reverse=True):
+        if id(big) in dropped:
+            continue
+        # What this box would hide if it is a face: detections mostly inside it, and parts of it.
+        hidden = [
+            s for s in kept
+            if s is not big and id(s) not in dropped and _nested(s, big)
+            and (_overlap(s.box, big.box)[1] >= contained or _fragment_of(s, big, input_size))
+        ]  # fmt: skip
+        if not hidden:
+            continue
+        if is_face is None or is_face(big):
+            dropped.update(id(s) for s in hidden)
+        else:
+            dropped.add(id(big))
+    return [f for f in kept if id(f) not in dropped]
 
 
 class Motion:
@@ -300,10 +341,13 @@ class ScanStats:
 class Scanner:
     """Per camera: the layout of its frame size, the motion model, and when each window was last scanned."""
 
-    def __init__(self, detector: Detector, settings: DetectionSettings, min_face: float) -> None:
+    def __init__(
+        self, detector: Detector, settings: DetectionSettings, min_face: float, face_check: FaceCheck | None = None
+    ) -> None:
         self.detector = detector
         self.settings = settings
         self.min_face = min_face
+        self.face_check = face_check  # asked only where a large box would hide a smaller detection
         self.motion = Motion(settings.motion_threshold)
         self._layout: Layout | None = None
         self._bounds: npt.NDArray[np.intp] | None = None  # the layout's windows on the motion image
@@ -367,7 +411,7 @@ class Scanner:
             faces += self.detector.detect(image, lay.windows[i])
             self._last_scan[i] = self._frame
         self.last = ScanStats(len(tracked) - held, len(chosen) - sweep, sweep, held)
-        return merge(faces, self.detector.spec.size)
+        return self._merge(image, faces)
 
     def _follow(self, image: ImageArray, tracked: Sequence[Follow]) -> tuple[list[Face], int]:
         """Re-detect each tracked face in a crop around its box: the face fills the input, so its
@@ -428,4 +472,8 @@ class Scanner:
         faces: list[Face] = []
         for win in lay.windows:
             faces += self.detector.detect(image, win)
-        return merge(faces, self.detector.spec.size)
+        return self._merge(image, faces)
+
+    def _merge(self, image: ImageArray, faces: list[Face]) -> list[Face]:
+        check = self.face_check
+        return merge(faces, self.detector.spec.size, is_face=None if check is None else lambda f: check(image, f))
