@@ -240,21 +240,43 @@ def test_a_track_missed_a_while_is_re_detected_in_its_crop_less_often_until_it_e
     assert again is track and [f.box for f in tr.followed(0.5)] == [track.box]
 
 
-def test_a_track_the_face_mesh_called_no_face_is_followed_again_once_a_later_look_finds_a_face() -> None:
-    tr = Tracker(TrackingSettings(stranger_recheck_s=0.5))
+def test_a_track_the_face_mesh_called_no_face_is_followed_in_its_first_frames_only_until_a_look_finds_a_face() -> None:
+    from edge.recognition.track import FOLLOW_MISSED, NON_FACE_FOLLOW_FRAMES
+
+    tr = Tracker(TrackingSettings(stranger_recheck_s=0.5, max_missed_frames=100))
     ((track, _),) = tr.update([_face(10)], now=0.0)  # a loose box from a coarse window: "not a face"
     tr.defer(track, 0.0, not_a_face=True)
-    assert tr.followed(0.03) == []  # not re-detected in its own crop
-    ((same, _),) = tr.update([_face(11)], now=0.03)  # the tiles find the face there again
-    assert same is track and not tr.needs_evidence(track, 0.03)  # its next look waits a little
-    assert tr.followed(0.06) == []
-    assert tr.needs_evidence(track, 0.1)
-    tr.defer(track, 0.1, not_a_face=False)  # a face this time, head turned: followed again
+    followed = []
+    for i in range(1, 3 * NON_FACE_FOLLOW_FRAMES):
+        ((same, _),) = tr.update([_face(10 + i % 2)], now=i / 30)  # the tiles find the same box again
+        assert same is track
+        followed.append(bool(tr.followed(i / 30)))
+    # Its crop is looked at every FOLLOW_MISSED-th frame while it is new (a far face inside a loose box
+    # is resolved there), then left alone: clutter costs nothing for good.
+    expected = [i < NON_FACE_FOLLOW_FRAMES and i % FOLLOW_MISSED == 0 for i in range(1, 3 * NON_FACE_FOLLOW_FRAMES)]
+    assert followed == expected and any(followed)
+    assert not tr.needs_evidence(track, 1 / 30)  # its next look waits a little
+    tr.defer(track, 0.1, not_a_face=False)  # a face this time, head turned: followed every frame
     assert [f.box for f in tr.followed(0.13)] == [track.box]
     tr.defer(track, 0.2, not_a_face=True)
     assert tr.followed(0.23) == []
     tr.add_evidence(track, _match(None, False, 0.2), 1.0, track.box, 0.3)  # it passed the quality gate
     assert [f.box for f in tr.followed(0.33)] == [track.box]
+
+
+def test_a_track_that_takes_a_much_tighter_box_forgets_what_was_said_of_the_loose_one() -> None:
+    tr = Tracker(TrackingSettings(stranger_recheck_s=0.5))
+    loose = Face(Box(100, 100, 180, 180), np.zeros((6, 2), np.float32), 0.6)
+    ((track, _),) = tr.update([loose], now=0.0)
+    tr.defer(track, 0.0, not_a_face=True)
+    assert track.non_face and not tr.needs_evidence(track, 1 / 30)
+    tight = Face(Box(120, 120, 165, 165), np.zeros((6, 2), np.float32), 0.9)  # the face its crop resolved
+    ((same, _),) = tr.update([tight], now=1 / 30)
+    assert same is track and not track.non_face and tr.needs_evidence(track, 1 / 30)  # looked at now
+    nearly = Face(Box(121, 121, 167, 167), np.zeros((6, 2), np.float32), 0.9)
+    tr.defer(track, 1 / 30, not_a_face=True)
+    ((same, _),) = tr.update([nearly], now=2 / 30)  # about the same box: the verdict stands
+    assert same is track and track.non_face and not tr.needs_evidence(track, 2 / 30)
 
 
 def test_a_new_face_the_quality_gate_refused_is_looked_at_again_next_frame_for_undecided_eager_s() -> None:

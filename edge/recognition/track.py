@@ -26,6 +26,8 @@ from edge.device.config import TrackingSettings
 from edge.types import Box, Face, Follow, Match
 
 FOLLOW_MISSED = 3  # a track missed more frames in a row than this is re-detected in its crop less often
+RESIZED = 1.4  # a track's box this many times larger or smaller than the last is another detection of it
+NON_FACE_FOLLOW_FRAMES = 10  # a track called "not a face" is re-detected in its crop in its first frames only
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,8 @@ class Track:
     retry_at: float = float("-inf")
     votes: deque[Vote] = field(default_factory=deque)
     reported: set[str] = field(default_factory=set)
-    non_face: bool = False  # the face mesh's last look said this is not a face: no crop re-detection for it
+    non_face: bool = False  # the face mesh's last look said this is not a face: its crop is looked at less often
+    age: int = 0  # frames since it began
     face: Face | None = None  # the face it was last found as
     held: int = 0  # frames in a row it was kept at ``face`` because nothing there changed
 
@@ -66,6 +69,12 @@ class Confirmation:
     agreed: int
     seen: int
     first_seen: float  # when the track began: confirmation latency = now - first_seen
+
+
+def _resized(a: Box, b: Box) -> bool:
+    """Boxes of very different sizes (``RESIZED``): a face's box changes far less from one frame to the next."""
+    sa, sb = max(a.width, a.height), max(b.width, b.height)
+    return max(sa, sb) >= RESIZED * max(min(sa, sb), 1e-9)
 
 
 def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
@@ -105,11 +114,16 @@ class Tracker:
                 used_t.add(ti)
                 used_f.add(fi)
                 track = self.tracks[ti]
+                if track.face is not None and _resized(track.face.box, faces[fi].box):
+                    # Another box for it (a face found inside a loose box around it): what was said of
+                    # the old box (not a face, try later) is not said of this one.
+                    track.non_face, track.retry_at = False, float("-inf")
                 track.box, track.last_seen, track.missed = faces[fi].box, now, 0
                 track.held = track.held + 1 if faces[fi] is track.face else 0
                 track.face = faces[fi]
                 pairs.append((track, faces[fi]))
         for ti, track in enumerate(self.tracks):
+            track.age += 1
             if ti not in used_t:
                 track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed <= self.p.max_missed_frames]
@@ -136,8 +150,8 @@ class Tracker:
         """The face failed the quality gate: try again a little later, not every frame, except
         in a new track's first ``undecided_eager_s`` (a head turned just past the limit, a blur:
         the next frame may pass, and those first looks decide how soon an event comes).
-        A detection the face mesh says is not a face is not followed in its own crop until a
-        later look (the track may since hold a tighter box of a real face) says it is one."""
+        A detection the face mesh says is not a face is followed in its own crop less often until a
+        later look says it is one (``followed``)."""
         eager = not not_a_face and now - track.first_seen < self.p.undecided_eager_s
         track.retry_at = now if eager else now + self.p.stranger_recheck_s / 5
         track.non_face = not_a_face
@@ -146,9 +160,11 @@ class Tracker:
         """The live tracks worth re-detecting in a crop of their own: faces, every frame while
         seen within the last ``FOLLOW_MISSED`` frames, then every ``FOLLOW_MISSED``-th frame
         until the track ends (someone who left costs a third as much while their track lives on).
-        A track seen last frame that needs no evidence now offers its face as ``still``: the
-        scanner keeps it there without a detector run if nothing in it changed since; a lost
-        one is looked for only where its crop changed since it was lost."""
+        One the face mesh called "not a face" is re-detected every ``FOLLOW_MISSED``-th frame of its
+        first ``NON_FACE_FOLLOW_FRAMES``: a loose box a coarse window drew around a far face when it
+        came into view holds the face, which its crop resolves; clutter is then left alone. A track seen last frame that needs no evidence now
+        offers its face as ``still``: the scanner keeps it there without a detector run if nothing
+        in it changed since; a lost one is looked for only where its crop changed since it was lost."""
         return [
             Follow(
                 t.box,
@@ -157,7 +173,8 @@ class Tracker:
                 t.missed,
             )
             for t in self.tracks
-            if not t.non_face and (t.missed <= FOLLOW_MISSED or t.missed % FOLLOW_MISSED == 0)
+            if (t.missed <= FOLLOW_MISSED or t.missed % FOLLOW_MISSED == 0)
+            and (not t.non_face or (t.age < NON_FACE_FOLLOW_FRAMES and t.age % FOLLOW_MISSED == 0))
         ]
 
     def add_evidence(self, track: Track, match: Match, quality: float, box: Box, now: float) -> Confirmation | None:
