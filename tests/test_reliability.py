@@ -91,6 +91,27 @@ def test_the_capture_thread_survives_bad_files_and_keeps_reading(tmp_path: Path)
     assert "b_bomb.png declares 50000x50000" in logs.text() and "c_broken.png" in logs.text()
 
 
+def test_a_file_played_as_fast_as_processed_keeps_its_own_time_over_a_replay(tmp_path: Path) -> None:
+    """Tracking counts seconds: frames of a file read faster than its rate are stamped n / fps apart,
+    so the device does what it would at the native rate, on any machine."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.png").write_bytes(cv2.imencode(".png", np.full((48, 64, 3), 90, np.uint8))[1].tobytes())
+    slot, stop = LatestFrame(), threading.Event()
+    cap = CaptureThread(ImageDirSource(folder, fps=10.0), slot, stop, realtime=False, at_end="loop")
+    cap.start()
+    frames = []
+    while len(frames) < 7 and (f := slot.take(timeout=10)) is not None:
+        frames.append(f)
+    stop.set()
+    slot.close()
+    cap.join(10)
+    gaps = np.diff([f.ts for f in frames])
+    assert len(frames) == 7 and np.allclose(gaps, 0.1)  # over the replay too
+    assert [f.seq for f in frames] == list(range(1, 8))
+
+
 def test_a_file_that_cannot_be_opened_ends_an_exit_at_end_run(tmp_path: Path) -> None:
     from edge.capture.sources import open_source
 

@@ -3,7 +3,8 @@
 ``LatestFrame`` is a one-slot hand-off. For a live source the reader overwrites
 the slot, so a slow loop always gets the newest frame and the stale ones are
 counted as dropped. For a file read as fast as possible the reader waits for the
-slot to empty instead, so every frame is processed. Nothing grows without limit.
+slot to empty instead, so every frame is processed, stamped with the file's own time
+(frame n at n / fps after the first), not the wall clock. Nothing grows without limit.
 
 A source that fails (whatever it raises) is reopened with exponential back-off;
 the state (``ok``, ``retrying``, ``exhausted``, ``idle``, ``failed``) and the last
@@ -113,6 +114,7 @@ class CaptureThread(threading.Thread):
     def _run(self) -> None:
         delay = self.retry_initial_s
         seq = 0
+        media_ts: float | None = None  # the file's own clock (fast playback), carried over a replay
         while not self.stop_event.is_set():
             self._beat()
             try:
@@ -130,6 +132,11 @@ class CaptureThread(threading.Thread):
             self.status.state, self.status.error = "ok", None
             delay = self.retry_initial_s
             interval = 1.0 / self.source.fps if (self.realtime and self.source.fps > 0) else 0.0
+            # A file played as fast as processed keeps its own time (frame n at n / fps): tracking then
+            # sees what it would at the native rate, however fast this machine is.
+            step = (
+                1.0 / self.source.fps if (not self.realtime and not self.source.live and self.source.fps > 0) else 0.0
+            )
             next_due = time.monotonic()
             try:
                 while not self.stop_event.is_set():
@@ -144,7 +151,8 @@ class CaptureThread(threading.Thread):
                         pause = next_due - time.monotonic()
                         if pause > 0 and self.stop_event.wait(pause):
                             break
-                    frame = Frame(image, seq, time.monotonic())
+                    media_ts = (time.monotonic() if media_ts is None else media_ts + step) if step else None
+                    frame = Frame(image, seq, time.monotonic() if media_ts is None else media_ts)
                     self.slot.put(
                         frame,
                         wait_until_taken=not self.source.live and not self.realtime,

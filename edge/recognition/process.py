@@ -20,7 +20,7 @@ from edge.types import Frame
 from edge.vision.quality import NOT_A_FACE
 
 OnConfirm = Callable[[Confirmation, Frame], None]
-OnSeen = Callable[[set[str], float], None]
+OnSeen = Callable[[set[str]], None]  # presence keeps its own (wall) clock: frame time may be a file's
 
 
 class FrameProcessor:
@@ -52,7 +52,7 @@ class FrameProcessor:
         if self.on_seen is not None:  # identities of confirmed tracks in view this frame (presence)
             seen = {ident for t in tracker.tracks if t.missed == 0 for ident in t.reported}
             if seen:
-                self.on_seen(seen, now)
+                self.on_seen(seen)
         need = [(t, f) for t, f in pairs if tracker.needs_evidence(t, now)]
         self.frames += 1
         self.stats.count(len(faces))
