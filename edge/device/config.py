@@ -60,10 +60,11 @@ ENV_PREFIX = "EDGE_"
 
 def _readable_file(path: Path) -> Path:
     """A file that exists and can be read now (checked at start-up and by ``edge config check``)."""
+    # The message names no path: the error line shows the value already (escaped, as a repr).
     if not path.is_file():
-        raise ValueError(f"{path} does not exist or is not a file")
+        raise ValueError("does not exist or is not a file")
     if not os.access(path, os.R_OK):
-        raise ValueError(f"{path} is not readable by this user")
+        raise ValueError("is not readable by this user")
     return path
 
 
