@@ -1,4 +1,4 @@
-"""Score → false-match-rate calibration, per face-size band.
+"""Score → false-match-rate calibration, per face-size band, evidence and imaging condition.
 
 A ``CalibrationTable`` says how often a stranger's face reaches a cosine score
 against one enrolled identity; it is measured offline (``models/calibrate.py``)
@@ -8,14 +8,25 @@ Small faces score differently from large ones (less detail, more upsampling), so
 the manifest holds one table per face-size band: a face whose box side is at least
 ``min_px`` (and below the next band's) is judged with that band's table. Where the
 impostor distribution differs between labelled groups, each row is the worst
-group's rate, so the stated rate holds inside every group measured (see README,
-"Thresholds"). The device never learns anyone's group: only the threshold moves.
+group's rate, so the stated rate holds inside every group measured (see
+docs/thresholds.md). The device never learns anyone's group: only the threshold moves.
+
+How much evidence a comparison carries changes the impostor scores too: an identity
+enrolled from several photos is matched through the mean of their embeddings (a
+*template* of k photos), and a confirmed track through the mean of its looks (a fused
+probe). Each band therefore holds a table per evidence kind, (templates, looks), at
+the levels ``TEMPLATE_LEVELS`` × ``LOOK_LEVELS``; an identity of k photos is judged
+with the table of the smallest level of at least k (more photos spread the template's
+impostor scores a little wider: a larger level is the stricter one). Imaging
+conditions the device recognises in its frames (``grey``: a night camera's infrared
+picture) have their own tables, measured with probes in that condition against
+colour templates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,15 +48,19 @@ class CalibrationTable:
     fmr: npt.NDArray[np.float64]
     threshold: npt.NDArray[np.float64]
     impostor_pairs: int = 0
+    measured_to: float = 0.0  # the smallest rate its pairs measure; rows below it follow the tail model
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Sequence[float]], impostor_pairs: int = 0) -> CalibrationTable:
+    def from_rows(
+        cls, rows: Sequence[Sequence[float]], impostor_pairs: int = 0, measured_to: float | None = None
+    ) -> CalibrationTable:
         arr = np.asarray(rows, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < 2:
             raise ValueError("a calibration table needs at least two [fmr, threshold] rows")
         if not (np.all(np.diff(arr[:, 0]) < 0) and np.all(np.diff(arr[:, 1]) > 0)):
             raise ValueError("calibration rows must have decreasing rates and increasing thresholds")
-        return cls(arr[:, 0].copy(), arr[:, 1].copy(), impostor_pairs)
+        floor = float(arr[-1, 0]) if measured_to is None else float(measured_to)
+        return cls(arr[:, 0].copy(), arr[:, 1].copy(), impostor_pairs, floor)
 
     def threshold_for(self, max_fmr: float) -> float:
         """The lowest threshold whose measured FMR is at most ``max_fmr``.
@@ -71,23 +86,53 @@ class CalibrationTable:
         return float(10 ** np.interp(score, self.threshold, np.log10(self.fmr)))
 
 
+TEMPLATE_LEVELS = (1, 2, 3, 5)  # photos per identity the tables are measured for
+LOOK_LEVELS = (1, 3)  # one look, or a track's fused looks
+CONDITIONS = ("colour", "grey")  # imaging conditions with tables of their own; colour is the default
+
+
+def template_level(templates: int) -> int:
+    """The table level for an identity of ``templates`` photos: the smallest level of at least that."""
+    return next((lv for lv in TEMPLATE_LEVELS if lv >= templates), TEMPLATE_LEVELS[-1])
+
+
+def look_level(looks: int) -> int:
+    """One look is its own level; any fusion of looks uses the fused tables (measured with three)."""
+    return 1 if looks <= 1 else LOOK_LEVELS[-1]
+
+
 @dataclass(frozen=True, slots=True)
 class Band:
-    """Faces whose box side is at least ``min_px`` (up to the next band) use ``table``."""
+    """Faces whose box side is at least ``min_px`` (up to the next band) use ``table`` (one photo,
+    one look), or the table of their evidence kind in ``kinds``."""
 
     min_px: float
     table: CalibrationTable
     label: str
+    kinds: Mapping[tuple[int, int], CalibrationTable] = field(default_factory=dict)  # (templates, looks) levels
+
+    def table_for(self, templates: int = 1, looks: int = 1) -> CalibrationTable:
+        key = (template_level(templates), look_level(looks))
+        if key == (1, 1):
+            return self.table
+        try:
+            return self.kinds[key]
+        except KeyError:
+            raise ModelError(
+                f"no calibration table for band {self.label} with {key[0]} photo(s) per identity and "
+                f"{key[1]} look(s) fused; rebuild the tables with models/calibrate.py"
+            ) from None
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """The tables of one embedder file and pipeline variant, by face-size band."""
+    """The tables of one embedder file, pipeline variant and imaging condition, by face-size band."""
 
     embedder_sha256: str
     pipeline: str
     bands: tuple[Band, ...]  # by min_px, largest first
     method: str = ""
+    condition: str = "colour"
 
     def __post_init__(self) -> None:
         if not self.bands:
@@ -112,40 +157,76 @@ def band_label(min_px: float, max_px: float | None) -> str:
 
 
 def parse_calibrations(entries: Sequence[Mapping[str, Any]]) -> tuple[Calibration, ...]:
-    """Manifest ``calibration`` entries → one Calibration per (embedder, pipeline).
+    """Manifest ``calibration`` entries → one Calibration per (embedder, pipeline, condition).
 
-    An entry without ``band`` covers every face size (manifests before per-band tables).
+    An entry without ``band`` covers every face size (manifests before per-band tables); one
+    without ``templates``/``looks`` is the one-photo, one-look table; without ``condition``, colour.
     """
-    grouped: dict[tuple[str, str], list[tuple[float, CalibrationTable, str]]] = {}
-    methods: dict[tuple[str, str], str] = {}
+    Key = tuple[str, str, str]
+    grouped: dict[Key, dict[float, dict[tuple[int, int], CalibrationTable]]] = {}
+    labels: dict[tuple[Key, float], str] = {}
+    methods: dict[Key, str] = {}
     for entry in entries:
-        key = (str(entry["embedder_sha256"]), str(entry["pipeline"]))
+        key = (str(entry["embedder_sha256"]), str(entry["pipeline"]), str(entry.get("condition", "colour")))
         band = entry.get("band") or {}
         min_px = float(band.get("min_px", 0.0))
-        max_px = band.get("max_px")
-        table = CalibrationTable.from_rows(entry["table"], int(entry.get("impostor_pairs", 0)))
-        grouped.setdefault(key, []).append((min_px, table, band_label(min_px, max_px)))
-        methods[key] = str(entry.get("method", ""))
+        kind = (int(entry.get("templates", 1)), int(entry.get("looks", 1)))
+        if kind[0] not in TEMPLATE_LEVELS or kind[1] not in LOOK_LEVELS:
+            raise ValueError(
+                f"calibration kind {kind}: templates must be one of {TEMPLATE_LEVELS}, looks of {LOOK_LEVELS}"
+            )
+        tables = grouped.setdefault(key, {}).setdefault(min_px, {})
+        if kind in tables:
+            raise ValueError(
+                f"two calibration tables for the same band and kind ({key[1]}, {key[0][:12]}, {min_px:g} px, {kind})"
+            )
+        measured_to = entry.get("measured_to")
+        tables[kind] = CalibrationTable.from_rows(
+            entry["table"], int(entry.get("impostor_pairs", 0)), None if measured_to is None else float(measured_to)
+        )
+        labels[(key, min_px)] = band_label(min_px, band.get("max_px"))
+        if kind == (1, 1):
+            methods[key] = str(entry.get("method", ""))
     out = []
-    for (sha, pipeline), rows in grouped.items():
-        rows.sort(key=lambda r: -r[0])
-        if len({r[0] for r in rows}) != len(rows):
-            raise ValueError(f"two calibration tables for the same band ({pipeline}, {sha[:12]})")
-        out.append(Calibration(sha, pipeline, tuple(Band(m, t, lbl) for m, t, lbl in rows), methods[(sha, pipeline)]))
+    for key, by_band in grouped.items():
+        bands = []
+        for min_px in sorted(by_band, reverse=True):
+            tables = by_band[min_px]
+            if (1, 1) not in tables:
+                raise ValueError(f"band {min_px:g} px of {key[1]} ({key[2]}) has no one-photo, one-look table")
+            kinds = {k: v for k, v in tables.items() if k != (1, 1)}
+            bands.append(Band(min_px, tables[(1, 1)], labels[(key, min_px)], kinds))
+        out.append(Calibration(key[0], key[1], tuple(bands), methods.get(key, ""), key[2]))
     return tuple(out)
 
 
-def calibration_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> Calibration:
-    """The score → FMR tables the manifest holds for exactly this embedder file and pipeline variant."""
+def calibration_for(manifest: Manifest, embedder_sha256: str, pipeline: str, condition: str = "colour") -> Calibration:
+    """The score → FMR tables the manifest holds for exactly this embedder file, pipeline variant and
+    imaging condition."""
     path = manifest.root / MANIFEST_NAME
-    try:
-        calibrations = parse_calibrations(manifest.raw.get("calibration", []))
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ModelError(f"model manifest {path} has a malformed calibration: {exc!r}") from None
-    for cal in calibrations:
-        if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline:
+    for cal in parsed_calibrations(manifest):
+        if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline and cal.condition == condition:
             return cal
     raise ModelError(
         f"{path} has no calibration table for embedder sha256 {embedder_sha256[:12]}… "
-        f"with pipeline '{pipeline}'; rebuild the models with models/build.py"
+        f"with pipeline '{pipeline}' ({condition}); rebuild the models with models/build.py"
     )
+
+
+def conditions_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> tuple[str, ...]:
+    """The imaging conditions the manifest calibrated this embedder and pipeline for."""
+    found = {
+        c.condition
+        for c in parsed_calibrations(manifest)
+        if (c.embedder_sha256, c.pipeline) == (embedder_sha256, pipeline)
+    }
+    return tuple(c for c in CONDITIONS if c in found)
+
+
+def parsed_calibrations(manifest: Manifest) -> tuple[Calibration, ...]:
+    try:
+        return parse_calibrations(manifest.raw.get("calibration", []))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(
+            f"model manifest {manifest.root / MANIFEST_NAME} has a malformed calibration: {exc!r}"
+        ) from None
