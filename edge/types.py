@@ -100,6 +100,7 @@ class Quality:
     roll: float
     brightness: float
     presence: float = 1.0  # face mesh face-presence score (1 when the mesh did not run)
+    condition: str = "colour"  # the imaging condition read from the crop: "colour" or "grey" (edge.vision.condition)
 
     @property
     def score(self) -> float:
@@ -126,7 +127,8 @@ class Match:
     ``accepted`` is ``score >= threshold`` (and the margin over the second identity
     at least ``min_margin``); ``threshold`` and ``est_false_match_rate`` (the rate at
     which a stranger's face reaches ``score`` against this gallery) are those of
-    the face's size ``band``; ``gallery_version`` is the snapshot that judged it.
+    the face's size ``band``, the evidence (``looks`` fused, the identity's ``templates``)
+    and the imaging ``condition``; ``gallery_version`` is the snapshot that judged it.
     """
 
     identity_id: str | None
@@ -138,3 +140,6 @@ class Match:
     accepted: bool
     gallery_version: int = 0
     band: str = ""
+    looks: int = 1  # 1: one look; more: the mean of that many looks of a track (fused)
+    templates: int = 1  # photos of the matched identity (its template is their mean)
+    condition: str = "colour"  # the imaging condition whose tables judged it

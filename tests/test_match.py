@@ -8,13 +8,30 @@ import numpy as np
 import pytest
 
 from edge.device.config import MatchSettings
-from edge.recognition.calibration import Band, Calibration, CalibrationTable, parse_calibrations
+from edge.recognition.calibration import (
+    LOOK_LEVELS,
+    TEMPLATE_LEVELS,
+    Band,
+    Calibration,
+    CalibrationTable,
+    parse_calibrations,
+)
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
 
 # Rates 1e-1 … 1e-6 at thresholds 0.2 … 0.7 (large faces); small faces need 0.1 more.
 LARGE = CalibrationTable.from_rows([[10.0**-k, 0.1 + 0.1 * k] for k in range(1, 7)], 1_000_000)
 SMALL = CalibrationTable.from_rows([[10.0**-k, 0.2 + 0.1 * k] for k in range(1, 7)], 1_000_000)
-CAL = Calibration("sha", "mesh5+flip", (Band(80, LARGE, "80+ px"), Band(0, SMALL, "0-80 px")))
+
+
+def every_kind(table: CalibrationTable) -> dict[tuple[int, int], CalibrationTable]:
+    """The same table for every evidence kind: a calibration any gallery can be judged with."""
+    return {(k, m): table for k in TEMPLATE_LEVELS for m in LOOK_LEVELS if (k, m) != (1, 1)}
+
+
+CAL = Calibration(
+    "sha", "mesh5+flip", (Band(80, LARGE, "80+ px", every_kind(LARGE)), Band(0, SMALL, "0-80 px", every_kind(SMALL)))
+)
+ONE_KIND = Calibration("sha", "mesh5+flip", (Band(80, LARGE, "80+ px"), Band(0, SMALL, "0-80 px")))
 
 
 def unit(v: list[float]) -> np.ndarray:
@@ -124,3 +141,101 @@ def test_expiry_update_does_not_undo_a_concurrent_swap() -> None:
     holder.swap(gallery(2, version=2))
     assert holder.update(lambda snap: None) is holder.current  # no change, no notification
     assert seen == [1, 2]
+
+
+def shifted(by: float) -> CalibrationTable:
+    """LARGE with every threshold ``by`` higher: a stricter table, as a template of more photos has."""
+    return CalibrationTable.from_rows([[10.0**-k, 0.1 + 0.1 * k + by] for k in range(1, 7)], 100_000)
+
+
+KINDS = {
+    (2, 1): shifted(0.01),
+    (3, 1): shifted(0.02),
+    (5, 1): shifted(0.03),
+    **{(k, 3): shifted(0.05) for k in (1, 2, 3, 5)},
+}
+MULTI = Calibration("sha", "mesh5+flip", (Band(0, LARGE, "all", KINDS),))
+
+
+def test_an_identity_of_several_photos_is_their_mean_judged_with_the_table_of_its_photos() -> None:
+    eye = np.eye(16, dtype=np.float32)
+    alice = np.stack([unit([1, 0.3]), unit([1, -0.3])])  # two photos either side of her mean
+    bob = np.stack([eye[3], eye[3], eye[3], eye[3]])  # four photos: judged with the five-photo table
+    g = Gallery.build([("alice", None, alice), ("bob", None, bob), ("carol", None, eye[5:6])])
+    assert g.counts.tolist() == [2, 4, 1]
+    assert np.allclose(g.templates[0], unit([1, 0])) and np.allclose(g.photos(1), bob)
+    snap = Matcher(MULTI, MatchSettings(max_false_match_rate=1e-3)).snapshot(g)  # 3 identities: 3.3e-4 each
+    (bt,) = snap.bands
+    per_id = 1e-3 / 3
+    assert bt.single.tolist() == pytest.approx(
+        [shifted(0.01).threshold_for(per_id), shifted(0.03).threshold_for(per_id), LARGE.threshold_for(per_id)]
+    )
+    assert bt.fused.tolist() == pytest.approx([shifted(0.05).threshold_for(per_id)] * 3)
+    (m,) = snap.match(unit([1, 0])[None])  # her mean exactly: scored 1 against her template
+    assert m.identity_id == "alice" and m.score == pytest.approx(1.0) and m.templates == 2 and m.accepted
+    assert m.threshold == pytest.approx(bt.single[0]) and m.est_false_match_rate == pytest.approx(
+        shifted(0.01).fmr_at(1.0) * 3
+    )
+    # Fused looks are judged with the fused tables.
+    (f,) = snap.match(unit([1, 0])[None], looks=4)
+    assert f.looks == 4 and f.threshold == pytest.approx(bt.fused[0])
+
+
+def test_each_identity_has_its_own_threshold_and_only_the_most_similar_is_taken() -> None:
+    # Carol (one photo, table LARGE) and Dave (three photos, a table that is lower here): each is
+    # judged with their own threshold, and a face is given only to the identity it resembles most.
+    lenient = CalibrationTable.from_rows([[10.0**-k, 0.05 * k] for k in range(1, 7)], 100_000)
+    cal = Calibration("sha", "p", (Band(0, LARGE, "all", {**KINDS, (3, 1): lenient}),))
+    eye = np.eye(16, dtype=np.float32)
+    g = Gallery.build([("carol", None, eye[0:1]), ("dave", None, np.stack([eye[1]] * 3))])
+    snap = Matcher(cal, MatchSettings(max_false_match_rate=1e-3, open_set_correction=False)).snapshot(g)
+    t_carol, t_dave = snap.bands[0].single.tolist()
+    assert (t_carol, t_dave) == pytest.approx((0.4, 0.15))
+    (m,) = snap.match(unit([0.10, 0.30, 0.949])[None])  # 0.30 for Dave: over his threshold, under Carol's
+    assert m.identity_id == "dave" and m.accepted and m.threshold == pytest.approx(t_dave)
+    (m,) = snap.match(unit([0.35, 0.30, 0.887])[None])  # more like Carol, under her threshold; Dave's reached
+    assert m.identity_id == "carol" and not m.accepted and m.margin == pytest.approx(0.05, abs=1e-3)
+
+
+def test_a_gallery_needing_a_table_the_calibration_lacks_is_refused_at_the_snapshot() -> None:
+    from edge.errors import ModelError
+
+    eye = np.eye(16, dtype=np.float32)
+    one_photo = Matcher(ONE_KIND, MatchSettings()).snapshot(Gallery.build([("a", None, eye[0:1])]))
+    assert np.isinf(one_photo.bands[0].fused).all()  # fusion not calibrated: it never accepts
+    with pytest.raises(ModelError, match="3 photo"):
+        Matcher(ONE_KIND, MatchSettings()).snapshot(Gallery.build([("a", None, np.stack([eye[0]] * 3))]))
+
+
+def test_manifest_kinds_and_conditions_parse_into_bands() -> None:
+    rows = [[1e-2, 0.4], [1e-3, 0.5]]
+    entry = {"embedder_sha256": "s", "pipeline": "p", "band": {"min_px": 0, "max_px": None}, "table": rows}
+    parsed = parse_calibrations([
+        entry, {**entry, "templates": 3, "table": [[1e-2, 0.41], [1e-3, 0.52]]},
+        {**entry, "templates": 5, "table": [[1e-2, 0.42], [1e-3, 0.53]]},
+        {**entry, "condition": "grey", "table": [[1e-2, 0.45], [1e-3, 0.55]]},
+    ])  # fmt: skip
+    by = {c.condition: c for c in parsed}
+    assert set(by) == {"colour", "grey"}
+    band = by["colour"].bands[0]
+    assert band.table_for(1).threshold_for(1e-3) == 0.5 and band.table_for(3).threshold_for(1e-3) == 0.52
+    assert band.table_for(4).threshold_for(1e-3) == 0.53  # four photos: the next level up, five
+    assert band.table_for(9).threshold_for(1e-3) == 0.53  # beyond the levels: the largest
+    assert by["grey"].bands[0].table.threshold_for(1e-3) == 0.55
+    with pytest.raises(ValueError, match="templates must be one of"):
+        parse_calibrations([{**entry, "templates": 4}])
+    with pytest.raises(ValueError, match="no one-photo, one-look table"):
+        parse_calibrations([{**entry, "templates": 2}])
+
+
+def test_a_grey_face_is_judged_with_the_grey_tables_where_they_exist() -> None:
+    grey = Calibration(
+        "sha", "mesh5+flip", (Band(0, shifted(0.04), "all", {k: shifted(0.06) for k in KINDS}),), condition="grey"
+    )
+    matcher = Matcher(MULTI, MatchSettings(), [grey])
+    snap = matcher.snapshot(gallery(2))
+    q = np.eye(16, dtype=np.float32)[:1]
+    colour, night = snap.match(np.concatenate([q, q]), conditions=["colour", "grey"])
+    assert colour.condition == "colour" and night.condition == "grey" and night.threshold > colour.threshold
+    (only_colour,) = Matcher(MULTI, MatchSettings()).snapshot(gallery(2)).match(q, conditions=["grey"])
+    assert only_colour.condition == "colour"  # not calibrated for grey: colour's tables, and it says so

@@ -36,7 +36,7 @@ from edge.errors import EdgeError, InputError
 from edge.gallery.admit import Policy, load_trusted
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
-from edge.recognition.calibration import Band, Calibration, CalibrationTable
+from edge.recognition.calibration import LOOK_LEVELS, TEMPLATE_LEVELS, Band, Calibration, CalibrationTable
 from edge.recognition.match import GalleryHolder, Matcher
 
 # Each simulated device holds about 6 file descriptors (socket, paho's wake-up pair, SQLite outbox with its
@@ -104,7 +104,8 @@ def _worker(ids: list[str], host: str, port: int, folder: str, pubkey: str, sha:
             conn: Any) -> None:  # fmt: skip
     """One process of simulated devices; reports 'started' then its peak memory when told to stop."""
     table = CalibrationTable.from_rows([[1e-1, 0.2], [1e-6, 0.7]])
-    matcher = Matcher(Calibration(sha, "sim", (Band(0, table, "all"),)), load_settings(environ={}).match)
+    kinds = {(k, m): table for k in TEMPLATE_LEVELS for m in LOOK_LEVELS}  # no camera: any table will do
+    matcher = Matcher(Calibration(sha, "sim", (Band(0, table, "all", kinds),)), load_settings(environ={}).match)
     stop = threading.Event()
     devices = [SimDevice(d, host, port, folder, pubkey, sha, heartbeat_s, matcher, stop) for d in ids]
     for d in devices:

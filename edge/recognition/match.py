@@ -1,19 +1,30 @@
 """Gallery search with decision thresholds derived from a stated false-match rate.
 
-The gallery in force is one immutable ``GallerySnapshot``: the identities and
-their embeddings (an (n, d) float32 matrix of unit vectors, grouped by identity,
-searched with one matrix product), the threshold of every face-size band for this
-gallery's size, and the version. ``GalleryHolder`` replaces it with one reference
-assignment; the frame loop reads ``holder.current`` once per frame, so a frame is
-always judged by one gallery with that gallery's thresholds, and every Match names
-the version that produced it.
+The gallery in force is one immutable ``GallerySnapshot``: the identities, the embeddings of
+their photos (kept, grouped by identity) and one *template* per identity, the mean of its
+photos' embeddings, searched with one matrix product; the thresholds of every face-size
+band for this gallery's size and each identity's evidence; the version.
+``GalleryHolder`` replaces it with one reference assignment; the frame loop reads
+``holder.current`` once per frame, so a frame is always judged by one gallery with that
+gallery's thresholds, and every Match names the version that produced it.
+
+Several photos of a person are used through their mean (measured on LFW View 1 at equal
+false-match rates, it accepts more genuine faces than the best of the photos or the mean
+of their scores, and it keeps one comparison per identity: more photos are not more
+chances for a stranger). Its impostor scores spread a little wider than one photo's, so an
+identity of k photos is judged with the table measured for templates of k photos
+(``edge.recognition.calibration``); a track's fused looks likewise.
 
 Open-set arithmetic: comparing a stranger with one identity falsely matches
-with probability FMR (read from the calibration table of the face's size band).
-Against a gallery of N identities the chance that a stranger matches *someone*
-is about N × FMR. With ``open_set_correction`` the per-identity rate used for the
-threshold is ``max_false_match_rate / N``, so the stated rate holds per stranger,
-whatever the gallery size.
+with probability FMR (read from the calibration table of the face's size band and the
+comparison's evidence). Against a gallery of N identities the chance that a stranger
+matches *someone* is at most the sum over identities, N × FMR. With
+``open_set_correction`` the per-identity rate used for every threshold is
+``max_false_match_rate / N``, so the stated rate holds per stranger, whatever the
+gallery size. The most similar identity is accepted when its score reaches its own
+threshold (that of its photos) and leads the second-best identity by ``min_margin``; an
+identity that reaches its threshold while another scores higher is not taken (the face
+looks more like someone else).
 """
 
 from __future__ import annotations
@@ -26,19 +37,26 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.device.config import MatchSettings
-from edge.recognition.calibration import Band, Calibration
+from edge.recognition.calibration import LOOK_LEVELS, Band, Calibration, CalibrationTable, look_level
 from edge.types import FloatArray, Match
+
+
+def _unit_rows(x: FloatArray) -> FloatArray:
+    out: FloatArray = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
 class Gallery:
-    """Identities and their embeddings. Build with ``Gallery.build``."""
+    """Identities, their photos' embeddings and their templates. Build with ``Gallery.build``."""
 
     identity_ids: tuple[str, ...]
     labels: tuple[str | None, ...]
     embeddings: FloatArray  # (n_embeddings, d), unit rows, grouped by identity
     starts: npt.NDArray[np.intp]  # first row of each identity in ``embeddings``
     owner: npt.NDArray[np.intp]  # identity index of each row
+    templates: FloatArray  # (n_identities, d): each identity's mean embedding, unit rows
+    counts: npt.NDArray[np.intp]  # photos (embeddings) of each identity
     version: int = 0
     name: str = ""
     meta: dict[str, str] = field(default_factory=dict)
@@ -58,15 +76,14 @@ class Gallery:
         if any(m.shape[0] == 0 for m in mats):
             raise ValueError("an identity has no embedding")
         counts = np.array([m.shape[0] for m in mats], np.intp)
-        if mats:
-            emb = np.concatenate(mats)
-            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        else:
-            emb = np.zeros((0, 192), np.float32)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp) if mats else np.zeros(0, np.intp)
+        dim = mats[0].shape[1] if mats else 192
+        emb = _unit_rows(np.concatenate(mats)) if mats else np.zeros((0, dim), np.float32)
+        starts = (np.cumsum(counts) - counts).astype(np.intp)
         owner = np.repeat(np.arange(len(mats), dtype=np.intp), counts)
-        emb.setflags(write=False)
-        return cls(ids, tuple(e[1] for e in entries), emb, starts, owner, version, name)
+        templates = _unit_rows(np.add.reduceat(emb, starts, axis=0)) if mats else np.zeros((0, dim), np.float32)
+        for a in (emb, templates, counts):
+            a.setflags(write=False)
+        return cls(ids, tuple(e[1] for e in entries), emb, starts, owner, templates, counts, version, name)
 
     @classmethod
     def empty(cls) -> Gallery:
@@ -75,28 +92,39 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.identity_ids)
 
+    def photos(self, i: int) -> FloatArray:
+        """The embeddings of identity ``i``'s photos."""
+        return self.embeddings[self.starts[i] : self.starts[i] + self.counts[i]]
+
     def without(self, identity_ids: set[str]) -> Gallery:
         """The same gallery less some identities (expiry, removal); same version and name."""
-        ends = np.append(self.starts[1:], len(self.embeddings))
         entries = [
-            (ident, self.labels[i], self.embeddings[self.starts[i] : ends[i]])
+            (ident, self.labels[i], self.photos(i))
             for i, ident in enumerate(self.identity_ids)
             if ident not in identity_ids
         ]
         return Gallery.build(entries, self.version, self.name)
 
     def scores(self, queries: FloatArray) -> FloatArray:
-        """(q, n_identities) best cosine similarity of each query with each identity."""
-        sims = queries @ self.embeddings.T  # (q, n_embeddings): the one matrix product
-        return np.maximum.reduceat(sims, self.starts, axis=1)
+        """(q, n_identities) cosine similarity of each query with each identity's template."""
+        out: FloatArray = queries @ self.templates.T  # the one matrix product
+        return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BandThreshold:
-    """A face-size band with the threshold it has for one snapshot's gallery size."""
+    """A face-size band with the thresholds it has for one snapshot's gallery: per identity (by
+    its photos), for one look and for a track's fused looks; ``threshold`` is that of a
+    one-photo identity and one look (what a portrait is judged with, at the strictest)."""
 
     band: Band
     threshold: float
+    single: FloatArray  # (n_identities,)
+    fused: FloatArray  # (n_identities,)
+    tables: tuple[tuple[CalibrationTable, ...], tuple[CalibrationTable, ...]]  # per identity: single, fused
+
+    def for_looks(self, looks: int) -> tuple[FloatArray, tuple[CalibrationTable, ...]]:
+        return (self.single, self.tables[0]) if look_level(looks) == 1 else (self.fused, self.tables[1])
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,8 @@ class GallerySnapshot:
     settings: MatchSettings
     bands: tuple[BandThreshold, ...]  # the calibration's bands, largest faces first
     per_identity_fmr: float
+    condition: str = "colour"
+    by_condition: dict[str, tuple[BandThreshold, ...]] = field(default_factory=dict)  # every calibrated condition
 
     @property
     def version(self) -> int:
@@ -115,67 +145,95 @@ class GallerySnapshot:
     def __len__(self) -> int:
         return len(self.gallery)
 
-    def band_for(self, face_px: float) -> BandThreshold:
-        for bt in self.bands:
+    def band_for(self, face_px: float, condition: str = "colour") -> BandThreshold:
+        bands = self.by_condition.get(condition, self.bands)
+        for bt in bands:
             if face_px >= bt.band.min_px:
                 return bt
-        return self.bands[-1]
+        return bands[-1]
 
     @property
     def threshold(self) -> float:
-        """The threshold of the largest faces (what a portrait is judged with)."""
+        """The threshold of the largest faces, one photo, one look (what a portrait is judged with)."""
         return self.bands[0].threshold
 
-    def match(self, queries: FloatArray, face_px: Sequence[float] | None = None) -> list[Match]:
-        """Top-1 identity for each query; ``face_px`` (box side of each face) picks its band."""
+    @property
+    def measured_to(self) -> float:
+        """The smallest per-comparison rate the calibration measured on pairs (below it: its tail model)."""
+        return self.bands[0].band.table.measured_to
+
+    @property
+    def beyond_calibration(self) -> bool:
+        """The per-identity rate this gallery's size asks for is below what the calibration measured on
+        pairs: its thresholds there follow the tables' tail model, an assumption (docs/thresholds.md)."""
+        return self.per_identity_fmr < self.measured_to
+
+    def match(
+        self,
+        queries: FloatArray,
+        face_px: Sequence[float] | None = None,
+        looks: int = 1,
+        conditions: Sequence[str] | None = None,
+    ) -> list[Match]:
+        """The best identity for each query; ``face_px`` (box side of each face) picks its band,
+        ``looks`` (1, or how many looks of a track a fused query averages) and each identity's photos
+        its table, ``conditions`` (each face's imaging condition, colour by default) the tables of that
+        condition where the calibration has them (else colour's)."""
         gallery = self.gallery
         n, q = len(gallery), len(queries)
         sizes = list(face_px) if face_px is not None else [float("inf")] * q
-        if len(sizes) != q:
-            raise ValueError(f"{q} queries but {len(sizes)} face sizes")
-        bands = [self.band_for(px) for px in sizes]
+        conds = list(conditions) if conditions is not None else ["colour"] * q
+        if len(sizes) != q or len(conds) != q:
+            raise ValueError(f"{q} queries but {len(sizes)} face sizes and {len(conds)} conditions")
+        used = [c if c in self.by_condition else "colour" for c in conds]
+        bands = [self.band_for(px, c) for px, c in zip(sizes, used, strict=True)]
         if n == 0 or q == 0:
             return [
-                Match(None, None, 0.0, 0.0, bt.threshold, 1.0, False, gallery.version, bt.band.label) for bt in bands
+                Match(None, None, 0.0, 0.0, bt.threshold, 1.0, False, gallery.version, bt.band.label, looks, 1, c)
+                for bt, c in zip(bands, used, strict=True)
             ]
         per_id = gallery.scores(queries)
         if n >= 2:
-            top2 = np.argpartition(-per_id, 1, axis=1)[:, :2]
-            rows = np.arange(q)[:, None]
-            pair = per_id[rows, top2]
-            order = np.argsort(-pair, axis=1)
-            best_idx = top2[rows[:, 0], order[:, 0]]
-            best = pair[rows[:, 0], order[:, 0]]
-            second = pair[rows[:, 0], order[:, 1]]
+            top2 = np.partition(per_id, n - 2, axis=1)[:, n - 2 :]
+            best, second = top2.max(axis=1), top2.min(axis=1)
         else:
-            best_idx = np.zeros(q, np.intp)
-            best = per_id[:, 0]
-            second = np.full(q, -1.0, np.float32)
+            best, second = per_id[:, 0], np.full(q, -1.0, np.float32)
+        pick = per_id.argmax(axis=1)
         scale = n if self.settings.open_set_correction else 1
         out = []
-        for i, s, m, bt in zip(best_idx.tolist(), best.tolist(), (best - second).tolist(), bands, strict=True):
+        for i, s, m, bt, c in zip(pick.tolist(), best.tolist(), (best - second).tolist(), bands, used, strict=True):
+            thr, tables = bt.for_looks(looks)
             out.append(
                 Match(
                     identity_id=gallery.identity_ids[i],
                     label=gallery.labels[i],
                     score=float(s),
                     margin=float(m),
-                    threshold=bt.threshold,
-                    est_false_match_rate=min(1.0, bt.band.table.fmr_at(s) * scale),
-                    accepted=bool(s >= bt.threshold and m >= self.settings.min_margin),
+                    threshold=float(thr[i]),
+                    est_false_match_rate=min(1.0, tables[i].fmr_at(s) * scale),
+                    accepted=bool(s >= thr[i] and m >= self.settings.min_margin),
                     gallery_version=gallery.version,
                     band=bt.band.label,
+                    looks=looks,
+                    templates=int(gallery.counts[i]),
+                    condition=c,
                 )
             )
         return out
 
 
 class Matcher:
-    """Calibrated matching policy: turns a Gallery into a snapshot with its thresholds."""
+    """Calibrated matching policy: turns a Gallery into a snapshot with its thresholds. ``calibration``
+    is the colour one; ``others`` those of further imaging conditions (grey)."""
 
-    def __init__(self, calibration: Calibration, settings: MatchSettings) -> None:
+    def __init__(self, calibration: Calibration, settings: MatchSettings, others: Sequence[Calibration] = ()) -> None:
         self.calibration = calibration
         self.settings = settings
+        self.by_condition = {"colour": calibration, **{c.condition: c for c in others}}
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return tuple(self.by_condition)
 
     def per_identity_fmr(self, n_identities: int) -> float:
         if self.settings.open_set_correction and n_identities > 1:
@@ -183,9 +241,37 @@ class Matcher:
         return self.settings.max_false_match_rate
 
     def snapshot(self, gallery: Gallery) -> GallerySnapshot:
+        """Thresholds for every band, condition and identity (by its photos); a ModelError when the
+        calibration has no table for some identity's evidence."""
         fmr = self.per_identity_fmr(len(gallery))
-        bands = tuple(BandThreshold(b, b.table.threshold_for(fmr)) for b in self.calibration.bands)
-        return GallerySnapshot(gallery, self.settings, bands, fmr)
+        counts = gallery.counts.tolist()
+        by_condition = {
+            condition: tuple(self._thresholds(b, counts, fmr) for b in cal.bands)
+            for condition, cal in self.by_condition.items()
+        }
+        return GallerySnapshot(gallery, self.settings, by_condition["colour"], fmr, "colour", by_condition)
+
+    @staticmethod
+    def _thresholds(band: Band, counts: Sequence[int], fmr: float) -> BandThreshold:
+        """One band's thresholds for identities of these photo counts, one look and fused looks."""
+        found: dict[tuple[int, int], tuple[CalibrationTable, float]] = {}
+
+        def lookup(k: int, looks: int) -> tuple[CalibrationTable, float]:
+            if (k, looks) not in found:
+                if looks > 1 and not band.kinds:  # fusion not calibrated (an older manifest): never accepts
+                    found[(k, looks)] = (band.table, float("inf"))
+                else:
+                    table = band.table_for(k, looks)
+                    found[(k, looks)] = (table, table.threshold_for(fmr))
+            return found[(k, looks)]
+
+        single = [lookup(k, 1) for k in counts]
+        fused = [lookup(k, LOOK_LEVELS[-1]) for k in counts]
+        return BandThreshold(
+            band, band.table.threshold_for(fmr),
+            np.array([th for _, th in single], np.float32), np.array([th for _, th in fused], np.float32),
+            (tuple(tb for tb, _ in single), tuple(tb for tb, _ in fused)),
+        )  # fmt: skip
 
 
 class GalleryHolder:

@@ -15,7 +15,7 @@ from edge.capture.imageio import check_frame
 from edge.device.config import ModelSettings, Settings
 from edge.device.runtime import Manifest, load_manifest
 from edge.errors import InputError, ModelError
-from edge.recognition.calibration import calibration_for
+from edge.recognition.calibration import calibration_for, conditions_for
 from edge.recognition.match import Matcher
 from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
 from edge.vision import align as align_mod
@@ -66,7 +66,12 @@ class Recognizer:
                     f"calibration of {self.pipeline_id} measured ({smallest:g} px), so faces that small have no "
                     "known false-match rate; raise it, or calibrate smaller faces (models/calibrate.py)"
                 )
-            self._matcher = Matcher(calibration, self.settings.match)
+            others = [
+                calibration_for(self.manifest, self.embedder_sha256, self.pipeline_id, c)
+                for c in conditions_for(self.manifest, self.embedder_sha256, self.pipeline_id)
+                if c != "colour"
+            ]
+            self._matcher = Matcher(calibration, self.settings.match, others)
         return self._matcher
 
     def other_detector(self) -> Detector:

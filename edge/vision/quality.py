@@ -15,6 +15,7 @@ import numpy as np
 
 from edge.device.config import QualitySettings
 from edge.types import Face, FloatArray, ImageArray, Quality
+from edge.vision.condition import condition_of
 
 NOT_A_FACE = "not a face"
 
@@ -70,4 +71,5 @@ def assess(
         roll=roll,
         brightness=brightness,
         presence=1.0 if presence is None else presence,
+        condition=condition_of(crop),
     )
