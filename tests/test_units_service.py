@@ -208,7 +208,7 @@ def test_include_label_false_keeps_the_label_out_of_the_event() -> None:
     without = json.loads(make_event(conf, 640, 480, "cam", "abcd", include_label=False).to_json(False))
     assert with_label["label"] == "Alice Smith" and "label" not in without
     assert without["identity_id"] == "alice" and without["gallery_version"] == 7  # the matching snapshot's
-    assert without["bbox"] == [0.1, 0.1, 0.3, 0.3667] and without["evidence"] == {"agreed": 3, "seen": 4}
+    assert without["bbox"] == [0.1, 0.1, 0.3, 0.3667] and without["evidence"] == {"agreed": 3, "seen": 4, "fused": 0}
 
 
 def test_a_track_ends_after_max_missed_frames() -> None:
@@ -291,3 +291,25 @@ def test_a_new_face_the_quality_gate_refused_is_looked_at_again_next_frame_for_u
     ((other, _),) = tr.update([_face(10), _face(400)], now=0.5)[1:]
     tr.defer(other, 0.5, not_a_face=True)  # not a face: never eager
     assert not tr.needs_evidence(other, 0.5 + 1 / 30)
+
+
+def test_a_tracks_fused_look_confirms_only_when_k_of_its_looks_name_the_identity() -> None:
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5))
+    ((track, _),) = tr.update([_face(10)], now=0.0)
+    vec = np.zeros(8, np.float32)
+    vec[0] = 1.0
+    # Three looks that name alice as their best match, none above the one-look threshold.
+    for i, ident in enumerate(["alice", "bob", "alice"]):
+        assert tr.add_evidence(track, _match(ident, False, 0.45), 0.8, track.box, i * 0.03, vec, 60.0 - i) is None
+    assert tr.fused(track) is None  # only two name alice
+    assert tr.add_evidence(track, _match("alice", False, 0.47), 0.9, track.box, 0.09, vec, 40.0) is None
+    fused = tr.fused(track)
+    assert fused is not None and fused.looks == 4 and fused.face_px == 40.0 and fused.condition == "colour"
+    assert np.allclose(fused.embedding, vec)
+    assert tr.add_fused(track, _match("bob", True, 0.7), 0.1) is None  # accepted, but only one look names bob
+    conf = tr.add_fused(track, Match("alice", "alice", 0.72, 0.2, 0.7, 1e-7, True, looks=4), 0.1)
+    assert conf is not None and conf.fused == 4 and conf.agreed == 3 and conf.seen == 4
+    assert tr.fused(track) is None  # reported: nothing left to fuse for
+    assert (
+        tr.add_fused(track, Match("alice", "alice", 0.75, 0.2, 0.7, 1e-7, True, looks=5), 0.2) is None
+    )  # once per track

@@ -31,6 +31,10 @@ class Evidence(Payload):
         description="Embeddings in the confirmation window that matched this identity above the threshold."
     )
     seen: int = Field(description="Embeddings in the confirmation window.")
+    fused: int = Field(
+        0,
+        description="How many looks of the track were averaged into the embedding that matched (0: the agreeing looks matched one by one).",
+    )
 
 
 class MatchEvent(Payload):
@@ -79,7 +83,7 @@ def make_event(
         score=round(m.score, 4),
         threshold=round(m.threshold, 4),
         est_false_match_rate=m.est_false_match_rate,
-        evidence=Evidence(agreed=conf.agreed, seen=conf.seen),
+        evidence=Evidence(agreed=conf.agreed, seen=conf.seen, fused=conf.fused),
         track_id=conf.track_id,
         bbox=tuple(round(v, 4) for v in conf.box.normalised(width, height)),
         quality=conf.quality,

@@ -1,6 +1,7 @@
 """The frame loop's work for one frame: scan (crops around tracks, changed windows,
 the background sweep) → track → (align → quality → embed → match for the tracks
-that need evidence) → confirmations.
+that need evidence) → confirmations: an identity that K of a track's last M looks
+accept, or that the mean of its looks (the fused look) accepts while K looks name it.
 
 Separate from ``App`` so that the service and ``edge bench`` run the same code;
 what happens to a confirmation (an event in the outbox, or a benchmark record)
@@ -71,11 +72,18 @@ class FrameProcessor:
                 emb = rec.embed([a for _, a in good])
                 t3 = clock()
                 # One snapshot for the whole frame: gallery, thresholds and version agree.
-                matches = self.gallery.current.match(emb, [a.quality.face_px for _, a in good])
+                snap = self.gallery.current
+                matches = snap.match(
+                    emb, [a.quality.face_px for _, a in good], conditions=[a.quality.condition for _, a in good]
+                )
                 self.stats.add("embed", (t3 - t2) / len(good))
                 self.stats.add("match", clock() - t3)
-                for (track, a), m in zip(good, matches, strict=True):
-                    conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now)
+                for (track, a), m, vector in zip(good, matches, emb, strict=True):
+                    conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now, vector, a.quality.face_px)
+                    fused = tracker.fused(track) if conf is None else None
+                    if fused is not None:  # the mean of its looks, judged with the tables of fused looks
+                        (fm,) = snap.match(fused.embedding[None], [fused.face_px], fused.looks, [fused.condition])
+                        conf = tracker.add_fused(track, fm, now)
                     if conf is not None:
                         self.on_confirm(conf, frame)
         self.stats.add("frame", clock() - t0)

@@ -16,14 +16,14 @@ per-identity cooldown stops floods from a face that loses and regains its track.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge.device.config import TrackingSettings
-from edge.types import Box, Face, Follow, Match
+from edge.types import Box, Face, FloatArray, Follow, Match
 
 FOLLOW_MISSED = 3  # a track missed more frames in a row than this is re-detected in its crop less often
 RESIZED = 1.4  # a track's box this many times larger or smaller than the last is another detection of it
@@ -32,9 +32,24 @@ NON_FACE_FOLLOW_FRAMES = 10  # a track called "not a face" is re-detected in its
 
 @dataclass(frozen=True, slots=True)
 class Vote:
+    """One look at a track's face: its match, quality and box, and (for the fused look) its embedding."""
+
     match: Match
     quality: float
     box: Box
+    embedding: FloatArray | None = None
+    face_px: float = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class FusedLook:
+    """The mean of a track's looks in its window: one probe that carries the evidence of all of them.
+    Judged with the tables of fused looks, at the band of its smallest face, in its looks' condition."""
+
+    embedding: FloatArray  # (d,) unit vector
+    face_px: float
+    condition: str
+    looks: int
 
 
 @dataclass
@@ -69,6 +84,7 @@ class Confirmation:
     agreed: int
     seen: int
     first_seen: float  # when the track began: confirmation latency = now - first_seen
+    fused: int = 0  # looks whose mean matched (0: confirm_k looks matched one by one)
 
 
 def _resized(a: Box, b: Box) -> bool:
@@ -177,21 +193,67 @@ class Tracker:
             and (not t.non_face or (t.age < NON_FACE_FOLLOW_FRAMES and t.age % FOLLOW_MISSED == 0))
         ]
 
-    def add_evidence(self, track: Track, match: Match, quality: float, box: Box, now: float) -> Confirmation | None:
-        """Record one match for a track; a Confirmation when an identity newly reaches K of M."""
+    def add_evidence(
+        self,
+        track: Track,
+        match: Match,
+        quality: float,
+        box: Box,
+        now: float,
+        embedding: FloatArray | None = None,
+        face_px: float = float("inf"),
+    ) -> Confirmation | None:
+        """Record one look at a track; a Confirmation when an identity newly reaches K of M accepting looks."""
         track.last_embed = now
         track.non_face = False  # it passed the quality gate: a face
-        track.votes.append(Vote(match, quality, box))
+        track.votes.append(Vote(match, quality, box, embedding, face_px))
         if not match.accepted or match.identity_id is None or match.identity_id in track.reported:
             return None
         ident = match.identity_id
         agreeing = [v for v in track.votes if v.match.accepted and v.match.identity_id == ident]
         if len(agreeing) < self.p.confirm_k:
             return None
+        best = max(agreeing, key=lambda v: v.match.score)
+        return self._confirm(track, best.match, best.quality, box, len(agreeing), now)
+
+    def fused(self, track: Track) -> FusedLook | None:
+        """The mean of the track's looks in its window, when it is worth matching: at least confirm_k
+        looks (two at the least) that name one identity not yet reported as their best match."""
+        looks = [v for v in track.votes if v.embedding is not None]
+        vectors = [v.embedding for v in track.votes if v.embedding is not None]
+        if len(looks) < max(self.p.confirm_k, 2):
+            return None
+        named = Counter(v.match.identity_id for v in looks if v.match.identity_id is not None)
+        if not any(n >= self.p.confirm_k and ident not in track.reported for ident, n in named.items()):
+            return None
+        mean = np.mean(vectors, axis=0)
+        grey = sum(v.match.condition == "grey" for v in looks)
+        return FusedLook(
+            (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32),
+            min(v.face_px for v in looks),
+            "grey" if 2 * grey >= len(looks) else "colour",
+            len(looks),
+        )
+
+    def add_fused(self, track: Track, match: Match, now: float) -> Confirmation | None:
+        """The fused look's match: a Confirmation when it accepts an identity that at least confirm_k of
+        the track's looks name as their best (K of M stays the rule against one-frame flukes)."""
+        if not match.accepted or match.identity_id is None or match.identity_id in track.reported:
+            return None
+        naming = [v for v in track.votes if v.match.identity_id == match.identity_id]
+        if len(naming) < self.p.confirm_k:
+            return None
+        best = max(naming, key=lambda v: v.quality)
+        return self._confirm(track, match, best.quality, track.box, len(naming), now, fused=match.looks)
+
+    def _confirm(
+        self, track: Track, match: Match, quality: float, box: Box, agreed: int, now: float, fused: int = 0
+    ) -> Confirmation | None:
+        """An identity confirmed for this track: reported once per track, at most once per cooldown."""
+        ident = str(match.identity_id)
         track.reported.add(ident)
         last = self._last_event.get(ident)
         if last is not None and now - last < self.p.cooldown_s:
             return None
         self._last_event[ident] = now
-        best = max(agreeing, key=lambda v: v.match.score)
-        return Confirmation(track.id, best.match, best.quality, box, len(agreeing), len(track.votes), track.first_seen)
+        return Confirmation(track.id, match, quality, box, agreed, len(track.votes), track.first_seen, fused)
