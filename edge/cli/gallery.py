@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.cli.common import parse_broker
@@ -17,30 +19,64 @@ MAX_BUNDLE_FILE_BYTES = 1 << 30
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from edge.gallery.bundle import Identity, encode, load_private_key
-    from edge.gallery.enroll import enroll_directory
+    from edge.gallery.enroll import IDENTITY_ID, enroll_directory, enroll_identity
+    from edge.gallery.report import check_gallery
+    from edge.recognition.match import Gallery
     from edge.recognition.pipeline import Recognizer
 
+    if args.photos is None and args.video is None:
+        raise InputError("enroll needs a folder of <identity_id>/ photos, or --video FILE --identity ID")
+    if (args.video is None) != (args.identity is None):
+        raise InputError("--video and --identity go together: the clip's one person and their identity id")
+    if args.identity is not None and not IDENTITY_ID.match(args.identity):
+        raise InputError(f"--identity {args.identity!r} is not a valid identity id (letters, digits, _ . -)")
+    if args.video is not None and not args.video.is_file():
+        raise InputError(f"--video {args.video}: no such file")
     key = load_private_key(args.key)
     rec = Recognizer(load_settings(args.config))
-    reports = enroll_directory(rec, args.photos, skip_failed=args.skip_failed)
+    reports = enroll_directory(rec, args.photos, skip_failed=args.skip_failed) if args.photos is not None else []
+    if args.video is not None:
+        folder = (args.photos / args.identity) if args.photos is not None else Path(args.identity)
+        clip = enroll_identity(rec, folder if folder.is_dir() else Path(args.identity), clips=[args.video])
+        if args.label:
+            clip.label = args.label
+        if clip.embeddings is None and not args.skip_failed:
+            reasons = "; ".join(f"{k}: {v}" for k, v in clip.rejected.items())
+            raise InputError(f"identity {args.identity} has no usable photo or clip ({reasons})")
+        reports = [r for r in reports if r.identity_id != args.identity] + [clip]
     identities = [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in reports if r.embeddings is not None]
+    if not identities:
+        raise InputError("no identity could be enrolled")
     data = encode(identities, args.gallery_name, args.version, rec.embedder_sha256, key, dtype=args.dtype)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(args.out)
+    snap = rec.matcher.snapshot(Gallery.build([(i.id, i.label, i.embeddings) for i in identities]))
+    names = {r.identity_id: r.accepted for r in reports}
+    checks = {c.identity_id: c for c in check_gallery(snap, [names[i.id] for i in identities])}
     rows = [{"identity_id": r.identity_id, "label": r.label, "accepted": r.accepted, "rejected": r.rejected,
-             "spread": r.spread} for r in reports]  # fmt: skip
+             "spread": r.spread, **({k: v for k, v in checks[r.identity_id].as_json().items() if k != "identity_id"}
+                                    if r.identity_id in checks else {"templates": 0, "warnings": ["not enrolled"]})}
+            for r in reports]  # fmt: skip
     if args.json:
         print(json.dumps({"bundle": str(args.out), "bytes": len(data), "gallery": args.gallery_name,
                           "version": args.version, "identities": rows}))  # fmt: skip
-    else:
-        print(f"{'identity':<24} {'accepted':>8} {'rejected':>8} {'spread':>7}  reasons")
-        for r in reports:
-            reasons = "; ".join(f"{k}: {v}" for k, v in r.rejected.items())
-            print(f"{r.identity_id:<24} {len(r.accepted):>8} {len(r.rejected):>8} {r.spread:>7.3f}  {reasons}")
-        print(
-            f"wrote {args.out}: gallery {args.gallery_name} v{args.version}, {len(identities)} identities, {len(data)} bytes"
-        )
+        return 0
+    print(f"{'identity':<24} {'templates':>9} {'rejected':>8} {'match each other':>17}  reasons")
+    for r in reports:
+        c = checks.get(r.identity_id)
+        mutual = "-" if c is None or c.templates == 1 else f"{c.self_matched} of {c.templates}"
+        reasons = "; ".join(f"{k}: {v}" for k, v in r.rejected.items())
+        print(f"{r.identity_id:<24} {len(r.accepted):>9} {len(r.rejected):>8} {mutual:>17}  {reasons}")
+    for c in checks.values():
+        for w in c.warnings:
+            print(f"warning: {c.identity_id}: {w}")
+    for r in reports:
+        if r.embeddings is None:
+            print(f"warning: {r.identity_id}: not enrolled (no photo or clip passed)")
+    print(
+        f"wrote {args.out}: gallery {args.gallery_name} v{args.version}, {len(identities)} identities, {len(data)} bytes"
+    )
     return 0
 
 
@@ -106,11 +142,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     data = read_bundle_file(args.bundle)
     try:
         if args.gallery_command == "inspect":
-            header = b.peek_header(data)
-            header["bytes"] = len(data)
-            header["verified"] = False
-            print(json.dumps(header, indent=2))
-            return 0
+            return inspect_bundle(args, data)
         pub = b.load_public_key(args.pubkey)
         header = b.peek_header(data)
         bundle = verify_bundle(data, [pub], str(header.get("embedder_sha256")), max_bytes=len(data))
@@ -121,9 +153,52 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
+    """The header as written; with --pubkey, verified, and the enrolment report of its identities."""
+    from edge.gallery import bundle as b
+    from edge.gallery.admit import to_gallery, verify_bundle
+    from edge.gallery.report import check_gallery, format_checks
+    from edge.recognition.pipeline import Recognizer
+
+    header = b.peek_header(data)
+    header["bytes"] = len(data)
+    header["verified"] = False
+    if args.pubkey is None:
+        print(json.dumps(header, indent=2))
+        if not args.json:
+            print(
+                "(give --pubkey for the signature check and the report on each identity's templates)", file=sys.stderr
+            )
+        return 0
+    bundle = verify_bundle(
+        data, [b.load_public_key(args.pubkey)], str(header.get("embedder_sha256")), max_bytes=len(data)
+    )
+    header["verified"] = True
+    rec = Recognizer(load_settings(args.config))
+    if bundle.identities and rec.embedder_sha256 != str(header.get("embedder_sha256")):
+        raise InputError(
+            f"{args.bundle} was enrolled with another embedder than --config's ({rec.embedder_sha256[:16]})"
+        )
+    snap = rec.matcher.snapshot(to_gallery(bundle, now=datetime.min.replace(tzinfo=timezone.utc)))
+    checks = check_gallery(snap)
+    if args.json:
+        print(json.dumps({**header, "identities_report": [c.as_json() for c in checks]}, indent=2))
+        return 0
+    print(json.dumps(header, indent=2))
+    print("\n".join(format_checks(checks, snap)))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    en = sub.add_parser("enroll", help="photos → signed gallery bundle (embeddings and metadata only)")
-    en.add_argument("photos", type=Path, help="folder of <identity_id>/*.jpg|png (+ optional identity.toml)")
+    en = sub.add_parser(
+        "enroll", help="photos and clips → signed gallery bundle (embeddings and metadata only), with a report"
+    )
+    en.add_argument(
+        "photos", type=Path, nargs="?", help="folder of <identity_id>/*.jpg|png|mp4|mkv|avi (+ optional identity.toml)"
+    )
+    en.add_argument("--video", type=Path, help="a clip of one consenting person (with --identity)")
+    en.add_argument("--identity", help="the identity id the --video clip enrols")
+    en.add_argument("--label", help="display label of the --identity")
     en.add_argument("--out", type=Path, required=True, help="bundle file to write")
     en.add_argument("--key", type=Path, required=True, help="Ed25519 private key (edge gallery keygen)")
     en.add_argument("--gallery-name", default="default", help="gallery name")
@@ -141,8 +216,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     kg = gal.add_parser("keygen", help="new Ed25519 signing key (private 0600, public beside it)")
     kg.add_argument("--out", type=Path, required=True)
-    ins = gal.add_parser("inspect", help="print a bundle's header (not verified)")
+    ins = gal.add_parser(
+        "inspect",
+        help="print a bundle's header; with --pubkey, verified, and how well each identity will be recognised",
+    )
     ins.add_argument("bundle", type=Path)
+    ins.add_argument("--pubkey", type=Path, help="the signer's public key: verify, and report on every identity")
+    ins.add_argument("--config", type=Path, help="settings (models, match rate) of the devices the bundle is for")
+    ins.add_argument("--json", action="store_true", help="print one JSON object")
     ver = gal.add_parser("verify", help="verify a bundle's signature and structure")
     ver.add_argument("bundle", type=Path)
     ver.add_argument("--pubkey", type=Path, required=True)

@@ -1,13 +1,17 @@
-"""Enrolment: ``DIR/<identity_id>/*.jpg|png`` → gallery entries, with a reason per photo.
+"""Enrolment: ``DIR/<identity_id>/*.jpg|png`` (and clips, ``*.mp4|mkv|avi``) → gallery entries,
+with a reason per photo.
 
 The device's own pipeline is used (detect → align → quality gate → embed). A
 photo with no face, two faces of similar size (who is to be enrolled?), or too low
-a quality is rejected with its reason; small faces in the background are ignored. Only embeddings and metadata are kept, never the photos.
+a quality is rejected with its reason; small faces in the background are ignored. A clip
+gives a few diverse, sharp looks of the one person it shows (``edge.gallery.clip``). Only
+embeddings and metadata are kept, never the photos or frames.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,13 +20,14 @@ import numpy as np
 from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.device.config import TOMLDecodeError, parse_toml
 from edge.errors import ImageError, InputError
+from edge.gallery.clip import CLIP_SUFFIXES, enrol_clip, rivals
 from edge.recognition.pipeline import Recognizer, main_face
-from edge.types import FloatArray
+from edge.types import AlignedFace, FloatArray, ImageArray
 
 IDENTITY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-# A second face at least this fraction of the main face's width makes a photo ambiguous;
-# smaller ones are bystanders in the background (found now that large photos are tiled).
-RIVAL_FRACTION = 0.5
+# A second face at least RIVAL_FRACTION of the main face's width, wholly in the picture, makes a photo
+# ambiguous (edge.gallery.clip.rivals); smaller ones are bystanders in the background, and one the
+# picture's edge cuts is someone beside the subject.
 
 
 @dataclass
@@ -51,40 +56,54 @@ def read_identity_meta(folder: Path) -> dict[str, str]:
     return {k: str(v) for k, v in data.items()}
 
 
-def enroll_identity(rec: Recognizer, folder: Path) -> IdentityReport:
-    meta = read_identity_meta(folder)
+def enroll_identity(rec: Recognizer, folder: Path, clips: Sequence[Path] = ()) -> IdentityReport:
+    """Every photo and clip of one identity's folder (and ``clips`` given besides)."""
+    meta = read_identity_meta(folder) if folder.is_dir() else {}
     report = IdentityReport(folder.name, meta.get("label"), meta=meta)
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
     crops = []
-    for photo in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        try:
-            image = read_image(photo)
-        except ImageError as exc:
-            report.rejected[photo.name] = str(exc)
-            continue
-        faces = rec.detect(image)
-        if not faces:
-            report.rejected[photo.name] = "no face found"
-            continue
-        main = main_face(faces, image)
-        rivals = [f for f in faces if f is not main and f.box.width >= RIVAL_FRACTION * main.box.width]
-        if rivals:
-            report.rejected[photo.name] = (
-                f"{len(rivals) + 1} faces of similar size: enrolment photos must show one person"
-            )
-            continue
-        aligned = rec.align(image, [main])[0]
-        if not aligned.quality.ok:
-            report.rejected[photo.name] = f"quality: {aligned.quality.reason}"
+    for photo in (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES):
+        aligned, reason = photo_face(rec, photo)
+        if aligned is None:
+            report.rejected[photo.name] = reason
             continue
         crops.append(aligned)
         report.accepted.append(photo.name)
-    if crops:
-        emb = rec.embed(crops)
+    parts = [rec.embed(crops)] if crops else []
+    for clip in [p for p in files if p.suffix.lower() in CLIP_SUFFIXES] + list(clips):
+        result = enrol_clip(rec, clip)
+        if result.embeddings is None:
+            report.rejected[clip.name] = result.reason
+            continue
+        parts.append(result.embeddings)
+        report.accepted += [f"{clip.name}#{f}" for f in result.frames]
+    if parts:
+        emb = np.concatenate(parts)
         mean = emb.mean(axis=0)
         mean /= np.linalg.norm(mean)
         report.spread = round(float(1.0 - (emb @ mean).mean()), 4)
         report.embeddings = emb
     return report
+
+
+def photo_face(rec: Recognizer, photo: Path, image: ImageArray | None = None) -> tuple[AlignedFace | None, str]:
+    """The aligned face of one enrolment photo (``image``: its pixels, when already read or transformed),
+    or None and why not."""
+    try:
+        image = read_image(photo) if image is None else image
+    except ImageError as exc:
+        return None, str(exc)
+    faces = rec.detect(image)
+    if not faces:
+        return None, "no face found"
+    main = main_face(faces, image)
+    others = rivals(faces, main, image.shape[1], image.shape[0])
+    if others:
+        return None, f"{len(others) + 1} faces of similar size: enrolment photos must show one person"
+    aligned = rec.align(image, [main])[0]
+    if not aligned.quality.ok:
+        return None, f"quality: {aligned.quality.reason}"
+    return aligned, ""
 
 
 def enroll_directory(rec: Recognizer, root: Path, skip_failed: bool = True) -> list[IdentityReport]:
