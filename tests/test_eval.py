@@ -4,6 +4,7 @@ import itertools
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -137,6 +138,17 @@ def test_eval_lfw_reports_error_rates_per_group(tmp_path: Path, capsys: pytest.C
     assert set(out["fmr_at_stated"]) == {"0.001", "0.0001", "1e-05", "1e-06"}
     t = [out["fmr_at_stated"][k]["threshold"] for k in ("0.001", "0.0001", "1e-05", "1e-06")]
     assert t == sorted(t) and len(set(t)) == 4
+    # The DET curve per group, and the figure drawn from it.
+    assert set(out["det"]) >= {"all", "female"} and out["operating_point"]["threshold"] == out["default_threshold"]
+    assert all(0 < fmr <= 1 and 0 <= fnmr <= 1 for curve in out["det"].values() for fmr, fnmr in curve)
+    png = tmp_path / "det.png"
+    assert (
+        main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--groups", str(groups), "--plot", str(png)])
+        == 0
+    )
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[1] > 400 and image.shape[0] > 300
+    capsys.readouterr()
     bad = tmp_path / "bad.csv"
     bad.write_text("file,sex\nx.jpg,f\n")
     assert main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--groups", str(bad)]) == 2
@@ -197,3 +209,28 @@ def test_the_service_bench_confirms_the_demo_people_and_measures_a_steady_empty_
     # Steady: one sweep window every idle_every frames, neither the first round nor the
     # round after it (which passes over what the first round has just seen).
     assert r["empty_detector_invokes_per_frame"] == round(1 / recognizer.settings.detection.idle_every, 2)
+
+
+def test_eval_identify_counts_every_person_cast(capsys: pytest.CaptureFixture[str]) -> None:
+    """Person-level recall over everyone cast, on the fixtures' eight people (an LFW-style folder)."""
+    args = ["eval", "identify", "--root", str(FACES), "--photos", "1", "--gallery-size", "6", "--people", "4",
+            "--strangers", "2", "--repeats", "2", "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["photos"] == 1 and out["gallery_size"] == 6 and len(out["runs"]) == 2
+    for run in out["runs"]:
+        missed = sum(run["missed_by_reason"].values())
+        assert run["identified"] + missed + run["wrong_identities"] - run["wrong_identities_of_strangers"] == 4
+        assert run["recall"] == pytest.approx(run["identified"] / 4) and run["identified"] <= run["enrolled"]
+        # Filled with others whose photos pass, up to six (the fixtures have only eight people).
+        assert run["enrolled"] < run["gallery_identities"] <= 6
+        assert run["strangers"] == 2
+    assert out["recall_mean"] == pytest.approx(np.mean([r["recall"] for r in out["runs"]]))
+    assert out["recall_mean"] >= 0.5 and out["wrong_identities"] == 0  # the fixtures' people are clear photos
+    # Grey probes (a night camera) are judged with the grey tables, and it says so.
+    assert main([*args[:-1], "--condition", "grey", "--json"]) == 0
+    grey = json.loads(capsys.readouterr().out)
+    assert grey["condition"] == "grey" and grey["wrong_identities"] == 0
+    # Asking for more people than have enough photos is one line.
+    assert main([*args[:4], "--photos", "3", "--people", "5"]) == 2
+    assert "people have 4 photos or more, 5 wanted" in capsys.readouterr().err

@@ -20,11 +20,13 @@ from edge.cli.common import (
     settings_from,
 )
 from edge.errors import InputError
+from edge.eval.conditions import CONDITIONS
 
 
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
     from edge.capture.imageio import read_image
     from edge.eval import lfw
+    from edge.eval.conditions import apply_condition
     from edge.recognition.match import Gallery
     from edge.recognition.pipeline import Recognizer
 
@@ -42,7 +44,7 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
     face_times: list[float] = []
 
     def embed_image(path: Path) -> tuple[Any, str]:
-        image = read_image(path)
+        image = apply_condition(read_image(path), args.condition)
         t0 = time.perf_counter()
         res = rec.still(image, centre_fallback=True)
         assert res.aligned is not None  # centre_fallback always gives a face
@@ -76,10 +78,14 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         "detector": rec.detector.kind,
         "ms_per_image_p50": round(float(np.median(face_times)) * 1000, 2) if face_times else None,
     }
+    out["condition"] = args.condition
     if args.groups:
         from edge.eval.groups import group_report, read_groups
 
-        table = rec.matcher.calibration.largest.table
+        # A grey picture is judged with the grey tables where the device has them (edge.vision.condition).
+        tables = rec.matcher.by_condition.get("grey" if args.condition == "grey" else "colour", rec.matcher.calibration)
+        out["tables"] = tables.condition
+        table = tables.largest.table
         out.update(
             group_report(
                 data.emb,
@@ -94,10 +100,15 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         from edge.eval.dlib_compare import compare
 
         out.update(compare(image_root, pairs, report, float(np.median(face_times)) * 1000))
+    if args.plot:
+        from edge.eval.plots import det_curve
+
+        det_curve(out, args.plot)
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"LFW {pairs_path.name}: {report.pairs} pairs ({report.skipped} skipped), {len(data.keys)} images")
+        cond = "" if args.condition == "none" else f", condition {args.condition}"
+        print(f"LFW {pairs_path.name}: {report.pairs} pairs ({report.skipped} skipped), {len(data.keys)} images{cond}")
         print(f"  accuracy        {report.accuracy_mean * 100:.2f}% ± {report.accuracy_std * 100:.2f} ({report.split})")
         print(f"  TAR @ FMR 1e-3  {report.tar_at_fmr['1e-3'] * 100:.2f}%")
         print(f"  TAR @ FMR 1e-4  {report.tar_at_fmr['1e-4'] * 100:.2f}%")
@@ -173,6 +184,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             else np.zeros((height, width, 3), np.uint8)
         )
         result.update(bundle_bench(rec, frame))
+    if args.plot:
+        from edge.eval.plots import stage_times
+
+        stage_times(result, args.plot)
     if args.json:
         print(json.dumps(result))
     else:
@@ -190,13 +205,25 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
     rec = Recognizer(settings)
     out = evaluate(
         rec, args.root, width, height, parse_distances(args.distances), args.hfov,
-        args.people, args.strangers, args.distractors, args.frames, args.seed, not args.any_cast,
+        args.people, args.strangers, args.distractors, args.frames, args.seed, args.cast, args.photos,
+        args.scene, args.codec,
     )  # fmt: skip
+    if args.plot:
+        from edge.eval.plots import recall_by_distance
+
+        recall_by_distance([out], args.plot)
     if args.json:
         print(json.dumps(out))
         return 0
+    c: Any = out["cast"]
     print(
-        f"range {width}x{height}, {args.hfov:g}° lens, gallery of {out['gallery_identities']} identities, seed {args.seed}"
+        f"range {width}x{height}, {args.hfov:g}° lens, scene {args.scene}, codec {args.codec}, gallery of "
+        f"{out['gallery_identities']} identities, seed {args.seed}"
+    )
+    print(
+        f"cast: {c['people']} people enrolled from {c['photos']} photo(s) each, rule '{c['rule']}' "
+        f"({c['excluded_by_rule']} of {c['candidates']} candidates excluded by it; "
+        f"{c['not_enrolled']} cast with no usable enrolment photo, counted as missed)"
     )
     print(f"{'distance':>8} {'face px':>8} {'recall':>7} {'false':>6} {'fps':>7} {'event ms p50/p90/max':>22}")
     for d, row in out["by_distance"].items():  # type: ignore[attr-defined]
@@ -207,6 +234,35 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_identify(args: argparse.Namespace) -> int:
+    from edge.eval.groups import read_groups
+    from edge.eval.identify import evaluate
+    from edge.recognition.pipeline import Recognizer
+
+    settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
+    rec = Recognizer(settings)
+    groups = read_groups(args.groups) if args.groups else None
+    out = evaluate(rec, args.root, args.photos, args.gallery_size, args.people, args.strangers, args.condition,
+                   args.seed, args.repeats, groups)  # fmt: skip
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    cond = "" if args.condition == "none" else f", probes {args.condition}"
+    print(f"identify: {args.people} people enrolled from {args.photos} photo(s) each, gallery of {args.gallery_size}, "
+          f"{args.strangers} strangers{cond}; stated rate {out['max_false_match_rate']:g} per stranger")  # fmt: skip
+    for r in out["runs"]:  # type: ignore[attr-defined]
+        missed = ", ".join(f"{k} {v}" for k, v in r["missed_by_reason"].items()) or "none"
+        print(f"  seed {r['seed']}: identified {r['identified']} of {r['people']} ({r['recall'] * 100:.1f}%), "
+              f"wrong identities {r['wrong_identities']}, missed: {missed}")  # fmt: skip
+    print(
+        f"  recall {out['recall_mean'] * 100:.1f}% (lowest {out['recall_min'] * 100:.1f}%), "  # type: ignore[operator]
+        f"wrong identities {out['wrong_identities']}"
+    )
+    for g, rec_g in out.get("recall_by_group", {}).items():  # type: ignore[attr-defined]
+        print(f"  {g:<12} recall {rec_g * 100:.1f}%")
+    return 0
+
+
 def cmd_eval_soak(args: argparse.Namespace) -> int:
     from edge.eval.soak import soak
 
@@ -214,6 +270,10 @@ def cmd_eval_soak(args: argparse.Namespace) -> int:
     if faces is None:
         raise InputError("soak needs the face fixtures of a source checkout or --faces DIR")
     out = soak(faces, args.minutes, args.gallery_every, args.sample_every)
+    if args.plot:
+        from edge.eval.plots import memory_over_time
+
+        memory_over_time(out, args.plot)
     if args.json:
         print(json.dumps(out))
     else:
@@ -234,8 +294,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lfw_p.add_argument(
         "--groups", type=Path, help="CSV image,group (e.g. gender.csv): error rates per group and across groups"
     )
+    lfw_p.add_argument(
+        "--condition", choices=CONDITIONS, default="none", help="transform every image first (see edge.eval.conditions)"
+    )
+    lfw_p.add_argument(
+        "--plot", type=Path, help="with --groups: draw the DET curve per group to this PNG (needs '.[plots]')"
+    )
     add_model_flags(lfw_p)
     lfw_p.set_defaults(func=cmd_eval_lfw)
+
+    idp = ev.add_parser("identify", help="the share of enrolled people identified from one photo (person-level recall)")
+    idp.add_argument("--root", type=Path, required=True, help="LFW-style folder (NAME/NAME_NNNN.jpg, or with images/)")
+    idp.add_argument("--photos", type=int, default=1, help="enrolment photos per person")
+    idp.add_argument("--gallery-size", type=int, default=100, help="identities in the gallery (the cast and others)")
+    idp.add_argument("--people", type=int, default=60, help="enrolled people probed with a photo not enrolled")
+    idp.add_argument("--strangers", type=int, default=60, help="people probed who are not enrolled")
+    idp.add_argument(
+        "--condition", choices=CONDITIONS, default="none", help="transform the probe photos (a camera's picture)"
+    )
+    idp.add_argument("--groups", type=Path, help="CSV image,group (e.g. gender.csv): recall per group")
+    idp.add_argument("--repeats", type=int, default=3, help="casts, each with the next seed")
+    idp.add_argument("--seed", type=int, default=0)
+    idp.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_flags(idp)
+    idp.set_defaults(func=cmd_eval_identify)
 
     rng = ev.add_parser("range", help="recall by distance on composited scenes, through the service's frame loop")
     rng.add_argument("--root", type=Path, required=True, help="LFW View 1 folder (people are taken from it)")
@@ -253,12 +335,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rng.add_argument("--frames", type=int, default=40, help="frames each person is in view")
     rng.add_argument("--seed", type=int, default=0)
     rng.add_argument(
-        "--any-cast",
-        action="store_true",
-        help="cast enrolled people without first checking they are recognised up close (recall then includes "
-        "recognition errors at any distance)",
+        "--cast",
+        choices=["any", "close-up"],
+        default="any",
+        help="'any': everyone picked is cast and counts (default); 'close-up': only people whose shown photo is "
+        "accepted against their enrolment up close (recall then measures range alone; named in the output)",
+    )
+    rng.add_argument(
+        "--photos", type=int, default=1, help="enrolment photos per person (people with one more are cast)"
+    )
+    rng.add_argument("--scene", choices=["hall", "wall"], default="hall", help="scene style (see edge.eval.range)")
+    rng.add_argument(
+        "--codec",
+        choices=["none", "mp4v", "ffv1"],
+        default="none",
+        help="pass the frames through a video codec and back",
     )
     rng.add_argument("--json", action="store_true", help="print one JSON object")
+    rng.add_argument("--plot", type=Path, help="draw recall against distance to this PNG (needs '.[plots]')")
     add_model_flags(rng)
     rng.set_defaults(func=cmd_eval_range)
 
@@ -270,6 +364,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sk.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
     sk.add_argument("--faces", type=Path, help="face folder (default: the checkout's tests/fixtures/faces)")
     sk.add_argument("--json", action="store_true")
+    sk.add_argument("--plot", type=Path, help="draw resident memory over time to this PNG (needs '.[plots]')")
     sk.set_defaults(func=cmd_eval_soak)
 
     b = sub.add_parser("bench", help="per-stage latency, frames per second, peak RSS")
@@ -281,5 +376,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--gallery-size", type=int, default=10_000)
     b.add_argument("--bundle", action="store_true", help="also time applying a 10,000 x 5 signed gallery bundle")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--plot", type=Path, help="draw the time of each stage to this PNG (needs '.[plots]')")
     add_model_flags(b)
     b.set_defaults(func=cmd_bench)

@@ -52,6 +52,18 @@ class PairsFile:
     has_folds: bool
 
 
+def people_photos(root: Path) -> dict[str, list[Path]]:
+    """Every person's photos of an LFW-style folder (``NAME/NAME_NNNN.jpg``, or under ``images/``), by name."""
+    if not root.is_dir():
+        raise InputError(f"--root {root}: no such folder (LFW View 1: NAME/NAME_NNNN.jpg, or with images/)")
+    images = root / "images" if (root / "images").is_dir() else root
+    people = {p.name: sorted(p.glob("*.jpg")) for p in sorted(images.iterdir()) if p.is_dir()}
+    people = {k: v for k, v in people.items() if v}
+    if not people:
+        raise InputError(f"no LFW-style images (NAME/NAME_NNNN.jpg) under {root}")
+    return people
+
+
 def image_path(root: Path, name: str, n: int) -> Path:
     return root / name / f"{name}_{n:04d}.jpg"
 

@@ -1,33 +1,50 @@
 """``edge eval range``: how far away the appliance recognises people, at any frame size.
 
-Scenes are composited from LFW View 1 people (``scenes.py``): each person stands
-at a given distance from a camera with a ``hfov`` lens (60° by default), drifting
-sideways at walking-by speed, in view for ``frames`` frames, then nobody for a
-while (tracks end). Enrolled people are shown with a different photo than the one
-enrolled; strangers (never enrolled) are shown too, and the gallery also holds
-distractors who never appear. The frames go through the service's own frame loop
-(``FrameProcessor``: scanner, tracker, quality gate, embedder, matcher, K-of-M
-confirmation) with timestamps of a 30 fps camera.
+Scenes are composited from LFW View 1 people (``edge.capture.scenes``): each person
+stands at a given distance from a camera with a ``hfov`` lens (60° by default), in view
+for ``frames`` frames, then nobody for a while (tracks end). Two scene styles:
 
-Per distance: recall (enrolled visits that produced their event), false events
-(an event naming anyone but the person in view), frames per second of processing
-(composition not counted), and the time from a face's first frame to its event.
-Everything is seeded: the same arguments give the same scenes.
+- ``hall``: a hall of walls, doors and frames, the portrait pasted through a soft
+  ellipse, drifting sideways at walking-by speed, fresh sensor noise every frame;
+- ``wall``: a smooth textured wall (grey 60-190 per 60 px cell, tint ±12, fixed noise),
+  the head of the portrait pasted through a feathered ellipse, drifting up to 1.5 px a
+  frame across and 0.5 down, 20 empty frames between visits: where BlazeFace draws
+  large false boxes around the faces.
+
+``codec`` passes the frames through a video encoder and back (``mp4v``: a compressed
+stream, as from a camera; ``ffv1``: lossless), as ``edge run`` would read a clip.
+
+Enrolled people are enrolled from ``photos`` of their photos (the device's own enrolment)
+and shown with another one. **Everyone cast counts**: a person whose enrolment photos
+all fail the quality gate is still shown, and is a miss. The ``close-up`` cast rule (an
+option, named in the output) casts only people whose shown photo, seen whole, is accepted
+against their enrolment: recall then measures range alone. Strangers (never enrolled) are
+shown too, and the gallery also holds distractors who never appear. The frames go through
+the service's own frame loop (``FrameProcessor``: scanner, tracker, quality gate, embedder,
+matcher, confirmation) with timestamps of a 30 fps camera.
+
+Per distance: recall (enrolled visits that produced their event), false events (an event
+naming anyone but the person in view), frames per second of processing (composition not
+counted), and the time from a face's first frame to its event. Everything is seeded: the
+same arguments give the same scenes.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge.capture.imageio import read_image
-from edge.capture.scenes import face_px_at, hall_background, paste
+from edge.capture.scenes import face_px_at, hall_background, paste, paste_head, smooth_background
 from edge.device.health import Stats
 from edge.errors import InputError
+from edge.eval.lfw import people_photos
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import FrameProcessor
@@ -38,14 +55,20 @@ FPS_IN = 30.0
 WALK_M_PER_S = 0.2  # sideways drift of a person in view
 
 
+CAST_RULES = ("any", "close-up")
+
+
 @dataclass(frozen=True)
 class Cast:
-    """Who is enrolled (with which photo), who is shown (with which photo), who never appears."""
+    """Who is enrolled (with which photos), who is shown (with which photo), who never appears."""
 
     gallery: Gallery
     shown: tuple[tuple[str, ImageArray, bool], ...]  # (identity, probe photo, enrolled)
-    considered: int = 0  # candidates for enrolment with a usable enrolment photo
-    excluded: int = 0  # of those, left out because their probe photo is not recognised even up close
+    considered: int = 0  # candidates looked at for enrolment
+    excluded: int = 0  # of those, left out by the close-up rule (0 with the rule 'any')
+    not_enrolled: int = 0  # cast people none of whose enrolment photos passed the quality gate (shown all the same)
+    photos: int = 1
+    rule: str = "any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,22 +79,17 @@ class Visit:
     stop: int  # first frame after the person left
 
 
-def _people(root: Path) -> dict[str, list[Path]]:
-    if not root.is_dir():
-        raise InputError(f"--root {root}: no such folder (LFW View 1: NAME/NAME_NNNN.jpg, or with images/)")
-    images = root / "images" if (root / "images").is_dir() else root
-    people = {p.name: sorted(p.glob("*.jpg")) for p in sorted(images.iterdir()) if p.is_dir()}
-    people = {k: v for k, v in people.items() if v}
-    if not people:
-        raise InputError(f"no LFW-style images (NAME/NAME_NNNN.jpg) under {root}")
-    return people
-
-
 def _embed_photo(rec: Recognizer, photo: Path) -> FloatArray | None:
     res = rec.still(read_image(photo))
     if res.aligned is None or not res.aligned.quality.ok:
         return None
     return rec.embed([res.aligned])
+
+
+def _template(rec: Recognizer, photos: Sequence[Path]) -> FloatArray | None:
+    """The embeddings of the photos that pass the device's enrolment (None: none does)."""
+    vecs = [e for e in (_embed_photo(rec, p) for p in photos) if e is not None]
+    return np.concatenate(vecs) if vecs else None
 
 
 def cast(
@@ -81,61 +99,69 @@ def cast(
     strangers: int,
     distractors: int,
     seed: int,
-    recognised_close_up: bool = True,
+    photos: int = 1,
+    rule: str = "any",
 ) -> Cast:
-    """Pick and enrol people deterministically (an enrolment photo with no usable face is skipped).
+    """Pick and enrol people deterministically: ``enrolled`` people with at least ``photos`` + 1
+    photos, each enrolled from ``photos`` of them and shown with the next one.
 
-    With ``recognised_close_up`` an enrolled person is cast only if their probe photo, seen
-    whole, is accepted against their enrolment photo at this gallery's threshold: recall by
-    distance then measures range, not how hard some LFW photo pairs are (which ``edge eval
-    lfw`` measures). How many candidates that excluded is reported.
+    With the rule ``close-up`` a person is cast only if their shown photo, seen whole, is accepted
+    against their enrolment at this gallery's threshold: recall by distance then measures range,
+    not how hard some LFW photo pairs are. How many candidates that excluded is reported. With
+    ``any`` (the default) everyone picked is cast, even one whose enrolment photos all fail.
     """
-    people = _people(root)
+    if rule not in CAST_RULES:
+        raise InputError(f"--cast {rule}: expected one of {', '.join(CAST_RULES)}")
+    if photos < 1:
+        raise InputError(f"--photos {photos}: at least one enrolment photo")
+    people = people_photos(root)
     rng = np.random.default_rng(seed)
-    multi = [n for n, imgs in people.items() if len(imgs) >= 2]
-    if len(multi) < enrolled:
-        raise InputError(f"{root}: {len(multi)} people with two photos, {enrolled} wanted")
-    order = list(rng.permutation(multi))
-    # The threshold of the gallery being built (its size sets the open-set correction).
-    threshold = rec.matcher.snapshot(_sized_gallery(enrolled + distractors)).threshold
+    able = [n for n, imgs in people.items() if len(imgs) >= photos + 1]
+    if len(able) < enrolled:
+        raise InputError(f"{root}: {len(able)} people with {photos + 1} photos or more, {enrolled} wanted")
+    order = [str(n) for n in rng.permutation(able)]
+    matcher = rec.matcher
     entries: list[tuple[str, str | None, FloatArray]] = []
     shown: list[tuple[str, ImageArray, bool]] = []
-    considered = excluded = 0
+    considered = excluded = not_enrolled = 0
     for name in order:
         if len(shown) == enrolled:
             break
-        enrol = _embed_photo(rec, people[name][0])
-        if enrol is None:
-            continue
         considered += 1
-        if recognised_close_up:
-            probe = _embed_photo(rec, people[name][1])
-            if probe is None or float(probe[0] @ enrol[0]) < threshold:
+        template = _template(rec, people[name][:photos])
+        probe_path = people[name][photos]
+        if rule == "close-up":
+            probe = _embed_photo(rec, probe_path)
+            if template is None or probe is None:
                 excluded += 1
                 continue
-        entries.append((name, name.replace("_", " "), enrol))
-        shown.append((name, read_image(people[name][1]), True))
+            mean = template.mean(axis=0)
+            table = matcher.calibration.largest.table_for(len(template), 1)
+            if float(probe[0] @ (mean / np.linalg.norm(mean))) < table.threshold_for(
+                matcher.per_identity_fmr(enrolled + distractors)
+            ):
+                excluded += 1
+                continue
+        if template is None:
+            not_enrolled += 1  # shown all the same: the device cannot know them, and that counts
+        else:
+            entries.append((name, name.replace("_", " "), template))
+        shown.append((name, read_image(probe_path), True))
     if len(shown) < enrolled:
         raise InputError(f"{root}: only {len(shown)} people could be cast, {enrolled} wanted")
-    used = {n for n, _, _ in shown}
-    others = [
-        n for n in rng.permutation(list(people)) if n not in used and n not in set(order[: considered + excluded])
-    ]
+    used = set(order[:considered])
+    others = [str(n) for n in rng.permutation(list(people)) if n not in used]
     stranger_names = others[:strangers]
     for name in others[strangers:]:
-        if len(entries) == enrolled + distractors:
+        if len(entries) >= enrolled - not_enrolled + distractors:
             break
-        emb = _embed_photo(rec, people[name][0])
+        emb = _template(rec, people[name][:photos])
         if emb is not None:
             entries.append((name, name.replace("_", " "), emb))
     shown += [(name, read_image(people[name][0]), False) for name in stranger_names]
     mixed = rng.permutation(len(shown))
-    return Cast(Gallery.build(entries, version=1, name="range"), tuple(shown[i] for i in mixed), considered, excluded)
-
-
-def _sized_gallery(n: int) -> Gallery:
-    eye = np.eye(max(n, 1), 192, dtype=np.float32)
-    return Gallery.build([(f"g{i}", None, eye[i : i + 1]) for i in range(n)])
+    gallery = Gallery.build(entries, version=1, name="range")
+    return Cast(gallery, tuple(shown[i] for i in mixed), considered, excluded, not_enrolled, photos, rule)
 
 
 class _Noise:
@@ -151,6 +177,10 @@ class _Noise:
         return out
 
 
+SCENES = ("hall", "wall")
+CODECS = {"none": None, "mp4v": ("mp4v", ".mp4"), "ffv1": ("FFV1", ".mkv")}
+
+
 def scenes(
     shown: Sequence[tuple[str, ImageArray, bool]],
     width: int,
@@ -159,22 +189,29 @@ def scenes(
     hfov: float,
     frames: int,
     seed: int,
-    gap: int = 24,
+    style: str = "hall",
 ) -> tuple[list[Visit], Iterator[ImageArray]]:
     """The visits at one distance and a generator of their frames."""
+    if style not in SCENES:
+        raise InputError(f"--scene {style}: expected one of {', '.join(SCENES)}")
     rng = np.random.default_rng(seed)
     face = face_px_at(distance, width, hfov)
-    bg = hall_background(width, height, rng)
-    noise = _Noise(height, width, rng)
+    wall = style == "wall"
+    bg = smooth_background(width, height, rng) if wall else hall_background(width, height, rng)
+    noise = None if wall else _Noise(height, width, rng)
+    gap = 20 if wall else 24
     visits, plans = [], []
     t = gap
     for name, photo, enrolled in shown:
         margin = face * 1.6
         x = float(rng.uniform(margin, max(margin + 1, width - margin)))
         y = float(rng.uniform(max(face, 0.3 * height), max(face + 1, min(height - face * 1.5, 0.6 * height))))
-        vx = float(rng.choice([-1, 1]) * WALK_M_PER_S / FPS_IN * face / 0.16)
+        if wall:  # up to 1.5 px a frame across and 0.5 down, whatever the distance
+            vx, vy = float(rng.uniform(-1.5, 1.5)), float(rng.uniform(0.0, 0.5))
+        else:  # walking by: 0.2 m/s sideways, in pixels at this distance
+            vx, vy = float(rng.choice([-1, 1]) * WALK_M_PER_S / FPS_IN * face / 0.16), 0.0
         visits.append(Visit(name, enrolled, t, t + frames))
-        plans.append((photo, x, y, vx))
+        plans.append((photo, x, y, vx, vy))
         t += frames + gap
     total = t
 
@@ -185,19 +222,59 @@ def scenes(
                 k += 1
             frame = bg.copy()
             if k < len(visits) and visits[k].start <= i:
-                photo, x, y, vx = plans[k]
+                photo, x, y, vx, vy = plans[k]
                 step = i - visits[k].start
                 cx = min(max(x + vx * step, face), width - face)
-                paste(frame, photo, cx, y, face)
-            yield noise.apply(frame)
+                cy = min(max(y + vy * step, face), height - face)
+                (paste_head if wall else paste)(frame, photo, cx, cy, face)
+            yield frame if noise is None else noise.apply(frame)
 
     return visits, generate()
 
 
+def through_codec(stream: Iterator[ImageArray], width: int, height: int, codec: str) -> Iterator[ImageArray]:
+    """The frames as a camera's stream would deliver them: written by OpenCV's ``codec`` writer at its
+    default quality and read back (``none``: as they are)."""
+    if codec not in CODECS:
+        raise InputError(f"--codec {codec}: expected one of {', '.join(CODECS)}")
+    spec = CODECS[codec]
+    if spec is None:
+        yield from stream
+        return
+    fourcc, suffix = spec
+    with tempfile.TemporaryDirectory(prefix="edge-range-") as folder:
+        path = Path(folder) / f"scene{suffix}"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), FPS_IN, (width, height))
+        if not writer.isOpened():
+            raise InputError(f"--codec {codec}: OpenCV has no {fourcc} writer here")
+        for frame in stream:
+            writer.write(frame)
+        writer.release()
+        cap = cv2.VideoCapture(str(path))
+        try:
+            while True:
+                ok, decoded = cap.read()
+                if not ok:
+                    break
+                yield np.asarray(decoded, np.uint8)
+        finally:
+            cap.release()
+
+
 def run_distance(
-    rec: Recognizer, the_cast: Cast, width: int, height: int, distance: float, hfov: float, frames: int, seed: int
+    rec: Recognizer,
+    the_cast: Cast,
+    width: int,
+    height: int,
+    distance: float,
+    hfov: float,
+    frames: int,
+    seed: int,
+    style: str = "hall",
+    codec: str = "none",
 ) -> dict[str, object]:
-    visits, stream = scenes(the_cast.shown, width, height, distance, hfov, frames, seed)
+    visits, generated = scenes(the_cast.shown, width, height, distance, hfov, frames, seed, style)
+    stream = through_codec(generated, width, height, codec)
     holder = GalleryHolder(rec.matcher, the_cast.gallery)
     events: list[tuple[int, str, float]] = []
     now = {"t": 0.0}
@@ -254,15 +331,20 @@ def evaluate(
     distractors: int = 20,
     frames: int = 40,
     seed: int = 0,
-    recognised_close_up: bool = True,
+    rule: str = "any",
+    photos: int = 1,
+    style: str = "hall",
+    codec: str = "none",
 ) -> dict[str, object]:
     if not 8 <= width <= 8192 or not 8 <= height <= 8192:
         raise InputError(f"frame size {width}x{height}: width and height must be 8–8192 px")
     if not 10 <= hfov <= 170:
         raise InputError(f"--hfov {hfov:g}: expected a horizontal field of view of 10–170 degrees")
-    the_cast = cast(rec, root, people, strangers, distractors, seed, recognised_close_up)
+    if style not in SCENES or codec not in CODECS:
+        raise InputError(f"--scene {style} / --codec {codec}: expected {'|'.join(SCENES)} / {'|'.join(CODECS)}")
+    the_cast = cast(rec, root, people, strangers, distractors, seed, photos, rule)
     by_distance = {
-        f"{d:g}": run_distance(rec, the_cast, width, height, d, hfov, frames, seed + 1 + k)
+        f"{d:g}": run_distance(rec, the_cast, width, height, d, hfov, frames, seed + 1 + k, style, codec)
         for k, d in enumerate(distances)
     }
     return {
@@ -270,11 +352,16 @@ def evaluate(
         "height": height,
         "hfov": hfov,
         "seed": seed,
+        "scene": style,
+        "codec": codec,
         "gallery_identities": len(the_cast.gallery),
         "cast": {
-            "rule": "recognised close up" if recognised_close_up else "any",
+            "rule": the_cast.rule,
+            "photos": the_cast.photos,
+            "people": people,
             "candidates": the_cast.considered,
-            "excluded_not_recognised_close_up": the_cast.excluded,
+            "excluded_by_rule": the_cast.excluded,
+            "not_enrolled": the_cast.not_enrolled,
         },
         "by_distance": by_distance,
     }
