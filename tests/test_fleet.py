@@ -87,3 +87,116 @@ def test_fleet_status_on_an_empty_broker_and_a_bad_broker(
     err = capsys.readouterr().err.strip()
     assert err == f"edge: broker 127.0.0.1:{port} refused the connection (nothing listening there?)"
     assert threading.active_count() < 50
+
+
+def repeated_clip(clip: Path, out: Path, times: int) -> Path:
+    """The demo clip played ``times`` times over, as one file."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"MJPG"), 30, (w, h))
+    for _ in range(times):
+        for frame in frames:
+            writer.write(frame)
+    writer.release()
+    return out
+
+
+@pytest.mark.slow
+def test_two_sites_bridged_to_a_central_broker_get_the_gallery_and_lose_no_event_over_a_site_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three real Mosquitto processes: two site brokers bridged to a central one with the configuration
+    ``edge fleet bridge-config`` prints (the docs' own). A device at each site; the gallery published at
+    central only; events and states watched at central only."""
+    from edge.delivery.bridge import bridge_config
+    from edge.service.demo import build_assets
+
+    from .conftest import FACES
+
+    with LocalBroker() as central:
+        sites = {s: LocalBroker(extra=bridge_config(s, central.host, central.port)).start() for s in ("north", "south")}
+        try:
+            assets = build_assets(FACES, tmp_path / "assets")
+            clip = repeated_clip(assets.clip, tmp_path / "long.avi", 5)
+            key = tmp_path / "owner.pem"
+            assert main(["gallery", "keygen", "--out", str(key)]) == 0
+            bundle = tmp_path / "lobby.bundle"
+            assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(key),
+                         "--gallery-name", "lobby", "--version", "3"]) == 0  # fmt: skip
+            watch = Collector(central.host, central.port, "edge/+/events/match", "edge/+/gallery/state",
+                              client_id="central-watch", clean=False)  # fmt: skip
+            assert main(["gallery", "publish", str(bundle), "--broker", f"{central.host}:{central.port}"]) == 0
+            devices = {
+                s: Service(
+                    [
+                        "--source",
+                        str(clip),
+                        "--rate",
+                        "fast",
+                        "--exit-at-end",
+                        "--gallery-name",
+                        "lobby",
+                        "--trusted-key",
+                        f"{key}.pub",
+                        "--broker",
+                        f"{b.host}:{b.port}",
+                        "--device-id",
+                        f"door-{s}",
+                        "--state-dir",
+                        str(tmp_path / s),
+                    ],
+                    {
+                        "EDGE_MQTT__HEARTBEAT_S": "1",
+                        "EDGE_MQTT__RECONNECT_MAX_S": "1",
+                        "EDGE_TRACKING__COOLDOWN_S": "0",
+                        "EDGE_OUTBOX__DRAIN_TIMEOUT_S": "60",
+                    },
+                )
+                for s, b in sites.items()
+            }
+            for s in sites:  # the gallery came down from central through each site's bridge, and was applied
+                watch.wait_for(
+                    f"door-{s}/gallery/state", lambda st: st.get("version") == 3 and st["identities"] == 4, 90
+                )
+            # Events flow to central from both sites; then the north site's broker restarts mid-stream.
+            assert watch.wait_until(lambda: all(len(watch.on(f"door-{s}/events")) >= 2 for s in sites), 120)
+            sites["north"].stop()
+            devices["north"].wait_for("mqtt disconnected", 30)  # the device saw its broker go
+            sites["north"].start()
+            codes = {s: d.wait_exit(300) for s, d in devices.items()}
+            assert codes == {"north": 0, "south": 0}, {s: d.text()[-2000:] for s, d in devices.items()}
+            north = devices["north"].text()
+            assert logged_events(north[north.index("mqtt disconnected") :])  # events confirmed while it was away
+            for s, d in devices.items():
+                logged = set(logged_events(d.text()))
+                assert len(logged) >= 8  # several plays of the clip's four enrolled people
+                assert watch.wait_until(lambda s=s, logged=logged: logged <= received(watch, s), 30), s
+                assert received(watch, s) == logged  # every event it confirmed reached central, once each
+            capsys.readouterr()
+            assert main(["fleet", "status", "--broker", f"{central.host}:{central.port}", "--json"]) == 0
+            rows = {r["device_id"]: r for r in json.loads(capsys.readouterr().out)}
+            assert set(rows) == {"door-north", "door-south"}
+            assert all(r["gallery"] == {"name": "lobby", "version": 3} for r in rows.values())
+            watch.close()
+        finally:
+            for b in sites.values():
+                b.__exit__(None, None, None)
+
+
+def received(watch: Collector, site: str) -> set[str]:
+    return {str(e["event_id"]) for e in watch.on(f"door-{site}/events")}
+
+
+def logged_events(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"event ([0-9a-f-]{36}) identity=", text)

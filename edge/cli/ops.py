@@ -119,13 +119,22 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 def cmd_fleet_simulate(args: argparse.Namespace) -> int:
     from edge.eval.fleet_sim import simulate
 
-    out = simulate(args.devices, args.processes, args.heartbeat, args.identities)
+    out = simulate(args.devices, args.processes, args.heartbeat, args.identities, args.sites)
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
             print(f"{k:<42} {v}")
     return 0 if out["all_on_new_version"] else 1
+
+
+def cmd_fleet_bridge_config(args: argparse.Namespace) -> int:
+    from edge.cli.common import parse_broker
+    from edge.delivery.bridge import bridge_config
+
+    host, port = parse_broker(args.central)
+    print(bridge_config(args.site, host, port, args.prefix, args.discovery_prefix, args.cafile), end="")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -146,8 +155,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      "(default: one per 150 devices, at least 2)")  # fmt: skip
     sim.add_argument("--heartbeat", type=float, default=10.0, help="status heartbeat of the simulated devices, s")
     sim.add_argument("--identities", type=int, default=100, help="identities in the bundle published")
+    sim.add_argument("--sites", type=int, default=0, help="site brokers bridged to a central one (0: one broker)")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_fleet_simulate)
+    br = fl.add_parser("bridge-config", help="a site broker's Mosquitto bridge to the central one (conf.d file)")
+    br.add_argument("--central", required=True, help="HOST:PORT of the central broker")
+    br.add_argument("--site", required=True, help="this site's name, unique in the fleet")
+    br.add_argument("--prefix", default="edge", help="topic prefix of the devices")
+    br.add_argument("--discovery-prefix", default="homeassistant", help="Home Assistant's discovery prefix")
+    br.add_argument("--cafile", help="CA certificate of the central broker's TLS listener")
+    br.set_defaults(func=cmd_fleet_bridge_config)
 
     idf = sub.add_parser("identify", help="every face in photos, matched against a gallery as a device would")
     idf.add_argument("images", type=Path, nargs="+", help="photos or folders of photos")

@@ -1,8 +1,8 @@
 """A Mosquitto broker on a free loopback port, for ``edge demo`` and the tests.
 
 It runs the real ``mosquitto`` binary with a private config (anonymous, loopback
-only, persistence in a private folder), can be stopped and restarted on the same port, and is
-always killed on exit.
+only, persistence in a private folder, optionally a bridge to another one), can be stopped
+and restarted on the same port, and is always killed on exit.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ class LocalBroker:
         tls: tuple[Path, Path, Path] | None = None,
         users: dict[str, str] | None = None,
         require_certificate: bool = False,
+        extra: str = "",
     ) -> None:
         """``tls``: (CA certificate, server certificate, server key) for a TLS listener;
         ``users``: name → password (anonymous clients are then refused);
-        ``require_certificate``: clients must present a certificate signed by the CA (mutual TLS)."""
+        ``require_certificate``: clients must present a certificate signed by the CA (mutual TLS);
+        ``extra``: more configuration, appended (a bridge to another broker: ``edge.delivery.bridge``)."""
         binary = find_mosquitto()
         if binary is None:
             raise EdgeError("mosquitto not found: install it (Debian/Raspberry Pi OS: apt install mosquitto)")
@@ -78,7 +80,7 @@ class LocalBroker:
             lines.append(f"password_file {passwd}")
         if message_size_limit:
             lines.append(f"message_size_limit {message_size_limit}")
-        conf.write_text("\n".join(lines) + "\n")
+        conf.write_text("\n".join(lines) + "\n" + extra)
         self.conf = conf
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,10 +1,12 @@
-"""``edge fleet simulate``: many devices on one broker, to measure what a fleet costs.
+"""``edge fleet simulate``: many devices on one broker (or behind bridged site brokers), to measure
+what a fleet costs.
 
 Each simulated device runs the service's real MQTT link (connection, last will,
 outbox pump) and real gallery sync (bounded assembly, every admission check,
 atomic store, state message), with its own state folder, and publishes its status
 at connect and every ``heartbeat_s``; there is no camera. Devices are spread over a
-few processes. One signed bundle is then published, retained, on the fleet topic;
+few processes, and with ``--sites S`` over S site brokers bridged to a central one (the
+configuration ``edge fleet bridge-config`` prints), where everything is published and watched. One signed bundle is then published, retained, on the fleet topic;
 the figure is the time until every device has reported the new version on its
 ``gallery/state``. Also measured: the broker's and the simulator processes' peak
 resident memory, and the bytes per device at rest, per event and per gallery update
@@ -179,16 +181,34 @@ def _sample_event() -> int:
 
 
 def simulate(
-    devices: int = 500, processes: int | None = None, heartbeat_s: float = 10.0, identities: int = 100
+    devices: int = 500,
+    processes: int | None = None,
+    heartbeat_s: float = 10.0,
+    identities: int = 100,
+    sites: int = 0,
 ) -> dict[str, object]:
+    """``sites`` = 0: every device on one broker; else the devices spread over ``sites`` site brokers,
+    each bridged to a central one (``edge.delivery.bridge``), where the bundle is published and
+    the devices are watched."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from edge.delivery.bridge import bridge_config
     from edge.delivery.broker import LocalBroker
     from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
 
-    processes = processes or max(2, math.ceil(devices / MAX_DEVICES_PER_PROCESS))
+    if not 0 <= sites <= 16:
+        raise InputError("fleet simulate: 0-16 sites")
+    per_site = [len(range(s, devices, max(sites, 1))) for s in range(max(sites, 1))]
+    per_site_processes = [max(1, math.ceil(n / MAX_DEVICES_PER_PROCESS)) for n in per_site]
+    processes = processes or max(
+        2 if not sites else sum(per_site_processes), math.ceil(devices / MAX_DEVICES_PER_PROCESS)
+    )
     if not 1 <= devices <= 5000 or not 1 <= processes <= 64:
         raise InputError("fleet simulate: 1-5000 devices over 1-64 processes")
+    if processes < max(sites, 1):
+        raise InputError(
+            f"fleet simulate: {sites} sites need at least {sites} processes (one site's devices per process)"
+        )
     if math.ceil(devices / processes) > MAX_DEVICES_PER_PROCESS:
         raise InputError(
             f"fleet simulate: {math.ceil(devices / processes)} devices per process, over {MAX_DEVICES_PER_PROCESS}: "
@@ -197,6 +217,7 @@ def simulate(
         )
     folder = Path(tempfile.mkdtemp(prefix="edge-fleet-"))
     sha = "ab" * 32
+    brokers: list[LocalBroker] = []
     try:
         generate_key(folder / "owner.pem")
         key: Ed25519PrivateKey = load_private_key(folder / "owner.pem")
@@ -206,61 +227,78 @@ def simulate(
             v = rng.normal(size=(3, 192)).astype(np.float32)
             people.append(Identity(f"p{i:04d}", None, v / np.linalg.norm(v, axis=1, keepdims=True), {}))
         bundle = encode(people, "fleet", 7, sha, key, dtype="int8")
-        with LocalBroker() as broker:
-            # Mosquitto's per-listener connection limit is high; the process file limit may not be.
-            monitor = Monitor(broker.host, broker.port)
-            ids = [f"sim-{i:04d}" for i in range(devices)]
-            ctx = mp.get_context("spawn")
-            pipes, procs = [], []
-            t0 = time.monotonic()
-            for k in range(processes):
+        central = LocalBroker().start()
+        brokers.append(central)
+        site_brokers = [
+            LocalBroker(extra=bridge_config(f"site{s}", central.host, central.port)).start() for s in range(sites)
+        ] or [central]
+        brokers += [b for b in site_brokers if b is not central]
+        # Mosquitto's per-listener connection limit is high; the process file limit may not be.
+        monitor = Monitor(central.host, central.port)
+        ids = [f"sim-{i:04d}" for i in range(devices)]
+        ctx = mp.get_context("spawn")
+        pipes, procs = [], []
+        t0 = time.monotonic()
+        # Each process runs devices of one site: the site's devices split over its share of the processes.
+        shares = (
+            [max(1, round(processes * n / devices), math.ceil(n / MAX_DEVICES_PER_PROCESS)) for n in per_site]
+            if sites
+            else [processes]
+        )
+        for s, broker in enumerate(site_brokers):
+            site_ids = ids[s :: len(site_brokers)]
+            for k in range(shares[s]):
                 parent, child = ctx.Pipe()
-                p = ctx.Process(target=_worker, args=(ids[k::processes], broker.host, broker.port, str(folder),
+                p = ctx.Process(target=_worker, args=(site_ids[k :: shares[s]], broker.host, broker.port, str(folder),
                                                       f"{folder}/owner.pem.pub", sha, heartbeat_s, child))  # fmt: skip
                 p.start()
                 pipes.append(parent)
                 procs.append(p)
-            for parent in pipes:
-                if not parent.poll(300) or parent.recv() != "started":
-                    raise EdgeError("fleet simulate: a simulator process did not start")
-            if not monitor.wait(lambda: len(monitor.online) == devices, 300):
-                raise EdgeError(f"fleet simulate: only {len(monitor.online)} of {devices} devices came online")
-            connect_s = time.monotonic() - t0
-            monitor.take()
-            rest_start = time.monotonic()
-            monitor.wait(lambda: False, 2 * heartbeat_s)  # two heartbeat periods at rest
-            rest = monitor.take()
-            rest_s = time.monotonic() - rest_start
-            pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="fleet-admin")
-            pub.connect(broker.host, broker.port)
-            pub.loop_start()
-            t1 = time.monotonic()
-            pub.publish("edge/galleries/fleet", bundle, qos=1, retain=True).wait_for_publish(30)
-            done = monitor.wait(lambda: sum(v == 7 for v in monitor.version.values()) == devices, 600)
-            apply_s = time.monotonic() - t1
-            updated = sum(v == 7 for v in monitor.version.values())
-            pub.loop_stop()
-            update = monitor.take()
-            broker_mb = vm_hwm_mb(broker.proc.pid) if broker.proc else float("nan")
-            sim_mb = []
-            for parent in pipes:
-                parent.send("stop")
-                sim_mb.append(parent.recv() if parent.poll(120) else float("nan"))
-            for p in procs:
-                p.join(30)
-            monitor.client.loop_stop()
+        for parent in pipes:
+            if not parent.poll(300) or parent.recv() != "started":
+                raise EdgeError("fleet simulate: a simulator process did not start")
+        if not monitor.wait(lambda: len(monitor.online) == devices, 300):
+            raise EdgeError(f"fleet simulate: only {len(monitor.online)} of {devices} devices came online")
+        connect_s = time.monotonic() - t0
+        monitor.take()
+        rest_start = time.monotonic()
+        monitor.wait(lambda: False, 2 * heartbeat_s)  # two heartbeat periods at rest
+        rest = monitor.take()
+        rest_s = time.monotonic() - rest_start
+        pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="fleet-admin")
+        pub.connect(central.host, central.port)
+        pub.loop_start()
+        t1 = time.monotonic()
+        pub.publish("edge/galleries/fleet", bundle, qos=1, retain=True).wait_for_publish(30)
+        done = monitor.wait(lambda: sum(v == 7 for v in monitor.version.values()) == devices, 600)
+        apply_s = time.monotonic() - t1
+        updated = sum(v == 7 for v in monitor.version.values())
+        pub.loop_stop()
+        update = monitor.take()
+        broker_mb = {("central" if b is central else f"site{i - 1}"): vm_hwm_mb(b.proc.pid) if b.proc else float("nan")
+                     for i, b in enumerate(brokers)}  # fmt: skip
+        sim_mb = []
+        for parent in pipes:
+            parent.send("stop")
+            sim_mb.append(parent.recv() if parent.poll(120) else float("nan"))
+        for p in procs:
+            p.join(30)
+        monitor.client.loop_stop()
         status_bytes = rest.get("status", 0)
         sample = _sample_event()
         return {
             "devices": devices,
-            "processes": processes,
+            "processes": len(procs),
+            "sites": sites,
+            "devices_per_site": per_site if sites else [devices],
             "bundle_bytes": len(bundle),
             "bundle_identities": identities,
             "all_online_s": round(connect_s, 1),
             "all_on_new_version": done,
             "devices_on_new_version": updated,
             "seconds_until_every_device_reports_it": round(apply_s, 2),
-            "broker_peak_rss_mb": broker_mb,
+            "broker_peak_rss_mb": broker_mb["central"] if not sites else sum(broker_mb.values()),
+            "broker_peak_rss_mb_each": broker_mb,
             "simulator_peak_rss_mb_per_process": sim_mb,
             "simulator_peak_rss_mb_per_device": round(sum(sim_mb) / devices, 2),
             "per_device_bytes_per_s_at_rest": round(status_bytes / rest_s / devices, 1),
@@ -269,4 +307,6 @@ def simulate(
             "bytes_per_event": sample,
         }
     finally:
+        for b in reversed(brokers):
+            b.__exit__(None, None, None)
         shutil.rmtree(folder, ignore_errors=True)
