@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.device.config import Settings, load_settings
+from edge.device.config import Settings, load_settings, secret_values
 from edge.errors import InputError
 
 
@@ -86,6 +86,8 @@ def test_every_setting_can_be_overridden_from_the_environment_with_its_declared_
     checked = 0
     for section, fields in Settings.model_fields.items():
         model = fields.annotation
+        if section == "cameras":  # a list of tables: the file's (refused from the environment, below)
+            continue
         for key in model.model_fields:  # type: ignore[union-attr]
             value = defaults[section][key]
             if value is None or key in ("password", "uri") or isinstance(value, list):
@@ -108,6 +110,8 @@ def test_every_setting_can_be_overridden_from_the_environment_with_its_declared_
     )
     assert s.device.id == "1234" and s.mqtt.username == "42" and s.gallery.name == "2024"
     assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "007"
+    with pytest.raises(InputError, match=r"EDGE_CAMERAS__ID: cameras is a list of tables \(\[\[cameras\]\]\)"):
+        load_settings(environ={"EDGE_CAMERAS__ID": "door"})
 
 
 def test_env_errors_name_the_variable_and_unrelated_edge_variables_are_ignored() -> None:
@@ -217,3 +221,32 @@ def test_the_shipped_example_config_is_valid_once_its_files_exist(tmp_path: Path
         text = text.replace(needed, str(local))
     s = load_settings(write(tmp_path, text), environ={})
     assert s.homeassistant.max_identity_entities == 100 and s.homeassistant.device_name == "Front door"
+
+
+def test_several_cameras_each_with_what_it_overrides_and_the_rest_from_the_device(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "[source]\nrate = 'fast'\nfps = 15\n[quality]\nmax_yaw = 0.7\nmin_sharpness = 20\n"
+        "[[cameras]]\nid = 'door'\nsource = '/dev/video0'\n[cameras.quality]\nmax_yaw = 0.5\n"
+        "[[cameras]]\nid = 'yard'\nsource = 'rtsp://u:pw-123@cam/live'\nwidth = 1280\nheight = 720\n"
+        "[cameras.detection]\nwindows_per_frame = 8\n",
+    )
+    s = load_settings(p, environ={})
+    door, yard = s.camera_list()
+    assert (door.id, door.source.uri, door.source.rate, door.source.fps) == ("door", "/dev/video0", "fast", 15)
+    assert door.quality.max_yaw == 0.5 and door.quality.min_sharpness == 20  # its own, then the device's
+    assert yard.quality.max_yaw == 0.7 and yard.detection.windows_per_frame == 8 and yard.source.width == 1280
+    assert "pw-123" in secret_values(s)  # every camera's credentials are protected
+    one = load_settings(environ={"EDGE_SOURCE__URI": "/dev/video2"}).camera_list()
+    assert [(c.id, c.source.uri) for c in one] == [("main", "/dev/video2")]  # the one camera, as before
+    bad = write(tmp_path, "[[cameras]]\nid = 'a'\nsource = '0'\n[cameras.quality]\nmin_face_px = -1\n"
+                          "[[cameras]]\nid = 'a'\nsource = '1'\n")  # fmt: skip
+    with pytest.raises(InputError) as exc:
+        load_settings(bad, environ={})
+    assert "cameras.0.quality.min_face_px = -1" in str(exc.value)
+    twice = write(tmp_path, "[[cameras]]\nid = 'a'\nsource = '0'\n[[cameras]]\nid = 'a'\nsource = '1'\n")
+    with pytest.raises(InputError, match="camera ids must be unique: a given twice"):
+        load_settings(twice, environ={})
+    both = write(tmp_path, "[source]\nuri = '0'\n[[cameras]]\nid = 'a'\nsource = '1'\n")
+    with pytest.raises(InputError, match=r"\[source\] uri and \[\[cameras\]\] both name cameras"):
+        load_settings(both, environ={})

@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from edge.capture.imageio import decode_image
-from edge.device.config import Settings, load_settings
+from edge.device.config import CameraSettings, Settings, load_settings
 from edge.errors import ImageError, InputError
 
 from .conftest import FACES
@@ -62,7 +63,9 @@ def test_mutated_images_decode_or_are_refused_never_raise(kind: str, data: st.Da
 keys = {
     section: list(model.model_fields)
     for section, model in ((s, f.annotation) for s, f in Settings.model_fields.items())
-}  # type: ignore[union-attr]
+    if isinstance(model, type) and issubclass(model, BaseModel)
+}
+camera_keys = [*CameraSettings.model_fields, "bogus"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
                     st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3))  # fmt: skip
 
@@ -74,6 +77,18 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.f
 def test_any_settings_table_loads_or_is_one_located_error(table: dict[str, dict[str, object]]) -> None:
     try:
         load_settings(environ={}, overrides=table)
+    except InputError as exc:
+        for line in str(exc).splitlines():
+            assert re.match(r"^config error in [^:]+: [a-z_.0-9()]+", line), line
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(camera_keys), st.one_of(scalars, st.dictionaries(
+    st.sampled_from(["min_face_px", "max_yaw", "mode", "nope"]), scalars, max_size=2)), max_size=4), max_size=3))  # fmt: skip
+def test_any_cameras_list_loads_or_is_one_located_error(cameras: list[dict[str, object]]) -> None:
+    try:
+        s = load_settings(environ={}, overrides={"cameras": cameras})
+        assert len(s.camera_list()) == max(1, len(cameras))
     except InputError as exc:
         for line in str(exc).splitlines():
             assert re.match(r"^config error in [^:]+: [a-z_.0-9()]+", line), line

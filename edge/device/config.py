@@ -25,6 +25,7 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -185,11 +186,17 @@ class DeviceSettings(Section):
     )
 
 
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,31}$"
+
+
 class SourceSettings(Section):
     uri: str = Field(
         "0",
         min_length=1,
-        description="Camera index, /dev/videoN, video file, rtsp:// or http:// URL, image folder, or 'picamera2'.",
+        description="The one camera (with no [[cameras]]): camera index, /dev/videoN, video file, rtsp:// or http:// URL, image folder, or 'picamera2'.",
+    )
+    id: str = Field(
+        "main", pattern=CAMERA_ID, description="Id of the one camera (with no [[cameras]]): in events and the status."
     )
     rate: Literal["native", "fast"] = Field(
         "native",
@@ -199,9 +206,15 @@ class SourceSettings(Section):
         "idle",
         description="When a file or folder ends: stay running and idle, exit (after the outbox drains), or replay it.",
     )
-    fps: float = Field(30.0, gt=0, le=240, description="Frame rate of an image folder at native rate.")
-    width: int = Field(0, ge=0, description="Requested camera width in pixels (0: the camera's default).")
-    height: int = Field(0, ge=0, description="Requested camera height in pixels (0: the camera's default).")
+    fps: float = Field(
+        30.0, gt=0, le=240, description="Frame rate of an image folder at native rate (every camera's default)."
+    )
+    width: int = Field(
+        0, ge=0, description="Requested camera width in pixels (0: the camera's default; every camera's default)."
+    )
+    height: int = Field(
+        0, ge=0, description="Requested camera height in pixels (0: the camera's default; every camera's default)."
+    )
     retry_initial_s: float = Field(
         0.5, gt=0, description="First delay before reopening a failed camera; doubles up to retry_max_s."
     )
@@ -223,6 +236,42 @@ class SourceSettings(Section):
     def display(self) -> str:
         """The source as it may be logged or published: credentials masked."""
         return redact_url(self.uri)
+
+
+class CameraSettings(Section):
+    """One camera of several: ``[[cameras]]``; what it does not set comes from [source], [quality], [detection]."""
+
+    id: str = Field(
+        pattern=CAMERA_ID, description="Camera id, unique on the device: in events, the status, Home Assistant."
+    )
+    source: str = Field(
+        min_length=1,
+        description="Camera index, /dev/videoN, video file, rtsp:// or http:// URL, image folder, or 'picamera2'.",
+    )
+    width: int | None = Field(None, ge=0, description="Requested width in pixels (default: [source] width).")
+    height: int | None = Field(None, ge=0, description="Requested height in pixels (default: [source] height).")
+    fps: float | None = Field(None, gt=0, le=240, description="Frame rate of an image folder (default: [source] fps).")
+    quality: QualitySettings | None = Field(
+        None, description="This camera's quality gate: the keys given override [quality]'s for it."
+    )
+    detection: DetectionSettings | None = Field(
+        None, description="This camera's scanning: the keys given override [detection]'s for it."
+    )
+
+    @field_serializer("source")
+    def _hide_credentials(self, source: str) -> str:
+        return redact_url(source)
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera's effective settings: its id, its source (with [source]'s playback policy), its
+    quality gate and detection."""
+
+    id: str
+    source: SourceSettings
+    quality: QualitySettings
+    detection: DetectionSettings
 
 
 class MqttSettings(Section):
@@ -398,6 +447,34 @@ class Settings(Section):
     health: HealthSettings = Field(HealthSettings(), description="Supervision of the service's threads.")
     audit: AuditSettings = Field(AuditSettings(), description="The local, hash-chained record of every decision.")
     homeassistant: HomeAssistantSettings = Field(HomeAssistantSettings(), description="Home Assistant MQTT discovery.")
+    cameras: list[CameraSettings] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Several cameras ([[cameras]] tables), each its own reader, scanner and tracker; empty: the one camera of [source].",
+    )
+
+    @model_validator(mode="after")
+    def _cameras(self) -> Settings:
+        ids = [c.id for c in self.cameras]
+        doubled = sorted({i for i in ids if ids.count(i) > 1})
+        if doubled:
+            raise ValueError(f"camera ids must be unique: {', '.join(doubled)} given twice")
+        if self.cameras and "uri" in self.source.model_fields_set:
+            raise ValueError(
+                "[source] uri and [[cameras]] both name cameras: give each camera in [[cameras]] (with its source)"
+            )
+        return self
+
+    def camera_list(self) -> list[Camera]:
+        """Every camera with its effective settings: [[cameras]], or the one camera of [source]."""
+        if not self.cameras:
+            return [Camera(self.source.id, self.source, self.quality, self.detection)]
+        out = []
+        for c in self.cameras:
+            over = {k: v for k, v in (("width", c.width), ("height", c.height), ("fps", c.fps)) if v is not None}
+            source = self.source.model_copy(update={"uri": c.source, "id": c.id, **over})
+            out.append(Camera(c.id, source, c.quality or self.quality, c.detection or self.detection))
+        return out
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -435,6 +512,11 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
                 f"(sections: {', '.join(sections)})"
             )
         model = _unwrap_optional(sections[section].annotation)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise InputError(
+                f"config error in environment variable {var}: {section} is a list of tables ([[{section}]]): "
+                "give it in the settings file"
+            )
         fields = model.model_fields
         if key not in fields:
             raise InputError(f"config error in environment variable {var}: {section}.{key}: unknown key")
@@ -533,6 +615,7 @@ def load_settings(
     if overrides:
         data = _merge(data, overrides)
         origin.update(_origins(overrides, "command-line options"))
+    data = _camera_sections(data)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
@@ -540,6 +623,23 @@ def load_settings(
         # value: every secret the file, the environment and the options hold is masked, as in logs.
         secrets = raw_secrets(read_toml(path) if path is not None else {}, env_data, overrides or {})
         raise InputError(scrub(format_errors(exc, source, origin), secrets)) from None
+
+
+def _camera_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """Each camera's [cameras.quality] / [cameras.detection] keys over the device's sections: what a
+    camera does not set, it inherits (then validated whole, errors naming cameras.N.quality.key)."""
+    cameras = data.get("cameras")
+    if not isinstance(cameras, list):
+        return data
+    merged = []
+    for cam in cameras:
+        if isinstance(cam, Mapping):
+            cam = dict(cam)
+            for section in ("quality", "detection"):
+                if isinstance(cam.get(section), Mapping) and isinstance(data.get(section, {}), Mapping):
+                    cam[section] = _merge(dict(data.get(section, {})), cam[section])
+        merged.append(cam)
+    return {**data, "cameras": merged}
 
 
 def raw_secrets(*layers: Mapping[str, Any]) -> list[str]:
@@ -578,7 +678,7 @@ def _file_secret(path: Path) -> list[str]:
 
 def secret_values(settings: Settings) -> list[str]:
     """Raw secret values held by the settings (for ``edge.device.logs.protect``); the password file is read where used."""
-    values = url_secrets(settings.source.uri)
+    values = [s for c in settings.camera_list() for s in url_secrets(c.source.uri)]
     if settings.mqtt.password is not None:
         values.append(settings.mqtt.password.get_secret_value())
     return values
