@@ -298,7 +298,7 @@ def test_a_killed_worker_ends_the_run_non_zero_saying_why(
     with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
         status.wait_for("status", lambda s: s["state"] == "online")
         app = running.app
-        thread = {"capture": app.capture, "mqtt-network": app.link.threads[0], "mqtt-pump": app.link.threads[1],
+        thread = {"capture": app.cameras[0].capture, "mqtt-network": app.link.threads[0], "mqtt-pump": app.link.threads[1],
                   "frame-loop": running.thread}[name]  # fmt: skip
         _raise_in(thread)
         assert running.ended(WITHIN_WATCHDOG), "the run did not end"
@@ -391,7 +391,7 @@ def test_a_hung_camera_ends_the_run(broker: LocalBroker, tmp_path: Path, recogni
     exits: list[int] = []
     app = App(app_settings(broker, tmp_path), recognizer, hard_exit=exits.append)
     source = Wedged()
-    app.capture.source = source
+    app.cameras[0].capture.source = source
     try:
         result = app.run()
     finally:
@@ -449,3 +449,23 @@ def test_a_camera_lost_mid_stream_is_reopened_and_frames_flow_again() -> None:
     assert "(device gone or stream dropped); retrying" in logs.text()
     assert "(not plugged back yet); retrying" in logs.text()
     assert cap.status.state == "exhausted" and cap.status.error is None
+
+
+def test_one_camera_of_several_stalled_is_that_cameras_trouble_all_of_them_a_fault() -> None:
+    faults: list[str] = []
+    sup = Supervisor(5.0, faults.append)
+    door, yard = sup.register("capture:door", group="cameras"), sup.register("capture:yard", group="cameras")
+    loop = sup.register("frame-loop")
+    now = time.monotonic()
+    for w in (door, yard, loop):
+        w.last_beat = now
+    yard.last_beat = now - 10  # stuck in its driver
+    assert sup.check(now) is None  # the door camera still works: no fault
+    assert yard.trouble is not None and "capture:yard' stalled" in yard.trouble and door.trouble is None
+    yard.last_beat = now  # it came back
+    assert sup.check(now) is None and yard.trouble is None
+    door.last_beat = yard.last_beat = now - 10
+    reason = sup.check(now)
+    assert reason is not None and "stalled" in reason and "capture:" in reason  # every camera down: a fault
+    loop.last_beat = now - 10
+    assert "frame-loop" in (sup.check(now) or "")  # a worker outside the group is a fault on its own

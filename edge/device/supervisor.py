@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Worker:
-    """A worker's handle: ``beat`` while making progress, ``done`` when it ends normally."""
+    """A worker's handle: ``beat`` while making progress, ``done`` when it ends normally. Workers of
+    one ``group`` (the cameras' readers) stand in for each other: one that dies or stalls is reported
+    in ``trouble`` while another of its group still works; only the whole group down is a fault."""
 
     name: str
     stall_after: float
@@ -31,6 +33,8 @@ class Worker:
     last_beat: float = field(default_factory=time.monotonic)
     finished: bool = False
     note: str = ""
+    group: str | None = None
+    trouble: str | None = None  # why it is out while its group goes on (None: fine)
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -55,8 +59,14 @@ class Supervisor:
         self.fault: str | None = None
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
-    def register(self, name: str, thread: threading.Thread | None = None, stall_after: float | None = None) -> Worker:
-        worker = Worker(name, stall_after or self.stall_timeout, thread)
+    def register(
+        self,
+        name: str,
+        thread: threading.Thread | None = None,
+        stall_after: float | None = None,
+        group: str | None = None,
+    ) -> Worker:
+        worker = Worker(name, stall_after or self.stall_timeout, thread, group=group)
         with self._lock:
             self._workers.append(worker)
         return worker
@@ -76,14 +86,27 @@ class Supervisor:
         with self._lock:
             workers = list(self._workers)
         stalled: list[tuple[float, Worker]] = []
+        down: dict[int, str] = {}  # id(worker) → why it is out
         for w in workers:
             if w.finished:
                 continue
             if w.thread is not None and w.thread.ident is not None and not w.thread.is_alive():
-                return f"worker '{w.name}' ended unexpectedly{': ' + w.note if w.note else ''}"
+                down[id(w)] = f"worker '{w.name}' ended unexpectedly{': ' + w.note if w.note else ''}"
+                continue
             idle = now - w.last_beat
             if idle > w.stall_after:
                 stalled.append((idle, w))
+                down[id(w)] = f"worker '{w.name}' stalled: no progress for {idle:.0f}s (limit {w.stall_after:.0f}s)"
+        # A worker whose group still has one that works is trouble, not a fault.
+        working = {w.group for w in workers if w.group is not None and id(w) not in down and not w.finished}
+        for w in workers:
+            excused = w.group is not None and w.group in working and id(w) in down
+            w.trouble = down[id(w)] if excused else None
+        fatal = [w for w in workers if id(w) in down and not (w.group is not None and w.group in working)]
+        ended = [w for w in fatal if not any(s is w for _, s in stalled)]
+        if ended:
+            return down[id(ended[0])]
+        stalled = [(i, w) for i, w in stalled if any(f is w for f in fatal)]
         if not stalled:
             return None
         stalled.sort(key=lambda s: -s[0])
