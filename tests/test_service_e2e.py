@@ -3,6 +3,7 @@ loopback port, and independent MQTT clients subscribing like any consumer would.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -408,3 +409,72 @@ def test_a_face_at_four_metres_in_720p_gives_its_event(broker: LocalBroker, tmp_
     for e in sub.on("events/match"):
         x0, _y0, x1, _y1 = e["bbox"]
         assert 30 < (x1 - x0) * 1280 < 60  # the 44 px face it saw
+
+
+class SilentCamera:
+    """A network camera that accepts connections and never says a word: a reader opening it hangs
+    inside the video library until that gives up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_dead_and_a_hung_camera_leave_the_other_cameras_events_flowing(
+    broker: LocalBroker, assets: DemoAssets, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    silent = SilentCamera()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f"[[cameras]]\nid = 'door'\nsource = '{assets.clip}'\n"
+        f"[[cameras]]\nid = 'yard'\nsource = 'rtsp://127.0.0.1:{silent.port}/live'\n"
+        "[[cameras]]\nid = 'gate'\nsource = '/dev/video99'\n"
+    )
+    sub = Collector(broker.host, broker.port, "edge/cam1/events/match", "edge/cam1/status")
+    proc = service(["--config", str(cfg), "--gallery", str(assets.gallery), "--rate", "fast",
+                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "s",
+                   {"EDGE_HEALTH__STALL_TIMEOUT_S": "2", "EDGE_SOURCE__RETRY_MAX_S": "1"})  # fmt: skip
+    try:
+        # The door camera's people are all reported, while the yard camera hangs and the gate one is missing.
+        assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(assets.enrolled), 120), proc.text()[-3000:]
+        events = sub.on("events/match")
+        assert {e["identity_id"] for e in events} == set(assets.enrolled) and {e["camera"] for e in events} == {"door"}
+        status = sub.wait_for(
+            "status", lambda s: s.get("cameras", {}).get("yard", {}).get("state") == "stalled"
+            and s["cameras"]["gate"]["state"] == "retrying", 90,
+        )  # fmt: skip
+        assert "capture:yard' stalled" in status["cameras"]["yard"]["error"]
+        assert (
+            "camera gate" in status["cameras"]["gate"]["error"] or "/dev/video99" in status["cameras"]["gate"]["error"]
+        )
+        assert status["camera"] == "stalled" and status["camera_error"].startswith("camera ")
+        assert status["state"] == "online"  # the device works on: only all its cameras down would stop it
+        from edge.cli import main
+
+        assert main(["fleet", "status", "--broker", f"{broker.host}:{broker.port}", "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        assert set(row["cameras"]) == {"door", "yard", "gate"} and row["cameras"]["door"]["state"] in ("ok", "idle")
+        assert main(["fleet", "status", "--broker", f"{broker.host}:{broker.port}"]) == 0
+        assert "/3 ok: gate retrying" in capsys.readouterr().out
+        assert proc.stop() == 0
+    finally:
+        silent.close()
+        sub.close()

@@ -152,7 +152,7 @@ def test_match_event_payload_has_no_image_or_embedding() -> None:
     data = json.loads(ev.to_json())
     assert data["schema"] == 1 and "label" not in data
     # The contract other tools rely on (README, MQTT contract): exactly these fields.
-    assert set(data) == {"schema", "event_id", "device_id", "ts", "identity_id", "score", "threshold",
+    assert set(data) == {"schema", "event_id", "device_id", "camera", "ts", "identity_id", "score", "threshold",
                          "est_false_match_rate", "evidence", "track_id", "bbox", "quality", "model", "gallery_version"}  # fmt: skip
     with pytest.raises(Exception, match="Extra inputs"):
         MatchEvent(**{**ev.model_dump(by_alias=True), "embedding": [0.1]})

@@ -31,12 +31,30 @@ log = logging.getLogger(__name__)
 AtEnd = Literal["idle", "exit", "loop"]
 
 
-class LatestFrame:
+class FrameHub:
+    """Where the frame loop waits for a frame from any camera: each camera's hand-off rings it."""
+
     def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> None:
+        """Until some camera put a frame since the last ``clear`` (or ``timeout``)."""
+        self._event.wait(timeout)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+
+class LatestFrame:
+    def __init__(self, hub: FrameHub | None = None) -> None:
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self.dropped = 0
         self.closed = False
+        self.hub = hub
 
     def put(
         self, frame: Frame, wait_until_taken: bool, stop: threading.Event, beat: Callable[[], None] | None = None
@@ -51,10 +69,12 @@ class LatestFrame:
                 self.dropped += 1
             self._frame = frame
             self._cond.notify_all()
+        if self.hub is not None:
+            self.hub.ring()
 
     def take(self, timeout: float) -> Frame | None:
         with self._cond:
-            if self._frame is None and not self.closed:
+            if self._frame is None and not self.closed and timeout > 0:
                 self._cond.wait(timeout)
             frame, self._frame = self._frame, None
             self._cond.notify_all()
@@ -64,6 +84,8 @@ class LatestFrame:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+        if self.hub is not None:
+            self.hub.ring()
 
 
 @dataclass
@@ -84,8 +106,9 @@ class CaptureThread(threading.Thread):
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         worker: Worker | None = None,
+        name: str = "capture",
     ) -> None:
-        super().__init__(name="capture", daemon=True)
+        super().__init__(name=name, daemon=True)
         self.source = source
         self.slot = slot
         self.stop_event = stop

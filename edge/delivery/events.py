@@ -45,6 +45,9 @@ class MatchEvent(Payload):
         default_factory=uuid.uuid4, description="Unique id; consumers de-duplicate on it (delivery is at-least-once)."
     )
     device_id: str = Field(description="The device that saw the face.")
+    camera: str = Field(
+        "main", description="The camera of the device that saw it (its id in [[cameras]], or [source] id)."
+    )
     ts: datetime = Field(default_factory=utc_now, description="When the match was confirmed, RFC 3339 UTC.")
     identity_id: str = Field(description="Enrolled identity id.")
     label: str | None = Field(
@@ -70,7 +73,13 @@ class MatchEvent(Payload):
 
 
 def make_event(
-    conf: Confirmation, width: int, height: int, device_id: str, model_tag: str, include_label: bool
+    conf: Confirmation,
+    width: int,
+    height: int,
+    device_id: str,
+    model_tag: str,
+    include_label: bool,
+    camera: str = "main",
 ) -> MatchEvent:
     """The payload of a confirmed match: the gallery version is that of the snapshot that matched."""
     m = conf.match
@@ -78,6 +87,7 @@ def make_event(
         raise ValueError("a confirmation always names an identity")
     return MatchEvent(
         device_id=device_id,
+        camera=camera,
         identity_id=m.identity_id,
         label=m.label if include_label else None,
         score=round(m.score, 4),
@@ -97,6 +107,13 @@ class StageLatency(Payload):
     p95_ms: float = Field(description="95th percentile latency in milliseconds.")
 
 
+class CameraStatus(Payload):
+    state: str = Field(description="starting, ok, retrying, failed, exhausted, idle, or stalled (its reader stuck).")
+    error: str | None = Field(None, description="This camera's last error, if any.")
+    fps: float = Field(0.0, description="Frames of this camera processed per second over the last interval.")
+    dropped_frames: int = Field(0, description="Frames of this camera dropped by its hand-off since start.")
+
+
 class Status(Payload):
     """Retained on ``{prefix}/{device_id}/status``; the last will publishes ``offline``."""
 
@@ -112,9 +129,15 @@ class Status(Payload):
     )
     version: str = Field("", description="Software version.")
     uptime_s: float = Field(0.0, description="Seconds since the service started.")
-    camera: str = Field("", description="Camera state: starting, ok, retrying, failed, exhausted, idle.")
-    camera_error: str | None = Field(None, description="Last camera error, if any.")
-    fps: float = Field(0.0, description="Frames processed per second over the last heartbeat interval.")
+    camera: str = Field(
+        "",
+        description="Camera state (of several: the worst): starting, ok, retrying, failed, exhausted, idle, stalled.",
+    )
+    camera_error: str | None = Field(None, description="Last camera error, if any (of several: the first, naming it).")
+    cameras: dict[str, CameraStatus] = Field(default_factory=dict, description="Each camera's state, by camera id.")
+    fps: float = Field(
+        0.0, description="Frames processed per second over the last heartbeat interval (every camera's)."
+    )
     latency: dict[str, StageLatency] = Field(
         default_factory=dict, description="Per-stage latency over the last interval."
     )

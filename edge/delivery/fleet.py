@@ -62,6 +62,11 @@ class DeviceView:
             "connection_lost": bool(s.get("lost")),
             "fps": s.get("fps"),
             "camera": s.get("camera"),
+            "cameras": {
+                cid: {"state": c.get("state"), "fps": c.get("fps"), "error": c.get("error")}
+                for cid, c in (s.get("cameras") or {}).items()
+                if isinstance(c, dict)
+            },
             "gallery": {"name": name, "version": version} if name or version else None,
             "last_gallery_error": f"{error['step']}: {error['reason']}" if isinstance(error, dict) else None,
             "outbox_depth": s.get("outbox_depth"),
@@ -155,8 +160,18 @@ class Fleet:
             self.client.loop_stop()
 
 
+def _cameras(r: dict[str, Any]) -> str:
+    """One camera's state; of several, how many are ok and which are not (``door ok, yard stalled`` → ``1/2 ok: yard stalled``)."""
+    cams = r.get("cameras") or {}
+    if len(cams) <= 1:
+        return str(r["camera"] or "-")
+    bad = [f"{cid} {c['state']}" for cid, c in sorted(cams.items()) if c.get("state") != "ok"]
+    ok = len(cams) - len(bad)
+    return f"{ok}/{len(cams)} ok" + (f": {', '.join(bad)}" if bad else "")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'DEVICE':<22} {'STATE':<22} {'FPS':>6} {'CAMERA':<10} {'GALLERY':<20} {'OUTBOX':>6} {'SEEN':>7} {'VERSION':<8} NOTE"
+    head = f"{'DEVICE':<22} {'STATE':<22} {'FPS':>6} {'CAMERAS':<24} {'GALLERY':<20} {'OUTBOX':>6} {'SEEN':>7} {'VERSION':<8} NOTE"
     lines = [head]
     for r in rows:
         since = r["since"][11:19] if isinstance(r["since"], str) and len(r["since"]) >= 19 else ""
@@ -167,7 +182,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         fps = f"{r['fps']:.1f}" if isinstance(r["fps"], (int, float)) and r["online"] else "-"
         note = r["last_gallery_error"] or r["last_error"] or ""
         lines.append(
-            f"{r['device_id'][:22]:<22} {state[:22]:<22} {fps:>6} {str(r['camera'] or '-')[:10]:<10} {gallery[:20]:<20} "
+            f"{r['device_id'][:22]:<22} {state[:22]:<22} {fps:>6} {_cameras(r)[:24]:<24} {gallery[:20]:<20} "
             f"{r['outbox_depth'] if r['outbox_depth'] is not None else '-':>6} {seen:>7} {r['sw_version'] or '-':<8} {note}"
         )
     online = sum(r["online"] for r in rows)

@@ -69,11 +69,12 @@ class Stats:
 
     STAGES = ("detect", "align", "embed", "match", "frame")
 
-    def __init__(self, window: int = 2000) -> None:
+    def __init__(self, window: int = 2000, parent: Stats | None = None) -> None:
         self.lat: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
         self.frames = 0
         self.faces = 0
         self.since = time.monotonic()
+        self.parent = parent  # a camera's counts also go to the device's
         self._lock = threading.Lock()
 
     def count(self, faces: int) -> None:
@@ -81,10 +82,14 @@ class Stats:
         with self._lock:
             self.frames += 1
             self.faces += faces
+        if self.parent is not None:
+            self.parent.count(faces)
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.lat[stage].append(seconds)
+        if self.parent is not None:
+            self.parent.add(stage, seconds)
 
     def snapshot(self, now: float) -> tuple[float, float, dict[str, Latency]]:
         """(fps, faces per minute, latency) over the interval, then reset it."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.capture.imageio import check_frame
-from edge.device.config import ModelSettings, Settings
+from edge.device.config import DetectionSettings, ModelSettings, QualitySettings, Settings
 from edge.device.runtime import Manifest, load_manifest
 from edge.errors import InputError, ModelError
 from edge.recognition.calibration import calibration_for, conditions_for
@@ -59,13 +59,7 @@ class Recognizer:
         gallery in force lives in a ``GalleryHolder``."""
         if self._matcher is None:
             calibration = calibration_for(self.manifest, self.embedder_sha256, self.pipeline_id)
-            smallest = calibration.bands[-1].min_px
-            if self.limits.min_face_px < smallest:
-                raise ModelError(
-                    f"quality.min_face_px = {self.limits.min_face_px:g}: below the smallest face-size band the "
-                    f"calibration of {self.pipeline_id} measured ({smallest:g} px), so faces that small have no "
-                    "known false-match rate; raise it, or calibrate smaller faces (models/calibrate.py)"
-                )
+            self._check_gate(self.limits, calibration.bands[-1].min_px, "quality.min_face_px")
             others = [
                 calibration_for(self.manifest, self.embedder_sha256, self.pipeline_id, c)
                 for c in conditions_for(self.manifest, self.embedder_sha256, self.pipeline_id)
@@ -74,17 +68,31 @@ class Recognizer:
             self._matcher = Matcher(calibration, self.settings.match, others)
         return self._matcher
 
+    def check_gate(self, limits: QualitySettings, key: str) -> None:
+        """A quality gate this calibration can judge (a camera's own gate, say); else a ModelError naming ``key``."""
+        self._check_gate(limits, self.matcher.calibration.bands[-1].min_px, key)
+
+    def _check_gate(self, limits: QualitySettings, smallest: float, key: str) -> None:
+        if limits.min_face_px < smallest:
+            raise ModelError(
+                f"{key} = {limits.min_face_px:g}: below the smallest face-size band the calibration of "
+                f"{self.pipeline_id} measured ({smallest:g} px), so faces that small have no known false-match "
+                "rate; raise it, or calibrate smaller faces (models/calibrate.py)"
+            )
+
     def other_detector(self) -> Detector:
         if self._other is None:
             kind: DetectorKind = "full" if self.detector.kind == "short" else "short"
             self._other = load_detector(self.manifest, kind, self.settings.models.threads)
         return self._other
 
-    def scanner(self) -> Scanner:
-        """A region scanner for one camera (it keeps that camera's motion and schedule). Where a large
-        box would hide a smaller detection, the face mesh says whether the large one is a face."""
+    def scanner(self, detection: DetectionSettings | None = None, min_face_px: float | None = None) -> Scanner:
+        """A region scanner for one camera (it keeps that camera's motion and schedule), with that
+        camera's detection settings and smallest face (default: the device's). Where a large box would
+        hide a smaller detection, the face mesh says whether the large one is a face."""
         check = self.is_face if self.refiner is not None else None
-        return Scanner(self.detector, self.settings.detection, self.settings.quality.min_face_px, check)
+        min_face = self.settings.quality.min_face_px if min_face_px is None else min_face_px
+        return Scanner(self.detector, detection or self.settings.detection, min_face, check)
 
     def is_face(self, image: ImageArray, face: Face) -> bool:
         """The face mesh's presence check on one detection (what the quality gate applies later)."""
@@ -96,8 +104,12 @@ class Recognizer:
         """Every face of a still image, at any size (every window of its layout)."""
         return self.scanner().detect_still(check_frame(image))
 
-    def align(self, image: ImageArray, faces: Sequence[Face]) -> list[AlignedFace]:
-        """Each face warped to the template; with ``mesh5`` from refined five points."""
+    def align(
+        self, image: ImageArray, faces: Sequence[Face], limits: QualitySettings | None = None
+    ) -> list[AlignedFace]:
+        """Each face warped to the template; with ``mesh5`` from refined five points; judged by the
+        quality gate ``limits`` (a camera's own; default: the device's)."""
+        gate = limits or self.limits
         out = []
         for face in faces:
             points, presence = None, None
@@ -108,7 +120,7 @@ class Recognizer:
             else:
                 matrix = align_mod.transform_for(face)
             crop = align_mod.warp(image, matrix)
-            out.append(AlignedFace(face, crop, assess(face, crop, self.limits, points, presence)))
+            out.append(AlignedFace(face, crop, assess(face, crop, gate, points, presence)))
         return out
 
     def embed(self, aligned: Sequence[AlignedFace]) -> FloatArray:

@@ -11,20 +11,40 @@ is the caller's business.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+
+from edge.device.config import QualitySettings
 from edge.device.health import Stats
-from edge.recognition.match import GalleryHolder
+from edge.recognition.match import GalleryHolder, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.track import Confirmation, Tracker
-from edge.types import Frame
+from edge.recognition.track import Confirmation, Track, Tracker
+from edge.types import AlignedFace, FloatArray, Frame
 from edge.vision.quality import NOT_A_FACE
+from edge.vision.scan import Scanner
 
 OnConfirm = Callable[[Confirmation, Frame], None]
 OnSeen = Callable[[set[str]], None]  # presence keeps its own (wall) clock: frame time may be a file's
 
 
+@dataclass(frozen=True)
+class Looks:
+    """One frame's faces that passed the quality gate and now need embedding: the first half of a
+    frame's work (``FrameProcessor.begin``), so the faces of several cameras go through one batch."""
+
+    frame: Frame
+    good: tuple[tuple[Track, AlignedFace], ...]
+    started: float  # perf_counter when the frame's work began
+    ready: float  # … and when its faces were aligned and judged
+
+
 class FrameProcessor:
+    """One camera's work per frame: its scanner, its tracker and quality gate, the device's recognizer
+    and gallery. ``frame`` does all of it; ``begin`` and ``finish`` are its two halves, with the
+    embedding between them, for a loop that batches the faces of several cameras (``process_frames``)."""
+
     def __init__(
         self,
         rec: Recognizer,
@@ -33,6 +53,8 @@ class FrameProcessor:
         stats: Stats,
         on_confirm: OnConfirm,
         on_seen: OnSeen | None = None,
+        scanner: Scanner | None = None,
+        limits: QualitySettings | None = None,
     ) -> None:
         self.rec = rec
         self.gallery = gallery
@@ -40,12 +62,17 @@ class FrameProcessor:
         self.stats = stats
         self.on_confirm = on_confirm
         self.on_seen = on_seen
-        self.scanner = rec.scanner()
+        self.scanner = scanner or rec.scanner()
+        self.limits = limits
         self.frames = 0
 
     def __call__(self, frame: Frame) -> None:
+        process_frames([(self, frame)])
+
+    def begin(self, frame: Frame) -> Looks:
+        """Scan, track, align and judge: the faces that need a look this frame and passed the gate."""
         clock = time.perf_counter
-        rec, tracker, now = self.rec, self.tracker, frame.ts
+        tracker, now = self.tracker, frame.ts
         t0 = clock()
         faces = self.scanner.detect(frame.image, tracker.followed(now))
         t1 = clock()
@@ -58,32 +85,55 @@ class FrameProcessor:
         self.frames += 1
         self.stats.count(len(faces))
         self.stats.add("detect", t1 - t0)
+        good = []
         if need:
-            aligned = rec.align(frame.image, [f for _, f in need])
-            t2 = clock()
-            self.stats.add("align", (t2 - t1) / len(need))
-            good = []
+            aligned = self.rec.align(frame.image, [f for _, f in need], self.limits)
+            self.stats.add("align", (clock() - t1) / len(need))
             for (track, _), a in zip(need, aligned, strict=True):
                 if a.quality.ok:
                     good.append((track, a))
                 else:
                     tracker.defer(track, now, not_a_face=a.quality.reason.startswith(NOT_A_FACE))
-            if good:
-                emb = rec.embed([a for _, a in good])
-                t3 = clock()
-                # One snapshot for the whole frame: gallery, thresholds and version agree.
-                snap = self.gallery.current
-                matches = snap.match(
-                    emb, [a.quality.face_px for _, a in good], conditions=[a.quality.condition for _, a in good]
-                )
-                self.stats.add("embed", (t3 - t2) / len(good))
-                self.stats.add("match", clock() - t3)
-                for (track, a), m, vector in zip(good, matches, emb, strict=True):
-                    conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now, vector, a.quality.face_px)
-                    fused = tracker.fused(track) if conf is None else None
-                    if fused is not None:  # the mean of its looks, judged with the tables of fused looks
-                        (fm,) = snap.match(fused.embedding[None], [fused.face_px], fused.looks, [fused.condition])
-                        conf = tracker.add_fused(track, fm, now)
-                    if conf is not None:
-                        self.on_confirm(conf, frame)
-        self.stats.add("frame", clock() - t0)
+        return Looks(frame, tuple(good), t0, clock())
+
+    def finish(self, looks: Looks, emb: FloatArray, snap: GallerySnapshot) -> None:
+        """Match the looks' embeddings against ``snap`` and confirm: the second half of a frame's work."""
+        clock = time.perf_counter
+        tracker, now, good = self.tracker, looks.frame.ts, looks.good
+        if good:
+            t3 = clock()
+            matches = snap.match(
+                emb, [a.quality.face_px for _, a in good], conditions=[a.quality.condition for _, a in good]
+            )
+            self.stats.add("match", clock() - t3)
+            for (track, a), m, vector in zip(good, matches, emb, strict=True):
+                conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now, vector, a.quality.face_px)
+                fused = tracker.fused(track) if conf is None else None
+                if fused is not None:  # the mean of its looks, judged with the tables of fused looks
+                    (fm,) = snap.match(fused.embedding[None], [fused.face_px], fused.looks, [fused.condition])
+                    conf = tracker.add_fused(track, fm, now)
+                if conf is not None:
+                    self.on_confirm(conf, looks.frame)
+        self.stats.add("frame", clock() - looks.started)
+
+
+def process_frames(work: Sequence[tuple[FrameProcessor, Frame]]) -> None:
+    """One frame of each of several cameras: every camera's faces embedded in one batch, judged by one
+    gallery snapshot (gallery, thresholds and version agree for all of them)."""
+    if not work:
+        return
+    looks = [proc.begin(frame) for proc, frame in work]
+    crops = [a for lk in looks for _, a in lk.good]
+    rec = work[0][0].rec
+    t2 = time.perf_counter()
+    emb = rec.embed(crops)
+    if crops:
+        per_face = (time.perf_counter() - t2) / len(crops)
+        for (proc, _), lk in zip(work, looks, strict=True):
+            for _ in lk.good:
+                proc.stats.add("embed", per_face)
+    snap = work[0][0].gallery.current
+    start = 0
+    for (proc, _), lk in zip(work, looks, strict=True):
+        proc.finish(lk, emb[start : start + len(lk.good)] if lk.good else np.zeros((0, emb.shape[1]), np.float32), snap)
+        start += len(lk.good)

@@ -1,11 +1,13 @@
 """The device service: the one place that wires the stages, starts them in order
 and stops them in order.
 
-    capture thread → LatestFrame → frame loop (scan → track → align → quality →
-    embed → match → confirm) → event → sinks (audit, outbox → MQTT pump, presence)
+    cameras (each: reader thread → LatestFrame) → frame loop (per camera: scan → track →
+    align → quality; embed in one batch; match; confirm) → event → sinks (audit,
+    outbox → MQTT pump, presence)
 
-Threads exist only where I/O blocks: the camera reader, the MQTT network loop and
-the outbox pump, the gallery sync. Each is a supervised worker (``supervisor.py``):
+The per-camera chain is ``edge.service.camera.Camera``, made once per camera; this
+module holds the device-wide services. Threads exist only where I/O blocks: each
+camera's reader, the MQTT network loop and the outbox pump, the gallery sync. Each is a supervised worker (``supervisor.py``):
 one that dies or stalls stops the watchdog and ends the service non-zero, after
 the cause is logged and published in the final status. One stop event ends them
 all; shutdown goes in stages, each with a time limit.
@@ -24,9 +26,9 @@ from datetime import datetime
 from types import FrameType
 
 from edge import __version__
-from edge.capture import CaptureThread, LatestFrame, open_source
+from edge.capture import FrameHub
 from edge.delivery.audit import AuditLog
-from edge.delivery.events import MatchEvent, StageLatency, Status, make_event, utc_now
+from edge.delivery.events import CameraStatus, MatchEvent, StageLatency, Status, make_event, utc_now
 from edge.delivery.homeassistant import HomeAssistant
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
@@ -42,8 +44,8 @@ from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.process import FrameProcessor
-from edge.recognition.track import Confirmation, Tracker
+from edge.recognition.track import Confirmation
+from edge.service.camera import Camera, FrameLoop, summarise, summarise_error, wait_cameras
 from edge.types import Frame
 
 log = logging.getLogger("edge.service.app")
@@ -95,19 +97,6 @@ class App:
         sup.attach(net, self.link.threads[0])
         sup.attach(pump, self.link.threads[1])
         self.link.when_connected(self._on_connected)
-        self.slot = LatestFrame()
-        capture = sup.register("capture")
-        self.capture = CaptureThread(
-            open_source(settings.source.uri, settings.source.fps, settings.source.width, settings.source.height),
-            self.slot,
-            self.stop,
-            realtime=settings.source.rate == "native",
-            at_end=settings.source.at_end,
-            retry_initial_s=settings.source.retry_initial_s,
-            retry_max_s=settings.source.retry_max_s,
-            worker=capture,
-        )
-        sup.attach(capture, self.capture)
         self.gallery = GalleryHolder(self.rec.matcher)
         g = settings.gallery
         self.policy = Policy(load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name, g.max_bundle_bytes)
@@ -124,15 +113,21 @@ class App:
         self.ha: HomeAssistant | None = None
         self.periodic: list[Callable[[float], None]] = []  # called from the frame loop, at least 4 times a second
         if settings.homeassistant.enabled:
-            self.ha = HomeAssistant(settings.homeassistant, self.topics, self.link, settings.events.include_label)
+            self.ha = HomeAssistant(settings.homeassistant, self.topics, self.link, settings.events.include_label,
+                                    [c.id for c in settings.camera_list()])  # fmt: skip
             self.ha.attach()
             self.gallery.on_change(self.ha.on_gallery)
             self.periodic.append(self.ha.presence.tick)
         self.sinks = Sinks(self.event_sinks())
-        self.process = FrameProcessor(
-            self.rec, self.gallery, Tracker(settings.tracking), self.stats, self.emit,
-            on_seen=self.ha.presence.seen if self.ha else None,
-        )  # fmt: skip
+        # Each camera its own chain (reader, scanner, tracker, gate), all served by one frame loop.
+        self.hub = FrameHub()
+        specs = settings.camera_list()
+        self.cameras = [
+            Camera(spec, self.rec, self.gallery, settings.tracking, sup, self.stop, self.hub, self.stats, self.emit,
+                   self.ha.presence.seen if self.ha else None, single=len(specs) == 1)
+            for spec in specs
+        ]  # fmt: skip
+        self.loop = FrameLoop(self.cameras, self.hub)
         self.loop_worker = sup.register("frame-loop")
 
     def event_sinks(self) -> list[EventSink]:
@@ -194,7 +189,9 @@ class App:
         if self.fault:
             return self.fault
         audit_error = self.audit.last_error if self.audit is not None else None
-        for source in (audit_error, self.sinks.last_error, self.link.last_error, self.capture.status.error):
+        errors = [(c.id, c.error) for c in self.cameras if c.error]
+        camera_error = summarise_error(errors, len(self.cameras))
+        for source in (audit_error, self.sinks.last_error, self.link.last_error, camera_error):
             if source:
                 return source
         if self.sync is not None and self.sync.last_error is not None:
@@ -206,7 +203,8 @@ class App:
         now = time.monotonic()
         fps, fpm, lat = self.stats.snapshot(now)
         snap = self.gallery.current
-        cap = self.capture.status
+        cameras = [c.state(now) for c in self.cameras]
+        camera_state, camera_error = summarise(cameras)
         try:
             depth, dropped = self.outbox.depth(), self.outbox.dropped()
         except EdgeError as exc:
@@ -214,9 +212,11 @@ class App:
             depth, dropped = -1, -1
         return Status(
             device_id=self.topics.device_id, state=state, version=__version__,
-            uptime_s=round(now - self.started, 1), camera=cap.state, camera_error=cap.error, fps=fps,
-            latency={k: StageLatency(p50_ms=v.p50_ms, p95_ms=v.p95_ms) for k, v in lat.items()},
-            faces_per_min=fpm, dropped_frames=self.slot.dropped, outbox_depth=depth,
+            uptime_s=round(now - self.started, 1), camera=camera_state, camera_error=camera_error,
+            cameras={c.id: CameraStatus(state=c.state, error=c.error, fps=c.fps, dropped_frames=c.dropped_frames)
+                     for c in cameras},
+            fps=fps, latency={k: StageLatency(p50_ms=v.p50_ms, p95_ms=v.p95_ms) for k, v in lat.items()},
+            faces_per_min=fpm, dropped_frames=sum(c.dropped_frames for c in cameras), outbox_depth=depth,
             outbox_dropped=dropped + sum(self.sinks.failures.values()), events_published=self.link.published,
             gallery_name=snap.gallery.name or None, gallery_version=snap.version, gallery_identities=len(snap),
             cpu_temp_c=cpu_temperature(), since=self.since, last_error=self.last_error(),
@@ -225,9 +225,9 @@ class App:
         )  # fmt: skip
 
     # -- events ------------------------------------------------------------------
-    def emit(self, conf: Confirmation, frame: Frame) -> None:
+    def emit(self, conf: Confirmation, frame: Frame, camera: str) -> None:
         event = make_event(conf, frame.width, frame.height, self.topics.device_id, self.model_tag,
-                           self.s.events.include_label)  # fmt: skip
+                           self.s.events.include_label, camera)  # fmt: skip
         self.publish_event(event)
 
     def publish_event(self, event: MatchEvent) -> None:
@@ -235,8 +235,9 @@ class App:
         if "outbox" not in failed:
             self.events += 1
         log.info(
-            "event %s identity=%s score=%.3f threshold=%.3f track=%d gallery=v%d",
-            event.event_id, event.identity_id, event.score, event.threshold, event.track_id, event.gallery_version,
+            "event %s identity=%s score=%.3f threshold=%.3f camera=%s track=%d gallery=v%d",
+            event.event_id, event.identity_id, event.score, event.threshold, event.camera, event.track_id,
+            event.gallery_version,
         )  # fmt: skip
 
     # -- faults --------------------------------------------------------------------
@@ -248,7 +249,8 @@ class App:
         timer.start()  # first: what follows may block on whatever the stalled worker holds
         self._hard_exit_timer = timer
         self.stop.set()
-        self.slot.close()
+        for cam in self.cameras:
+            cam.slot.close()
         try:
             self.link.publish_status(self.status("offline"))
         except Exception:
@@ -277,21 +279,21 @@ class App:
         if self.sync is not None:
             self.sync.start()
         self.link.start()
-        self.capture.start()
+        for cam in self.cameras:
+            cam.start()
         self.supervisor.attach(self.loop_worker, threading.current_thread())
         self.supervisor.start()
-        self.notifier.ready(f"watching {self.s.source.display}")
+        watching = ", ".join(c.display for c in self.cameras)
+        self.notifier.ready(f"watching {watching}")
         self.ready.set()
-        log.info("running: source %s, device %s, broker %s:%d", self.s.source.display, self.topics.device_id,
-                 self.s.mqtt.host, self.s.mqtt.port)  # fmt: skip
+        log.info("running: %s %s, device %s, broker %s:%d", "camera" if len(self.cameras) == 1 else "cameras",
+                 watching, self.topics.device_id, self.s.mqtt.host, self.s.mqtt.port)  # fmt: skip
         next_beat = time.monotonic() + self.s.mqtt.heartbeat_s
         exit_at_end = self.s.source.at_end == "exit"
         try:
             while not self.stop.is_set():
                 self.loop_worker.beat()
-                frame = self.slot.take(timeout=0.25)
-                if frame is not None:
-                    self.process(frame)
+                processed = self.loop.step(timeout=0.25)
                 now = time.monotonic()
                 for task in self.periodic:
                     task(now)
@@ -303,7 +305,7 @@ class App:
                     # Only when it can be sent: building a status closes the statistics interval.
                     if self.link.connected.is_set():
                         self.link.publish_status(self.status())
-                if exit_at_end and frame is None and self.capture.exhausted.is_set():
+                if exit_at_end and not processed and self.loop.all_done():
                     break
         except KeyboardInterrupt:
             raise
@@ -311,10 +313,11 @@ class App:
             self.fault = self.fault or f"worker 'frame-loop' died: {type(exc).__name__}: {exc}"
             log.critical("fatal: %s", self.fault, exc_info=True)
         finally:
-            drained = self.shutdown(drain=exit_at_end and not self.stop.is_set() and not self.capture.failure)
-        error = self.fault or self.capture.failure
-        code = 1 if self.fault else 2 if self.capture.failure else 0
-        return RunResult(self.events, self.process.frames, drained, error, code)
+            failure = next((c.capture.failure for c in self.cameras if c.capture.failure), None)
+            drained = self.shutdown(drain=exit_at_end and not self.stop.is_set() and not failure)
+        error = self.fault or failure
+        code = 1 if self.fault else 2 if failure else 0
+        return RunResult(self.events, self.loop.frames, drained, error, code)
 
     def shutdown(self, drain: bool) -> bool:
         """Stop in stages: capture, (drain the outbox), final status, MQTT, outbox."""
@@ -328,14 +331,14 @@ class App:
                             self.s.outbox.drain_timeout_s, self.outbox.depth())  # fmt: skip
         self.stop.set()
         self.supervisor.stop()
-        self.capture.join(timeout=3.0)
+        wait_cameras(self.cameras, timeout=3.0)
         if self.sync is not None:
             self.sync.stop()
-        self._record("stop", {"frames": self.process.frames, "events": self.events, "fault": self.fault})
+        self._record("stop", {"frames": self.loop.frames, "events": self.events, "fault": self.fault})
         self.link.close(self.status("offline"), timeout=3.0)
         self.outbox.close()
         if self._hard_exit_timer is not None:
             self._hard_exit_timer.cancel()
-        log.info("stopped: %d frames, %d events%s", self.process.frames, self.events,
+        log.info("stopped: %d frames, %d events%s", self.loop.frames, self.events,
                  f" (fault: {self.fault})" if self.fault else "")  # fmt: skip
         return drained
