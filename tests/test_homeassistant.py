@@ -141,3 +141,44 @@ def test_a_watch_list_too_large_for_an_entity_each_gets_the_event_entity_only(
         stop.set()
         link.close(None)
         watch.close()
+
+
+def test_with_several_cameras_each_has_its_event_entity_and_presence_says_which_saw_the_person(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    watch = Collector(broker.host, broker.port, "homeassistant/#", "edge/door/presence/#")
+    stop = threading.Event()
+    link = connected_link(broker, tmp_path, stop)
+    holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
+    ha = HomeAssistant(HomeAssistantSettings(), Topics("edge", "door"), link, True, cameras=["front", "yard"])
+    ha.attach()
+    holder.on_change(ha.on_gallery)
+    holder.swap(gallery("alice"))
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        front = watch.wait_for("event/door/face_match_front/config")
+        yard = watch.wait_for("event/door/face_match_yard/config")
+        assert (
+            front["name"] == "Face match front"
+            and yard["state_topic"] == front["state_topic"] == "edge/door/events/match"
+        )
+        assert "value_json.camera == 'front'" in front["value_template"] and front["event_types"] == ["alice"]
+        assert watch.wait_for("event/door/face_match/config")["name"] == "Face match"  # every camera's, as before
+        ha.presence.emit(event("alice").model_copy(update={"camera": "front"}))
+        assert watch.wait_for("presence/alice", lambda p: p["state"] == "ON")["camera"] == "front"
+        ha.presence.seen({"alice"}, camera="front")  # the same camera: nothing new to say
+        ha.presence.seen({"alice"}, camera="yard")  # now the yard camera sees her
+        assert watch.wait_for("presence/alice", lambda p: p.get("camera") == "yard")["state"] == "ON"
+        # OFF at connect (nobody seen yet), ON by the front camera, then the yard camera.
+        assert [(p["state"], p["camera"]) for p in watch.on("presence/alice")] == [
+            ("OFF", None),
+            ("ON", "front"),
+            ("ON", "yard"),
+        ]
+    finally:
+        stop.set()
+        link.close(None)
+        watch.close()
+    one = HomeAssistant(HomeAssistantSettings(), Topics("edge", "d"), link, True, cameras=["main"])
+    assert not [d for d in one.configs({"alice": None}) if "face_match_" in d.topic]  # one camera: no entity of its own

@@ -6,11 +6,12 @@ Per-entity discovery topics ``<prefix>/<component>/<node_id>/<object_id>/config`
 
 - ``event`` "Face match" on the match-event topic: event types are the enrolled
   identity ids; the event's attributes are the payload's fields (score, threshold,
-  est_false_match_rate, evidence, track_id, …), never an image;
+  est_false_match_rate, evidence, track_id, camera, …), never an image; with several
+  cameras, also one "Face match <camera>" per camera, firing for that camera's events;
 - one ``binary_sensor`` per enrolled identity ("<label> seen"), on
   ``{prefix}/{device}/presence/<identity>``: ON at a match and while a confirmed
   track of that person is in view, OFF ``presence_timeout_s`` after the last sight,
-  with the last score and time as attributes;
+  with the last score, time and the camera that saw them as attributes;
 - diagnostic ``sensor``s read from the status heartbeat: frames/s, faces per
   minute, outbox depth, camera state, gallery version and identities, CPU
   temperature, last error.
@@ -33,7 +34,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -51,6 +52,9 @@ EVENT_TEMPLATE = "{{ dict(value_json, event_type=value_json.identity_id) | to_js
 # …and for a gallery too large for an entity per identity: one event type.
 EVENT_TYPE_ANY = "match"
 EVENT_TEMPLATE_ANY = "{{ dict(value_json, event_type='match') | to_json }}"
+# A camera's own event entity (with several cameras): the same topic, other cameras' events render
+# empty, which Home Assistant passes over.
+CAMERA_TEMPLATE = "{{% if value_json.camera == {camera!r} %}}{inner}{{% endif %}}"
 # Status fields shown as diagnostic sensors: (object id, name, template field, unit, device class, icon).
 DIAGNOSTICS: tuple[tuple[str, str, str, str | None, str | None, str | None], ...] = (
     ("fps", "Frames per second", "fps", "fps", None, "mdi:speedometer"),
@@ -76,11 +80,19 @@ class Discovered:
 
 
 class HomeAssistant:
-    def __init__(self, settings: HomeAssistantSettings, topics: Topics, link: MqttLink, include_label: bool) -> None:
+    def __init__(
+        self,
+        settings: HomeAssistantSettings,
+        topics: Topics,
+        link: MqttLink,
+        include_label: bool,
+        cameras: Sequence[str] = (),
+    ) -> None:
         self.s = settings
         self.topics = topics
         self.link = link
         self.include_label = include_label
+        self.cameras = tuple(cameras) if len(cameras) > 1 else ()  # one camera: the device's entity is its own
         self.node = slug(topics.device_id)
         self.presence = Presence(settings, topics, link, include_label)
         self._lock = threading.Lock()
@@ -130,6 +142,24 @@ class HomeAssistant:
                 },
             )
         ]
+        for camera in self.cameras:
+            out.append(
+                Discovered(
+                    self.config_topic("event", f"face_match_{slug(camera)}"),
+                    {
+                        "name": f"Face match {camera}",
+                        "unique_id": f"edge_{self.node}_face_match_{slug(camera)}",
+                        "state_topic": self.topics.match,
+                        "event_types": sorted(identities) if per_identity else [EVENT_TYPE_ANY],
+                        "value_template": CAMERA_TEMPLATE.format(
+                            camera=camera, inner=EVENT_TEMPLATE if per_identity else EVENT_TEMPLATE_ANY
+                        ),
+                        "icon": "mdi:cctv",
+                        "device": device,
+                        **avail,
+                    },
+                )
+            )
         for ident, label in sorted(identities.items()):
             oid = f"presence_{slug(ident)}"
             topic = self.topics.presence(ident)
@@ -235,7 +265,8 @@ class Presence:
 
     name = "presence"
     ATTRIBUTES = (
-        "{{ {'score': value_json.score, 'last_seen': value_json.last_seen, 'label': value_json.label} | to_json }}"
+        "{{ {'score': value_json.score, 'last_seen': value_json.last_seen, 'label': value_json.label, "
+        "'camera': value_json.camera | default(none)} | to_json }}"
     )
 
     def __init__(self, settings: HomeAssistantSettings, topics: Topics, link: MqttLink, include_label: bool) -> None:
@@ -254,19 +285,25 @@ class Presence:
             return list(self._last)
 
     def emit(self, event: MatchEvent) -> None:
-        """A confirmed match: ON now, with the score and time."""
+        """A confirmed match: ON now, with the score, time and camera."""
         if self.active:
-            self._set(event.identity_id, True, event.score, event.label)
+            self._set(event.identity_id, True, event.score, event.label, event.camera)
 
-    def seen(self, identities: Iterable[str], now: float | None = None) -> None:
-        """Identities of confirmed tracks in view this frame: they stay ON."""
+    def seen(self, identities: Iterable[str], camera: str | None = None, now: float | None = None) -> None:
+        """Identities of confirmed tracks in view this frame (of ``camera``): they stay ON; one now seen
+        by another camera than its state says is published again, naming it."""
         now = time.monotonic() if now is None else now
         if not self.active:
             return
+        moved = []
         with self._lock:
             for ident in identities:
                 if ident in self._seen:
                     self._seen[ident] = now
+                    if camera is not None and self._last.get(ident, {}).get("camera") not in (None, camera):
+                        moved.append(ident)
+        for ident in moved:
+            self._set(ident, True, camera=camera)
 
     def tick(self, now: float | None = None) -> None:
         """OFF for whoever was not seen for ``presence_timeout_s``."""
@@ -276,7 +313,9 @@ class Presence:
         for ident in gone:
             self._set(ident, False)
 
-    def _set(self, ident: str, on: bool, score: float | None = None, label: str | None = None) -> None:
+    def _set(
+        self, ident: str, on: bool, score: float | None = None, label: str | None = None, camera: str | None = None
+    ) -> None:
         with self._lock:
             last = self._last.get(ident, {})
             state = {
@@ -284,6 +323,7 @@ class Presence:
                 "score": score if score is not None else last.get("score"),
                 "last_seen": datetime.now(timezone.utc).isoformat(timespec="seconds") if on else last.get("last_seen"),
                 "label": (label if label is not None else last.get("label")) if self.include_label else None,
+                "camera": camera if camera is not None else last.get("camera"),
             }
             if on:
                 self._seen[ident] = time.monotonic()
@@ -298,6 +338,7 @@ class Presence:
             with self._lock:
                 state = self._last.get(ident) or {
                     "state": "OFF", "score": None, "last_seen": None, "label": label if self.include_label else None,
+                    "camera": None,
                 }  # fmt: skip
                 self._last[ident] = state
             self.link.publish_retained(self.topics.presence(ident), json.dumps(state).encode())

@@ -2,8 +2,9 @@
 """Capture what a real device publishes for Home Assistant, for tests/ha/test_discovery.py.
 
 Runs with the project's own environment: a real Mosquitto on a free loopback port,
-the real service (``edge run``) following a gallery over the air, the demo clip
-(four enrolled people, four strangers), and a recorder subscribed to ``#`` with
+the real service (``edge run``) following a gallery over the air, with two cameras: the
+front door playing the demo clip (four enrolled people, four strangers) and a yard camera
+that is missing; and a recorder subscribed to ``#`` with
 MQTT v5's *retain as published*, so each message keeps the retain flag the device
 set. The scenario, in order: gallery v1 (4 identities) applied; the clip plays
 (match events, presence ON); nobody in view (presence OFF after its timeout);
@@ -114,9 +115,13 @@ def main(out: Path) -> None:
             rec.publish("edge/galleries/lobby", v1.read_bytes(), retain=True)
             env = {**os.environ, "EDGE_HOMEASSISTANT__PRESENCE_TIMEOUT_S": "3", "EDGE_MQTT__HEARTBEAT_S": "1",
                    "EDGE_HOMEASSISTANT__DEVICE_NAME": "Front door"}  # fmt: skip
+            # Two cameras: the front door plays the clip, the yard camera is missing (its entity stays quiet).
+            config = work / "edge.toml"
+            config.write_text(f"[[cameras]]\nid = 'door'\nsource = '{assets.clip}'\n"
+                              "[[cameras]]\nid = 'yard'\nsource = '/dev/video99'\n")  # fmt: skip
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "run", "--device-id", DEVICE, "--state-dir", str(work / "state"),
-                 "--source", str(assets.clip), "--gallery-name", "lobby", "--trusted-key", f"{key}.pub",
+                [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--device-id", DEVICE,
+                 "--state-dir", str(work / "state"), "--gallery-name", "lobby", "--trusted-key", f"{key}.pub",
                  "--broker", f"{broker.host}:{broker.port}"],
                 env=env, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
@@ -166,7 +171,7 @@ def main(out: Path) -> None:
             rec.client.loop_stop()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"device_id": DEVICE, "removed": REMOVED, "enrolled": list(assets.enrolled),
-                                   "messages": rec.messages}, indent=1))  # fmt: skip
+                                   "cameras": ["door", "yard"], "messages": rec.messages}, indent=1))  # fmt: skip
         print(f"capture: {len(rec.messages)} messages the device published -> {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

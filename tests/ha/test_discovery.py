@@ -119,6 +119,15 @@ async def test_the_appliance_in_home_assistant(
     for field in ("score", "threshold", "est_false_match_rate", "evidence", "track_id", "gallery_version", "event_id"):
         assert state.attributes[field] == event[field], field
     assert not {"image", "crop", "embedding"} & set(state.attributes)
+    # Two cameras: each its own event entity; the camera that saw the person fired, the other did not.
+    assert CAPTURE["cameras"] == ["door", "yard"] and event["camera"] == "door"
+    door, yard = entity(hass, "event", "face_match_door"), entity(hass, "event", "face_match_yard")
+    assert door is not None and yard is not None
+    fired = hass.states.get(door)
+    assert fired is not None and fired.attributes["event_type"] == event["identity_id"]
+    assert fired.attributes["event_id"] == event["event_id"] and fired.attributes["camera"] == "door"
+    quiet = hass.states.get(yard)
+    assert quiet is not None and quiet.state == "unknown" and sorted(quiet.attributes["event_types"]) == enrolled
 
     # Presence: on at the match, with score and time, off after the timeout.
     on = index(lambda m: "/presence/" in m["topic"] and '"state": "ON"' in m["payload"])
@@ -126,6 +135,7 @@ async def test_the_appliance_in_home_assistant(
     who = MESSAGES[on - 1]["topic"].rsplit("/", 1)[1]
     s = hass.states.get(presence[who])  # type: ignore[arg-type]
     assert s is not None and s.state == "on" and s.attributes["score"] > 0.5 and s.attributes["last_seen"]
+    assert s.attributes["camera"] == "door"  # which camera saw them
     off = index(lambda m: m["topic"].endswith(f"/presence/{who}") and '"state": "OFF"' in m["payload"], on)
     await replay(hass, off)
     s = hass.states.get(presence[who])  # type: ignore[arg-type]
