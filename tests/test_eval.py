@@ -234,3 +234,33 @@ def test_eval_identify_counts_every_person_cast(capsys: pytest.CaptureFixture[st
     # Asking for more people than have enough photos is one line.
     assert main([*args[:4], "--photos", "3", "--people", "5"]) == 2
     assert "people have 4 photos or more, 5 wanted" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_range_runs_the_scenes_on_two_cameras_at_once_and_scores_each(capsys: pytest.CaptureFixture[str]) -> None:
+    """The same composited scenes on two cameras of one device (one loop, one batch of faces a round):
+    every camera's visits are scored on their own, and together."""
+    args = ["eval", "range", "--root", str(FACES), "--size", "640x480", "--distances", "1", "--people", "3",
+            "--strangers", "1", "--distractors", "1", "--frames", "30", "--scene", "wall", "--json"]  # fmt: skip
+    assert main([*args, "--cameras", "2"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    row = two["by_distance"]["1"]
+    assert two["cameras"] == 2 and len(row["by_camera"]) == 2 and row["enrolled_visits"] == 6
+    assert row["recall"] == pytest.approx(sum(c["recall"] for c in row["by_camera"]) / 2, abs=1e-3)
+    assert row["false_events"] == sum(c["false_events"] for c in row["by_camera"]) == 0
+    assert main(args) == 0  # one camera: the first camera's scenes alone, as before
+    one = json.loads(capsys.readouterr().out)["by_distance"]["1"]
+    assert one["enrolled_visits"] == 3 and "by_camera" not in one
+    assert one["recall"] == row["by_camera"][0]["recall"]  # camera 0 sees what the one camera sees
+
+
+@pytest.mark.slow
+def test_the_cameras_bench_serves_every_camera_both_ways(recognizer: Recognizer, tmp_path: Path) -> None:
+    from edge.eval.cameras import cameras_bench
+
+    r = cameras_bench(recognizer, FACES, tmp_path / "work", cameras=2, width=640, height=480, seconds=6)
+    for mode in ("live_shared", "live_per_camera"):
+        cams = r[mode]
+        assert len(cams) == 2 and all(c["events"] >= 1 and c["fps"] > 0 for c in cams), (mode, cams)
+        assert all(c["event_ms_p90"] is not None and c["event_ms_p90"] >= c["event_ms_p50"] for c in cams)
+    assert r["capacity_fps_per_camera"] > 0 and r["idle_ms_per_round"] > 0

@@ -163,6 +163,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rec = Recognizer(settings)
     rss_loaded = round(peak_rss_mb(), 1)
     faces = args.faces or repo_fixture_faces()
+    if args.cameras:
+        return bench_cameras(args, rec, faces, width, height)
     if args.source is None and faces is None:
         raise InputError("bench needs --source FILE|DIR or --faces DIR (no test fixtures found beside the package)")
     result = bench(
@@ -196,6 +198,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_cameras(args: argparse.Namespace, rec: Any, faces: Path | None, width: int, height: int) -> int:
+    from edge.eval.cameras import cameras_bench
+    from edge.service.demo import workdir
+
+    if faces is None:
+        raise InputError("bench --cameras needs --faces DIR (no test fixtures found beside the package)")
+    out = cameras_bench(rec, faces, workdir(), args.cameras, width, height, args.distance, args.seconds, args.loops)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.cameras} cameras at {out['size']}, {out['seconds']} s live at 30 frames/s each, "
+          f"{out['threads_per_interpreter']} interpreter thread(s)")  # fmt: skip
+    for mode in args.loops:
+        print(f"  {mode} loop:")
+        for c in out[f"live_{mode.replace('-', '_')}"]:  # type: ignore[attr-defined]
+            print(f"    camera {c['camera']}: {c['fps']} frames/s, {c['dropped_frames']} dropped, {c['events']} events, "
+                  f"face -> event p50/p90/max {c['event_ms_p50']}/{c['event_ms_p90']}/{c['event_ms_max']} ms")  # fmt: skip
+    print(f"  capacity (every frame, as fast as processed): {out['capacity_fps_per_camera']} frames/s per camera")
+    print(f"  nobody in view: {out['idle_ms_per_round']} ms a round, "
+          f"{out['idle_cpu_pct_of_one_core_per_camera_at_30fps']}% of one core per camera at 30 frames/s")  # fmt: skip
+    return 0
+
+
 def cmd_eval_range(args: argparse.Namespace) -> int:
     from edge.eval.range import evaluate
     from edge.recognition.pipeline import Recognizer
@@ -206,7 +231,7 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
     out = evaluate(
         rec, args.root, width, height, parse_distances(args.distances), args.hfov,
         args.people, args.strangers, args.distractors, args.frames, args.seed, args.cast, args.photos,
-        args.scene, args.codec,
+        args.scene, args.codec, args.cameras,
     )  # fmt: skip
     if args.plot:
         from edge.eval.plots import recall_by_distance
@@ -353,6 +378,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     rng.add_argument("--json", action="store_true", help="print one JSON object")
     rng.add_argument("--plot", type=Path, help="draw recall against distance to this PNG (needs '.[plots]')")
+    rng.add_argument("--cameras", type=int, default=1, help="the scenes on N cameras of one device at once")
     add_model_flags(rng)
     rng.set_defaults(func=cmd_eval_range)
 
@@ -377,5 +403,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--bundle", action="store_true", help="also time applying a 10,000 x 5 signed gallery bundle")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--plot", type=Path, help="draw the time of each stage to this PNG (needs '.[plots]')")
+    b.add_argument("--cameras", type=int, default=0, help="N cameras on one device instead (see edge.eval.cameras)")
+    b.add_argument("--seconds", type=float, default=20.0, help="with --cameras: seconds of live frames per camera")
+    b.add_argument(
+        "--loops", nargs="+", choices=["shared", "per-camera"], default=["shared", "per-camera"],
+        help="with --cameras: one frame loop for every camera, and/or one per camera (measured in turn)",
+    )  # fmt: skip
     add_model_flags(b)
     b.set_defaults(func=cmd_bench)

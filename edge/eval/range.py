@@ -31,9 +31,10 @@ same arguments give the same scenes.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from edge.errors import InputError
 from edge.eval.lfw import people_photos
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.process import FrameProcessor
+from edge.recognition.process import FrameProcessor, process_frames
 from edge.recognition.track import Confirmation, Tracker
 from edge.types import FloatArray, Frame, ImageArray
 
@@ -272,25 +273,80 @@ def run_distance(
     seed: int,
     style: str = "hall",
     codec: str = "none",
+    cameras: int = 1,
 ) -> dict[str, object]:
-    visits, generated = scenes(the_cast.shown, width, height, distance, hfov, frames, seed, style)
-    stream = through_codec(generated, width, height, codec)
+    """One distance: the scenes through the service's frame processing. With ``cameras`` > 1, as many
+    cameras at once on one device (one loop, one batch of faces a round): camera k shows the cast in
+    another order (starting k/N of the way through it) in a scene of its own; recall per camera and
+    over all of them."""
     holder = GalleryHolder(rec.matcher, the_cast.gallery)
-    events: list[tuple[int, str, float]] = []
-    now = {"t": 0.0}
+    shown = list(the_cast.shown)
+    runs = []
+    for c in range(cameras):
+        turn = c * len(shown) // cameras
+        visits, generated = scenes(
+            shown[turn:] + shown[:turn], width, height, distance, hfov, frames, seed + 1000 * c, style
+        )
+        events: list[tuple[int, str, float]] = []
+        runs.append((visits, iter(through_codec(generated, width, height, codec)), events))
+    started = {"t": 0.0}
 
-    def on_confirm(conf: Confirmation, frame: Frame) -> None:
-        busy = time.perf_counter() - now["t"]
-        events.append((frame.seq, str(conf.match.identity_id), busy))
+    def recorder(events: list[tuple[int, str, float]]) -> Callable[[Confirmation, Frame], None]:
+        def on_confirm(conf: Confirmation, frame: Frame) -> None:
+            events.append((frame.seq, str(conf.match.identity_id), time.perf_counter() - started["t"]))
 
-    proc = FrameProcessor(rec, holder, Tracker(rec.settings.tracking), Stats(window=10), on_confirm)
-    spent = 0.0
-    n = 0
-    for i, image in enumerate(stream):
-        now["t"] = time.perf_counter()
-        proc(Frame(image, i, i / FPS_IN))
-        spent += time.perf_counter() - now["t"]
+        return on_confirm
+
+    procs = [
+        FrameProcessor(rec, holder, Tracker(rec.settings.tracking), Stats(window=10), recorder(ev)) for _, _, ev in runs
+    ]
+    spent, n = 0.0, 0
+    for i in itertools.count():
+        images = [next(stream, None) for _, stream, _ in runs]
+        if any(im is None for im in images):  # every camera's scene has as many frames: they end together
+            break
+        started["t"] = time.perf_counter()
+        process_frames(
+            [(proc, Frame(im, i, i / FPS_IN)) for proc, im in zip(procs, images, strict=True) if im is not None]
+        )
+        spent += time.perf_counter() - started["t"]
         n += 1
+    per_camera = [_score(visits, events) for visits, _, events in runs]
+    enrolled = sum(c.enrolled_visits for c in per_camera)
+    latencies = [lat for c in per_camera for lat in c.latencies]
+    out: dict[str, object] = {
+        "face_px": round(face_px_at(distance, width, hfov), 1),
+        "recall": round(sum(len(c.found) for c in per_camera) / max(enrolled, 1), 3),
+        "false_events": sum(c.false_events for c in per_camera),
+        "fps": round(n / spent, 1) if spent else 0.0,  # frames per second of each camera
+        "enrolled_visits": enrolled,
+        "stranger_visits": sum(c.stranger_visits for c in per_camera),
+        "frames": n,
+    }
+    if latencies:
+        out["event_latency_ms_p50"] = round(float(np.percentile(latencies, 50)), 1)
+        out["event_latency_ms_p90"] = round(float(np.percentile(latencies, 90)), 1)
+        out["event_latency_ms_max"] = round(float(max(latencies)), 1)
+    if cameras > 1:
+        out["by_camera"] = [
+            {"camera": k, "recall": round(len(c.found) / max(c.enrolled_visits, 1), 3), "false_events": c.false_events,
+             "event_latency_ms_p90": round(float(np.percentile(c.latencies, 90)), 1) if c.latencies else None}
+            for k, c in enumerate(per_camera)
+        ]  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class CameraScore:
+    found: set[int]  # enrolled visits that got their event
+    false_events: int
+    latencies: list[float]  # ms, face's first frame → its event
+    enrolled_visits: int
+    stranger_visits: int
+
+
+def _score(visits: Sequence[Visit], events: Sequence[tuple[int, str, float]]) -> CameraScore:
+    """One camera's visits against its events: which enrolled visits got their event, false events, latencies."""
     found: set[int] = set()
     false_events = 0
     latencies = []
@@ -302,21 +358,8 @@ def run_distance(
         if k not in found:
             found.add(k)
             latencies.append(((i - visits[k].start) / FPS_IN + busy) * 1000)
-    enrolled = [k for k, v in enumerate(visits) if v.enrolled]
-    out: dict[str, object] = {
-        "face_px": round(face_px_at(distance, width, hfov), 1),
-        "recall": round(len(found) / max(len(enrolled), 1), 3),
-        "false_events": false_events,
-        "fps": round(n / spent, 1) if spent else 0.0,
-        "enrolled_visits": len(enrolled),
-        "stranger_visits": len(visits) - len(enrolled),
-        "frames": n,
-    }
-    if latencies:
-        out["event_latency_ms_p50"] = round(float(np.percentile(latencies, 50)), 1)
-        out["event_latency_ms_p90"] = round(float(np.percentile(latencies, 90)), 1)
-        out["event_latency_ms_max"] = round(float(max(latencies)), 1)
-    return out
+    enrolled = sum(v.enrolled for v in visits)
+    return CameraScore(found, false_events, latencies, enrolled, len(visits) - enrolled)
 
 
 def evaluate(
@@ -335,7 +378,10 @@ def evaluate(
     photos: int = 1,
     style: str = "hall",
     codec: str = "none",
+    cameras: int = 1,
 ) -> dict[str, object]:
+    if not 1 <= cameras <= 16:
+        raise InputError(f"--cameras {cameras}: 1 to 16")
     if not 8 <= width <= 8192 or not 8 <= height <= 8192:
         raise InputError(f"frame size {width}x{height}: width and height must be 8–8192 px")
     if not 10 <= hfov <= 170:
@@ -344,7 +390,7 @@ def evaluate(
         raise InputError(f"--scene {style} / --codec {codec}: expected {'|'.join(SCENES)} / {'|'.join(CODECS)}")
     the_cast = cast(rec, root, people, strangers, distractors, seed, photos, rule)
     by_distance = {
-        f"{d:g}": run_distance(rec, the_cast, width, height, d, hfov, frames, seed + 1 + k, style, codec)
+        f"{d:g}": run_distance(rec, the_cast, width, height, d, hfov, frames, seed + 1 + k, style, codec, cameras)
         for k, d in enumerate(distances)
     }
     return {
@@ -354,6 +400,7 @@ def evaluate(
         "seed": seed,
         "scene": style,
         "codec": codec,
+        "cameras": cameras,
         "gallery_identities": len(the_cast.gallery),
         "cast": {
             "rule": the_cast.rule,
