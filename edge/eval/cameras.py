@@ -79,7 +79,7 @@ def _cameras(
     total = int(seconds * FPS_IN)
     runs: list[CameraRun] = []
     for k in range(n):
-        offset = k * len(clip) // n
+        offset = k * len(clip) // n + 17 * k  # not a whole number of visits: faces arrive at other times
         latencies: list[float] = []
         events: list[str] = []
 
