@@ -72,7 +72,7 @@ METHOD = (
     "the pairs inside each labelled group (gender, manually verified LFW labels); below a group's measurable "
     "floor (10 impostors) its rate is taken as R x the all-pairs rate, R its largest ratio near the floor; a kind "
     "other than one photo and one look continues below its own floor along the one-photo, one-look table plus "
-    "the largest gap seen over its last 3 rows"
+    "the largest gap seen over its last 3 rows, or its own tail model where stricter"
 )
 DEFAULT = ("int8", "mesh5", True)  # the pipeline a device runs by default: validated on identity-disjoint halves
 
@@ -220,14 +220,16 @@ def kind_table(
 ) -> tuple[dict[str, object], list[list[float]]]:
     """One manifest entry's table and its facts. One photo and one look (``base`` None) goes on below
     what its pairs measure along the tail model, down to ``DOWN_TO``; another kind is continued below
-    its own floor along ``base`` (the one-photo, one-look rows of the same band and condition)."""
+    its own floor along ``base`` (the one-photo, one-look rows of the same band and condition) plus
+    the gap near its floor, or its own tail model where that is stricter."""
     tails = impostor_tails(probes, templates, once)
-    table = G.worst_group_table(tails, CAL_FMRS, MARGIN, DOWN_TO if base is None else None)
-    rows, gap = (table.rows, 0.0) if base is None else G.anchored_rows(table.rows, base)
+    table = G.worst_group_table(tails, CAL_FMRS, MARGIN, DOWN_TO)  # measured rows, then its own tail model
+    measured = [r for r in table.rows if r[0] >= table.measured_to]
+    rows, gap = (table.rows, 0.0) if base is None else G.anchored_rows(measured, base, own_model=table.rows)
     facts: dict[str, object] = {
         "impostor_pairs": tails["all"].n, "group_pairs": {g: t.n for g, t in tails.items()},
-        "measured_rows": len(table.rows) if base is not None else sum(not g.endswith("(tail model)") for g in table.governing),
-        "measured_to": table.measured_to if base is None else min(r[0] for r in table.rows),
+        "measured_rows": len(measured),
+        "measured_to": table.measured_to,
         "governed_by": table.governing,
         "group_floors": table.floors, "group_ratios": {g: round(r, 3) for g, r in table.ratios.items()},
     }  # fmt: skip

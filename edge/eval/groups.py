@@ -250,18 +250,23 @@ def worst_group_table(
 
 
 def anchored_rows(
-    own: Sequence[Sequence[float]], base: Sequence[Sequence[float]], near: int = 3
+    own: Sequence[Sequence[float]],
+    base: Sequence[Sequence[float]],
+    near: int = 3,
+    own_model: Sequence[Sequence[float]] = (),
 ) -> tuple[list[list[float]], float]:
     """A table measured on fewer pairs (a template of several photos, fused looks) continued below its
     floor along a better-measured one (one photo, one look): each missing row is the base's threshold
-    plus the largest gap (at least 0) between the two over ``own``'s last ``near`` rows. Returns the
-    rows and that gap."""
+    plus the largest gap (at least 0) between the two over ``own``'s last ``near`` rows, or, where
+    higher, the row of ``own_model`` (the kind's own table continued by its tail model): a kind whose
+    tail falls off more slowly than the base's keeps its own slope. Returns the rows and that gap."""
     base_at = {round(f, 12): th for f, th in base}
     own_at = {round(f, 12): th for f, th in own}
+    model_at = {round(f, 12): th for f, th in own_model}
     shared = [f for f in sorted(own_at, reverse=True) if f in base_at][-near:]
     gap = max([0.0] + [own_at[f] - base_at[f] for f in shared])
     rows = [
-        [f, own_at[f]] if f in own_at else [f, math.ceil((base_at[f] + gap) * 1e6) / 1e6]
+        [f, own_at[f]] if f in own_at else [f, math.ceil(max(base_at[f] + gap, model_at.get(f, 0.0)) * 1e6) / 1e6]
         for f in sorted(base_at, reverse=True)
     ]
     for i in range(1, len(rows)):
