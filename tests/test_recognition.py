@@ -73,3 +73,42 @@ def test_gallery_search_finds_the_enrolled_identity_with_margin(
         assert 0 < m.est_false_match_rate < 1e-3
     strangers = [v[0] for n, v in by_person.items() if n not in enrolled]
     assert not any(m.accepted for m in snap.match(np.stack(strangers)))
+
+
+def test_a_night_cameras_grey_frames_are_recognised_as_grey_and_judged_with_the_grey_tables(
+    recognizer: Recognizer,
+) -> None:
+    """The device reads the condition from each face's own pixels: a camera that switches to its
+    infrared mode delivers grey frames, whose faces are judged with the tables of grey probes."""
+    import cv2
+
+    from edge.capture.scenes import gradient_background, paste
+    from edge.device.health import Stats
+    from edge.recognition.match import GalleryHolder
+    from edge.recognition.process import FrameProcessor
+    from edge.recognition.track import Confirmation, Tracker
+    from edge.types import Frame
+
+    enrol = [p for p in sorted((FACES / "Colin_Powell").glob("*.jpg")) if p.name != "Colin_Powell_0074.jpg"]
+    aligned = [recognizer.still(read_image(p)).aligned for p in enrol]
+    gallery = Gallery.build(
+        [("colin", "Colin", recognizer.embed([a for a in aligned if a is not None and a.quality.ok]))]
+    )
+    holder = GalleryHolder(recognizer.matcher, gallery)
+    assert "grey" in recognizer.matcher.conditions
+    wall = gradient_background(640, 480, np.random.default_rng(5))
+    scene = wall.copy()
+    paste(scene, read_image(FACES / "Colin_Powell/Colin_Powell_0074.jpg"), 320.0, 240.0, 110.0)
+    night = cv2.cvtColor(cv2.cvtColor(scene, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    seen: dict[str, list[Confirmation]] = {"day": [], "night": []}
+    for when, image in (("day", scene), ("night", night)):
+        proc = FrameProcessor(recognizer, holder, Tracker(recognizer.settings.tracking), Stats(),
+                              lambda c, f, when=when: seen[when].append(c))  # fmt: skip
+        for i in range(8):
+            proc(Frame(image, i, i / 30))
+    (day,), (dark,) = seen["day"], seen["night"]
+    assert day.match.identity_id == dark.match.identity_id == "colin"
+    assert day.match.condition == "colour" and dark.match.condition == "grey"
+    grey_band = next(bt for bt in holder.current.by_condition["grey"] if bt.band.label == dark.match.band)
+    assert dark.match.threshold == pytest.approx(float(grey_band.single[0]))  # the grey tables' own threshold
+    assert dark.match.threshold != pytest.approx(day.match.threshold)  # another table judged it
