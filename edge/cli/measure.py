@@ -268,7 +268,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     rec = Recognizer(settings)
     groups = read_groups(args.groups) if args.groups else None
     out = evaluate(rec, args.root, args.photos, args.gallery_size, args.people, args.strangers, args.condition,
-                   args.seed, args.repeats, groups)  # fmt: skip
+                   args.seed, args.repeats, groups, args.min_photos)  # fmt: skip
     if args.json:
         print(json.dumps(out))
         return 0
@@ -338,6 +338,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--condition", choices=CONDITIONS, default="none", help="transform the probe photos (a camera's picture)"
     )
     idp.add_argument("--groups", type=Path, help="CSV image,group (e.g. gender.csv): recall per group")
+    idp.add_argument("--min-photos", type=int, default=0, help="cast only people with this many photos or more "
+                     "(the same people for every --photos)")  # fmt: skip
     idp.add_argument("--repeats", type=int, default=3, help="casts, each with the next seed")
     idp.add_argument("--seed", type=int, default=0)
     idp.add_argument("--json", action="store_true", help="print one JSON object")

@@ -85,12 +85,14 @@ def run_once(
     seed: int,
     cache: _Embeddings,
     groups: Mapping[str, str] | None = None,
+    min_photos: int = 0,
 ) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     names = sorted(people)
-    able = [n for n in names if len(people[n]) >= photos + 1]
+    least = max(photos + 1, min_photos)
+    able = [n for n in names if len(people[n]) >= least]
     if len(able) < shown:
-        raise InputError(f"{len(able)} people have {photos + 1} photos or more, {shown} wanted (--people)")
+        raise InputError(f"{len(able)} people have {least} photos or more, {shown} wanted (--people)")
     order = [str(n) for n in rng.permutation(able)]
     cast = order[:shown]
     others = [str(n) for n in rng.permutation([n for n in names if n not in set(cast)])]
@@ -187,21 +189,25 @@ def evaluate(
     seed: int = 0,
     repeats: int = 3,
     groups: Mapping[str, str] | None = None,
+    min_photos: int = 0,
 ) -> dict[str, object]:
-    """``repeats`` casts (seeds ``seed`` … ``seed + repeats - 1``), each on its own; their mean recall."""
+    """``repeats`` casts (seeds ``seed`` … ``seed + repeats - 1``), each on its own; their mean recall.
+    ``min_photos``: cast only people with at least that many photos (the same people for every
+    ``photos``, to compare one number of enrolment photos with another)."""
     if photos < 1 or people < 1 or gallery_size < people or repeats < 1 or strangers < 0:
         raise InputError("--photos, --people and --repeats must be at least 1, and --gallery-size at least --people")
     apply_condition(np.zeros((8, 8, 3), np.uint8), condition)  # an unknown condition fails before any work
     folders = people_photos(root)
     cache = _Embeddings(rec)
     runs = [
-        run_once(rec, folders, photos, gallery_size, people, strangers, condition, seed + r, cache, groups)
+        run_once(rec, folders, photos, gallery_size, people, strangers, condition, seed + r, cache, groups, min_photos)
         for r in range(repeats)
     ]
     recalls = [float(r["recall"]) for r in runs]  # type: ignore[arg-type]
     out: dict[str, object] = {
         "root": str(root),
         "photos": photos,
+        "min_photos": max(photos + 1, min_photos),
         "gallery_size": gallery_size,
         "condition": condition,
         "max_false_match_rate": rec.settings.match.max_false_match_rate,

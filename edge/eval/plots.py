@@ -133,3 +133,31 @@ def stage_times(report: Mapping[str, Any], path: Path) -> Path:
     ax.grid(True, axis="x", alpha=0.25)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def recall_by_photos(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """``edge eval identify``: the share of enrolled people identified against enrolment photos per
+    person, one line per stated rate (and per group, dashed), from several runs' JSON."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    by_rate: dict[float, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_rate.setdefault(float(run["max_false_match_rate"]), []).append(run)
+    for rate, rs in sorted(by_rate.items(), reverse=True):
+        rs = sorted(rs, key=lambda r: r["photos"])
+        line = ax.plot(
+            [r["photos"] for r in rs], [r["recall_mean"] * 100 for r in rs], "o-", label=f"{rate:g}, everyone"
+        )
+        for group, style in (("female", "--"), ("male", ":")):
+            if all(group in r.get("recall_by_group", {}) for r in rs):
+                ax.plot([r["photos"] for r in rs], [r["recall_by_group"][group] * 100 for r in rs], style,
+                        color=line[0].get_color(), label=f"{rate:g}, {group}")  # fmt: skip
+    ax.set_xticks(sorted({r["photos"] for r in runs}))
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("enrolment photos per person")
+    ax.set_ylabel("people identified from one other photo (%)")
+    size = runs[0]["gallery_size"] if runs else "?"
+    ax.set_title(f"Person-level recall, gallery of {size}, by stated rate per stranger", fontsize=9)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
