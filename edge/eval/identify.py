@@ -110,7 +110,7 @@ def run_once(
         files = [people[name][int(i)] for i in rng.permutation(len(people[name]))]
         vecs = [e for e in (cache.enrolment(f) for f in files[:photos]) if e is not None]
         if name in cast:
-            probe_photo[name] = files[photos]
+            probe_photo[name] = files[-1]  # the same photo whatever the number enrolled (never one of them)
         if vecs:  # a cast person none of whose photos passed is still probed: a miss, counted
             entries.append((name, None, np.stack(vecs)))
             enrolled.add(name)
