@@ -123,7 +123,7 @@ class Subscriber:
             print(
                 f"match  {event['identity_id']:<16} label={event.get('label', '-')!s:<18} score={event['score']:.3f} "
                 f"threshold={event['threshold']:.3f} evidence={event['evidence']['agreed']}/{event['evidence']['seen']} "
-                f"track={event['track_id']} id={event['event_id']}",
+                f"camera={event.get('camera', '-')} track={event['track_id']} id={event['event_id']}",
                 flush=True,
             )
 
