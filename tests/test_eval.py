@@ -59,6 +59,22 @@ def test_impostor_scores_skip_same_person_pairs() -> None:
     assert len(lfw.impostor_scores(emb, person, block=2)) == 5  # 6 pairs less the one same-person pair
 
 
+def test_a_covering_pairs_file_names_every_image_and_parses(tmp_path: Path) -> None:
+    root = tmp_path / "lfw"
+    for name, count in (("Ann_A", 3), ("Bob_B", 2), ("Cy_C", 1), ("Di_D", 1)):
+        (root / name).mkdir(parents=True)
+        for n in range(1, count + 1):
+            (root / name / f"{name}_{n:04d}.jpg").write_bytes(b"")
+    out = tmp_path / "pairs.txt"
+    assert main(["eval", "pairs", "--root", str(root), "--out", str(out)]) == 0
+    parsed = lfw.parse_pairs(out)
+    named = {(p.name1, p.n1) for p in parsed.pairs} | {(p.name2, p.n2) for p in parsed.pairs}
+    assert len(named) == 7  # every image of the folder
+    same = [p for p in parsed.pairs if p.same]
+    assert len(same) == 3 and len(parsed.pairs) == 6  # balanced: 3 same, 3 different
+    assert {("Cy_C", 1), ("Di_D", 1)} <= named
+
+
 def test_eval_cli_on_fixture_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,19 @@ def print_groups(out: dict[str, Any]) -> None:
     print(f"  {'stated':>8} {'threshold':>9} " + " ".join(f"{n:>12}" for n in names))
     for f, row in out["fmr_at_stated"].items():
         print(f"  {f:>8} {row['threshold']:>9.4f} " + " ".join(f"{row[n]:>12.2e}" for n in names))
+
+
+def cmd_eval_pairs(args: argparse.Namespace) -> int:
+    from edge.eval import lfw
+
+    lines = lfw.covering_pairs(lfw.people_photos(args.root), seed=args.seed)
+    text = "\n".join(lines) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+        print(f"wrote {args.out}: {lines[0]} same and {lines[0]} different pairs", file=sys.stderr)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -327,6 +341,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_model_flags(lfw_p)
     lfw_p.set_defaults(func=cmd_eval_lfw)
+
+    pp = ev.add_parser("pairs", help="write a pairs.txt-format file naming every image (all impostor pairs count)")
+    pp.add_argument("--root", type=Path, required=True, help="LFW-style folder (NAME/NAME_NNNN.jpg, or with images/)")
+    pp.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    pp.add_argument("--seed", type=int, default=0, help="seed of the random different pairs")
+    pp.set_defaults(func=cmd_eval_pairs)
 
     idp = ev.add_parser("identify", help="the share of enrolled people identified from one photo (person-level recall)")
     idp.add_argument("--root", type=Path, required=True, help="LFW-style folder (NAME/NAME_NNNN.jpg, or with images/)")
