@@ -80,12 +80,16 @@ class Follow:
     last found as, offered when the track needs no evidence this frame: if nothing in that face
     changed for the ``held`` frames since it was found, plus this one, it is still there and no
     detector runs for it. A track ``lost`` frames ago whose crop has not changed since is not
-    looked for again: the detector would see what it saw when it lost the face."""
+    looked for again: the detector would see what it saw when it lost the face. A track whose
+    looks the quality gate has not passed (``face`` False: a wall boxed whole, a head turned) is
+    still re-detected, but what it finds explains no motion: a face it may hide is looked for by
+    the motion windows."""
 
     box: Box
     still: Face | None = None
     held: int = 0
     lost: int = 0
+    face: bool = True
 
 
 @dataclass(frozen=True, slots=True)

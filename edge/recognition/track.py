@@ -180,13 +180,16 @@ class Tracker:
         first ``NON_FACE_FOLLOW_FRAMES``: a loose box a coarse window drew around a far face when it
         came into view holds the face, which its crop resolves; clutter is then left alone. A track seen last frame that needs no evidence now
         offers its face as ``still``: the scanner keeps it there without a detector run if nothing
-        in it changed since; a lost one is looked for only where its crop changed since it was lost."""
+        in it changed since; a lost one is looked for only where its crop changed since it was lost.
+        Only a track the quality gate has passed (``face``) explains the motion around it: a box it has
+        not (a wall boxed whole, a head turned) may hide the face that moved there."""
         return [
             Follow(
                 t.box,
                 t.face if t.missed == 0 and t.face is not None and not self.needs_evidence(t, now) else None,
                 t.held,
                 t.missed,
+                bool(t.votes) and not t.non_face,  # a face the quality gate passed explains the motion around it
             )
             for t in self.tracks
             if (t.missed <= FOLLOW_MISSED or t.missed % FOLLOW_MISSED == 0)

@@ -386,12 +386,12 @@ class Scanner:
         lay = self.layout_for(w, h)
         self._frame += 1
         self.motion.update(image)
-        faces, held = self._follow(image, tracked)
+        faces, explaining, held = self._follow(image, tracked)
         if self._bounds is None:  # the motion image's scale is known after its first update
             self._bounds = self.motion.bounds(lay.windows)
         sweep_due = self._frame % self.settings.idle_every == 0
         moved = self.motion.changed_in(self._bounds) if sweep_due else None
-        self.motion.explain([f.box for f in faces])  # what the faces found this frame explain
+        self.motion.explain([f.box for f in explaining])  # what the faces found this frame explain
         unexplained = self.motion.changed_in(self._bounds)
         changed = np.flatnonzero(unexplained)
         chosen = [int(i) for i in self._by_level_in_turn(changed)[: self.settings.windows_per_frame]]
@@ -413,25 +413,31 @@ class Scanner:
         self.last = ScanStats(len(tracked) - held, len(chosen) - sweep, sweep, held)
         return self._merge(image, faces)
 
-    def _follow(self, image: ImageArray, tracked: Sequence[Follow]) -> tuple[list[Face], int]:
+    def _follow(self, image: ImageArray, tracked: Sequence[Follow]) -> tuple[list[Face], list[Face], int]:
         """Re-detect each tracked face in a crop around its box: the face fills the input, so its
         keypoints are as precise as at 1 m, whatever the frame size. A face offered as ``still``
         whose pixels have not changed since it was found is kept as it was (someone standing
         still costs nothing between the looks their track needs), and a lost face is looked for
-        again only where its crop changed. Returns faces, and how many tracks cost no invoke."""
+        again only where its crop changed. Returns the faces, those of them that explain the motion
+        around them (not those of tracks the face mesh called not a face), and how many tracks cost
+        no invoke."""
         faces: list[Face] = []
+        explaining: list[Face] = []
         held = 0
         for f in tracked:
             if f.still is not None and self.motion.steady(f.still.box, f.held + 1, HOLD_STEADY):
-                faces.append(f.still)
+                found = [f.still]
                 held += 1
-                continue
-            crop = track_region(f.box, self.settings.track_crop)
-            if f.lost and self.motion.steady(Box(crop.x0, crop.y0, crop.x1, crop.y1), f.lost, LOST_STEADY):
-                held += 1  # not found there, and nothing there changed since: it is not there now
-                continue
-            faces += self.detector.detect(image, crop)
-        return faces, held
+            else:
+                crop = track_region(f.box, self.settings.track_crop)
+                if f.lost and self.motion.steady(Box(crop.x0, crop.y0, crop.x1, crop.y1), f.lost, LOST_STEADY):
+                    held += 1  # not found there, and nothing there changed since: it is not there now
+                    continue
+                found = self.detector.detect(image, crop)
+            faces += found
+            if f.face:
+                explaining += found
+        return faces, explaining, held
 
     def _sweep_window(self, explained: npt.NDArray[np.intp], taken: set[int]) -> int | None:
         """The background sweep's window this time: every other time, the least recently scanned
