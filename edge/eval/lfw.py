@@ -85,17 +85,17 @@ def covering_pairs(people: dict[str, list[Path]], seed: int = 0) -> list[str]:
             pass
         return pick, number[pick][int(rng.integers(len(number[pick])))]
 
-    different = []
+    different: list[str] = []
     while alone and len(different) < len(same):
-        a = alone.pop(0)
-        b = alone.pop(0) if len(alone) > len(same) - len(different) - 1 else other(a[0])
-        different.append(f"{a[0]}\t{a[1]}\t{b[0]}\t{b[1]}")
+        first = alone.pop(0)
+        second = alone.pop(0) if len(alone) > len(same) - len(different) - 1 else other(first[0])
+        different.append(f"{first[0]}\t{first[1]}\t{second[0]}\t{second[1]}")
     if alone:
         raise InputError(f"{len(alone)} one-photo people left over: too few same pairs to balance them")
     while len(different) < len(same):
-        a = names[int(rng.integers(len(names)))]
-        b = other(a)
-        different.append(f"{a}\t{number[a][int(rng.integers(len(number[a])))]}\t{b[0]}\t{b[1]}")
+        name = names[int(rng.integers(len(names)))]
+        pick = other(name)
+        different.append(f"{name}\t{number[name][int(rng.integers(len(number[name])))]}\t{pick[0]}\t{pick[1]}")
     return [str(len(same)), *same, *different]
 
 
