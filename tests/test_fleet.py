@@ -200,3 +200,15 @@ def logged_events(text: str) -> list[str]:
     import re
 
     return re.findall(r"event ([0-9a-f-]{36}) identity=", text)
+
+
+def test_the_cameras_column_names_the_cameras_at_fault_and_counts_an_idle_file_source_as_working() -> None:
+    from edge.delivery.fleet import _cameras
+
+    def row(**states: str) -> dict[str, object]:
+        return {"camera": "stalled", "cameras": {cid: {"state": s} for cid, s in states.items()}}
+
+    assert _cameras(row(door="idle", yard="stalled", gate="retrying")) == "1/3 ok: gate retrying, yard stalled"
+    assert _cameras(row(door="ok", yard="idle")) == "2/2 ok"
+    assert _cameras(row(door="starting", yard="ok")) == "1/2 ok: door starting"
+    assert _cameras({"camera": "ok", "cameras": {"door": {"state": "ok"}}}) == "ok"

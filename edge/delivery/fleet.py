@@ -160,12 +160,15 @@ class Fleet:
             self.client.loop_stop()
 
 
+HEALTHY = ("ok", "idle")  # idle: a file source at its end, waiting; not a fault
+
+
 def _cameras(r: dict[str, Any]) -> str:
-    """One camera's state; of several, how many are ok and which are not (``door ok, yard stalled`` → ``1/2 ok: yard stalled``)."""
+    """One camera's state; of several, how many work and which do not (``door ok, yard stalled`` → ``1/2 ok: yard stalled``)."""
     cams = r.get("cameras") or {}
     if len(cams) <= 1:
         return str(r["camera"] or "-")
-    bad = [f"{cid} {c['state']}" for cid, c in sorted(cams.items()) if c.get("state") != "ok"]
+    bad = [f"{cid} {c['state']}" for cid, c in sorted(cams.items()) if c.get("state") not in HEALTHY]
     ok = len(cams) - len(bad)
     return f"{ok}/{len(cams)} ok" + (f": {', '.join(bad)}" if bad else "")
 
