@@ -95,7 +95,7 @@ def recall_by_distance(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def memory_over_time(report: Mapping[str, Any], path: Path) -> Path:
     """``edge eval soak``: resident memory of the service over the run."""
     plt = _pyplot()
-    samples = report["rss_mb_samples"]
+    samples = [(t, mb) for t, mb in report["rss_mb_samples"] if mb > 0]  # 0: the service not yet started
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot([s / 60 for s, _ in samples], [mb for _, mb in samples], "-", color="#2e7d32")
     ax.set_xlabel("minutes")
@@ -103,13 +103,15 @@ def memory_over_time(report: Mapping[str, Any], path: Path) -> Path:
     lo, hi = min(mb for _, mb in samples), max(mb for _, mb in samples)
     ax.set_ylim(max(0.0, lo - 20), hi + 20)
     ax.set_title(
-        f"Soak: {report.get('events', '?')} events, {report.get('galleries', '?')} gallery updates", fontsize=9
+        f"Soak: {report.get('events', '?')} events, {report.get('gallery_versions_published', '?')} gallery updates",
+        fontsize=9,
     )
     ax.grid(True, alpha=0.25)
     return _save(fig, path)
 
 
 STAGES = (
+    ("detect (one window)", "detect_window_ms"),
     ("detect (a still, every window)", "detect_still_ms"),
     ("align (per face)", "align_ms_per_face"),
     ("embed (per face)", "embed_ms_per_face"),
