@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -93,15 +92,13 @@ def test_expired_identities_do_not_match(key: Ed25519PrivateKey) -> None:
     assert g.identity_ids == ("id1",)
 
 
-def test_ten_thousand_identities_fit_and_apply_quickly(key: Ed25519PrivateKey) -> None:
+def test_ten_thousand_identities_fit_and_apply(key: Ed25519PrivateKey) -> None:
+    """How long applying takes is measured by ``edge bench --bundle`` (docs/performance.md)."""
     ids = identities(10_000, per=5)
     data = encode(ids, "fleet", 1, SHA, key, dtype="int8")
     assert len(data) <= 20 * 1024 * 1024
-    t = time.perf_counter()
     g = to_gallery(verify_bundle(data, [key.public_key()], SHA))
-    elapsed = time.perf_counter() - t
     assert len(g) == 10_000 and g.embeddings.shape == (50_000, 192)
-    assert elapsed < 30  # a sanity bound only; the measured figure is in the README
     probe = ids[1234].embeddings[2]
     assert g.identity_ids[int(np.argmax(g.scores(probe[None])[0]))] == "id1234"
 
