@@ -352,7 +352,7 @@ def test_a_face_that_appears_where_a_tracked_person_explains_the_motion_is_found
     recognizer: Recognizer,
 ) -> None:
     scanner, tracker, rng, hall = watching_an_empty_hall(recognizer, 7)
-    walker = "Colin_Powell/Colin_Powell_0038.jpg"  # facing the camera: the gate passes them, so they explain their motion
+    walker = "Colin_Powell/Colin_Powell_0038.jpg"  # facing the camera: the gate passes them
     for i in range(20):  # someone near walks slowly through; tracked, their face judged a face
         image = sensor_noise(person_frame(hall, 400.0 + 2 * i, 200.0, 90.0, walker), rng)
         looked_at(
