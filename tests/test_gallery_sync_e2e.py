@@ -109,6 +109,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
     try:
         s = w.state_where(lambda s: s.get("version") == 1)
         assert s["identities"] == 2 and s["gallery"] == "demo" and "error" not in s
+        assert "waiting for gallery 'demo' over MQTT" in proc.text() and "no gallery configured" not in proc.text()
 
         w.publish("edge/galleries/demo", v2, retain=True)
         w.state_where(lambda s: s.get("version") == 2 and "error" not in s)

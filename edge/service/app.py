@@ -155,7 +155,10 @@ class App:
         if self.sync is not None and self.sync.load_from_disk():
             return  # the last gallery applied over the air takes precedence
         if path is None:
-            log.warning("no gallery configured: nothing can match until one is enrolled")
+            if self.sync is not None:
+                log.info("waiting for gallery %r over MQTT: nothing can match until it applies", g.name)
+            else:
+                log.warning("no gallery configured: nothing can match until one is enrolled")
             return
         if path.is_file():
             bundle, data = load_bundle_file(path, self.policy)
