@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,48 +99,44 @@ def _cameras(
 _T0 = [0.0]  # the run's start (perf_counter), shared by the confirmation callbacks
 
 
-def _live_shared(runs: Sequence[CameraRun]) -> float:
-    """Every camera at 30 frames/s in real time, one loop: each round the newest frame of every camera."""
-    total = len(runs[0].frames)
-    _T0[0] = time.perf_counter()
+def _camera_clock(total: int) -> Iterator[tuple[int, int]]:
+    """A 30 frames/s camera's newest frame whenever the caller is ready for one, and how many frames
+    it skipped since the last; waits for the next frame when the caller is ahead of the camera."""
     last = -1
     while True:
         now = time.perf_counter() - _T0[0]
         idx = min(int(now * FPS_IN), total - 1)
         if idx <= last:
             if idx == total - 1:
-                break
+                return
             time.sleep((idx + 1) / FPS_IN - now)  # a benchmark waiting for the camera's next frame
             continue
+        yield idx, idx - last - 1
+        last = idx
+
+
+def _live_shared(runs: Sequence[CameraRun]) -> float:
+    """Every camera at 30 frames/s in real time, one loop: each round the newest frame of every camera."""
+    _T0[0] = time.perf_counter()
+    for idx, skipped in _camera_clock(len(runs[0].frames)):
         work = []
         for run in runs:
-            run.dropped += idx - last - 1
+            run.dropped += skipped
             run.processed += 1
             work.append((run.proc, Frame(run.frames[idx], idx, idx / FPS_IN)))
         process_frames(work)
-        last = idx
     return time.perf_counter() - _T0[0]
 
 
 def _live_per_camera(runs: Sequence[CameraRun]) -> float:
     """Every camera at 30 frames/s in real time, a thread each with its own interpreters."""
-    total = len(runs[0].frames)
     _T0[0] = time.perf_counter()
 
     def loop(run: CameraRun) -> None:
-        last = -1
-        while True:
-            now = time.perf_counter() - _T0[0]
-            idx = min(int(now * FPS_IN), total - 1)
-            if idx <= last:
-                if idx == total - 1:
-                    return
-                time.sleep((idx + 1) / FPS_IN - now)
-                continue
-            run.dropped += idx - last - 1
+        for idx, skipped in _camera_clock(len(run.frames)):
+            run.dropped += skipped
             run.processed += 1
             run.proc(Frame(run.frames[idx], idx, idx / FPS_IN))
-            last = idx
 
     threads = [threading.Thread(target=loop, args=(r,), name=f"bench-camera-{k}") for k, r in enumerate(runs)]
     for t in threads:
