@@ -488,6 +488,28 @@ def test_a_large_box_that_is_not_a_face_no_longer_hides_the_face_inside_it() -> 
     assert merge([face, twin], is_face=lambda f: pytest.fail("asked")) == [face]
 
 
+def test_a_face_boxed_loosely_by_a_coarse_window_and_tightly_by_a_fine_one_is_one_face_the_tight_box() -> None:
+    """Seen at 4 m in 720p: a 538 px tile boxed a 44 px face as 73 px at 17 px of its input, a 226 px
+    tile boxed it as 44 px at 25 px, with a stray 41 px box beside it."""
+    loose = _det(365, 327, 73, 17.3, score=0.65)
+    tight = _det(386, 345, 44, 25.1, score=0.96)
+    stray = _det(353, 360, 41, 23.5, score=0.52)
+    mesh_says = {id(loose): True, id(tight): True, id(stray): False}
+    assert merge([loose, tight, stray], is_face=lambda f: mesh_says[id(f)]) == [tight]
+    # The coarse box is the only one the mesh takes for a face: it stays, and holds the others out.
+    mesh_says[id(tight)] = False
+    assert merge([loose, tight, stray], is_face=lambda f: mesh_says[id(f)]) == [loose]
+    # The track's crop (105 px: too small to see a 73 px box whole) finds it tight and centred: the same face.
+    from_crop = _det(386, 346, 41, 50.0)
+    assert merge([loose, from_crop], is_face=lambda f: True) == [from_crop]
+    # A part of the face from such a window lies off centre (an eye and brow): a fragment, whatever the mesh says.
+    eye_and_brow = _det(368, 330, 36, 50.0)
+    assert merge([loose, eye_and_brow], is_face=lambda f: True) == [loose]
+    # A fine window that could see the face whole but resolved it worse than the large box: the large box.
+    coarse_small = _det(386, 345, 44, 12.0)
+    assert merge([_det(365, 327, 73, 40.0), coarse_small], is_face=lambda f: True)[0].box.width == 73
+
+
 def test_a_face_in_front_of_a_smooth_textured_wall_is_found_at_every_distance(recognizer: Recognizer) -> None:
     """The wall that hid faces: BlazeFace boxes it whole (hundreds of pixels), and the merge used to
     keep that box over the face inside it; the face mesh now says the large box is no face."""

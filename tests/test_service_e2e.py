@@ -408,7 +408,7 @@ def test_a_face_at_four_metres_in_720p_gives_its_event(broker: LocalBroker, tmp_
     assert got == set(far.enrolled), proc.text()[-3000:]  # everyone enrolled, no stranger
     for e in sub.on("events/match"):
         x0, _y0, x1, _y1 = e["bbox"]
-        assert 30 < (x1 - x0) * 1280 < 60  # the 44 px face it saw
+        assert 30 < (x1 - x0) * 1280 < 60, (e["identity_id"], e["bbox"], e["evidence"])  # the 44 px face it saw
 
 
 class SilentCamera:

@@ -72,6 +72,7 @@ MOTION_WIDTH = 160  # the motion image is about this wide
 SETTLE_FRAMES = 10  # a motion-image pixel steady this many frames is taken into the background
 HOLD_STEADY = 0.75  # a tracked face is where it was when this share of its pixels is unchanged since
 LOST_STEADY = 0.98  # a lost face is not looked for again while this share of its crop is unchanged since
+CENTRED = 0.12  # a nested box this close to the centre of a large one (× its side) is the same face boxed tighter
 NEST_RATIO = 1.6  # a detection this many times the side of another that lies inside it is not the same face
 
 
@@ -175,6 +176,14 @@ def _fragment_of(small: Face, big: Face, input_size: int) -> bool:
     return _nested(small, big) and _window_side(small, input_size) < 2.0 * _side(big)
 
 
+def _centred_in(small: Face, big: Face, tolerance: float = CENTRED) -> bool:
+    """``small``'s centre within ``tolerance`` of ``big``'s side from ``big``'s centre: the inner face
+    boxed tightly, not a part of it (an eye and brow, a mouth and chin lie a quarter side off)."""
+    s, b = small.box, big.box
+    limit = tolerance * _side(big)
+    return abs((s.x0 + s.x1 - b.x0 - b.x1) / 2) <= limit and abs((s.y0 + s.y1 - b.y0 - b.y1) / 2) <= limit
+
+
 IsFace = Callable[[Face], bool]
 FaceCheck = Callable[[ImageArray, Face], bool]  # is this detection in this image a face? (the face mesh)
 
@@ -189,8 +198,10 @@ def merge(
     """One face per cluster of overlapping detections of about the same size, from the window that
     resolved it best. A much smaller detection inside a large one is either a fragment of that face
     (dropped) or a real face inside clutter that the detector boxed whole (a door, a smooth textured
-    wall: then the large box goes). ``is_face`` (the face mesh's presence check) says which, and is
-    asked only for such a large box; without it the large box is taken for a face."""
+    wall: then the large box goes), or the same face boxed loosely by a coarse window and tightly by
+    a finer one that could have seen it whole (the better resolved box stays). ``is_face`` (the face
+    mesh's presence check) says which, and is asked only for such boxes; without it the large box is
+    taken for a face."""
 
     def preference(f: Face) -> tuple[float, float]:
         resolved = -abs(math.log(max(f.input_px, 1.0) / BEST_INPUT_PX)) if f.input_px else -10.0
@@ -218,10 +229,21 @@ def merge(
         ]  # fmt: skip
         if not hidden:
             continue
-        if is_face is None or is_face(big):
+        if is_face is None:
             dropped.update(id(s) for s in hidden)
-        else:
+        elif not is_face(big):
             dropped.add(id(big))
+        else:
+            # The same face boxed twice: loosely by a coarse window that barely resolved it, tightly by
+            # a finer one (that could have seen the large box whole, or a track's crop centred on the
+            # face, where a fragment is off centre). The better measured one stays.
+            tighter = [
+                s for s in hidden
+                if preference(s) > preference(big)
+                and (not _fragment_of(s, big, input_size) or _centred_in(s, big)) and is_face(s)
+            ]  # fmt: skip
+            keep = max(tighter, key=preference) if tighter else big
+            dropped.update(id(f) for f in (big, *hidden) if f is not keep)
     return [f for f in kept if id(f) not in dropped]
 
 
