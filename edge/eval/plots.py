@@ -95,7 +95,9 @@ def recall_by_distance(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def memory_over_time(report: Mapping[str, Any], path: Path) -> Path:
     """``edge eval soak``: resident memory of the service over the run."""
     plt = _pyplot()
-    samples = [(t, mb) for t, mb in report["rss_mb_samples"] if mb > 0]  # 0: the service not yet started
+    peak = max((mb for _, mb in report["rss_mb_samples"]), default=0.0)
+    # A sample under a tenth of the peak is the process still starting (exec'd, no models yet).
+    samples = [(t, mb) for t, mb in report["rss_mb_samples"] if mb >= 0.1 * peak]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot([s / 60 for s, _ in samples], [mb for _, mb in samples], "-", color="#2e7d32")
     ax.set_xlabel("minutes")
