@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's threshold tables: observed false-match and false non-match rates per
+"""The threshold tables of docs/thresholds.md: observed false-match and false non-match rates per
 group and face-size band, at the thresholds of this manifest and of an earlier one.
 
     git show 918cb08:models/manifest.json > /tmp/manifest-before.json
