@@ -199,9 +199,9 @@ def merge(
     resolved it best. A much smaller detection inside a large one is either a fragment of that face
     (dropped) or a real face inside clutter that the detector boxed whole (a door, a smooth textured
     wall: then the large box goes), or the same face boxed loosely by a coarse window and tightly by
-    a finer one that could have seen it whole (the better resolved box stays). ``is_face`` (the face
-    mesh's presence check) says which, and is asked only for such boxes; without it the large box is
-    taken for a face."""
+    a finer one that could have seen it whole or that is centred in it (the better resolved box
+    stays). ``is_face`` (the face mesh's presence check) says which, and is asked only for such
+    boxes; without it the large box is taken for a face."""
 
     def preference(f: Face) -> tuple[float, float]:
         resolved = -abs(math.log(max(f.input_px, 1.0) / BEST_INPUT_PX)) if f.input_px else -10.0
