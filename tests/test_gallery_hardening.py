@@ -182,14 +182,16 @@ def test_a_flood_of_parts_keeps_memory_bounded_and_the_next_bundle_applies(tmp_p
         lambda data: states.append(GalleryState.model_validate_json(data)),
     )  # fmt: skip
     sync.start()
-    tracemalloc.start()  # Python's own allocations: RSS is not exact in every sandbox (CI read no growth at all)
-    before, _ = tracemalloc.get_traced_memory()
-    junk = bytes(1 << 20)
     meta = {"sha256": hashlib.sha256(b"x").hexdigest(), "count": 60, "bytes": 60 << 20, "part_bytes": 1 << 20}
-    for i in range(150):
-        sync.submit(f"edge/galleries/lobby/part/{i}", _frame(PART, {**meta, "index": i}, junk))
-    grown_mib = (tracemalloc.get_traced_memory()[0] - before) / (1 << 20)
-    tracemalloc.stop()
+    tracemalloc.start()  # Python's own allocations: RSS is not exact in every sandbox (CI read no growth at all)
+    try:  # tracing slows every later test: never left on
+        before, _ = tracemalloc.get_traced_memory()
+        junk = bytes(1 << 20)
+        for i in range(150):
+            sync.submit(f"edge/galleries/lobby/part/{i}", _frame(PART, {**meta, "index": i}, junk))
+        grown_mib = (tracemalloc.get_traced_memory()[0] - before) / (1 << 20)
+    finally:
+        tracemalloc.stop()
     assert sync.buffered_bytes == 60 << 20
     assert 55 <= grown_mib <= 70, grown_mib  # the declared 60 MiB buffer, no more
     sync.submit("edge/galleries/lobby", _frame(POINTER, meta))  # completes it: the sha256 does not match
