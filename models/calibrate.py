@@ -45,15 +45,20 @@ from edge.device.config import Settings  # noqa: E402
 from edge.device.runtime import load_manifest  # noqa: E402
 from edge.eval import groups as G  # noqa: E402
 from edge.eval.conditions import apply_condition  # noqa: E402
-from edge.recognition.calibration import LOOK_LEVELS, TEMPLATE_LEVELS, CalibrationTable  # noqa: E402
+from edge.recognition.calibration import (  # noqa: E402
+    CALIBRATION_DIR,
+    CONDITIONS,
+    LOOK_LEVELS,
+    TEMPLATE_LEVELS,
+    CalibrationTable,
+)
 from edge.recognition.pipeline import Recognizer  # noqa: E402
+from edge.vision.embed import l2_normalise  # noqa: E402
 
 # (min_px, max_px): box side of the detected face. LFW deep-funneled faces are ~106 px boxed.
 BANDS: tuple[tuple[float, float | None], ...] = ((80, None), (50, 80), (36, 50), (28, 36), (24, 28))
 NATIVE_BOX_PX = 106.0
 ALIGNMENTS = ("mesh5", "keypoints4")
-EMBEDDERS = ("fp32", "int8")
-CONDITIONS = ("colour", "grey")
 KINDS = tuple((k, m) for k in TEMPLATE_LEVELS for m in LOOK_LEVELS)
 # Rows from 1e-1 down to 1e-7 (a gallery of 1,000 at 1e-4 per stranger asks each identity for 1e-7):
 # below what the pairs measure (about 1e-6 with LFW View 1's 12 million), by the tail model.
@@ -74,7 +79,7 @@ METHOD = (
     "other than one photo and one look continues below its own floor along the one-photo, one-look table plus "
     "the largest gap seen over its last 3 rows, or its own tail model where stricter"
 )
-DEFAULT = ("int8", "mesh5", True)  # the pipeline a device runs by default: validated on identity-disjoint halves
+DEFAULT = (Settings().models.embedder, "mesh5", True)  # what a device runs by default: validated on identity-disjoint halves
 
 
 def recognizer(models: Path, **m: object) -> Recognizer:
@@ -107,27 +112,37 @@ def crops_for(
 def embeddings(
     args: argparse.Namespace, images: list[Path], b: int, alignment: str, condition: str
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(which images gave a judged face, embedding per embedder variant), cached between runs."""
+    """(which images gave a judged face, embedding per embedder and flip), cached between runs: the aligned
+    crops once (they do not depend on the embedder), each embedder's plain and mirrored vectors once."""
     band = BANDS[b]
     name = f"{band[0]:g}-{alignment}-{args.seed + b}" + ("" if condition == "colour" else f"-{condition}")
-    cache = args.cache / f"{name}.npz"
-    if cache.is_file():  # the same images, models and seed as a run before
-        stored = np.load(cache)
-        return stored["keep"], {k: stored[k] for k in stored.files if k != "keep"}
-    t0 = time.time()
-    crops, keep = crops_for(
-        recognizer(args.models, alignment=alignment, embedder="fp32"), images, band, args.seed + b, condition
-    )
+    crops_file = args.cache / f"{name}-crops.npz"
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if crops_file.is_file():  # the same images, models and seed as a run before
+        stored = np.load(crops_file)
+        keep, crops = stored["keep"], stored["crops"]
+    else:
+        t0 = time.time()
+        found, keep = crops_for(
+            recognizer(args.models, alignment=alignment, embedder=args.embedders[0]), images, band, args.seed + b, condition
+        )
+        crops = np.stack(found) if found else np.zeros((0, 112, 112, 3), np.uint8)
+        np.savez(crops_file, keep=keep, crops=crops)
+        print(f"  aligned {name}: {int(keep.sum())} of {len(images)} faces judged, {time.time() - t0:.0f}s", file=sys.stderr)
     out = {}
-    for embedder in EMBEDDERS:
-        for flip in (False, True):
-            rec = recognizer(args.models, alignment=alignment, embedder=embedder, flip_average=flip)
-            out[f"{embedder}-{flip}"] = rec.embedder.embed(crops)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, keep=keep, **out)
-    print(
-        f"  embedded {name}: {int(keep.sum())} of {len(images)} faces judged, {time.time() - t0:.0f}s", file=sys.stderr
-    )
+    for embedder in args.embedders:
+        vectors_file = args.cache / f"{name}-{embedder}.npz"
+        if vectors_file.is_file():
+            stored = np.load(vectors_file)
+            plain, mirrored = stored["plain"], stored["mirrored"]
+        else:
+            rec = recognizer(args.models, alignment=alignment, embedder=embedder)
+            both = [rec.embedder.embed_both(list(crops[i : i + 64])) for i in range(0, len(crops), 64)]
+            plain = np.concatenate([p for p, _ in both]) if both else np.zeros((0, rec.embedder.dim), np.float32)
+            mirrored = np.concatenate([m for _, m in both if m is not None]) if both else plain
+            np.savez(vectors_file, plain=plain, mirrored=mirrored)
+        out[f"{embedder}-False"] = plain
+        out[f"{embedder}-True"] = l2_normalise(plain + mirrored)
     return keep, out
 
 
@@ -341,15 +356,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-view1")
     ap.add_argument("--groups", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-groups" / "gender.csv")
-    ap.add_argument("--models", type=Path, default=HERE, help="folder with manifest.json (rewritten in place)")
+    ap.add_argument("--models", type=Path, default=HERE, help="folder with manifest.json and calibration/")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", type=Path, default=HERE / ".work" / "calibrate", help="embeddings kept between runs")
+    ap.add_argument("--cache", type=Path, default=HERE / ".work" / "calibrate", help="crops and embeddings kept between runs")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (a quick check of the script)")
     ap.add_argument("--alignments", nargs="+", choices=ALIGNMENTS, default=list(ALIGNMENTS))
+    ap.add_argument(
+        "--embedders", nargs="+", help="manifest entries to calibrate (default: every embedder); each gets "
+        "calibration/<embedder>.json, the others' files are left as they are",
+    )  # fmt: skip
+    ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     ap.add_argument(
         "--embed-only", action="store_true", help="fill the cache and stop (one process per alignment runs in parallel)"
     )
     args = ap.parse_args()
+    manifest = load_manifest(args.models)
+    args.embedders = args.embedders or list(manifest.embedders)
+    for e in args.embedders:
+        manifest.embedder(e)  # a ModelError naming the embedders there are
     images, names, person, label = view1(args.lfw, args.groups)
     if args.limit:
         images, names, person, label = (
@@ -362,30 +386,24 @@ def main() -> None:
         ln.split()[0] for ln in (args.lfw / "peopleDevTrain.txt").read_text().splitlines()[1:] if ln.strip()
     }
     fold = np.array([0 if n in train_people else 1 for n in names])
-    manifest_path = args.models / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    sha = {e: manifest["models"][f"embedder_{e}"]["sha256"] for e in EMBEDDERS}
-    entries: list[dict[str, object]] = []
-    validation: dict[str, object] = {}
     if args.embed_only:
         for alignment in args.alignments:
-            for c in CONDITIONS:
+            for c in args.conditions:
                 for b in range(len(BANDS)):
                     embeddings(args, images, b, alignment, c)
         return
-    for alignment in ALIGNMENTS:
+    entries: dict[str, list[dict[str, object]]] = {e: [] for e in args.embedders}
+    validation: dict[str, object] = {}
+    for alignment in args.alignments:
         native_keep, native = embeddings(args, images, 0, alignment, "colour")
         probe_sets: ProbeSets = {
             (c, b): embeddings(args, images, b, alignment, c) for c in CONDITIONS for b in range(len(BANDS))
         }
-        for embedder in EMBEDDERS:
+        for embedder in args.embedders:
             for flip in (False, True):
                 t0 = time.time()
                 variant = f"{embedder}-{flip}"
-                pipeline = recognizer(
-                    args.models, alignment=alignment, embedder=embedder, flip_average=flip
-                ).pipeline_id
-
+                pipeline = alignment + ("+flip" if flip else "")
                 sides = partial(comparison_sides, native_keep, native, probe_sets, variant, person, label, args.seed)
                 base: dict[tuple[str, int], list[list[float]]] = {}
                 everyone = np.ones(len(images), bool)
@@ -398,11 +416,12 @@ def main() -> None:
                         base[(condition, b)] = rows
                     band = BANDS[b]
                     label_txt = f"{band[0]:g}+ px" if band[1] is None else f"{band[0]:g}-{band[1]:g} px"
-                    entries.append({
-                        "embedder_sha256": sha[embedder], "pipeline": pipeline, "condition": condition,
-                        "band": {"min_px": band[0], "max_px": band[1]}, "templates": k, "looks": m,
-                        **facts, "table": rows,
-                        "source": f"LFW View 1: probes {'as they are' if band[1] is None else f'shrunk so the face box is {label_txt}'}"
+                    probe_txt = "as they are" if band[1] is None else f"shrunk so the face box is {label_txt}"
+                    entries[embedder].append({
+                        "embedder_sha256": manifest.spec(embedder).sha256, "pipeline": pipeline,
+                        "condition": condition, "band": {"min_px": band[0], "max_px": band[1]},
+                        "templates": k, "looks": m, **facts, "table": rows,
+                        "source": f"LFW View 1: probes {probe_txt}"
                                   f"{'' if condition == 'colour' else ', ' + condition}{'' if m == 1 else f', the mean of {m} photos of one person'}; "
                                   f"templates {'one photo' if k == 1 else f'the mean of {k} photos of one person'}, full size, colour",
                     })  # fmt: skip
@@ -412,17 +431,28 @@ def main() -> None:
                 )
                 if (embedder, alignment, flip) == DEFAULT:
                     validation = validate(sides, fold)
-    manifest["calibration"] = entries
-    manifest["calibration_method"] = METHOD
-    manifest["calibration_validation"] = {
-        "what": "tables built from one half of View 1's identities, rates observed on the other half (int8, mesh5+flip)",
-        "groups": str(args.groups.name),
-        "by_table": validation,
-    }
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, separators=(",", ":")) + "\n")
-    tmp.replace(manifest_path)
-    load_manifest(args.models)  # parses what was written
+    for embedder, tables in entries.items():
+        out: dict[str, object] = {
+            "embedder": embedder,
+            "embedder_sha256": manifest.spec(embedder).sha256,
+            "written_by": "models/calibrate.py",
+            "command": "python models/calibrate.py --embedders " + embedder,
+            "method": METHOD,
+        }
+        if embedder == DEFAULT[0] and validation:
+            out["validation"] = {
+                "what": f"tables built from one half of View 1's identities, rates observed on the other half "
+                f"({embedder}, mesh5+flip)",
+                "groups": str(args.groups.name),
+                "by_table": validation,
+            }
+        path = args.models / CALIBRATION_DIR / f"{embedder}.json"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**out, "tables": tables}, separators=(",", ":")) + "\n")
+        tmp.replace(path)
+    for embedder in entries:  # parses what was written
+        Recognizer(Settings.model_validate({"models": {"dir": str(args.models), "embedder": embedder}})).matcher  # noqa: B018
 
 
 if __name__ == "__main__":

@@ -38,5 +38,5 @@ def load() -> callable[[Path], ImageArray]:  # type: ignore[name-defined]
 def models_copy(tmp_path: Path) -> Path:
     """A private copy of the shipped models, safe to damage."""
     dst = tmp_path / "models"
-    shutil.copytree(default_models_dir(), dst, ignore=shutil.ignore_patterns("*.py", "__pycache__", ".work"))
+    shutil.copytree(default_models_dir(), dst, ignore=shutil.ignore_patterns("*.py", "*.onnx", "__pycache__", ".work"))
     return dst

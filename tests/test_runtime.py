@@ -13,11 +13,12 @@ from edge.recognition.calibration import calibration_for
 
 def test_manifest_lists_every_model_with_checksum_and_calibration() -> None:
     m = load_manifest()
-    for key in ("detector_short", "detector_full", "landmarks", "embedder_fp32", "embedder_int8"):
+    assert set(m.embedders) == {"mobilefacenet_fp32", "mobilefacenet_int8", "sface_int8", "sface_fp16"}
+    for key in ("detector_short", "detector_full", "landmarks", *m.embedders):
         spec = m.spec(key)
         assert len(spec.sha256) == 64
         assert (m.root / spec.file).is_file()
-    for key in ("embedder_fp32", "embedder_int8"):
+    for key in m.embedders:
         for band in calibration_for(m, m.spec(key).sha256, "mesh5").bands:
             table = band.table
             assert table.impostor_pairs > 1_000_000
@@ -30,7 +31,7 @@ def test_altered_model_is_refused_naming_the_file(models_copy: Path) -> None:
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(ModelError, match=r"mobilefacenet_fp32\.tflite fails its checksum"):
-        load_model(load_manifest(models_copy), "embedder_fp32")
+        load_model(load_manifest(models_copy), "mobilefacenet_fp32")
 
 
 def test_truncated_and_missing_models_are_refused(models_copy: Path) -> None:
@@ -51,7 +52,7 @@ def test_malformed_manifest_is_one_clear_error(models_copy: Path) -> None:
 
 def test_calibration_table_threshold_and_rate_are_inverse() -> None:
     m = load_manifest()
-    table = calibration_for(m, m.spec("embedder_fp32").sha256, "mesh5").largest.table
+    table = calibration_for(m, m.spec("sface_int8").sha256, "mesh5").largest.table
     t = table.threshold_for(1e-4)
     assert table.fmr_at(t) == pytest.approx(1e-4, rel=0.05)
     # Stricter rate → higher threshold; past the table's end the strictest measured one.
@@ -59,13 +60,47 @@ def test_calibration_table_threshold_and_rate_are_inverse() -> None:
     assert table.threshold_for(1e-12) == table.threshold[-1]
 
 
-def test_embedder_runs_any_batch_size() -> None:
-    model = load_model(load_manifest(), "embedder_fp32")
-    x = np.random.default_rng(0).uniform(-1, 1, (4, 112, 112, 3)).astype(np.float32)
+@pytest.mark.parametrize("key", ["mobilefacenet_fp32", "sface_int8"])
+def test_embedder_runs_any_batch_size(key: str) -> None:
+    manifest = load_manifest()
+    model = load_model(manifest, key)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 112, 112, 3)).astype(np.float32)
     four = model.run(x)[0]
     one = np.concatenate([model.run(x[i : i + 1])[0] for i in range(4)])
-    assert four.shape == (4, 192)
-    np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-4)
+    assert four.shape == (4, manifest.embedder(key).dim)
+    np.testing.assert_allclose(four, one, rtol=1e-3, atol=1e-3)
+
+
+def test_embedder_spec_comes_from_the_manifest() -> None:
+    m = load_manifest()
+    sface, mfn = m.embedder("sface_int8"), m.embedder("mobilefacenet_int8")
+    assert (sface.size, sface.channels, sface.mean, sface.scale, sface.dim) == (112, "RGB", 0.0, 1.0, 128)
+    assert (mfn.size, mfn.channels, mfn.mean, mfn.scale, mfn.dim) == (112, "RGB", 127.5, 1 / 128, 192)
+    with pytest.raises(ModelError, match=r"embedder 'detector_short' is not in .*its embedders: mobilefacenet_fp32"):
+        m.embedder("detector_short")
+
+
+def test_an_embedder_entry_whose_output_disagrees_with_its_model_is_refused(models_copy: Path) -> None:
+    from edge.vision.embed import load_embedder
+
+    raw = json.loads((models_copy / "manifest.json").read_text())
+    raw["models"]["sface_int8"]["output"]["shape"] = [-1, 192]
+    (models_copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="gives 128-d vectors, its manifest entry says 192"):
+        load_embedder(load_manifest(models_copy), "sface_int8")
+
+
+def test_a_calibration_file_for_another_embedder_is_refused(models_copy: Path) -> None:
+    path = models_copy / "calibration" / "sface_int8.json"
+    raw = json.loads(path.read_text())
+    other = load_manifest(models_copy).spec("mobilefacenet_int8").sha256
+    raw["embedder_sha256"] = other
+    for table in raw["tables"]:
+        table["embedder_sha256"] = other
+    path.write_text(json.dumps(raw))
+    m = load_manifest(models_copy)
+    with pytest.raises(ModelError, match=r"sface_int8\.json holds tables measured for embedder sha256 .* another embedder"):
+        calibration_for(m, m.spec("sface_int8").sha256, "mesh5+flip")
 
 
 def test_the_calibration_covers_every_face_the_gate_admits_and_a_lower_gate_is_refused() -> None:

@@ -37,6 +37,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -76,6 +77,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+LEGACY_EMBEDDERS = {"int8": "mobilefacenet_int8", "fp32": "mobilefacenet_fp32"}
+
+
 class ModelSettings(Section):
     dir: Path | None = Field(
         None,
@@ -88,10 +92,17 @@ class ModelSettings(Section):
         False,
         description="When the main detector finds no face in a still image (enrolment, eval), try the other variant.",
     )
-    embedder: Literal["fp32", "int8"] = Field(
-        "int8",
-        description="Embedder file: 'int8' (int8 weights, 1.5 MB; the variant that keeps accuracy, see models/manifest.json) or 'fp32' (5.2 MB).",
+    embedder: str = Field(
+        "sface_int8",
+        min_length=1,
+        description="The embedder: an entry of models/manifest.json with role 'embedder'. 'sface_int8' (SFace, dynamic-range int8, the default), 'sface_fp16' (SFace, float), 'mobilefacenet_int8' or 'mobilefacenet_fp32' (MobileFaceNet: half the cost, lower recall; for the smallest CPUs). A gallery is made for one embedder (docs/models.md).",
     )
+
+    @field_validator("embedder", mode="before")
+    @classmethod
+    def _old_embedder_names(cls, value: object) -> object:
+        """'int8' and 'fp32' named MobileFaceNet's files before SFace came: they still mean them."""
+        return LEGACY_EMBEDDERS.get(value, value) if isinstance(value, str) else value
     alignment: Literal["mesh5", "keypoints4"] = Field(
         "mesh5",
         description="'mesh5': eye centres and mouth corners from the face mesh (five-point ArcFace alignment, more accurate); 'keypoints4': BlazeFace's four points only (no mesh model, faster).",

@@ -77,18 +77,61 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedderSpec:
+    """How to feed one embedder and what it gives, read from its manifest entry (``role: embedder``):
+    the input's side in pixels and channel order, the normalisation the project applies before the
+    graph (``(pixel - mean) * scale``; mean 0 and scale 1 where the graph normalises itself) and the
+    output dimension."""
+
+    key: str
+    size: int
+    channels: str  # "RGB" | "BGR"
+    mean: float
+    scale: float
+    dim: int
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """The parsed ``models/manifest.json``."""
 
     root: Path
     models: dict[str, ModelSpec]
-    raw: dict[str, Any]  # everything else it holds: calibration tables (edge.recognition.calibration), provenance
+    raw: dict[str, Any]  # everything else it holds: provenance, quantization trials
 
     def spec(self, key: str) -> ModelSpec:
         try:
             return self.models[key]
         except KeyError:
             raise ModelError(f"model '{key}' is not in {self.root / MANIFEST_NAME}") from None
+
+    @property
+    def embedders(self) -> tuple[str, ...]:
+        """The manifest entries that are embedders, in the manifest's order."""
+        return tuple(k for k, e in self.raw["models"].items() if e.get("role") == "embedder")
+
+    def embedder(self, key: str) -> EmbedderSpec:
+        """The input and output spec of embedder ``key``; a ModelError naming the embedders there are."""
+        if key not in self.embedders:
+            raise ModelError(
+                f"embedder '{key}' is not in {self.root / MANIFEST_NAME}; its embedders: {', '.join(self.embedders)}"
+            )
+        entry = self.raw["models"][key]
+        try:
+            shape, norm = entry["input"]["shape"], entry["input"]["normalisation"]
+            spec = EmbedderSpec(
+                key=key,
+                size=int(shape[1]),
+                channels=str(entry["input"]["channels"]),
+                mean=float(norm["mean"]),
+                scale=float(norm["scale"]),
+                dim=int(entry["output"]["shape"][-1]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"embedder '{key}' in {self.root / MANIFEST_NAME} is malformed: {exc!r}") from None
+        if spec.channels not in ("RGB", "BGR") or shape[1] != shape[2] or spec.scale <= 0:
+            raise ModelError(f"embedder '{key}' in {self.root / MANIFEST_NAME}: unsupported input {entry['input']}")
+        return spec
 
 
 def load_manifest(models_dir: Path | None = None) -> Manifest:

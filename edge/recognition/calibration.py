@@ -2,7 +2,8 @@
 
 A ``CalibrationTable`` says how often a stranger's face reaches a cosine score
 against one enrolled identity; it is measured offline (``models/calibrate.py``)
-on every cross-identity pair of LFW View 1 and shipped in ``models/manifest.json``.
+on every cross-identity pair of LFW View 1 and shipped beside the manifest, one file per embedder
+(``models/calibration/<embedder>.json``, bound to that embedder file's sha256).
 
 Small faces score differently from large ones (less detail, more upsampling), so
 the manifest holds one table per face-size band: a face whose box side is at least
@@ -25,14 +26,17 @@ colour templates.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edge.device.runtime import MANIFEST_NAME, Manifest
+from edge.device.runtime import Manifest
 from edge.errors import ModelError
 
 
@@ -200,21 +204,32 @@ def parse_calibrations(entries: Sequence[Mapping[str, Any]]) -> tuple[Calibratio
     return tuple(out)
 
 
+CALIBRATION_DIR = "calibration"  # beside the manifest: one file of tables per embedder, <embedder>.json
+
+
 def calibration_for(manifest: Manifest, embedder_sha256: str, pipeline: str, condition: str = "colour") -> Calibration:
-    """The score → FMR tables the manifest holds for exactly this embedder file, pipeline variant and
-    imaging condition."""
-    path = manifest.root / MANIFEST_NAME
+    """The score → FMR tables for exactly this embedder file, pipeline variant and imaging condition."""
     for cal in parsed_calibrations(manifest):
         if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline and cal.condition == condition:
             return cal
+    name = next((k for k, m in manifest.models.items() if m.sha256 == embedder_sha256), "")
+    path = manifest.root / CALIBRATION_DIR / f"{name}.json"
+    if name and path.is_file():
+        other = calibration_header(path).get("embedder_sha256", "?")
+        if other != embedder_sha256:
+            raise ModelError(
+                f"{path} holds tables measured for embedder sha256 {str(other)[:12]}…, but the manifest's "
+                f"'{name}' is {embedder_sha256[:12]}…: tables of another embedder are never used; "
+                "recalibrate with models/calibrate.py"
+            )
     raise ModelError(
-        f"{path} has no calibration table for embedder sha256 {embedder_sha256[:12]}… "
-        f"with pipeline '{pipeline}' ({condition}); rebuild the models with models/build.py"
+        f"no calibration table for embedder {name or '?'} (sha256 {embedder_sha256[:12]}…) with pipeline "
+        f"'{pipeline}' ({condition}) in {manifest.root / CALIBRATION_DIR}; measure it with models/calibrate.py"
     )
 
 
 def conditions_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> tuple[str, ...]:
-    """The imaging conditions the manifest calibrated this embedder and pipeline for."""
+    """The imaging conditions the tables cover for this embedder and pipeline."""
     found = {
         c.condition
         for c in parsed_calibrations(manifest)
@@ -223,10 +238,46 @@ def conditions_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> t
     return tuple(c for c in CONDITIONS if c in found)
 
 
+def calibration_header(path: Path) -> dict[str, Any]:
+    """A calibration file less its tables: which embedder it was measured for, how, and its validation."""
+    raw = _read_json(path)
+    return {k: v for k, v in raw.items() if k != "tables"}
+
+
+def calibration_files(manifest: Manifest) -> tuple[Path, ...]:
+    return tuple(sorted((manifest.root / CALIBRATION_DIR).glob("*.json")))
+
+
 def parsed_calibrations(manifest: Manifest) -> tuple[Calibration, ...]:
+    """Every table beside the manifest (``calibration/*.json``, each bound to its embedder's sha256), parsed
+    once per manifest."""
+    return _parsed(manifest.root, tuple((p, p.stat().st_mtime_ns) for p in calibration_files(manifest)))
+
+
+@cache
+def _parsed(root: Path, files: tuple[tuple[Path, int], ...]) -> tuple[Calibration, ...]:
+    entries: list[Mapping[str, Any]] = []
+    for path, _ in files:
+        raw = _read_json(path)
+        try:
+            sha = str(raw["embedder_sha256"])
+            for entry in raw["tables"]:
+                if str(entry["embedder_sha256"]) != sha:
+                    raise ValueError(f"a table for embedder {str(entry['embedder_sha256'])[:12]}… in a file for {sha[:12]}…")
+                entries.append({**entry, "method": entry.get("method", raw.get("method", ""))})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"calibration file {path} is malformed: {exc!r}") from None
     try:
-        return parse_calibrations(manifest.raw.get("calibration", []))
+        return parse_calibrations(entries)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ModelError(
-            f"model manifest {manifest.root / MANIFEST_NAME} has a malformed calibration: {exc!r}"
-        ) from None
+        raise ModelError(f"the calibration in {root / CALIBRATION_DIR} is malformed: {exc!r}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"calibration file {path} cannot be read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"calibration file {path} is malformed: not a JSON object")
+    return raw

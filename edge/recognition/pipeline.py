@@ -25,9 +25,6 @@ from edge.vision.landmarks import MeshRefiner, load_refiner
 from edge.vision.quality import assess
 from edge.vision.scan import Scanner
 
-EMBEDDER_KEYS = {"fp32": "embedder_fp32", "int8": "embedder_int8"}
-
-
 @dataclass(frozen=True, slots=True)
 class StillResult:
     """What a still image (an enrolment photo, an eval image) gave."""
@@ -44,9 +41,9 @@ class Recognizer:
         self.manifest = manifest or load_manifest(m.dir)
         self.detector: Detector = load_detector(self.manifest, m.detector, m.threads)
         self._other: Detector | None = None
-        key = EMBEDDER_KEYS[m.embedder]
-        self.embedder: Embedder = load_embedder(self.manifest, key, m.threads, m.flip_average)
-        self.embedder_sha256 = self.manifest.spec(key).sha256
+        self.embedder: Embedder = load_embedder(self.manifest, m.embedder, m.threads, m.flip_average)
+        self.embedder_name = m.embedder
+        self.embedder_sha256 = self.manifest.spec(m.embedder).sha256
         self.limits = settings.quality
         self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
         self.pipeline_id = pipeline_id(m)
