@@ -1,0 +1,228 @@
+"""Each safety promise pinned at its boundary (issue 28): a bug that moves a decision by the smallest
+step fails here.
+
+- the accept decision: a score equal to the threshold is accepted, the next float below it refused;
+  the margin rule likewise;
+- gallery admission: every bundle kind (full, removal, rollback) refused unsigned, signed by a key
+  the device does not trust, or altered after signing, and the gallery in force kept; a bundle of
+  the same version as the one in force refused at step ``version``;
+- K of M: a vote older than the last M views does not count;
+- removal: none of a removed person's template bytes is left in any file of the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.delivery.events import GalleryState
+from edge.device.config import GallerySettings, MatchSettings, TrackingSettings
+from edge.gallery.admit import Policy, admit
+from edge.gallery.bundle import BundleError, Identity, encode, frame
+from edge.gallery.store import GalleryStore
+from edge.gallery.sync import GallerySync
+from edge.recognition.match import Gallery, GalleryHolder, Matcher
+from edge.recognition.track import Tracker
+from edge.types import Box, Face, Match
+
+from .test_match import CAL
+
+SHA = "ab" * 32
+KEY = Ed25519PrivateKey.generate()
+FOREIGN = Ed25519PrivateKey.generate()
+POLICY = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20)
+DIM = 16
+
+
+def below(x: float) -> np.float32:
+    """The largest float32 below ``x``: the smallest step a decision can move by."""
+    return np.nextafter(np.float32(x), np.float32(-np.inf))
+
+
+def basis_gallery(n: int) -> Gallery:
+    eye = np.eye(DIM, dtype=np.float32)
+    return Gallery.build([(f"id{i}", f"Person {i}", eye[i : i + 1]) for i in range(n)], version=1)
+
+
+def probe(first: float, second: float = 0.0) -> np.ndarray:
+    """A query whose score with id0 is exactly ``first`` and with id1 exactly ``second`` (templates are the
+    unit basis, so each score is one float32 coordinate, no rounding)."""
+    q = np.zeros((1, DIM), np.float32)
+    q[0, 0], q[0, 1] = first, second
+    return q
+
+
+# -- the accept decision -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 10])
+def test_a_score_equal_to_the_threshold_is_accepted_and_the_next_float_below_refused(n: int) -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(basis_gallery(n))
+    threshold = np.float32(snap.bands[0].single[0])
+    (at,) = snap.match(probe(float(threshold)))
+    (under,) = snap.match(probe(float(below(threshold))))
+    assert at.identity_id == under.identity_id == "id0"
+    assert at.score == pytest.approx(float(threshold), abs=0) and at.accepted
+    assert under.score < at.threshold and not under.accepted
+
+
+def test_a_margin_equal_to_min_margin_is_accepted_and_the_next_float_below_refused() -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3, min_margin=0.25)).snapshot(basis_gallery(3))
+    (at,) = snap.match(probe(0.75, 0.5))  # every value exact in float32: margin 0.25
+    (under,) = snap.match(probe(0.75, float(np.nextafter(np.float32(0.5), np.float32(1)))))
+    assert at.score >= at.threshold and under.score >= under.threshold  # only the margin decides
+    assert at.margin == 0.25 and at.accepted
+    assert under.margin < 0.25 and not under.accepted
+
+
+def test_a_fused_look_is_judged_at_its_own_threshold_boundary() -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(basis_gallery(4))
+    threshold = np.float32(snap.bands[0].fused[0])
+    (at,) = snap.match(probe(float(threshold)), looks=3)
+    (under,) = snap.match(probe(float(below(threshold))), looks=3)
+    assert at.accepted and not under.accepted and at.looks == 3
+
+
+# -- gallery admission ---------------------------------------------------------------------------
+
+
+def people(n: int, seed: int = 0) -> list[Identity]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        v = rng.normal(size=(2, DIM)).astype(np.float32)
+        out.append(Identity(f"id{i}", f"Person {i}", v / np.linalg.norm(v, axis=1, keepdims=True), {}))
+    return out
+
+
+def removal_of(ids: list[str], version: int, key: Ed25519PrivateKey = KEY) -> bytes:
+    gone = [Identity(i, None, np.zeros((0, DIM), np.float32), {}) for i in ids]
+    return encode(gone, "lobby", version, SHA, key, kind="removal")
+
+
+def bundle_of_kind(kind: str, key: Ed25519PrivateKey = KEY) -> bytes:
+    """A bundle of ``kind`` that a device holding full v5 would apply if it were signed by a trusted key."""
+    if kind == "full":
+        return encode(people(3, seed=1), "lobby", 6, SHA, key)
+    if kind == "removal":
+        return removal_of(["id1"], 6, key)
+    return encode(people(2, seed=2), "lobby", 3, SHA, key, kind="rollback")
+
+
+def unsigned(data: bytes) -> bytes:
+    """The same bytes with the signature (and its key id) zeroed: what an unsigned bundle is."""
+    f = frame(data)
+    return data[: f.head_end] + bytes(f.body_start - f.head_end) + data[f.body_start :]
+
+
+def altered(data: bytes) -> bytes:
+    """One byte of the signed header changed after signing (the version digit)."""
+    at = data.index(b'"version":') + len(b'"version":')
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def make_sync(tmp_path: Path, states: list[GalleryState]) -> GallerySync:
+    holder = GalleryHolder(Matcher(CAL, MatchSettings()))
+    return GallerySync(
+        holder,
+        GalleryStore(tmp_path / "gallery", POLICY),
+        POLICY,
+        GallerySettings(max_bundle_bytes=1 << 20),
+        lambda data: states.append(GalleryState.model_validate_json(data)),
+    )
+
+
+def files_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize("kind", ["full", "removal", "rollback"])
+@pytest.mark.parametrize("fault", ["unsigned", "foreign key", "altered"])
+def test_every_bundle_kind_is_refused_unsigned_foreign_or_altered_and_the_gallery_stays(
+    tmp_path: Path, kind: str, fault: str
+) -> None:
+    states: list[GalleryState] = []
+    sync = make_sync(tmp_path, states)
+    assert sync.apply(encode(people(3), "lobby", 5, SHA, KEY))
+    before = (sync.holder.current.gallery.identity_ids, sync.version, files_bytes(tmp_path))
+    data = {
+        "unsigned": unsigned(bundle_of_kind(kind)),
+        "foreign key": bundle_of_kind(kind, FOREIGN),
+        "altered": altered(bundle_of_kind(kind)),
+    }[fault]
+    assert admit(bundle_of_kind(kind), POLICY, 5).kind == kind  # the same bundle, well signed, passes
+    assert not sync.apply(data)
+    assert states[-1].error is not None and states[-1].error.step == "signature"
+    assert (sync.holder.current.gallery.identity_ids, sync.version, files_bytes(tmp_path)) == before
+
+
+@pytest.mark.parametrize("kind", ["full", "removal"])
+def test_a_bundle_of_the_version_in_force_is_refused_at_step_version(tmp_path: Path, kind: str) -> None:
+    states: list[GalleryState] = []
+    sync = make_sync(tmp_path, states)
+    assert sync.apply(encode(people(3), "lobby", 5, SHA, KEY))
+    assert sync.apply(removal_of(["id2"], 6))
+    # A full bundle numbered like the removal would bring id2 back; a removal of the same number replays.
+    same = encode(people(3, seed=9), "lobby", 6, SHA, KEY) if kind == "full" else removal_of(["id0"], 6)
+    assert not sync.apply(same)
+    assert states[-1].error is not None and states[-1].error.step == "version"
+    assert sync.holder.current.gallery.identity_ids == ("id0", "id1")
+    assert sync.apply(encode(people(3, seed=9), "lobby", 7, SHA, KEY))  # one above applies
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_a_removal_leaves_none_of_the_removed_persons_template_bytes_on_disk(tmp_path: Path, dtype: str) -> None:
+    crowd = people(4, seed=3)
+    full = encode(crowd, "lobby", 5, SHA, KEY, dtype=dtype)  # type: ignore[arg-type]
+    sync = make_sync(tmp_path, [])
+    assert sync.apply(full)
+    removed = crowd[2]
+    # The removed person's block exactly as the bundle stores it, and every 8-byte run of it.
+    f = frame(full)
+    index = json.loads(bytes(full[f.index[0] : f.index[1]]))
+    offsets = np.cumsum([0] + [e["count"] * (DIM * 2 if dtype == "float16" else DIM + 2) for e in index])
+    block = full[f.body_start + offsets[2] : f.body_start + offsets[3]]
+    assert len(block) > 0 and block in files_bytes(tmp_path)  # before: on disk
+    assert sync.apply(removal_of([removed.id], 6))
+    on_disk = files_bytes(tmp_path)
+    pieces = [block[i : i + 8] for i in range(0, len(block) - 8, 4)]
+    left = [p for p in pieces if p in on_disk and any(p)]
+    assert not left, f"{len(left)} of {len(pieces)} 8-byte runs of the removed templates are still on disk"
+    stored = (tmp_path / "gallery" / "current.bundle").read_bytes()
+    assert not any(stored[f.body_start + offsets[2] : f.body_start + offsets[3]])  # every byte of it zeroed
+    assert sync.holder.current.gallery.identity_ids == ("id0", "id1", "id3")
+    # The others are intact on disk and still verify after a restart.
+    again = make_sync(tmp_path, [])
+    assert again.load_from_disk() and again.holder.current.gallery.identity_ids == ("id0", "id1", "id3")
+
+
+# -- K of M --------------------------------------------------------------------------------------
+
+
+def _face(x: float) -> Face:
+    return Face(Box(x, 10, x + 60, 70), np.zeros((6, 2), np.float32), 0.9)
+
+
+def _vote(accepted: bool) -> Match:
+    return Match("alice", "alice", 0.8 if accepted else 0.4, 0.3, 0.6, 1e-6, accepted)
+
+
+@pytest.mark.parametrize(("k", "m"), [(3, 5), (2, 4)])
+def test_a_vote_older_than_the_last_m_views_does_not_count(k: int, m: int) -> None:
+    """k - 1 accepting views, m - k + 1 refusing ones, then accepting views one at a time: the
+    confirmation comes only when k accepting views lie inside the last m, never counting the first ones
+    once they have left the window."""
+    tr = Tracker(TrackingSettings(confirm_k=k, confirm_m=m))
+    votes = [True] * (k - 1) + [False] * (m - k + 1) + [True] * k
+    confirmed_at = None
+    for i, ok in enumerate(votes):
+        ((track, face),) = tr.update([_face(10 + i * 0.1)], now=i * 0.03)
+        if tr.add_evidence(track, _vote(ok), 0.9, face.box, i * 0.03) is not None:
+            confirmed_at = i
+            break
+    # With a window one view too long, the first accepting views would still count one view earlier.
+    assert confirmed_at == len(votes) - 1
