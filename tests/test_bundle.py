@@ -206,3 +206,20 @@ def test_a_bundle_path_that_is_no_file_is_one_line_naming_it(
         assert main(["gallery", "inspect", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"edge: gallery bundle {tmp_path / name} {why}", err
+
+
+def test_a_bundle_for_another_embedder_is_refused_naming_both(key: Ed25519PrivateKey) -> None:
+    from edge.gallery.admit import Policy, admit
+
+    sface, mfn = "11" * 32, "22" * 32
+    policy = Policy((key.public_key(),), sface, None, 1 << 20, {sface: "sface_int8", mfn: "mobilefacenet_int8"})
+    old = encode(identities(1), "g", 3, mfn, key)  # made before bundles named their embedder: the sha says which
+    with pytest.raises(
+        BundleError, match=r"made for embedder mobilefacenet_int8 \(sha256 222222.*this device runs sface_int8"
+    ) as e:
+        admit(old, policy)
+    assert e.value.step == "model"
+    named = encode(identities(1), "g", 3, "33" * 32, key, embedder="someone_elses")
+    with pytest.raises(BundleError, match=r"made for embedder someone_elses \(sha256 333333.*runs sface_int8"):
+        admit(named, policy)
+    assert admit(encode(identities(1), "g", 3, sface, key, embedder="sface_int8"), policy).embedder_sha256 == sface

@@ -49,7 +49,8 @@ def test_same_person_above_and_different_people_below_default_threshold(
 
 
 @pytest.mark.parametrize(
-    ("float_key", "int8_key", "least"), [("mobilefacenet_fp32", "mobilefacenet_int8", 0.98), ("sface_fp16", "sface_int8", 0.995)]
+    ("float_key", "int8_key", "least"),
+    [("mobilefacenet_fp32", "mobilefacenet_int8", 0.98), ("sface_fp16", "sface_int8", 0.995)],
 )
 def test_int8_and_float_embeddings_agree(float_key: str, int8_key: str, least: float) -> None:
     fp32 = Recognizer(Settings.model_validate({"models": {"embedder": float_key}}))

@@ -99,7 +99,9 @@ def test_a_calibration_file_for_another_embedder_is_refused(models_copy: Path) -
         table["embedder_sha256"] = other
     path.write_text(json.dumps(raw))
     m = load_manifest(models_copy)
-    with pytest.raises(ModelError, match=r"sface_int8\.json holds tables measured for embedder sha256 .* another embedder"):
+    with pytest.raises(
+        ModelError, match=r"sface_int8\.json holds tables measured for embedder sha256 .* another embedder"
+    ):
         calibration_for(m, m.spec("sface_int8").sha256, "mesh5+flip")
 
 

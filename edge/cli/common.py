@@ -51,7 +51,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--threads", type=int, help="interpreter threads")
     p.add_argument("--detector", choices=["short", "full"], help="BlazeFace variant")
-    p.add_argument("--embedder", choices=["fp32", "int8"], help="embedder file")
+    p.add_argument(
+        "--embedder", metavar="NAME", help="embedder: an entry of models/manifest.json (default: the settings')"
+    )
 
 
 def parse_broker(value: str) -> tuple[str, int]:

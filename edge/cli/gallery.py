@@ -47,7 +47,15 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     identities = [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in reports if r.embeddings is not None]
     if not identities:
         raise InputError("no identity could be enrolled")
-    data = encode(identities, args.gallery_name, args.version, rec.embedder_sha256, key, dtype=args.dtype)
+    data = encode(
+        identities,
+        args.gallery_name,
+        args.version,
+        rec.embedder_sha256,
+        key,
+        dtype=args.dtype,
+        embedder=rec.embedder_name,
+    )
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(args.out)

@@ -74,6 +74,7 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         "stated_fmr": report.stated_fmr,
         "observed_fmr": report.observed_fmr,
         "impostor_pairs": report.impostor_pairs,
+        "embedder": rec.embedder_name,
         "model_sha256": rec.embedder_sha256,
         "pipeline": rec.pipeline_id,
         "detector": rec.detector.kind,
@@ -219,6 +220,7 @@ def bench_cameras(args: argparse.Namespace, rec: Any, faces: Path | None, width:
     if faces is None:
         raise InputError("bench --cameras needs --faces DIR (no test fixtures found beside the package)")
     out = cameras_bench(rec, faces, workdir(), args.cameras, width, height, args.distance, args.seconds, args.loops)
+    out["embedder"] = rec.embedder_name
     if args.json:
         print(json.dumps(out))
         return 0
@@ -247,6 +249,7 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
         args.people, args.strangers, args.distractors, args.frames, args.seed, args.cast, args.photos,
         args.scene, args.codec, args.cameras,
     )  # fmt: skip
+    out["embedder"] = rec.embedder_name
     if args.plot:
         from edge.eval.plots import recall_by_distance
 
@@ -283,6 +286,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     groups = read_groups(args.groups) if args.groups else None
     out = evaluate(rec, args.root, args.photos, args.gallery_size, args.people, args.strangers, args.condition,
                    args.seed, args.repeats, groups, args.min_photos)  # fmt: skip
+    out["embedder"] = rec.embedder_name
     if args.json:
         print(json.dumps(out))
         return 0

@@ -103,6 +103,7 @@ class ModelSettings(Section):
     def _old_embedder_names(cls, value: object) -> object:
         """'int8' and 'fp32' named MobileFaceNet's files before SFace came: they still mean them."""
         return LEGACY_EMBEDDERS.get(value, value) if isinstance(value, str) else value
+
     alignment: Literal["mesh5", "keypoints4"] = Field(
         "mesh5",
         description="'mesh5': eye centres and mouth corners from the face mesh (five-point ArcFace alignment, more accurate); 'keypoints4': BlazeFace's four points only (no mesh model, faster).",

@@ -343,7 +343,7 @@ def bundle_bench(rec: Recognizer, frame: ImageArray, identities: int = 10_000, p
     scanner = rec.scanner()
     dtypes: tuple[Literal["float16", "int8"], ...] = ("float16", "int8")
     for dtype in dtypes:
-        data = encode(people, "bench", 1, rec.embedder_sha256, key, dtype=dtype)
+        data = encode(people, "bench", 1, rec.embedder_sha256, key, dtype=dtype, embedder=rec.embedder_name)
         out[f"bundle_mb_{dtype}"] = round(len(data) / 1e6, 2)
         # Frame loop baseline, then the same loop while the bundle applies.
         base = []

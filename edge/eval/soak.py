@@ -87,7 +87,17 @@ def soak(faces: Path, minutes: float, gallery_every_s: float = 300.0, sample_s: 
                 if r.embeddings is not None
             ]
             out = work / f"{tag}.bundle"
-            out.write_bytes(encode(people, "soak", 1, rec.embedder_sha256, load_private_key(key), dtype="int8"))
+            out.write_bytes(
+                encode(
+                    people,
+                    "soak",
+                    1,
+                    rec.embedder_sha256,
+                    load_private_key(key),
+                    dtype="int8",
+                    embedder=rec.embedder_name,
+                )
+            )
             bundles.append(out)
         clip = soak_clip(faces, work)
         events = 0
@@ -175,4 +185,6 @@ def _resign(path: Path, key: Path, version: int) -> bytes:
     signed = verify_signature(path.read_bytes(), [pk.public_key()])
     header = read_header(signed)
     people = list(parse_identities(signed, header, read_index(signed)))
-    return encode(people, header.gallery, version, header.embedder_sha256, pk, dtype=header.dtype)
+    return encode(
+        people, header.gallery, version, header.embedder_sha256, pk, dtype=header.dtype, embedder=header.embedder
+    )

@@ -20,8 +20,8 @@ writing to disk, the swap) is the caller's: ``store.py`` and ``sync.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,6 +50,11 @@ class Policy:
     embedder_sha256: str
     gallery_name: str | None = None
     max_bytes: int = 64 << 20
+    embedder_names: Mapping[str, str] = field(default_factory=dict)  # sha256 → manifest name, for refusals
+
+    def embedder_named(self, sha256: str, given: str | None = None) -> str:
+        name = given or self.embedder_names.get(sha256) or "an embedder this device does not know"
+        return f"{name} (sha256 {sha256[:12]}…)"
 
 
 def admit(
@@ -67,7 +72,9 @@ def admit(
     if header.embedder_sha256 != policy.embedder_sha256:  # 5. model
         raise BundleError(
             "model",
-            f"made for embedder {header.embedder_sha256[:16]}, this device runs {policy.embedder_sha256[:16]}",
+            f"made for embedder {policy.embedder_named(header.embedder_sha256, header.embedder)}, this device runs "
+            f"{policy.embedder_named(policy.embedder_sha256)}: enrol again from the photos with this device's "
+            "embedder (docs/models.md)",
             version,
         )
     if policy.gallery_name is not None and header.gallery != policy.gallery_name:  # 6. gallery

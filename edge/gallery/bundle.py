@@ -4,7 +4,8 @@ Layout (all integers little-endian)::
 
     b"EDGEGAL1"                     magic and format version 1
     u32 header length, header       JSON: format, gallery, version, kind, created_at,
-                                    embedder_sha256, identities, embeddings, dim, dtype
+                                    embedder_sha256, embedder (its name), identities,
+                                    embeddings, dim, dtype
     u32 index length, index         JSON list: {id, label, count, meta, sha256} per identity
     32 bytes signer public key id   sha256 of the raw public key
     64 bytes Ed25519 signature      over every byte before the key id (the "head")
@@ -107,6 +108,7 @@ class Header(_Strict):
     kind: Kind
     created_at: Annotated[str, StringConstraints(max_length=64)]
     embedder_sha256: Hex64
+    embedder: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] | None = None  # its manifest name (since SFace)
     identities: int = Field(ge=0, le=10_000_000)
     embeddings: int = Field(ge=0, le=100_000_000)
     dim: int = Field(ge=1, le=MAX_DIM)
@@ -148,15 +150,18 @@ def encode(
     key: Ed25519PrivateKey,
     kind: Kind = "full",
     dtype: Dtype = "float16",
+    embedder: str | None = None,
 ) -> bytes:
-    dim = next((int(i.embeddings.shape[1]) for i in identities if i.embeddings.size), 192)
+    """A signed bundle; ``embedder`` (the manifest name of the embedder ``embedder_sha256`` is) travels in the
+    header so that a device running another one can name both in its refusal."""
+    dim = next((int(i.embeddings.shape[1]) for i in identities if i.embeddings.size), 128)
     blocks = [_block(i.embeddings.reshape(-1, dim).astype(np.float32), dtype) for i in identities]
     counts = [int(i.embeddings.reshape(-1, dim).shape[0]) for i in identities]
     header = {
         "format": 1, "gallery": gallery, "version": int(version), "kind": kind,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "embedder_sha256": embedder_sha256, "identities": len(identities), "embeddings": sum(counts),
-        "dim": dim, "dtype": dtype,
+        "embedder_sha256": embedder_sha256, **({"embedder": embedder} if embedder else {}),
+        "identities": len(identities), "embeddings": sum(counts), "dim": dim, "dtype": dtype,
     }  # fmt: skip
     index = [
         {"id": i.id, "label": i.label, "count": c, "meta": i.meta, "sha256": hashlib.sha256(blk).hexdigest()}

@@ -263,7 +263,9 @@ def _parsed(root: Path, files: tuple[tuple[Path, int], ...]) -> tuple[Calibratio
             sha = str(raw["embedder_sha256"])
             for entry in raw["tables"]:
                 if str(entry["embedder_sha256"]) != sha:
-                    raise ValueError(f"a table for embedder {str(entry['embedder_sha256'])[:12]}… in a file for {sha[:12]}…")
+                    raise ValueError(
+                        f"a table for embedder {str(entry['embedder_sha256'])[:12]}… in a file for {sha[:12]}…"
+                    )
                 entries.append({**entry, "method": entry.get("method", raw.get("method", ""))})
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"calibration file {path} is malformed: {exc!r}") from None

@@ -25,6 +25,7 @@ from edge.vision.landmarks import MeshRefiner, load_refiner
 from edge.vision.quality import assess
 from edge.vision.scan import Scanner
 
+
 @dataclass(frozen=True, slots=True)
 class StillResult:
     """What a still image (an enrolment photo, an eval image) gave."""
@@ -44,6 +45,8 @@ class Recognizer:
         self.embedder: Embedder = load_embedder(self.manifest, m.embedder, m.threads, m.flip_average)
         self.embedder_name = m.embedder
         self.embedder_sha256 = self.manifest.spec(m.embedder).sha256
+        # sha256 → name of every embedder this manifest knows (a bundle for another one is refused naming both)
+        self.embedder_names = {self.manifest.spec(k).sha256: k for k in self.manifest.embedders}
         self.limits = settings.quality
         self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
         self.pipeline_id = pipeline_id(m)

@@ -99,7 +99,9 @@ class App:
         self.link.when_connected(self._on_connected)
         self.gallery = GalleryHolder(self.rec.matcher)
         g = settings.gallery
-        self.policy = Policy(load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name, g.max_bundle_bytes)
+        self.policy = Policy(
+            load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name, g.max_bundle_bytes, self.rec.embedder_names
+        )
         self.sync: GallerySync | None = None
         if g.sync and g.name and g.trusted_keys:
             sync_worker = sup.register("gallery-sync")

@@ -43,7 +43,9 @@ class Embedder:
     def preprocess(self, crops: Sequence[ImageArray]) -> FloatArray:
         """BGR crops (the aligner's) → the model's input: its side, channel order and normalisation."""
         size = self.spec.size
-        batch = np.stack([c if c.shape[0] == size else cv2.resize(c, (size, size), cv2.INTER_AREA) for c in crops])
+        batch = np.stack(
+            [c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops]
+        )
         if self.spec.channels == "RGB":
             batch = batch[..., ::-1]
         out: FloatArray = batch.astype(np.float32)
