@@ -79,7 +79,11 @@ METHOD = (
     "other than one photo and one look continues below its own floor along the one-photo, one-look table plus "
     "the largest gap seen over its last 3 rows, or its own tail model where stricter"
 )
-DEFAULT = (Settings().models.embedder, "mesh5", True)  # what a device runs by default: validated on identity-disjoint halves
+DEFAULT = (
+    Settings().models.embedder,
+    "mesh5",
+    True,
+)  # what a device runs by default: validated on identity-disjoint halves
 
 
 def recognizer(models: Path, **m: object) -> Recognizer:
@@ -124,11 +128,18 @@ def embeddings(
     else:
         t0 = time.time()
         found, keep = crops_for(
-            recognizer(args.models, alignment=alignment, embedder=args.embedders[0]), images, band, args.seed + b, condition
+            recognizer(args.models, alignment=alignment, embedder=args.embedders[0]),
+            images,
+            band,
+            args.seed + b,
+            condition,
         )
         crops = np.stack(found) if found else np.zeros((0, 112, 112, 3), np.uint8)
         np.savez(crops_file, keep=keep, crops=crops)
-        print(f"  aligned {name}: {int(keep.sum())} of {len(images)} faces judged, {time.time() - t0:.0f}s", file=sys.stderr)
+        print(
+            f"  aligned {name}: {int(keep.sum())} of {len(images)} faces judged, {time.time() - t0:.0f}s",
+            file=sys.stderr,
+        )
     out = {}
     for embedder in args.embedders:
         vectors_file = args.cache / f"{name}-{embedder}.npz"
@@ -358,7 +369,9 @@ def main() -> None:
     ap.add_argument("--groups", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-groups" / "gender.csv")
     ap.add_argument("--models", type=Path, default=HERE, help="folder with manifest.json and calibration/")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", type=Path, default=HERE / ".work" / "calibrate", help="crops and embeddings kept between runs")
+    ap.add_argument(
+        "--cache", type=Path, default=HERE / ".work" / "calibrate", help="crops and embeddings kept between runs"
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (a quick check of the script)")
     ap.add_argument("--alignments", nargs="+", choices=ALIGNMENTS, default=list(ALIGNMENTS))
     ap.add_argument(

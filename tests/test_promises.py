@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.delivery.events import GalleryState
 from edge.device.config import GallerySettings, MatchSettings, TrackingSettings
 from edge.gallery.admit import Policy, admit
-from edge.gallery.bundle import BundleError, Identity, encode, frame
+from edge.gallery.bundle import Identity, encode, frame
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
