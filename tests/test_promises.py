@@ -13,14 +13,21 @@ step fails here.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.delivery.broker import LocalBroker, free_port
 from edge.delivery.events import GalleryState
-from edge.device.config import GallerySettings, MatchSettings, TrackingSettings
+from edge.delivery.mqtt import MqttLink, Topics
+from edge.delivery.outbox import Outbox
+from edge.device.config import GallerySettings, MatchSettings, TrackingSettings, load_settings
 from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import Identity, encode, frame
 from edge.gallery.store import GalleryStore
@@ -226,3 +233,38 @@ def test_a_vote_older_than_the_last_m_views_does_not_count(k: int, m: int) -> No
             break
     # With a window one view too long, the first accepting views would still count one view earlier.
     assert confirmed_at == len(votes) - 1
+
+
+# -- delivery ------------------------------------------------------------------------------------
+
+
+def test_an_event_in_flight_when_the_broker_dies_is_kept_and_delivered_after_the_restart(tmp_path: Path) -> None:
+    """Sent, not acknowledged (the broker frozen before its PUBACK), then the broker killed: the outbox still
+    holds the row, and once a broker listens again the event reaches it and only then leaves the outbox."""
+    port = free_port()
+    first = LocalBroker(port=port).start()
+    second = LocalBroker(port=port, extra="log_type all\n")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    stop = threading.Event()
+    settings = load_settings(environ={}, overrides={"mqtt": {"host": first.host, "port": port}})
+    link = MqttLink(settings.mqtt, Topics("edge", "door"), box, stop)
+    try:
+        link.start()
+        assert link.connected.wait(10)
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGSTOP)  # alive, reading nothing, acknowledging nothing
+        seq = box.put("edge/door/match", b'{"event_id": "in-flight-1"}')
+        link.notify()
+        assert link.wait(lambda: link.in_flight == 1, 10), "the event was never handed to the MQTT library"
+        assert [r.seq for r in box.pending()] == [seq]  # handed over is not delivered: the row stays
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait()
+        second.start()
+        assert link.wait(lambda: box.depth() == 0, 30), "the event in flight was not delivered after the restart"
+        assert re.search(r"Received PUBLISH from \S+ \(d\d, q1, r0, m\d+, 'edge/door/match'", second.log.read_text())
+    finally:
+        stop.set()
+        link.close(None)
+        box.close()
+        for b in (first, second):
+            b.__exit__(None)

@@ -221,6 +221,11 @@ class MqttLink:
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
     @property
+    def in_flight(self) -> int:
+        """Outbox rows handed to the MQTT library and not yet acknowledged by the broker (a snapshot)."""
+        return len(self._inflight)
+
+    @property
     def threads(self) -> tuple[threading.Thread, threading.Thread]:
         return self._net_thread, self._pump
 
