@@ -33,6 +33,7 @@ from edge.gallery.bundle import Identity, encode, frame
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
+from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Tracker
 from edge.types import Box, Face, Match
 
@@ -268,3 +269,49 @@ def test_an_event_in_flight_when_the_broker_dies_is_kept_and_delivered_after_the
         box.close()
         for b in (first, second):
             b.__exit__(None)
+
+
+# -- the audit log -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_each_confirmed_event_is_on_the_audit_log_chained_before_it_reaches_the_outbox(
+    tmp_path: Path, recognizer: Recognizer
+) -> None:
+    """The device service on the demo clip (real frames, real models, its own broker): at the moment each
+    event is written to the outbox, its record is already on the audit log and the log verifies."""
+    from edge.delivery.audit import records_since, verify
+    from edge.service.demo import build_assets
+
+    from .conftest import FACES
+    from .test_reliability import RunningApp
+
+    assets = build_assets(FACES, tmp_path / "demo")
+    state = tmp_path / "state"
+    seen_at_put: list[tuple[str, bool, bool]] = []
+    with LocalBroker() as broker:
+        settings = load_settings(
+            environ={},
+            overrides={
+                "source": {"uri": str(assets.clip), "at_end": "exit", "rate": "fast"},
+                "device": {"id": "audited", "state_dir": str(state)},
+                "mqtt": {"host": broker.host, "port": broker.port},
+                "gallery": {"path": str(assets.gallery)},
+            },
+        )
+        running = RunningApp(settings, recognizer)
+        app = running.app
+        put = app.outbox.put
+
+        def spied_put(topic: str, payload: bytes, now: float | None = None) -> int:
+            if topic.endswith("/events/match"):
+                event_id = json.loads(payload)["event_id"]
+                on_record = [r["data"].get("event_id") for r in records_since(state / "audit")]
+                seen_at_put.append((event_id, event_id in on_record, verify(state / "audit").ok))
+            return put(topic, payload, now)
+
+        app.outbox.put = spied_put  # type: ignore[method-assign]
+        assert running.ended(180), "the run did not end at the end of the clip"
+    assert running.result is not None and running.result.exit_code == 0
+    assert len(seen_at_put) >= len(assets.enrolled), seen_at_put
+    assert all(on_record and chained for _, on_record, chained in seen_at_put), seen_at_put

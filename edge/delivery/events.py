@@ -128,6 +128,9 @@ class Status(Payload):
         description="True in the last will: the broker published this because the connection was lost, at a time the device could not know.",
     )
     version: str = Field("", description="Software version.")
+    embedder: str | None = Field(
+        None, description="The embedder this device runs (its manifest name): galleries must be made for it."
+    )
     uptime_s: float = Field(0.0, description="Seconds since the service started.")
     camera: str = Field(
         "",

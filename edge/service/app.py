@@ -216,7 +216,7 @@ class App:
             log.warning("status: %s", exc)
             depth, dropped = -1, -1
         return Status(
-            device_id=self.topics.device_id, state=state, version=__version__,
+            device_id=self.topics.device_id, state=state, version=__version__, embedder=self.rec.embedder_name,
             uptime_s=round(now - self.started, 1), camera=camera_state, camera_error=camera_error,
             cameras={c.id: CameraStatus(state=c.state, error=c.error, fps=c.fps, dropped_frames=c.dropped_frames)
                      for c in cameras},
