@@ -315,3 +315,32 @@ def test_each_confirmed_event_is_on_the_audit_log_chained_before_it_reaches_the_
     assert running.result is not None and running.result.exit_code == 0
     assert len(seen_at_put) >= len(assets.enrolled), seen_at_put
     assert all(on_record and chained for _, on_record, chained in seen_at_put), seen_at_put
+
+
+# -- cameras take turns --------------------------------------------------------------------------
+
+
+def test_cameras_take_turns_so_none_is_always_first_and_one_with_nothing_new_is_passed_over() -> None:
+    """docs/cameras.md: each round takes the newest frame of every camera that has one, the order turning
+    round so none is always first."""
+    from types import SimpleNamespace
+
+    from edge.capture.reader import FrameHub, LatestFrame
+    from edge.service.camera import FrameLoop
+    from edge.types import Frame
+
+    hub = FrameHub()
+    cams = [SimpleNamespace(id=name, slot=LatestFrame(hub)) for name in ("door", "gate", "yard")]
+    loop = FrameLoop(cams, hub)  # type: ignore[arg-type]
+    never = threading.Event()
+    image = np.zeros((8, 8, 3), np.uint8)
+    orders = []
+    for rnd in range(6):
+        for cam in cams:
+            if not (cam.id == "gate" and rnd == 4):  # gate has nothing new in round 4
+                cam.slot.put(Frame(image, rnd, float(rnd)), wait_until_taken=False, stop=never)
+        orders.append([cam.id for cam, _ in loop._take()])
+    assert [o[0] for o in orders] == ["door", "gate", "yard", "door", "yard", "yard"]
+    assert orders[4] == ["yard", "door"]  # gate passed over, the turn still moves on
+    assert all(sorted(o) == ["door", "gate", "yard"] for i, o in enumerate(orders) if i != 4)
+    assert all(cam.slot.dropped == 0 for cam in cams)  # every frame put was taken
