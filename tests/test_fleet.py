@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from edge.cli import main
 from edge.delivery.broker import LocalBroker
+from edge.device.config import load_settings
 
 from .support import Collector, Service
 
@@ -185,7 +187,16 @@ def test_two_sites_bridged_to_a_central_broker_get_the_gallery_and_lose_no_event
                 logged = set(logged_events(d.text()))
                 assert len(logged) >= 8  # several plays of the clip's four enrolled people
                 assert watch.wait_until(lambda s=s, logged=logged: logged <= received(watch, s), 30), s
-                assert received(watch, s) == logged  # every event it confirmed reached central, once each
+                # Counted by event id, not compared as sets: a duplicate would be invisible in a set.
+                deliveries = Counter(str(e["event_id"]) for e in watch.on(f"door-{s}/events"))
+                assert set(deliveries) == logged  # every event it confirmed reached central
+                duplicates = sum(n - 1 for n in deliveries.values())
+                if s == "south":
+                    assert duplicates == 0  # no restart on its path: exactly once
+                else:
+                    # At-least-once over the restart (consumers deduplicate by event_id, docs/mqtt.md):
+                    # only what was in flight when the site broker went can arrive twice.
+                    assert duplicates <= load_settings(environ={}).mqtt.max_inflight
             capsys.readouterr()
             assert main(["fleet", "status", "--broker", f"{central.host}:{central.port}", "--json"]) == 0
             rows = {r["device_id"]: r for r in json.loads(capsys.readouterr().out)}
