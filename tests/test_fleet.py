@@ -65,11 +65,14 @@ def test_fleet_status_shows_online_stopped_and_lost_devices(
 
 @pytest.mark.slow
 def test_fleet_simulate_brings_a_bundle_to_every_device(capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
     assert main(["fleet", "simulate", "--devices", "12", "--processes", "2", "--heartbeat", "1",
                  "--identities", "20", "--json"]) == 0  # fmt: skip
+    took = time.monotonic() - started
     out = json.loads(capsys.readouterr().out)
     assert out["all_on_new_version"] and out["devices_on_new_version"] == 12
-    assert 0 < out["seconds_until_every_device_reports_it"] < 60
+    # Measured inside the run it reports on: positive and within the command's own wall time.
+    assert 0 < out["seconds_until_every_device_reports_it"] <= took
     assert out["broker_peak_rss_mb"] > 0 and len(out["simulator_peak_rss_mb_per_process"]) == 2
     assert out["per_device_bytes_per_s_at_rest"] > 100  # a status heartbeat a second
     assert out["per_device_bytes_per_gallery_update"] > out["bundle_bytes"]
