@@ -223,3 +223,13 @@ def test_a_bundle_for_another_embedder_is_refused_naming_both(key: Ed25519Privat
     with pytest.raises(BundleError, match=r"made for embedder someone_elses \(sha256 333333.*runs sface_int8"):
         admit(named, policy)
     assert admit(encode(identities(1), "g", 3, sface, key, embedder="sface_int8"), policy).embedder_sha256 == sface
+
+
+def test_a_bundle_for_this_embedder_but_of_another_dimension_is_refused(key: Ed25519PrivateKey) -> None:
+    from edge.gallery.admit import Policy, admit
+
+    policy = Policy((key.public_key(),), SHA, None, 1 << 20, {}, 128)
+    with pytest.raises(BundleError, match="templates of 192 dimensions, this device's embedder gives 128") as e:
+        admit(encode(identities(1), "g", 3, SHA, key), policy)  # signed, the right sha, 192-d rows
+    assert e.value.step == "model"
+    assert admit(encode(identities(0), "g", 4, SHA, key), policy).identities == ()  # an empty gallery has no rows

@@ -51,6 +51,7 @@ class Policy:
     gallery_name: str | None = None
     max_bytes: int = 64 << 20
     embedder_names: Mapping[str, str] = field(default_factory=dict)  # sha256 → manifest name, for refusals
+    embedder_dim: int | None = None  # the device's template dimension (None: not checked)
 
     def embedder_named(self, sha256: str, given: str | None = None) -> str:
         name = given or self.embedder_names.get(sha256) or "an embedder this device does not know"
@@ -75,6 +76,12 @@ def admit(
             f"made for embedder {policy.embedder_named(header.embedder_sha256, header.embedder)}, this device runs "
             f"{policy.embedder_named(policy.embedder_sha256)}: enrol again from the photos with this device's "
             "embedder (docs/models.md)",
+            version,
+        )
+    if policy.embedder_dim is not None and header.identities and header.dim != policy.embedder_dim:
+        raise BundleError(
+            "model",
+            f"templates of {header.dim} dimensions, this device's embedder gives {policy.embedder_dim}",
             version,
         )
     if policy.gallery_name is not None and header.gallery != policy.gallery_name:  # 6. gallery

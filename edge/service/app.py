@@ -100,7 +100,12 @@ class App:
         self.gallery = GalleryHolder(self.rec.matcher)
         g = settings.gallery
         self.policy = Policy(
-            load_trusted(g.trusted_keys), self.rec.embedder_sha256, g.name, g.max_bundle_bytes, self.rec.embedder_names
+            load_trusted(g.trusted_keys),
+            self.rec.embedder_sha256,
+            g.name,
+            g.max_bundle_bytes,
+            self.rec.embedder_names,
+            self.rec.embedder.dim,
         )
         self.sync: GallerySync | None = None
         if g.sync and g.name and g.trusted_keys:

@@ -58,7 +58,9 @@ def load_gallery(rec: Recognizer, path: Path, trusted: Sequence[Ed25519PublicKey
         raise InputError(f"--gallery {path}: no such folder or bundle")
     if not trusted:
         raise InputError(f"--gallery {path} is a signed bundle: give the key that signed it with --trusted-key")
-    bundle, _ = load_bundle_file(path, Policy(tuple(trusted), rec.embedder_sha256, None, 1 << 30, rec.embedder_names))
+    bundle, _ = load_bundle_file(
+        path, Policy(tuple(trusted), rec.embedder_sha256, None, 1 << 30, rec.embedder_names, rec.embedder.dim)
+    )
     return to_gallery(bundle)
 
 
