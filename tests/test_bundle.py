@@ -233,3 +233,18 @@ def test_a_bundle_for_this_embedder_but_of_another_dimension_is_refused(key: Ed2
         admit(encode(identities(1), "g", 3, SHA, key), policy)  # signed, the right sha, 192-d rows
     assert e.value.step == "model"
     assert admit(encode(identities(0), "g", 4, SHA, key), policy).identities == ()  # an empty gallery has no rows
+
+
+def test_keygen_refuses_a_private_key_inside_a_git_work_tree_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / "sub").mkdir()
+    assert main(["gallery", "keygen", "--out", str(checkout / "sub" / "owner.pem")]) == 2
+    err = capsys.readouterr().err
+    assert "inside the git work tree" in err and str(checkout) in err and "--force" in err
+    assert not (checkout / "sub" / "owner.pem").exists()
+    assert main(["gallery", "keygen", "--out", str(checkout / "owner.pem"), "--force"]) == 0
+    assert (checkout / "owner.pem").stat().st_mode & 0o777 == 0o600
+    assert main(["gallery", "keygen", "--out", str(tmp_path / "owner.pem")]) == 0  # outside: as before

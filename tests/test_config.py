@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.device.config import Settings, load_settings, secret_values
+from edge.device.config import Settings, default_state_dir, load_settings, secret_values
 from edge.errors import InputError
 
 
@@ -122,7 +122,34 @@ def test_env_errors_name_the_variable_and_unrelated_edge_variables_are_ignored()
     with pytest.raises(InputError, match=r"EDGE_MACTH__X: no settings section 'macth'"):
         load_settings(environ={"EDGE_MACTH__X": "1"})
     # The project's own variables (./run's EDGE_EXTRAS) and EDGE_CONFIG are not settings.
-    assert load_settings(environ={"EDGE_EXTRAS": "test", "EDGE_CONFIG": "/x"}).device.state_dir == Path("var")
+    assert load_settings(environ={"EDGE_EXTRAS": "test", "EDGE_CONFIG": "/x"}).device.state_dir == default_state_dir()
+
+
+def test_unknown_keys_and_sections_get_a_did_you_mean(tmp_path: Path) -> None:
+    with pytest.raises(
+        InputError, match=r"match\.max_false_match_rat: unknown key \(did you mean 'max_false_match_rate'\?\)"
+    ):
+        load_settings(environ={"EDGE_MATCH__MAX_FALSE_MATCH_RAT": "1e-5"})
+    with pytest.raises(InputError, match=r"no settings section 'macth' \(did you mean 'match'\?\)"):
+        load_settings(environ={"EDGE_MACTH__X": "1"})
+    toml = tmp_path / "edge.toml"
+    toml.write_text("[tracking]\nconfirm_kk = 3\n[[cameras]]\nid = 'door'\nsource = '0'\nfsp = 25\n")
+    with pytest.raises(InputError) as exc:
+        load_settings(toml, environ={})
+    assert "tracking.confirm_kk = 3: unknown key (did you mean 'confirm_k'?)" in str(exc.value)
+    assert "cameras.0.fsp = 25: unknown key (did you mean 'fps'?)" in str(exc.value)
+    toml.write_text("[tracking]\nzzzz = 3\n")
+    with pytest.raises(InputError, match=r"tracking\.zzzz = 3: unknown key$"):  # nothing close: no guess
+        load_settings(toml, environ={})
+
+
+def test_the_state_dir_is_the_users_state_folder_never_the_current_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert load_settings(environ={}).device.state_dir == tmp_path / "xdg" / "edge"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert load_settings(environ={}).device.state_dir == Path.home() / ".local" / "state" / "edge"
 
 
 def test_backoff_and_retry_orders_are_checked() -> None:

@@ -134,11 +134,29 @@ def broker_settings(args: argparse.Namespace) -> MqttSettings:
     return settings.mqtt
 
 
+def work_tree_of(path: Path) -> Path | None:
+    """The git work tree a path would be written into, if any."""
+    for folder in path.expanduser().resolve().parents:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def refuse_in_work_tree(out: Path, force: bool) -> None:
+    top = work_tree_of(out)
+    if top is not None and not force:
+        raise InputError(
+            f"--out {out}: inside the git work tree {top}, a private signing key is one 'git add' away from being "
+            "published; write it outside (e.g. ~/.config/edge/owner.pem) or pass --force"
+        )
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.gallery import bundle as b
     from edge.gallery.admit import verify_bundle
 
     if args.gallery_command == "keygen":
+        refuse_in_work_tree(args.out, args.force)
         pub = b.generate_key(args.out)
         print(Path(f"{args.out}.pub").read_text(), end="")
         print(
@@ -162,7 +180,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
-    """The header as written; with --pubkey, verified, and the enrolment report of its identities."""
+    """The header as written; with --trusted-key, verified, and the enrolment report of its identities."""
     from edge.gallery import bundle as b
     from edge.gallery.admit import to_gallery, verify_bundle
     from edge.gallery.report import check_gallery, format_checks
@@ -175,7 +193,8 @@ def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
         print(json.dumps(header, indent=2))
         if not args.json:
             print(
-                "(give --pubkey for the signature check and the report on each identity's templates)", file=sys.stderr
+                "(give --trusted-key for the signature check and the report on each identity's templates)",
+                file=sys.stderr,
             )
         return 0
     bundle = verify_bundle(
@@ -224,17 +243,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     kg = gal.add_parser("keygen", help="new Ed25519 signing key (private 0600, public beside it)")
     kg.add_argument("--out", type=Path, required=True)
+    kg.add_argument(
+        "--force", action="store_true", help="write the private key even inside a git work tree (it is refused there)"
+    )
     ins = gal.add_parser(
         "inspect",
-        help="print a bundle's header; with --pubkey, verified, and how well each identity will be recognised",
+        help="print a bundle's header; with --trusted-key, verified, and how well each identity will be recognised",
     )
     ins.add_argument("bundle", type=Path)
-    ins.add_argument("--pubkey", type=Path, help="the signer's public key: verify, and report on every identity")
+    ins.add_argument(
+        "--trusted-key", "--pubkey", dest="pubkey", type=Path,
+        help="the signer's public key: verify, and report on every identity",
+    )  # fmt: skip
     ins.add_argument("--config", type=Path, help="settings (models, match rate) of the devices the bundle is for")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ver = gal.add_parser("verify", help="verify a bundle's signature and structure")
     ver.add_argument("bundle", type=Path)
-    ver.add_argument("--pubkey", type=Path, required=True)
+    ver.add_argument(
+        "--trusted-key", "--pubkey", dest="pubkey", type=Path, required=True, help="the signer's public key"
+    )
     pub = gal.add_parser("publish", help="publish a bundle (retained on the fleet topic, or to one device)")
     pub.add_argument("bundle", type=Path)
     pub.add_argument("--broker", help="HOST:PORT (default: [mqtt] host and port of --config)")

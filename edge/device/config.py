@@ -18,6 +18,7 @@ in ``edge config check --show`` or in any log line (see ``edge.device.redact``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
@@ -193,9 +194,16 @@ class DeviceSettings(Section):
         description="Device id: MQTT client id and topic level. Default: the host name.",
     )
     state_dir: Path = Field(
-        Path("var"),
-        description="Writable folder for the outbox and the applied gallery (systemd: /var/lib/edge-recognizer).",
+        default_factory=lambda: default_state_dir(),
+        description="Writable folder for the outbox, the applied gallery, the audit log and the device key. Default: $XDG_STATE_HOME/edge (~/.local/state/edge); under systemd /var/lib/edge-recognizer.",
     )
+
+
+def default_state_dir() -> Path:
+    """Where a device keeps its state when no one says: the user's state folder (XDG), never the folder the
+    command was started in."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge"
 
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,31}$"
@@ -449,7 +457,8 @@ class Settings(Section):
     detection: DetectionSettings = Field(DetectionSettings(), description="How each frame is scanned for faces.")
     quality: QualitySettings = Field(QualitySettings(), description="Quality gate applied before embedding.")
     match: MatchSettings = Field(MatchSettings(), description="Matching and the false-match-rate target.")
-    device: DeviceSettings = Field(DeviceSettings(), description="Identity and storage of this device.")
+    # The device's defaults (host name, the user's state folder) are read when settings are made, not at import.
+    device: DeviceSettings = Field(default_factory=DeviceSettings, description="Identity and storage of this device.")
     source: SourceSettings = Field(SourceSettings(), description="Where frames come from.")
     mqtt: MqttSettings = Field(MqttSettings(), description="Broker connection and topics.")
     outbox: OutboxSettings = Field(OutboxSettings(), description="Durable event queue.")
@@ -498,6 +507,27 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _keys_at(loc: tuple[str, ...]) -> list[str]:
+    """The valid keys of the table at ``loc`` (a section, or an entry of a list of tables)."""
+    model: Any = Settings
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _unwrap_optional(field.annotation)
+        if typing.get_origin(model) in (list, tuple):
+            model = typing.get_args(model)[0]
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
 def _is_structured(annotation: Any) -> bool:
     """Lists, tables and models are given as JSON in the environment; scalars as they are."""
     base = _unwrap_optional(annotation)
@@ -520,8 +550,8 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
         section, key = path
         if section not in sections:
             raise InputError(
-                f"config error in environment variable {var}: no settings section '{section}' "
-                f"(sections: {', '.join(sections)})"
+                f"config error in environment variable {var}: no settings section '{section}'"
+                f"{did_you_mean(section, sections)} (sections: {', '.join(sections)})"
             )
         model = _unwrap_optional(sections[section].annotation)
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -531,7 +561,9 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
             )
         fields = model.model_fields
         if key not in fields:
-            raise InputError(f"config error in environment variable {var}: {section}.{key}: unknown key")
+            raise InputError(
+                f"config error in environment variable {var}: {section}.{key}: unknown key{did_you_mean(key, fields)}"
+            )
         annotation = fields[key].annotation
         value: Any = raw
         if raw == "" and type(None) in typing.get_args(annotation):
@@ -591,7 +623,7 @@ def format_errors(exc: ValidationError, source: str, origin: Mapping[tuple[str, 
         shown = "" if err["type"] == "missing" else _shown(loc, err.get("input"))
         reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            reason = "unknown key"
+            reason = "unknown key" + did_you_mean(loc[-1], _keys_at(loc[:-1]))
         lines.append(f"config error in {where}: {key}{shown}: {reason}")
     return "\n".join(lines)
 
