@@ -277,3 +277,18 @@ def test_several_cameras_each_with_what_it_overrides_and_the_rest_from_the_devic
     both = write(tmp_path, "[source]\nuri = '0'\n[[cameras]]\nid = 'a'\nsource = '1'\n")
     with pytest.raises(InputError, match=r"\[source\] uri and \[\[cameras\]\] both name cameras"):
         load_settings(both, environ={})
+
+
+def test_journald_priorities_only_when_stderr_is_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    from edge.device.logs import stderr_is_journal
+
+    with open(tmp_path / "stderr", "w") as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        st = os.fstat(stream.fileno())
+        assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})  # another stream: inherited
+        assert not stderr_is_journal({})  # a pipe or file that is not the journal: plain lines
+        assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"})

@@ -174,11 +174,15 @@ def test_signed_bundle_gallery_events_carry_its_version(
     assert bad.wait_exit(60) == 2 and "not trusted" in bad.text()
 
 
-def test_a_file_source_that_cannot_be_opened_ends_an_exit_at_end_run(broker: LocalBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("at_end", [["--exit-at-end"], []], ids=["exit-at-end", "default"])
+def test_a_missing_file_source_is_a_configuration_error_at_start(
+    broker: LocalBroker, tmp_path: Path, at_end: list[str]
+) -> None:
+    """A path that does not exist is not retried (a camera or stream is): one line, exit 2, either way."""
     proc = service(["--source", str(tmp_path / "missing.mp4"), "--broker", f"{broker.host}:{broker.port}",
-                    "--exit-at-end"], tmp_path)  # fmt: skip
+                    *at_end], tmp_path)  # fmt: skip
     assert proc.wait_exit(60) == 2
-    assert "missing.mp4: no such file" in proc.text() and "retrying" not in proc.text()
+    assert "missing.mp4: no such file or folder" in proc.text() and "retrying" not in proc.text()
 
 
 # -- TLS, credentials, secrets -----------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.device.redact import redact_url
-from edge.errors import EdgeError, ImageError
+from edge.errors import EdgeError, ImageError, InputError
 from edge.types import ImageArray
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,22 @@ class Picamera2Source:
         if self._cam is not None:
             self._cam.close()
             self._cam = None
+
+
+def is_retried(spec: str) -> bool:
+    """A camera index or device, a stream URL, the Pi camera: things that come and go, retried with back-off.
+    Anything else names a file or folder."""
+    return spec == "picamera2" or spec.isdigit() or spec.startswith("/dev/video") or bool(re.match(r"^[a-z]+://", spec))
+
+
+def check_at_start(spec: str) -> None:
+    """A file or folder source that does not exist when the device starts is a configuration error (one
+    line, exit 2); cameras and streams are retried instead."""
+    if not is_retried(spec) and not Path(spec).exists():
+        raise InputError(
+            f"source {redact_url(spec)}: no such file or folder (a file source must exist when the device starts; "
+            "a camera index, device or stream URL is retried)"
+        )
 
 
 def open_source(spec: str, fps: float = 30.0, width: int = 0, height: int = 0) -> FrameSource:

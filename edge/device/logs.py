@@ -1,8 +1,9 @@
 """Logging set-up: journald priorities, and no secret in any record.
 
 Under systemd, stderr goes to the journal, which reads a leading ``<N>`` as the
-syslog priority (0 emerg … 7 debug), so ``journalctl -p warning`` works. On a
-terminal, plain timestamps and level names.
+syslog priority (0 emerg … 7 debug), so ``journalctl -p warning`` works. The journal
+is recognised as systemd documents it (``JOURNAL_STREAM`` names the device and inode
+of stderr); anywhere else (a terminal, a pipe, a file) plain timestamps and level names.
 
 Secrets are typed as secrets in the settings and URLs are printed redacted; as a
 last line of defence every record's final text is scrubbed of the secret values
@@ -13,8 +14,10 @@ library wrote it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+from collections.abc import Mapping
 
 from edge.device.redact import scrub
 
@@ -61,9 +64,21 @@ def protect(*values: str | None) -> None:
                 _secrets.append(v)
 
 
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """True when stderr is the journal's stream: ``JOURNAL_STREAM`` (set by systemd) is its device:inode."""
+    dev, _, ino = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
 def setup_logging(verbose: bool = False, journal: bool | None = None) -> None:
-    """Root handler on stderr: journald format when not on a terminal (``journal`` overrides)."""
-    use_journal = not sys.stderr.isatty() if journal is None else journal
+    """Root handler on stderr: journald format when stderr is the journal (``journal`` overrides)."""
+    use_journal = stderr_is_journal() if journal is None else journal
     inner = (
         JournalFormatter("%(name)s: %(message)s")
         if use_journal

@@ -6,9 +6,15 @@ maintained LiteRT package) and, where only that is installed, ``tflite_runtime``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,6 +26,30 @@ import numpy.typing as npt
 from edge.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
+log = logging.getLogger(__name__)
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def runtime_chatter_to_debug() -> Iterator[None]:
+    """What the TFLite runtime's C++ code prints to the process's stderr while a model loads ("INFO: Created
+    TensorFlow Lite XNNPACK delegate for CPU.") goes to this module's logger at debug level instead: a
+    terminal shows only the project's own lines. File descriptor 2 is pointed at a temporary file for the
+    duration (model loading happens at start-up); what landed there is logged afterwards."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("runtime: %s", line)
 
 
 class Interpreter(Protocol):
@@ -185,8 +215,9 @@ class TFLiteModel:
         self.sha256 = sha256
         content = read_verified(path, sha256)
         try:
-            self._it = interpreter_factory()(model_content=content, num_threads=threads)
-            self._it.allocate_tensors()
+            with runtime_chatter_to_debug():
+                self._it = interpreter_factory()(model_content=content, num_threads=threads)
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model file {path} does not load: {exc}") from None
         inp = self._it.get_input_details()[0]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge.capture import CaptureThread, FrameHub, LatestFrame, open_source
+from edge.capture.sources import check_at_start
 from edge.device.config import Camera as CameraConfig
 from edge.device.config import TrackingSettings
 from edge.device.health import Stats
@@ -74,6 +75,7 @@ class Camera:
         rec.check_gate(spec.quality, "quality.min_face_px" if single else f"cameras.{spec.id}.quality.min_face_px")
         self.slot = LatestFrame(hub)
         src = spec.source
+        check_at_start(src.uri)
         # The one camera keeps the worker name it always had; of several, each is named.
         self.worker: Worker = supervisor.register("capture" if single else f"capture:{spec.id}", group=CAMERAS)
         self.capture = CaptureThread(
