@@ -344,3 +344,27 @@ def test_cameras_take_turns_so_none_is_always_first_and_one_with_nothing_new_is_
     assert orders[4] == ["yard", "door"]  # gate passed over, the turn still moves on
     assert all(sorted(o) == ["door", "gate", "yard"] for i, o in enumerate(orders) if i != 4)
     assert all(cam.slot.dropped == 0 for cam in cams)  # every frame put was taken
+
+
+def test_a_stored_gallery_of_another_embedder_is_kept_unused_and_the_next_bundle_applies(tmp_path: Path) -> None:
+    """After a device changes embedder its stored gallery is not damage: it starts without one, says why
+    (step model, both embedders named), keeps the file, and applies the next bundle made for it."""
+    old_policy = Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, {"cd" * 32: "mobilefacenet_int8"})
+    old = GallerySync(
+        GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(tmp_path / "gallery", old_policy), old_policy,
+        GallerySettings(), lambda data: None,
+    )  # fmt: skip
+    assert old.apply(encode(people(2), "lobby", 7, "cd" * 32, KEY, embedder="mobilefacenet_int8"))
+    stored = files_bytes(tmp_path)
+    policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, {SHA: "sface_int8"})
+    states: list[GalleryState] = []
+    new = GallerySync(
+        GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(tmp_path / "gallery", policy), policy,
+        GallerySettings(), lambda data: states.append(GalleryState.model_validate_json(data)),
+    )  # fmt: skip
+    assert not new.load_from_disk()
+    assert new.last_error is not None and new.last_error.step == "model"
+    assert "mobilefacenet_int8" in new.last_error.reason and "sface_int8" in new.last_error.reason
+    assert len(new.holder.current) == 0 and files_bytes(tmp_path) == stored  # nothing used, nothing lost
+    assert new.apply(encode(people(3), "lobby", 1, SHA, KEY, embedder="sface_int8"))
+    assert new.holder.current.gallery.identity_ids == ("id0", "id1", "id2")

@@ -60,6 +60,15 @@ def head_digest(data: Buffer) -> bytes | None:
         return None
 
 
+class StoredForAnotherEmbedder(InputError):
+    """The stored gallery is intact but was made for another embedder (the device's models changed): not
+    damage. The device starts without a gallery and waits for one made for its embedder."""
+
+    def __init__(self, path: Path, exc: BundleError) -> None:
+        super().__init__(f"stored gallery {path}: {exc.reason}")
+        self.error = exc
+
+
 @dataclass(frozen=True)
 class Applied:
     """The gallery in force."""
@@ -102,6 +111,8 @@ class GalleryStore:
         try:
             return admit(path.read_bytes(), self.policy, redacted=redacted)
         except BundleError as exc:
+            if exc.step == "model":
+                raise StoredForAnotherEmbedder(path, exc) from None
             raise InputError(f"stored gallery {path}: {exc}; restore it or delete it to start without") from None
         except OSError as exc:
             raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None

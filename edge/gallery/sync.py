@@ -37,7 +37,7 @@ from edge.device.supervisor import Worker
 from edge.gallery.admit import Policy, admit, expired, to_gallery
 from edge.gallery.bundle import Buffer, Bundle, BundleError
 from edge.gallery.chunks import Assembler, base_topic
-from edge.gallery.store import Applied, GalleryStore, head_digest
+from edge.gallery.store import Applied, GalleryStore, StoredForAnotherEmbedder, head_digest
 from edge.recognition.match import GalleryHolder
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,14 @@ class GallerySync:
 
     # -- start-up ----------------------------------------------------------------------
     def load_from_disk(self) -> bool:
-        """The last applied gallery, verified again (a damaged one stops start-up, naming the file)."""
-        applied = self.store.load()
+        """The last applied gallery, verified again (a damaged one stops start-up, naming the file; one made
+        for another embedder is kept on disk, not used: the device waits for a bundle for its own)."""
+        try:
+            applied = self.store.load()
+        except StoredForAnotherEmbedder as exc:
+            self.last_error = GalleryError(step="model", reason=exc.error.reason, rejected_version=exc.error.version)
+            log.warning("%s; starting without a gallery until one made for this embedder arrives", exc)
+            return False
         if applied is None:
             return False
         self._swap(applied, applied.bundle)
