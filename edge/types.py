@@ -49,6 +49,9 @@ class Frame:
     image: ImageArray
     seq: int
     ts: float
+    # A photo of its own, unrelated to the frame before (an image-folder source): no track carries over
+    # into it, and it is judged as ``edge identify`` judges a photo (every window scanned, one look).
+    still: bool = False
 
     @property
     def width(self) -> int:

@@ -368,7 +368,7 @@ def test_a_wedged_outbox_stalls_the_pump_and_ends_the_run(
 class Wedged:
     """A camera whose driver hangs in read() (the FrameSource protocol; a stand-in for a stuck USB camera)."""
 
-    name, live, fps = "wedged-camera", True, 30.0
+    name, live, fps, stills = "wedged-camera", True, 30.0, False
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -404,7 +404,7 @@ class FlakyCamera:
     """A live camera serving frames from memory that drops out once, mid-stream, and refuses the
     first reopen (a USB camera unplugged and plugged back in)."""
 
-    name, live, fps = "flaky-camera", True, 30.0
+    name, live, fps, stills = "flaky-camera", True, 30.0, False
 
     def __init__(self, frames: int, drop_after: int) -> None:
         from edge.capture.sources import SourceError

@@ -484,3 +484,36 @@ def test_a_dead_and_a_hung_camera_leave_the_other_cameras_events_flowing(
     finally:
         silent.close()
         sub.close()
+
+
+def test_a_folder_of_photos_reports_each_enrolled_person_once_and_no_stranger(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """Each photo of an image-folder source is a scene of its own (issue 27: 12 photos gave one event
+    when the centred faces were followed as one track): three photos each of three enrolled people and
+    three strangers' photos, interleaved, give one event per enrolled person and none for a stranger."""
+    enrolled, strangers = (
+        ("Colin_Powell", "Laura_Bush", "Venus_Williams"),
+        ("Angelina_Jolie", "Halle_Berry", "Jean_Chretien"),
+    )
+    gallery, photos = tmp_path / "gallery", tmp_path / "photos"
+    photos.mkdir()
+    for name in enrolled:
+        own = sorted((FACES / name).glob("*.jpg"))
+        (gallery / name).mkdir(parents=True)
+        for p in own[:3]:
+            shutil.copy(p, gallery / name / p.name)
+        for k, p in enumerate(own[-3:]):
+            shutil.copy(p, photos / f"{k}-{name}.jpg")
+    for k, name in enumerate(strangers):
+        shutil.copy(sorted((FACES / name).glob("*.jpg"))[0], photos / f"{k}-{name}.jpg")
+    assert len(list(photos.iterdir())) == 12
+    sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
+    proc = service(["--source", str(photos), "--gallery", str(gallery), "--rate", "fast", "--exit-at-end",
+                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "state")  # fmt: skip
+    assert proc.wait_exit(180) == 0, proc.text()[-2000:]
+    logged = logged_events(proc.text())
+    assert sorted(logged.values()) == sorted(enrolled), proc.text()[-3000:]
+    assert sub.wait_until(lambda: len(sub.on("events/match")) >= 3, 10)
+    assert sorted(str(e["identity_id"]) for e in sub.on("events/match")) == sorted(enrolled)
+    sub.close()

@@ -313,3 +313,22 @@ def test_a_tracks_fused_look_confirms_only_when_k_of_its_looks_name_the_identity
     assert (
         tr.add_fused(track, Match("alice", "alice", 0.75, 0.2, 0.7, 1e-7, True, looks=5), 0.2) is None
     )  # once per track
+
+
+def test_a_still_photo_is_a_scene_of_its_own_confirmed_by_one_accepted_look() -> None:
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, cooldown_s=10))
+    ((first, face),) = tr.update([_face(10)], now=0.0, still=True)
+    assert tr.needs_evidence(first, 0.0)
+    conf = tr.add_evidence(first, _match("alice", True), 0.9, face.box, 0.0)
+    assert conf is not None and conf.agreed == 1 and conf.seen == 1  # one photo, one look
+    assert not tr.needs_evidence(first, 0.01)
+    tr.new_scene()  # the next photo: the same spot, another scene
+    ((second, face2),) = tr.update([_face(10)], now=0.03, still=True)
+    assert second.id != first.id and tr.tracks == [second]
+    assert tr.add_evidence(second, _match("bob", False), 0.9, face2.box, 0.03) is None  # refused look: nothing
+    tr.new_scene()
+    ((third, face3),) = tr.update([_face(10)], now=0.06, still=True)
+    assert tr.add_evidence(third, _match("alice", True), 0.9, face3.box, 0.06) is None  # alice's cooldown holds
+    # A video frame's track still needs K of M.
+    ((video, face4),) = tr.update([_face(300)], now=0.1)
+    assert tr.add_evidence(video, _match("carol", True), 0.9, face4.box, 0.1) is None

@@ -175,7 +175,7 @@ class CaptureThread(threading.Thread):
                         if pause > 0 and self.stop_event.wait(pause):
                             break
                     media_ts = (time.monotonic() if media_ts is None else media_ts + step) if step else None
-                    frame = Frame(image, seq, time.monotonic() if media_ts is None else media_ts)
+                    frame = Frame(image, seq, time.monotonic() if media_ts is None else media_ts, self.source.stills)
                     self.slot.put(
                         frame,
                         wait_until_taken=not self.source.live and not self.realtime,

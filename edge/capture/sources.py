@@ -32,6 +32,7 @@ class FrameSource(Protocol):
     name: str
     live: bool  # a camera or stream: frames go stale; a file: every frame counts
     fps: float  # native rate (0 when unknown)
+    stills: bool  # each frame a photo of its own (an image folder), not a moment of one scene
 
     def open(self) -> None: ...
     def read(self) -> ImageArray | None: ...
@@ -40,6 +41,8 @@ class FrameSource(Protocol):
 
 class OpenCVSource:
     """``cv2.VideoCapture`` on a camera index, a device path, a file or a URL."""
+
+    stills = False
 
     def __init__(self, spec: str, width: int = 0, height: int = 0) -> None:
         self.spec = spec
@@ -81,9 +84,11 @@ class OpenCVSource:
 
 
 class ImageDirSource:
-    """Every image of a folder in name order; a corrupt file is skipped and logged."""
+    """Every image of a folder in name order, each a scene of its own (photos, not a video's frames); a
+    corrupt file is skipped and logged."""
 
     live = False
+    stills = True
 
     def __init__(self, folder: Path, fps: float = 30.0) -> None:
         self.folder = folder
@@ -116,6 +121,8 @@ class ImageDirSource:
 
 class Picamera2Source:
     """The Raspberry Pi camera (libcamera) through the optional ``picamera2`` package."""
+
+    stills = False
 
     live = True
 

@@ -74,9 +74,13 @@ class FrameProcessor:
         clock = time.perf_counter
         tracker, now = self.tracker, frame.ts
         t0 = clock()
-        faces = self.scanner.detect(frame.image, tracker.followed(now))
+        if frame.still:  # a photo of its own: nothing carries over, every window is looked at
+            tracker.new_scene()
+            faces = self.scanner.detect_still(frame.image)
+        else:
+            faces = self.scanner.detect(frame.image, tracker.followed(now))
         t1 = clock()
-        pairs = tracker.update(faces, now)
+        pairs = tracker.update(faces, now, frame.still)
         if self.on_seen is not None:  # identities of confirmed tracks in view this frame (presence)
             seen = {ident for t in tracker.tracks if t.missed == 0 for ident in t.reported}
             if seen:

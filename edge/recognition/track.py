@@ -67,6 +67,7 @@ class Track:
     age: int = 0  # frames since it began
     face: Face | None = None  # the face it was last found as
     held: int = 0  # frames in a row it was kept at ``face`` because nothing there changed
+    still: bool = False  # a face of a still photo: one accepted look confirms it (as edge identify judges)
 
     @property
     def confirmed(self) -> bool:
@@ -114,8 +115,14 @@ class Tracker:
         self._ids = itertools.count(1)
         self._last_event: dict[str, float] = {}
 
-    def update(self, faces: Sequence[Face], now: float) -> list[tuple[Track, Face]]:
-        """Associate this frame's faces with tracks; returns (track, face) pairs."""
+    def new_scene(self) -> None:
+        """The next frame shows another scene (a photo of its own): every track ends. The cooldown of an
+        identity already reported still holds."""
+        self.tracks = []
+
+    def update(self, faces: Sequence[Face], now: float, still: bool = False) -> list[tuple[Track, Face]]:
+        """Associate this frame's faces with tracks; returns (track, face) pairs. ``still``: the frame is a
+        photo of its own (its faces' tracks are confirmed by one accepted look)."""
         iou = iou_matrix([t.box for t in self.tracks], [f.box for f in faces])
         pairs: list[tuple[Track, Face]] = []
         used_t: set[int] = set()
@@ -145,7 +152,8 @@ class Tracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.p.max_missed_frames]
         for fi, face in enumerate(faces):
             if fi not in used_f:
-                track = Track(next(self._ids), face.box, now, now, votes=deque(maxlen=self.p.confirm_m), face=face)
+                votes: deque[Vote] = deque(maxlen=1 if still else self.p.confirm_m)
+                track = Track(next(self._ids), face.box, now, now, votes=votes, face=face, still=still)
                 self.tracks.append(track)
                 pairs.append((track, face))
         return pairs
@@ -155,7 +163,7 @@ class Tracker:
             return False
         if track.confirmed:
             return now - track.last_embed >= self.p.recheck_s
-        if len(track.votes) < self.p.confirm_m:
+        if len(track.votes) < (track.votes.maxlen or self.p.confirm_m):
             return True
         undecided = any(v.match.score >= v.match.threshold - self.p.undecided_margin for v in track.votes)
         if undecided and now - track.first_seen < self.p.undecided_eager_s:
@@ -214,7 +222,7 @@ class Tracker:
             return None
         ident = match.identity_id
         agreeing = [v for v in track.votes if v.match.accepted and v.match.identity_id == ident]
-        if len(agreeing) < self.p.confirm_k:
+        if len(agreeing) < (1 if track.still else self.p.confirm_k):
             return None
         best = max(agreeing, key=lambda v: v.match.score)
         return self._confirm(track, best.match, best.quality, box, len(agreeing), now)
