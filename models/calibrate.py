@@ -309,6 +309,35 @@ def validate(
 
 
 ProbeSets = dict[tuple[str, int], tuple[np.ndarray, dict[str, np.ndarray]]]
+SPLIT_QUANTILE = 1e-2  # a track splits when a look is less like its track than 1 in 100 same-person photo pairs
+
+
+def appearance_floor(probe_sets: ProbeSets, variant: str, person: np.ndarray) -> dict[str, object]:
+    """The score below which a look no longer counts as the same person as its track: the 1e-2 quantile of
+    every same-person pair of photos (different photos, often years apart: far harsher than two moments of
+    one video) at the same face size, the lowest over every band and condition; and the share of
+    different-person pairs below it (how many swaps it catches)."""
+    floors, caught = [], []
+    for (condition, b), (keep, emb) in probe_sets.items():
+        vectors, who = emb[variant], person[keep]
+        genuine = G.genuine_by_group(vectors, who, np.full(len(who), None, object))["all"]
+        floors.append((float(np.quantile(genuine, SPLIT_QUANTILE)), condition, b))
+    floor, condition, b = min(floors)
+    keep, emb = probe_sets[(condition, b)]
+    impostors = lfw_impostors(emb[variant], person[keep])
+    caught.append(float((impostors < floor).mean()))
+    return {
+        "split_below": round(floor, 4),
+        "quantile_of_same_person_pairs": SPLIT_QUANTILE,
+        "lowest_at": f"{condition} {BANDS[b][0]:g} px band",
+        "different_person_pairs_below": round(caught[0], 4),
+    }
+
+
+def lfw_impostors(vectors: np.ndarray, who: np.ndarray) -> np.ndarray:
+    from edge.eval.lfw import impostor_scores
+
+    return np.asarray(impostor_scores(vectors, who))
 
 
 def comparison_sides(
@@ -406,6 +435,7 @@ def main() -> None:
                     embeddings(args, images, b, alignment, c)
         return
     entries: dict[str, list[dict[str, object]]] = {e: [] for e in args.embedders}
+    appearance: dict[str, dict[str, object]] = {e: {} for e in args.embedders}
     validation: dict[str, object] = {}
     for alignment in args.alignments:
         native_keep, native = embeddings(args, images, 0, alignment, "colour")
@@ -417,6 +447,7 @@ def main() -> None:
                 t0 = time.time()
                 variant = f"{embedder}-{flip}"
                 pipeline = alignment + ("+flip" if flip else "")
+                appearance[embedder][pipeline] = appearance_floor(probe_sets, variant, person)
                 sides = partial(comparison_sides, native_keep, native, probe_sets, variant, person, label, args.seed)
                 base: dict[tuple[str, int], list[list[float]]] = {}
                 everyone = np.ones(len(images), bool)
@@ -451,6 +482,7 @@ def main() -> None:
             "written_by": "models/calibrate.py",
             "command": "python models/calibrate.py --embedders " + embedder,
             "method": METHOD,
+            "appearance": appearance[embedder],
         }
         if embedder == DEFAULT[0] and validation:
             out["validation"] = {

@@ -517,3 +517,32 @@ def test_a_folder_of_photos_reports_each_enrolled_person_once_and_no_stranger(
     assert sub.wait_until(lambda: len(sub.on("events/match")) >= 3, 10)
     assert sorted(str(e["identity_id"]) for e in sub.on("events/match")) == sorted(enrolled)
     sub.close()
+
+
+def test_two_enrolled_people_swapping_places_in_one_spot_without_a_gap_are_both_reported(
+    broker: LocalBroker, assets: DemoAssets, tmp_path: Path
+) -> None:
+    """Issue 27: at a door people step, one after another, into the same spot. The box never leaves, so
+    only the look says the person changed: the track splits and the second person gets an event too."""
+    import cv2
+    import numpy as np
+
+    from edge.capture.imageio import read_image
+    from edge.capture.scenes import face_px_at, gradient_background, paste
+    from edge.service.demo import PROBES
+
+    first, second = "Colin_Powell", "Laura_Bush"
+    clip = tmp_path / "swap.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 30, (640, 480))
+    bg = gradient_background(640, 480, np.random.default_rng(3))
+    for name in (first, second):  # 4 s each, the same spot, no empty frame between them
+        portrait = read_image(FACES / name / PROBES[name])
+        for i in range(120):
+            frame = bg.copy()
+            paste(frame, portrait, 320 + 2 * np.sin(i / 5), 240, face_px_at(1.2, 640), feather=False)
+            writer.write(frame)
+    writer.release()
+    proc = service(["--source", str(clip), "--gallery", str(assets.gallery), "--rate", "native", "--exit-at-end",
+                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "state")  # fmt: skip
+    assert proc.wait_exit(180) == 0, proc.text()[-2000:]
+    assert sorted(logged_events(proc.text()).values()) == sorted([first, second]), proc.text()[-3000:]

@@ -332,3 +332,27 @@ def test_a_still_photo_is_a_scene_of_its_own_confirmed_by_one_accepted_look() ->
     # A video frame's track still needs K of M.
     ((video, face4),) = tr.update([_face(300)], now=0.1)
     assert tr.add_evidence(video, _match("carol", True), 0.9, face4.box, 0.1) is None
+
+
+def test_a_look_of_someone_else_in_the_same_spot_begins_a_new_track() -> None:
+    """Two people swap places without a gap: the box never jumps, but the look does. A look less like the
+    track's earlier looks than the embedder's measured floor ends the track; the next person's own looks
+    then confirm them promptly (their K of M starts afresh), and alice's report stands."""
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5, recheck_s=2.0), split_below=0.4)
+    alice, bob = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[1]
+    near_alice = (alice * 0.9 + bob * 0.1) / np.linalg.norm(alice * 0.9 + bob * 0.1)
+    events = []
+    t = 0.0
+    for who, vec in [("alice", alice)] * 3 + [("alice", near_alice)] + [("bob", bob)] * 3:
+        ((track, face),) = tr.update([_face(10)], now=t)
+        track = tr.same_person(track, vec, t)
+        conf = tr.add_evidence(track, _match(who, True), 0.9, face.box, t, vec)
+        events += [(conf.match.identity_id, conf.track_id)] if conf else []
+        t += 2.0  # every look a recheck of a confirmed track
+    assert [e[0] for e in events] == ["alice", "bob"] and events[0][1] != events[1][1]
+    assert tr.splits == 1 and len(tr.tracks) == 1
+    # Without a measured floor (an embedder never calibrated for it) nothing splits.
+    plain = Tracker(TrackingSettings(), split_below=None)
+    ((track, _),) = plain.update([_face(10)], now=0.0)
+    plain.add_evidence(track, _match("alice", True), 0.9, track.box, 0.0, alice)
+    assert plain.same_person(track, bob, 0.1) is track

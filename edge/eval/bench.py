@@ -36,7 +36,7 @@ from edge.errors import InputError
 from edge.recognition.match import Gallery, GalleryHolder, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import FrameProcessor
-from edge.recognition.track import Confirmation, Tracker
+from edge.recognition.track import Confirmation
 from edge.types import Frame, ImageArray
 
 FPS_IN = 30.0
@@ -265,7 +265,7 @@ def service_bench(
         confirmed.append(str(conf.match.identity_id))
 
     stats = Stats(window=100_000)
-    proc = FrameProcessor(rec, holder, Tracker(rec.settings.tracking), stats, on_confirm)
+    proc = FrameProcessor(rec, holder, rec.tracker(), stats, on_confirm)
     total, n, invokes = 0.0, 0, 0
     for i, image in enumerate(file_stream(assets.clip, 100_000, loop=False)):
         busy["t"] = time.perf_counter()
@@ -278,7 +278,7 @@ def service_bench(
     rng = np.random.default_rng(3)
     hall = hall_background(width, height, rng)
     blanks = [sensor_noise(hall, rng) for _ in range(16)]
-    idle = FrameProcessor(rec, holder, Tracker(rec.settings.tracking), Stats(window=10), on_confirm)
+    idle = FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), on_confirm)
     warm = 0
     while warm == 0 or idle.scanner.first_round:  # the one-off first look at every window: not idle cost
         idle(Frame(blanks[warm % len(blanks)], warm, warm / FPS_IN))

@@ -35,7 +35,7 @@ from edge.errors import InputError
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import FrameProcessor, process_frames
-from edge.recognition.track import Confirmation, Tracker
+from edge.recognition.track import Confirmation
 from edge.types import Frame, ImageArray
 
 FPS_IN = 30.0
@@ -90,7 +90,7 @@ def _cameras(
             latencies.append(time.perf_counter() - _T0[0] - conf.first_seen)
             events.append(str(conf.match.identity_id))
 
-        proc = FrameProcessor(rec, holder, Tracker(rec.settings.tracking), Stats(window=10), on_confirm)
+        proc = FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), on_confirm)
         frames = [clip[(offset + i) % len(clip)] for i in range(total)]
         runs.append(CameraRun(frames, proc, latencies=latencies, events=events))
     return runs
@@ -159,10 +159,7 @@ def _idle(rec: Recognizer, holder: GalleryHolder, n: int, width: int, height: in
     rng = np.random.default_rng(3)
     hall = hall_background(width, height, rng)
     blanks = [sensor_noise(hall, rng) for _ in range(16)]
-    procs = [
-        FrameProcessor(rec, holder, Tracker(rec.settings.tracking), Stats(window=10), lambda c, f: None)
-        for _ in range(n)
-    ]
+    procs = [FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), lambda c, f: None) for _ in range(n)]
     warm = len(procs[0].scanner.layout_for(width, height)) * (rec.settings.detection.idle_every + 1) + 40
     for i in range(warm):  # the first round and the sweep's next round are not idle cost
         process_frames([(p, Frame(blanks[(i + k) % 16], i, i / FPS_IN)) for k, p in enumerate(procs)])

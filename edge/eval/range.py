@@ -49,7 +49,7 @@ from edge.eval.lfw import people_photos
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import FrameProcessor, process_frames
-from edge.recognition.track import Confirmation, Tracker
+from edge.recognition.track import Confirmation
 from edge.types import FloatArray, Frame, ImageArray
 
 FPS_IN = 30.0
@@ -297,9 +297,7 @@ def run_distance(
 
         return on_confirm
 
-    procs = [
-        FrameProcessor(rec, holder, Tracker(rec.settings.tracking), Stats(window=10), recorder(ev)) for _, _, ev in runs
-    ]
+    procs = [FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), recorder(ev)) for _, _, ev in runs]
     spent, n = 0.0, 0
     for i in itertools.count():
         images = [next(stream, None) for _, stream, _ in runs]

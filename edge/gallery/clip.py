@@ -25,7 +25,6 @@ import numpy as np
 from edge.capture.sources import OpenCVSource, SourceError
 from edge.errors import InputError
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.track import Tracker
 from edge.types import AlignedFace, Face, FloatArray
 from edge.vision.quality import NOT_A_FACE
 
@@ -81,7 +80,7 @@ def enrol_clip(rec: Recognizer, path: Path, max_templates: int = 5) -> ClipResul
     except SourceError as exc:
         raise InputError(f"clip {path}: {exc}") from None
     fps = source.fps if source.fps > 0 else 30.0
-    scanner, tracker = rec.scanner(), Tracker(rec.settings.tracking)
+    scanner, tracker = rec.scanner(), rec.tracker()
     looks: list[_Look] = []
     rival_frames = 0
     frame = 0

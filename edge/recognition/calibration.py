@@ -238,6 +238,16 @@ def conditions_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> t
     return tuple(c for c in CONDITIONS if c in found)
 
 
+def split_threshold(manifest: Manifest, embedder: str, pipeline: str) -> float | None:
+    """The score below which a look no longer counts as the same person as its track (``appearance`` in the
+    embedder's calibration file, measured by models/calibrate.py for each pipeline); None when not measured."""
+    path = manifest.root / CALIBRATION_DIR / f"{embedder}.json"
+    if not path.is_file():
+        return None
+    found = calibration_header(path).get("appearance", {}).get(pipeline, {}).get("split_below")
+    return float(found) if isinstance(found, (int, float)) else None
+
+
 def calibration_header(path: Path) -> dict[str, Any]:
     """A calibration file less its tables: which embedder it was measured for, how, and its validation."""
     raw = _read_json(path)

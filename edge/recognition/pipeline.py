@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.capture.imageio import check_frame
-from edge.device.config import DetectionSettings, ModelSettings, QualitySettings, Settings
+from edge.device.config import DetectionSettings, ModelSettings, QualitySettings, Settings, TrackingSettings
 from edge.device.runtime import Manifest, load_manifest
 from edge.errors import InputError, ModelError
-from edge.recognition.calibration import calibration_for, conditions_for
+from edge.recognition.calibration import calibration_for, conditions_for, split_threshold
 from edge.recognition.match import Matcher
+from edge.recognition.track import Tracker
 from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
 from edge.vision import align as align_mod
 from edge.vision.detect import Detector, DetectorKind, load_detector
@@ -51,6 +52,12 @@ class Recognizer:
         self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
         self.pipeline_id = pipeline_id(m)
         self._matcher: Matcher | None = None
+
+    def tracker(self, settings: TrackingSettings | None = None) -> Tracker:
+        """A tracker for one camera (default: the device's tracking settings), splitting a track when a look is
+        someone else's at this embedder's measured score (``split_threshold``)."""
+        split = split_threshold(self.manifest, self.embedder_name, self.pipeline_id)
+        return Tracker(settings or self.settings.tracking, split)
 
     @property
     def matcher(self) -> Matcher:

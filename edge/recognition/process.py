@@ -110,7 +110,8 @@ class FrameProcessor:
                 emb, [a.quality.face_px for _, a in good], conditions=[a.quality.condition for _, a in good]
             )
             self.stats.add("match", clock() - t3)
-            for (track, a), m, vector in zip(good, matches, emb, strict=True):
+            for (seen, a), m, vector in zip(good, matches, emb, strict=True):
+                track = tracker.same_person(seen, vector, now)  # someone else in the same spot: a new track
                 conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now, vector, a.quality.face_px)
                 fused = tracker.fused(track) if conf is None else None
                 if fused is not None:  # the mean of its looks, judged with the tables of fused looks

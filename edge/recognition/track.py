@@ -109,8 +109,14 @@ def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
 
 
 class Tracker:
-    def __init__(self, params: TrackingSettings) -> None:
+    """Follows faces from frame to frame and decides confirmations. ``split_below``: a look whose embedding
+    is less like its track's earlier looks than this (a score measured for the embedder: below nearly every
+    same-person pair of photos) is someone else who stepped into the same spot; their track begins anew."""
+
+    def __init__(self, params: TrackingSettings, split_below: float | None = None) -> None:
         self.p = params
+        self.split_below = split_below
+        self.splits = 0
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
         self._last_event: dict[str, float] = {}
@@ -157,6 +163,23 @@ class Tracker:
                 self.tracks.append(track)
                 pairs.append((track, face))
         return pairs
+
+    def same_person(self, track: Track, embedding: FloatArray | None, now: float) -> Track:
+        """``track``, or when this look is someone else's (see ``split_below``) a new track for it that
+        replaces the old one (which ends: what it reported stays reported, the cooldown holds)."""
+        earlier = [v.embedding for v in track.votes if v.embedding is not None]
+        if self.split_below is None or embedding is None or not earlier:
+            return track
+        mean = np.mean(earlier, axis=0)
+        if float(embedding @ mean) / max(float(np.linalg.norm(mean)), 1e-12) >= self.split_below:
+            return track
+        new = Track(
+            next(self._ids), track.box, now, now, votes=deque(maxlen=track.votes.maxlen), face=track.face,
+            still=track.still,
+        )  # fmt: skip
+        self.tracks = [new if t is track else t for t in self.tracks]
+        self.splits += 1
+        return new
 
     def needs_evidence(self, track: Track, now: float) -> bool:
         if now < track.retry_at:

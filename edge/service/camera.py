@@ -33,7 +33,7 @@ from edge.device.supervisor import Supervisor, Worker
 from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import FrameProcessor, process_frames
-from edge.recognition.track import Confirmation, Tracker
+from edge.recognition.track import Confirmation
 from edge.types import Frame
 
 CAMERAS = "cameras"  # the supervisor's group of camera readers
@@ -92,7 +92,7 @@ class Camera:
         supervisor.attach(self.worker, self.capture)
         self.stats = Stats(parent=device_stats)
         self.process = FrameProcessor(
-            rec, gallery, Tracker(tracking), self.stats,
+            rec, gallery, rec.tracker(tracking), self.stats,
             lambda conf, frame: on_confirm(conf, frame, self.id),
             (lambda ids: on_seen(ids, self.id)) if on_seen is not None else None,
             scanner=rec.scanner(spec.detection, spec.quality.min_face_px),
