@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""The threshold tables of docs/thresholds.md: observed false-match and false non-match rates per
-group and face-size band, at the thresholds of this manifest and of an earlier one.
+"""The group report of an embedder's calibration: does the stated false-match rate hold for each group?
 
-    git show 918cb08:models/manifest.json > /tmp/manifest-before.json
-    python models/calibration_report.py --before /tmp/manifest-before.json
+    python models/calibration_report.py --embedder sface_int8 [--json FILE]
 
-Reads the embeddings ``models/calibrate.py`` kept (``models/.work/calibrate``: the
-default pipeline, int8 embedder, five-point alignment and flip averaging) and the
-held-out validation it wrote into the manifest. In-sample figures use all of View 1's
-pairs of each band; held-out ones are the manifest's two identity-disjoint halves.
+Reads the held-out validation ``models/calibrate.py`` wrote into ``models/calibration/<embedder>.json``:
+tables built from one half of LFW View 1's identities (DevTrain or DevTest), rates observed on the
+other half's pairs, both ways. For every table (condition, face-size band, photos × looks) and stated
+rate, each group's observed rate as a multiple of the stated one. A cell counts when its pairs could
+show the rate (at least ``--min-expected`` false matches expected at the stated rate); the report
+gives the worst counted multiple per group and lists every counted cell above 2x.
 """
 
 from __future__ import annotations
@@ -18,82 +18,70 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-sys.path.insert(0, str(HERE))
-
-from calibrate import BANDS, view1  # noqa: E402
-
-from edge.eval import groups as G  # noqa: E402
-from edge.recognition.calibration import Calibration, parse_calibrations  # noqa: E402
-
-NAMES = {"all": "all", "female": "female–female", "male": "male–male", "cross_group": "female–male"}
+GROUPS = ("all", "female", "male")
 
 
-def default_calibration(manifest: Path) -> Calibration:
-    man = json.loads(manifest.read_text())
-    sha = man["models"]["embedder_int8"]["sha256"]
-    return next(
-        c for c in parse_calibrations(man["calibration"]) if c.embedder_sha256 == sha and c.pipeline == "mesh5+flip"
-    )
+def cells(validation: dict[str, object], min_expected: float) -> list[dict[str, object]]:
+    out = []
+    for direction, tables in validation.items():
+        assert isinstance(tables, dict)
+        for table, rates in tables.items():
+            if "skipped" in rates:
+                continue
+            for stated, row in rates.items():
+                f = float(stated)
+                for g in GROUPS:
+                    if g not in row:
+                        continue
+                    pairs, observed = int(row[g]["impostor_pairs"]), float(row[g]["observed_fmr"])
+                    out.append({
+                        "direction": direction, "table": table, "stated": f, "group": g, "pairs": pairs,
+                        "observed": observed, "ratio": observed / f, "counted": pairs * f >= min_expected,
+                        "fnmr": row[g].get("fnmr"), "threshold": row["threshold"],
+                    })  # fmt: skip
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lfw", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-view1")
-    ap.add_argument("--groups", type=Path, default=HERE.parent.parent / "shared" / "data" / "lfw-groups" / "gender.csv")
-    ap.add_argument("--manifest", type=Path, default=HERE / "manifest.json")
-    ap.add_argument("--before", type=Path, required=True, help="an earlier manifest, for the 'before' columns")
-    ap.add_argument("--cache", type=Path, default=HERE / ".work" / "calibrate")
-    ap.add_argument("--rate", type=float, default=1e-4, help="stated false-match rate per comparison")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embedder", default="sface_int8")
+    ap.add_argument("--models", type=Path, default=HERE)
+    ap.add_argument("--min-expected", type=float, default=5.0, help="false matches expected for a cell to count")
+    ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args()
-    _, _, person, label = view1(args.lfw, args.groups)
-    before, after = default_calibration(args.before), default_calibration(args.manifest)
-    held_out = json.loads(args.manifest.read_text())["calibration_validation"]["by_band"]
-    f = args.rate
-    rows = []
-    for b, (lo, hi) in enumerate(BANDS):
-        stored = np.load(args.cache / f"{lo:g}-mesh5-{args.seed + b}.npz")
-        keep, emb = stored["keep"], stored["int8-True"]
-        imp = G.impostors_by_group(emb, person[keep], label[keep])
-        gen = G.genuine_by_group(emb, person[keep], label[keep])
-        t0, t1 = (c.band_for(lo).table.threshold_for(f) for c in (before, after))
-        rows.append(((lo, hi), t0, t1, G.rates_at(t0, imp, gen), G.rates_at(t1, imp, gen)))
-
-    (lo, hi), t0, t1, r0, r1 = rows[0]
-    print(f"View 1, faces at full size ({lo}+ px band), int8 embedder, stated rate {f:g} per comparison:\n")
+    raw = json.loads((args.models / "calibration" / f"{args.embedder}.json").read_text())
+    validation = raw.get("validation", {}).get("by_table")
+    if not validation:
+        sys.exit(f"calibration/{args.embedder}.json has no held-out validation (models/calibrate.py writes it)")
+    rows = cells(validation, args.min_expected)
+    summary: dict[str, object] = {"embedder": args.embedder, "min_expected": args.min_expected, "by_rate": {}}
+    print(f"{args.embedder}: held-out group report ({raw['validation']['what']})\n")
     print(
-        f"| impostor pairs | pairs | before: observed FMR at {t0:.4f} | × stated | after: observed FMR at {t1:.4f} | × stated |"
+        "| stated rate | group | cells counted | worst observed × stated | median × stated | FNMR at the 80+ px one-photo table |"
     )
     print("|---|---|---|---|---|---|")
-    for g, name in NAMES.items():
-        x0, x1 = r0[g].observed_fmr / f, r1[g].observed_fmr / f
-        bold = "**" if x0 > 2 else ""
-        print(f"| {name} | {r0[g].impostor_pairs / 1e6:.2f} M | {r0[g].observed_fmr:.2e} | {bold}{x0:.2f}{bold} "
-              f"| {r1[g].observed_fmr:.2e} | {x1:.2f} |")  # fmt: skip
-    print("\n| same-person pairs | pairs | FNMR before | FNMR after |\n|---|---|---|---|")
-    for g in ("all", "female", "male"):
-        print(f"| {g} | {r0[g].genuine_pairs} | {(r0[g].fnmr or 0) * 100:.1f}% | {(r1[g].fnmr or 0) * 100:.1f}% |")
-    print(
-        f"\nEvery band, stated {f:g}: in-sample (all of View 1) and held out (tables from one half of the identities,"
-    )
-    print("rates on the other half, both ways):\n")
-    print("| band | threshold before → after | all pairs × stated, before → after | women × stated, before → after "
-          "| held out: women × stated | held out: worst group | FNMR after: all / women / men |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for (lo, hi), t0, t1, r0, r1 in rows:
-        band = f"{lo}+ px" if hi is None else f"{lo}-{hi} px"
-        sides = held_out[band].values()
-        women = " / ".join(f"{s[f'{f:g}']['female']['observed_fmr'] / f:.2f}" for s in sides)
-        worst = max(s[f"{f:g}"][g]["observed_fmr"] / f for s in sides for g in NAMES)
-        fnmr = " / ".join(f"{(r1[g].fnmr or 0) * 100:.1f}%" for g in ("all", "female", "male"))
-        print(f"| {band.replace('-', '–')} | {t0:.4f} → {t1:.4f} | {r0['all'].observed_fmr / f:.2f} → "
-              f"{r1['all'].observed_fmr / f:.2f} | {r0['female'].observed_fmr / f:.2f} → {r1['female'].observed_fmr / f:.2f} "
-              f"| {women} | {worst:.2f} | {fnmr} |")  # fmt: skip
+    for f in sorted({r["stated"] for r in rows}, reverse=True):  # type: ignore[type-var]
+        per: dict[str, object] = {}
+        for g in GROUPS:
+            counted = sorted(float(r["ratio"]) for r in rows if r["stated"] == f and r["group"] == g and r["counted"])  # type: ignore[arg-type]
+            fnmr = [r["fnmr"] for r in rows if r["stated"] == f and r["group"] == g and r["table"] == "colour 80 1x1"]
+            worst = max(counted) if counted else None
+            median = counted[len(counted) // 2] if counted else None
+            per[g] = {"cells": len(counted), "worst": worst, "median": median}
+            fn = " / ".join(f"{float(x) * 100:.1f}%" for x in fnmr if x is not None) or "-"
+            print(f"| {f:g} | {g} | {len(counted)} | {worst if worst is None else f'{worst:.2f}'} | "
+                  f"{median if median is None else f'{median:.2f}'} | {fn} |")  # fmt: skip
+        summary["by_rate"][f"{f:g}"] = per  # type: ignore[index]
+    above = [r for r in rows if r["counted"] and float(r["ratio"]) > 2.0]  # type: ignore[arg-type]
+    summary["cells_above_2x"] = above
+    print(f"\ncounted cells above 2x: {len(above)}")
+    for r in above:
+        print(
+            f"  {r['direction']}: {r['table']} at {r['stated']:g}, {r['group']}: {r['ratio']:.2f}x ({r['pairs']} pairs)"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
