@@ -189,14 +189,6 @@ class Side:
                 members.append(tuple(int(rows[i]) for i in s))
         return cls(np.array(vecs, np.float32).reshape(-1, emb.shape[1]), np.array(who), np.array(lab, object), members)
 
-    def subset(self, keep: np.ndarray) -> Side:
-        return Side(
-            self.vectors[keep],
-            self.person[keep],
-            self.label[keep],
-            [m for m, k in zip(self.members, keep, strict=True) if k],
-        )
-
 
 def impostor_tails(probes: Side, templates: Side, once: bool, block: int = 512) -> dict[str, G.Tail]:
     """Scores of every (probe, template) pair of two different people: all, each group's (both sides

@@ -386,12 +386,3 @@ def quantize_weight_only(float_model: bytes) -> bytes:
     qt = quantizer.Quantizer(bytearray(float_model))
     qt.load_quantization_recipe(recipe.weight_only_wi8_afp32())
     return bytes(qt.quantize().quantized_model)
-
-
-def convert_float(float_model: bytes) -> bytes:
-    """The rebuilt network converted back without quantization (a check of the rebuild)."""
-    import tensorflow as tf
-
-    fn = build_tf_function(float_model)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
-    return bytes(conv.convert())

@@ -145,18 +145,3 @@ class Supervisor:
             if reason is not None:
                 self.fail(reason)
                 return
-
-
-def guarded(worker: Worker, supervisor: Supervisor, body: Callable[[], None]) -> Callable[[], None]:
-    """A thread target that reports an exception escaping ``body`` as the fault it is."""
-
-    def run() -> None:
-        try:
-            body()
-        except BaseException as exc:  # anything that ends a worker is reported
-            worker.note = f"{type(exc).__name__}: {exc}"
-            log.exception("worker '%s' died", worker.name)
-            supervisor.fail(f"worker '{worker.name}' died: {worker.note}")
-            raise
-
-    return run

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.delivery.events import utc_now
 from edge.errors import InputError
 from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import Buffer, Bundle, BundleError, frame, redact
@@ -26,8 +27,9 @@ CURRENT = "current.bundle"
 REMOVALS = "removals"
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def applied_now() -> str:
+    """When a gallery was applied, as the store records it (RFC 3339, seconds)."""
+    return utc_now().isoformat(timespec="seconds")
 
 
 def write_atomic(path: Path, data: Buffer) -> None:
@@ -127,7 +129,7 @@ class GalleryStore:
             raise BundleError(
                 "store", f"cannot write {self.current_path}: {exc.strerror or exc}", bundle.version
             ) from None
-        return Applied(bundle, bundle.version, frozenset(), utc_now(), head_digest(data) or b"")
+        return Applied(bundle, bundle.version, frozenset(), applied_now(), head_digest(data) or b"")
 
     def store_removal(self, data: Buffer, removal: Bundle, applied: Applied) -> Applied:
         """Drop identities from disk at once: the removal is kept, their blocks in the stored gallery zeroed."""
@@ -143,7 +145,7 @@ class GalleryStore:
         kept = tuple(i for i in applied.bundle.identities if i.id not in ids)
         bundle = replace(applied.bundle, identities=kept)
         log.info("gallery: removed %s from disk", ", ".join(sorted(i.id for i in removal.identities)))
-        return Applied(bundle, removal.version, frozenset(ids), utc_now(), applied.head)
+        return Applied(bundle, removal.version, frozenset(ids), applied_now(), applied.head)
 
     def digest(self) -> str:
         try:

@@ -21,7 +21,6 @@ once: from matching, and from disk (their embedding blocks zeroed, ``store.py``)
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -279,8 +278,3 @@ class GallerySync:
             self.publish_state(self.state(error).to_json())
         except Exception:
             log.exception("gallery: state could not be published")
-
-
-def state_json(state: GalleryState) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(state.to_json())
-    return out
