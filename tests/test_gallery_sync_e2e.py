@@ -12,6 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cli import main
+from edge.device.config import Settings
+from edge.device.runtime import load_manifest
 from edge.gallery.bundle import (
     BundleError,
     Identity,
@@ -29,6 +31,7 @@ from .support import Collector
 from .test_service_e2e import DemoAssets, LocalBroker, assets, service  # noqa: F401
 
 pytestmark = pytest.mark.slow
+DIM = load_manifest().embedder(Settings().models.embedder).dim  # the default device's template size
 
 
 class Watch(Collector):
@@ -144,7 +147,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
 
         # A signed removal drops Venus Williams from matching and from disk at once.
         removal = encode(
-            [Identity("Venus_Williams", None, np.zeros((0, 192), "float32"), {})], "demo", 4, sha, key, kind="removal"
+            [Identity("Venus_Williams", None, np.zeros((0, DIM), "float32"), {})], "demo", 4, sha, key, kind="removal"
         )
         w.publish("edge/cam1/gallery/set", removal)
         s = w.state_where(lambda s: s.get("version") == 4)
@@ -166,7 +169,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         assert "error" not in s and s["removed"] == ["Venus_Williams"] and s["identities"] == 2
         # A 10,000 × 5 bundle over MQTT.
         rng = np.random.default_rng(0)
-        big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, 192)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
+        big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, DIM)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
                for i in range(10_000)]  # fmt: skip
         big_file = tmp_path / "big.bundle"
         big_file.write_bytes(encode(big, "demo", 5, sha, key, dtype="int8"))

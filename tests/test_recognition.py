@@ -24,11 +24,11 @@ def embedded(recognizer: Recognizer) -> dict[Path, np.ndarray]:
     return dict(zip(paths, emb, strict=True))
 
 
-def test_embeddings_are_unit_192d_and_batch_independent(
+def test_embeddings_are_unit_vectors_of_the_manifests_dimension_and_batch_independent(
     recognizer: Recognizer, embedded: dict[Path, np.ndarray]
 ) -> None:
     vecs = np.stack(list(embedded.values()))
-    assert vecs.shape[1] == 192
+    assert vecs.shape[1] == recognizer.manifest.embedder(recognizer.embedder_name).dim == 128  # SFace
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     p = next(iter(embedded))
     single = recognizer.embed([require_face(recognizer.still(read_image(p)), str(p))])[0]

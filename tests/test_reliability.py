@@ -325,7 +325,7 @@ def test_a_wedged_gallery_sync_ends_the_run(broker: LocalBroker, tmp_path: Path,
         assert app.sync is not None
         app.gallery._lock.acquire()  # the sync will wait for it forever: a wedge, not a crash
         try:
-            v = np.eye(192, dtype=np.float32)[:2]
+            v = np.eye(recognizer.embedder.dim, dtype=np.float32)[:2]
             # Retained: the device gets it whether or not it has subscribed yet.
             status.publish("edge/galleries/lobby", encode([Identity("a", None, v, {})], "lobby", 1,
                                                           recognizer.embedder_sha256, key), retain=True)  # fmt: skip

@@ -78,7 +78,7 @@ def admit(
             "embedder (docs/models.md)",
             version,
         )
-    if policy.embedder_dim is not None and header.identities and header.dim != policy.embedder_dim:
+    if policy.embedder_dim is not None and header.embeddings and header.dim != policy.embedder_dim:
         raise BundleError(
             "model",
             f"templates of {header.dim} dimensions, this device's embedder gives {policy.embedder_dim}",
