@@ -292,3 +292,25 @@ def test_journald_priorities_only_when_stderr_is_the_journal(tmp_path: Path, mon
         assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})  # another stream: inherited
         assert not stderr_is_journal({})  # a pipe or file that is not the journal: plain lines
         assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"})
+
+
+def test_config_check_names_the_embedder_its_tables_and_refuses_an_unknown_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from edge.cli import main
+
+    good = tmp_path / "good.toml"
+    good.write_text('[models]\nembedder = "mobilefacenet_int8"\n')
+    assert main(["config", "check", str(good), "--show"]) == 0
+    shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])["models_in_use"]
+    assert shown["embedder"] == "mobilefacenet_int8" and shown["calibration"].endswith(
+        "calibration/mobilefacenet_int8.json"
+    )
+    assert shown["sha256"] == shown["calibration_embedder_sha256"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models]\nembedder = "sface_int9"\n')
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "embedder 'sface_int9' is not in" in err and "sface_int8" in err

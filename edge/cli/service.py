@@ -12,15 +12,37 @@ from typing import Any
 
 from edge.cli.common import parse_broker, repo_fixture_faces
 from edge.device.config import Settings, load_settings
-from edge.errors import InputError
+from edge.errors import InputError, ModelError
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.path)
+    models = models_report(settings)  # the embedder must be in the manifest, with its own tables
     print(f"{args.path}: ok")
     if args.show:
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+        print(json.dumps({**settings.model_dump(mode="json"), "models_in_use": models}, indent=2))
     return 0
+
+
+def models_report(settings: Settings) -> dict[str, Any]:
+    """The embedder the settings name and the calibration file bound to it; a ModelError (start-up's own
+    words) when the manifest has no such embedder or its tables were measured for another file."""
+    from edge.device.runtime import load_manifest
+    from edge.recognition.calibration import CALIBRATION_DIR, calibration_header
+
+    manifest = load_manifest(settings.models.dir)
+    name = settings.models.embedder
+    manifest.embedder(name)
+    sha = manifest.spec(name).sha256
+    path = manifest.root / CALIBRATION_DIR / f"{name}.json"
+    measured_for = calibration_header(path).get("embedder_sha256") if path.is_file() else None
+    if measured_for != sha:
+        raise ModelError(
+            f"models.embedder = {name!r}: no calibration tables for it in {path.parent} "
+            f"({'none there' if measured_for is None else f'the file there was measured for {str(measured_for)[:12]}…'}); "
+            "measure them with models/calibrate.py"
+        )
+    return {"embedder": name, "sha256": sha, "calibration": str(path), "calibration_embedder_sha256": measured_for}
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
