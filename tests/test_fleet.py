@@ -231,3 +231,24 @@ def test_the_cameras_column_names_the_cameras_at_fault_and_counts_an_idle_file_s
     assert _cameras(row(door="ok", yard="idle")) == "2/2 ok"
     assert _cameras(row(door="starting", yard="ok")) == "1/2 ok: door starting"
     assert _cameras({"camera": "ok", "cameras": {"door": {"state": "ok"}}}) == "ok"
+
+
+@pytest.mark.slow
+def test_a_port_that_is_no_mqtt_broker_is_announced_before_the_wait_and_named_after(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Something listens but never answers as MQTT (a web server, a TLS port): the tool says what it waits
+    for within about 2 s, then fails with one line saying why."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        assert main(["fleet", "status", "--broker", f"127.0.0.1:{port}"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and f"waiting for 127.0.0.1:{port} to answer as an MQTT broker (up to 10 s)" in lines[0]
+    assert lines[1] == (
+        f"edge: broker 127.0.0.1:{port} refused the connection: no MQTT answer (CONNACK) within 10 s: "
+        "is it an MQTT broker, and TLS or not?"
+    )

@@ -154,9 +154,11 @@ def tool_client(opts: MqttSettings, name: str) -> mqtt.Client:
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise EdgeError(explain(exc, opts.host, opts.port, tls)) from None
     client.loop_start()
-    if not ready.wait(10) or refused:
+    if not ready.wait(2.0):  # a broker answers at once; say what is being waited for before waiting longer
+        log.warning("waiting for %s:%d to answer as an MQTT broker (up to 10 s)…", opts.host, opts.port)
+    if not ready.wait(8.0) or refused:
         client.loop_stop()
-        why = refused[0] if refused else "no CONNACK within 10 s"
+        why = refused[0] if refused else "no MQTT answer (CONNACK) within 10 s: is it an MQTT broker, and TLS or not?"
         raise EdgeError(f"broker {opts.host}:{opts.port} refused the connection: {why}")
     return client
 
