@@ -124,10 +124,20 @@ def test_keygen_enroll_verify_inspect_and_run_with_bundle(tmp_path: Path, capsys
     colin = next(r for r in report["identities"] if r["identity_id"] == "Colin_Powell")
     assert "broken.jpg" in colin["rejected"] and colin["label"] == "Colin Powell" and len(colin["accepted"]) >= 2
     assert b"JFIF" not in out.read_bytes()  # no photo in the bundle
-    assert main(["gallery", "verify", str(out), "--pubkey", f"{keyfile}.pub"]) == 0
+    assert main(["gallery", "verify", str(out), "--trusted-key", f"{keyfile}.pub"]) == 0
+    assert "gallery lobby v4, 2 identities, " in capsys.readouterr().out
     assert main(["gallery", "inspect", str(out)]) == 0
     header = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert header["version"] == 4 and header["gallery"] == "lobby"
+    assert header["version"] == 4 and header["gallery"] == "lobby" and header["embedder"] == "sface_int8"
+    # Without --gallery-name it is said which name the gallery gets; one identity is "1 identity".
+    single = tmp_path / "one"
+    (single / "Colin_Powell").mkdir(parents=True)
+    for p in sorted((FACES / "Colin_Powell").glob("*.jpg"))[:3]:
+        (single / "Colin_Powell" / p.name).write_bytes(p.read_bytes())
+    assert main(["enroll", str(single), "--out", str(tmp_path / "one.bundle"), "--key", str(keyfile)]) == 0
+    said = capsys.readouterr()
+    assert "no --gallery-name: the gallery is named 'default'" in said.err
+    assert "gallery default v1, 1 identity, " in said.out
     other = tmp_path / "other.pem"
     generate_key(other)
     assert main(["gallery", "verify", str(out), "--pubkey", f"{other}.pub"]) == 2

@@ -13,6 +13,11 @@ from edge.device.config import Settings, load_settings
 from edge.errors import InputError
 
 
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """'1 identity', '2 identities': a count with its noun in the right number."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def repo_fixture_faces() -> Path | None:
     """Face images of a source checkout's test fixtures (used by bench and demo when no --faces)."""
     path = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "faces"

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.cli.common import parse_broker
+from edge.cli.common import counted, parse_broker
 from edge.device.config import MqttSettings, load_settings
 from edge.errors import EdgeError, InputError, read_input_file
 from edge.gallery.bundle import BundleError
@@ -33,6 +33,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.video is not None and not args.video.is_file():
         raise InputError(f"--video {args.video}: no such file")
     key = load_private_key(args.key)
+    if args.gallery_name is None:
+        args.gallery_name = "default"
+        print(
+            "enroll: no --gallery-name: the gallery is named 'default' (devices follow it by that name)",
+            file=sys.stderr,
+        )
     rec = Recognizer(load_settings(args.config))
     reports = enroll_directory(rec, args.photos, skip_failed=args.skip_failed) if args.photos is not None else []
     if args.video is not None:
@@ -83,7 +89,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         if r.embeddings is None:
             print(f"warning: {r.identity_id}: not enrolled (no photo or clip passed)")
     print(
-        f"wrote {args.out}: gallery {args.gallery_name} v{args.version}, {len(identities)} identities, {len(data)} bytes"
+        f"wrote {args.out}: gallery {args.gallery_name} v{args.version}, "
+        f"{counted(len(identities), 'identity', 'identities')}, {len(data)} bytes"
     )
     return 0
 
@@ -175,7 +182,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     except BundleError as exc:
         raise InputError(f"{args.bundle}: {exc}") from None
     print(f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}, "
-          f"{len(bundle.identities)} identities, {sum(len(i.embeddings) for i in bundle.identities)} embeddings")  # fmt: skip
+          f"{counted(len(bundle.identities), 'identity', 'identities')}, "
+          f"{counted(sum(len(i.embeddings) for i in bundle.identities), 'embedding')}")  # fmt: skip
     return 0
 
 
@@ -228,7 +236,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     en.add_argument("--label", help="display label of the --identity")
     en.add_argument("--out", type=Path, required=True, help="bundle file to write")
     en.add_argument("--key", type=Path, required=True, help="Ed25519 private key (edge gallery keygen)")
-    en.add_argument("--gallery-name", default="default", help="gallery name")
+    en.add_argument(
+        "--gallery-name",
+        help="gallery name: devices follow a gallery by name ([gallery] name); default 'default', said",
+    )
     en.add_argument("--version", type=int, default=1, help="gallery version (must increase with every publication)")
     en.add_argument(
         "--dtype", choices=["float16", "int8"], default="int8", help="embedding storage (int8: half the size)"

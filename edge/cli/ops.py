@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.cli.common import counted
 from edge.device.config import load_settings
 from edge.errors import InputError
 
@@ -60,8 +61,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise InputError("no photo to identify (JPEG, PNG, BMP, WebP) among the paths given")
     unreadable = 0
     if not args.json:
-        print(f"gallery {args.gallery}: {len(snap)} identities; threshold {snap.threshold:.4f} for large faces "
-              f"(max false-match rate {rec.settings.match.max_false_match_rate:g} per stranger)")  # fmt: skip
+        print(f"gallery {args.gallery}: {counted(len(snap), 'identity', 'identities')}, at most "
+              f"{rec.settings.match.max_false_match_rate:g} false matches per stranger; each face's threshold is that of "
+              "its size and of the identity's photos")  # fmt: skip
         print(f"{'file':<40} {'face':>4} {'box':<22} {'identity':<24} {'score':>6} {'thresh':>6}  note")
     for path in files:
         for v in identify(rec, snap, path, rec.settings.events.include_label):
