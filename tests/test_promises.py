@@ -32,12 +32,13 @@ from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import Identity, encode, frame
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
+from edge.recognition.calibration import Band, Calibration
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Tracker
 from edge.types import Box, Face, Match
 
-from .test_match import CAL
+from .test_match import CAL, LARGE, SMALL, every_kind
 
 SHA = "ab" * 32
 KEY = Ed25519PrivateKey.generate()
@@ -368,3 +369,56 @@ def test_a_stored_gallery_of_another_embedder_is_kept_unused_and_the_next_bundle
     assert len(new.holder.current) == 0 and files_bytes(tmp_path) == stored  # nothing used, nothing lost
     assert new.apply(encode(people(3), "lobby", 1, SHA, KEY, embedder="sface_int8"))
     assert new.holder.current.gallery.identity_ids == ("id0", "id1", "id2")
+
+
+# -- what a match says when there is nothing to match (mutation testing found these unpinned) ----
+
+
+def test_an_empty_gallery_matches_nobody_and_says_so_field_by_field() -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(Gallery.build([], version=7))
+    (large,) = snap.match(probe(0.9), face_px=[100.0], looks=3)
+    (small, grey) = snap.match(np.vstack([probe(0.9), probe(0.9)]), face_px=[40.0, 40.0], conditions=["colour", "grey"])
+    assert large == Match(None, None, 0.0, 0.0, snap.bands[0].threshold, 1.0, False, 7, "80+ px", 3, 1, "colour")
+    assert small == Match(None, None, 0.0, 0.0, snap.bands[1].threshold, 1.0, False, 7, "0-80 px", 1, 1, "colour")
+    assert grey.condition == "colour"  # no grey tables in this calibration: judged, and said, as colour
+    assert snap.match(np.zeros((0, DIM), np.float32)) == []
+
+
+def test_without_sizes_or_conditions_a_face_is_judged_as_large_and_in_colour() -> None:
+    snap = Matcher(CAL, MatchSettings(max_false_match_rate=1e-3)).snapshot(basis_gallery(3))
+    (m,) = snap.match(probe(0.95))
+    assert (m.band, m.condition, m.looks, m.templates, m.identity_id) == ("80+ px", "colour", 1, 1, "id0")
+    with pytest.raises(ValueError, match="2 queries but 1 face sizes and 2 conditions"):
+        snap.match(np.vstack([probe(0.9), probe(0.9)]), face_px=[100.0])
+
+
+def test_a_face_exactly_at_a_bands_smallest_size_is_judged_in_that_band() -> None:
+    """Face-size bands are 'at least min_px': a face of exactly 80 px is a large face, 79.9 px is not;
+    a face below every band is judged with the smallest band's table."""
+    three = Calibration(
+        "sha", "mesh5+flip",
+        (Band(80, LARGE, "80+ px", every_kind(LARGE)), Band(36, SMALL, "36-80 px", every_kind(SMALL)),
+         Band(24, SMALL, "24-36 px", every_kind(SMALL))),
+    )  # fmt: skip
+    snap = Matcher(three, MatchSettings(max_false_match_rate=1e-3)).snapshot(basis_gallery(2))
+    bands = [m.band for m in snap.match(np.vstack([probe(0.9)] * 4), face_px=[80.0, 79.9, 24.0, 10.0])]
+    assert bands == ["80+ px", "36-80 px", "24-36 px", "24-36 px"]
+    assert snap.band_for(30.0, "infrared").band.label == "24-36 px"  # a condition without tables: colour's
+    assert Matcher(three, MatchSettings(max_false_match_rate=1e-3)).per_identity_fmr(2) == pytest.approx(5e-4)
+
+
+def test_a_gallery_keeps_its_identities_in_order_read_only_and_refuses_what_it_cannot_judge() -> None:
+    rows = np.eye(DIM, dtype=np.float64)
+    g = Gallery.build([("a", "Alice", rows[:2] * 3), ("b", None, rows[2:3])])
+    assert (g.version, g.name, g.labels, g.identity_ids) == (0, "", ("Alice", None), ("a", "b"))
+    assert g.embeddings.dtype == np.float32 and g.templates.dtype == np.float32
+    assert g.owner.tolist() == [0, 0, 1] and g.counts.tolist() == [2, 1] and g.starts.tolist() == [0, 2]
+    np.testing.assert_allclose(np.linalg.norm(g.embeddings, axis=1), 1.0, rtol=1e-6)  # rows re-normalised
+    for frozen in (g.embeddings, g.templates, g.counts):
+        with pytest.raises(ValueError, match="read-only"):
+            frozen[0] = 0
+    with pytest.raises(ValueError, match="duplicate identity ids in gallery"):
+        Gallery.build([("a", None, rows[:1]), ("a", None, rows[1:2])])
+    with pytest.raises(ValueError, match="an identity has no embedding"):
+        Gallery.build([("a", None, np.zeros((0, DIM), np.float32))])
+    assert Gallery.build([("a", None, rows[:1])], version=4, name="lobby").without({"a"}).name == "lobby"
