@@ -99,3 +99,29 @@ def test_identify_with_a_signed_bundle_needs_its_key(
     assert main(["identify", str(probe), "--gallery", str(bundle), "--trusted-key", f"{key}.pub"]) == 0
     out = capsys.readouterr().out
     assert "Colin_Powell" in out.splitlines()[-1] and "est. false-match rate" in out.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_enroll_and_identify_print_only_the_projects_own_lines(tmp_path: Path, gallery: Path) -> None:
+    """Issue 27: 'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.' on every command. As a user runs
+    them (child processes, nothing captured in-process): stdout is the command's own output, and every
+    stderr line is one of the project's log lines or its one-line error."""
+    import re
+    import subprocess
+    import sys
+
+    from edge.gallery.bundle import generate_key
+
+    key = tmp_path / "k.pem"
+    generate_key(key)
+    own = re.compile(r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) edge[.\w]*: |edge: |enroll: )")
+    commands = [
+        ["enroll", str(gallery), "--out", str(tmp_path / "g.bundle"), "--key", str(key), "--gallery-name", "g"],
+        ["identify", str(FACES / "Colin_Powell"), "--gallery", str(gallery)],
+    ]
+    for args in commands:
+        run = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "TensorFlow Lite" not in run.stdout + run.stderr and "XNNPACK" not in run.stdout + run.stderr
+        foreign = [line for line in run.stderr.splitlines() if line.strip() and not own.match(line)]
+        assert foreign == [], (args[0], foreign)
