@@ -39,6 +39,12 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def quiet_opencv() -> None:
+    """OpenCV's own warnings on a camera that fails to open ('[ WARN:0@…] …') stay off the terminal: the
+    source's error says what happened, once, through the project's logger."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 class OpenCVSource:
     """``cv2.VideoCapture`` on a camera index, a device path, a file or a URL."""
 
@@ -54,6 +60,7 @@ class OpenCVSource:
         self._cap: Any = None
 
     def open(self) -> None:
+        quiet_opencv()
         target: str | int = int(self.spec) if self.spec.isdigit() else self.spec
         if not self.live and not Path(self.spec).is_file():
             raise SourceError(f"source {self.name}: no such file")

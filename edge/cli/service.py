@@ -146,7 +146,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="run the device service")
     run.add_argument("--config", type=Path, help="TOML settings file")
     run.add_argument("--source", help="camera index, /dev/videoN, file, URL, image folder or 'picamera2'")
-    run.add_argument("--gallery", type=Path, help="folder of <identity_id>/*.jpg|png enrolled at start-up")
+    run.add_argument(
+        "--gallery", type=Path, metavar="DIR|BUNDLE",
+        help="a folder of <identity_id>/*.jpg|png enrolled at start-up, or a signed bundle (checked with --trusted-key)",
+    )  # fmt: skip
     run.add_argument("--gallery-name", help="gallery this device follows")
     run.add_argument(
         "--trusted-key",
