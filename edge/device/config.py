@@ -145,7 +145,7 @@ class QualitySettings(Section):
     min_face_px: float = Field(
         24.0,
         gt=0,
-        description="Smallest face (box side, pixels) that is judged, each size band with its own calibrated threshold (models/manifest.json has bands down to 24 px; docs/thresholds.md); the region scanner looks for faces down to this size.",
+        description="Smallest face (box side, pixels) that is judged, each size band with its own calibrated threshold (models/calibration/<embedder>.json has bands down to 24 px; docs/thresholds.md); the region scanner looks for faces down to this size.",
     )
     min_sharpness: float = Field(15.0, ge=0, description="Minimum variance of the Laplacian of the aligned crop.")
     max_yaw: float = Field(
