@@ -29,7 +29,7 @@ from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.device.config import GallerySettings, MatchSettings, TrackingSettings, load_settings
 from edge.gallery.admit import Policy, admit
-from edge.gallery.bundle import Identity, encode, frame
+from edge.gallery.bundle import BundleError, Identity, encode, frame
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.calibration import Band, Calibration
@@ -422,3 +422,56 @@ def test_a_gallery_keeps_its_identities_in_order_read_only_and_refuses_what_it_c
     with pytest.raises(ValueError, match="an identity has no embedding"):
         Gallery.build([("a", None, np.zeros((0, DIM), np.float32))])
     assert Gallery.build([("a", None, rows[:1])], version=4, name="lobby").without({"a"}).name == "lobby"
+
+
+# -- expiry and admission details (mutation testing found these unpinned) --------------------------
+
+
+def test_an_identity_expires_at_its_moment_and_an_unreadable_expiry_never_keeps_anyone_matchable() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from edge.gallery.admit import expired
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
+    assert expired({"expires_at": now.isoformat()}, now)  # at its moment: gone
+    assert not expired({"expires_at": (now + timedelta(seconds=1)).isoformat()}, now)
+    assert expired({"expires_at": "2026-12-06T12:00:00"}, now)  # no zone given: read as UTC
+    assert not expired({"expires_at": "2026-12-06T12:00:01"}, now)
+    assert expired({"expires_at": "next tuesday"}, now)  # unreadable: expired, never matchable forever
+    assert not expired({}, now) and not expired({"expires_at": ""}, now)
+
+
+def test_to_gallery_keeps_the_bundles_name_and_version_and_leaves_out_the_expired() -> None:
+    from datetime import datetime, timezone
+
+    from edge.gallery.admit import to_gallery
+
+    crowd = people(3)
+    crowd[1] = Identity("id1", None, crowd[1].embeddings, {"expires_at": "2000-01-01T00:00:00+00:00"})
+    bundle = admit(encode(crowd, "lobby", 9, SHA, KEY), POLICY)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    g = to_gallery(bundle, now)
+    assert (g.name, g.version, g.identity_ids) == ("lobby", 9, ("id0", "id2"))
+    assert to_gallery(bundle, now, version=11).version == 11  # after a removal: the removal's version
+
+
+def test_every_refusal_names_its_step_and_the_verified_version() -> None:
+    from edge.gallery.admit import verify_bundle
+
+    bundle = encode(people(1), "lobby", 12, SHA, KEY)
+    with pytest.raises(BundleError) as none_trusted:
+        admit(bundle, Policy((), SHA, "lobby", 1 << 20))
+    assert (none_trusted.value.step, none_trusted.value.reason) == ("signature", "no trusted public key configured")
+    with pytest.raises(BundleError) as big:
+        admit(bundle, Policy((KEY.public_key(),), SHA, "lobby", 100))
+    assert big.value.step == "size" and big.value.reason == f"{len(bundle)} bytes exceeds the limit of 100"
+    with pytest.raises(BundleError) as model:
+        admit(bundle, Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20))
+    assert (model.value.step, model.value.version) == ("model", 12)
+    assert "an embedder this device does not know (sha256 abababababab…)" in model.value.reason
+    with pytest.raises(BundleError) as other:
+        verify_bundle(bundle, [KEY.public_key()], SHA, gallery_name="garden")
+    assert (other.value.step, other.value.version) == ("gallery", 12)
+    assert other.value.reason == "bundle is for gallery 'lobby', this device follows 'garden'"
+    ok = admit(bundle, POLICY)
+    assert ok.created_at and ok.signer == bytes.fromhex(ok.signer).hex() and len(ok.signer) == 16

@@ -356,3 +356,26 @@ def test_a_look_of_someone_else_in_the_same_spot_begins_a_new_track() -> None:
     ((track, _),) = plain.update([_face(10)], now=0.0)
     plain.add_evidence(track, _match("alice", True), 0.9, track.box, 0.0, alice)
     assert plain.same_person(track, bob, 0.1) is track
+
+
+def test_the_split_compares_with_the_mean_of_earlier_looks_at_exactly_the_floor() -> None:
+    """A look scoring exactly the floor against the mean of the track's earlier looks stays (the floor is
+    'below it: someone else'); the next float below splits; the new track keeps the box, the face, the window
+    size and the still flag, starts empty, and the old one is gone from the tracker."""
+    e = np.eye(8, dtype=np.float32)
+    tr = Tracker(TrackingSettings(confirm_k=3, confirm_m=5), split_below=0.6)
+    ((track, face),) = tr.update([_face(10)], now=0.0)
+    for vec in (e[0], e[1]):  # earlier looks: their mean points between e0 and e1, length 1/sqrt(2)
+        tr.add_evidence(track, _match("alice", False, 0.4), 0.9, face.box, 0.0, vec)
+    mean = (e[0] + e[1]) / 2
+    unit_mean = mean / np.linalg.norm(mean)
+    at_floor = (0.6 * unit_mean + np.sqrt(1 - 0.36) * e[2]).astype(np.float32)  # cosine 0.6 with the mean
+    assert abs(float(at_floor @ mean) / float(np.linalg.norm(mean)) - 0.6) < 1e-6
+    assert tr.same_person(track, at_floor, 0.1) is track and tr.splits == 0
+    below = (0.59 * unit_mean + np.sqrt(1 - 0.59**2) * e[2]).astype(np.float32)
+    new = tr.same_person(track, below, 0.2)
+    assert new is not track and tr.splits == 1 and tr.tracks == [new]
+    assert (new.box, new.face, new.votes.maxlen, new.still, len(new.votes)) == (track.box, track.face, 5, False, 0)
+    assert (new.first_seen, new.last_seen, new.id) == (0.2, 0.2, track.id + 1)
+    assert tr.same_person(new, below, 0.3) is new  # no earlier look on the new track: nothing to compare
+    assert tr.same_person(track, None, 0.3) is track  # a look without an embedding: nothing to compare
