@@ -32,7 +32,7 @@ from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import BundleError, Identity, encode, frame
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
-from edge.recognition.calibration import Band, Calibration
+from edge.recognition.calibration import Band, Calibration, CalibrationTable
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Tracker
@@ -475,3 +475,38 @@ def test_every_refusal_names_its_step_and_the_verified_version() -> None:
     assert other.value.reason == "bundle is for gallery 'lobby', this device follows 'garden'"
     ok = admit(bundle, POLICY)
     assert ok.created_at and ok.signer == bytes.fromhex(ok.signer).hex() and len(ok.signer) == 16
+
+
+def test_each_match_reports_its_identity_label_version_margin_and_a_capped_rate() -> None:
+    """Field by field, for several faces in one call (each face its own second best)."""
+    fused_table = CalibrationTable.from_rows([[10.0**-k, 0.15 + 0.1 * k] for k in range(1, 7)], 1_000_000)
+    kinds = {**every_kind(LARGE), (1, 3): fused_table}
+    cal = Calibration("sha", "mesh5+flip", (Band(80, LARGE, "80+ px", kinds), Band(0, SMALL, "0-80 px", kinds)))
+    matcher = Matcher(cal, MatchSettings(max_false_match_rate=1e-3))
+    assert matcher.calibration is cal and matcher.conditions == ("colour",)
+    gallery = Gallery.build([(f"id{i}", f"Person {i}", np.eye(DIM, dtype=np.float32)[i : i + 1]) for i in range(12)], 5)
+    snap = matcher.snapshot(gallery)
+    assert snap.condition == "colour" and snap.version == 5
+    near_two, far = probe(0.9, 0.5), probe(0.8, 0.1)
+    a, b = snap.match(np.vstack([near_two, far]))
+    assert (a.label, a.gallery_version, b.gallery_version) == ("Person 0", 5, 5)
+    assert a.margin == pytest.approx(0.4) and b.margin == pytest.approx(0.7)  # each its own second best
+    (low,) = snap.match(probe(0.05))  # far below every row: the table's first rate × 12 identities, capped at 1
+    assert low.est_false_match_rate == 1.0
+    (one,) = matcher.snapshot(basis_gallery(1)).match(probe(0.7))
+    assert one.margin == pytest.approx(1.7)  # one identity: the second best is taken as -1
+    (fused,) = snap.match(probe(0.9), looks=3)
+    assert fused.est_false_match_rate == pytest.approx(fused_table.fmr_at(0.9) * 12)  # the fused looks' table
+
+
+def test_an_empty_gallery_is_empty_and_reports_a_grey_face_as_grey_where_grey_is_calibrated() -> None:
+    grey = Calibration("sha", "mesh5+flip", (Band(0, SMALL, "0+ px", every_kind(SMALL)),), condition="grey")
+    snap = Matcher(CAL, MatchSettings(), [grey]).snapshot(Gallery.empty())
+    assert snap.gallery.embeddings.shape[0] == 0 and snap.gallery.templates.shape[0] == 0
+    (m,) = snap.match(probe(0.9), conditions=["grey"])
+    assert m.condition == "grey" and m.band == "0+ px" and not m.accepted
+
+
+def test_a_short_photo_vector_is_made_unit_length_too() -> None:
+    g = Gallery.build([("a", None, np.eye(DIM, dtype=np.float32)[:1] * 0.5)])
+    np.testing.assert_allclose(np.linalg.norm(g.templates, axis=1), 1.0, rtol=1e-6)
