@@ -9,6 +9,7 @@ closed. Reopening and back-off are the reader thread's job, not the source's.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,9 +41,12 @@ class FrameSource(Protocol):
 
 
 def quiet_opencv() -> None:
-    """OpenCV's own warnings on a camera that fails to open ('[ WARN:0@…] …') stay off the terminal: the
-    source's error says what happened, once, through the project's logger."""
+    """OpenCV's own warnings on a camera that fails to open ('[ WARN:0@…] …') and FFmpeg's on a stream that
+    does ('[tcp @ 0x…] Connection … failed') stay off the terminal: the source's error says what happened,
+    once, through the project's logger. FFmpeg's level is read when OpenCV first starts it, so this runs
+    before every open (a user's own OPENCV_FFMPEG_LOGLEVEL wins)."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 class OpenCVSource:
