@@ -115,3 +115,14 @@ def test_the_calibration_covers_every_face_the_gate_admits_and_a_lower_gate_is_r
     below = Recognizer(Settings.model_validate({"quality": {"min_face_px": smallest - 4}}), rec.manifest)
     with pytest.raises(ModelError, match=rf"quality.min_face_px = {smallest - 4:g}: below the smallest face-size band"):
         below.matcher  # noqa: B018 (the matcher is made at start-up: the service fails there, naming the key)
+
+
+def test_only_the_embedders_own_calibration_file_is_read_and_a_broken_one_is_named(models_copy: Path) -> None:
+    (models_copy / "calibration" / "mobilefacenet_int8.json").write_text("{ half a file")  # another embedder's
+    m = load_manifest(models_copy)
+    assert calibration_for(m, m.spec("sface_int8").sha256, "mesh5+flip").bands  # unaffected
+    with pytest.raises(ModelError, match=r"calibration file .*mobilefacenet_int8\.json cannot be read"):
+        calibration_for(m, m.spec("mobilefacenet_int8").sha256, "mesh5+flip")
+    (models_copy / "calibration" / "sface_fp16.json").write_text(json.dumps({"embedder_sha256": "x", "tables": 3}))
+    with pytest.raises(ModelError, match=r"sface_fp16\.json is malformed"):
+        calibration_for(m, m.spec("sface_fp16").sha256, "mesh5+flip")

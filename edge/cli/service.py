@@ -12,7 +12,7 @@ from typing import Any
 
 from edge.cli.common import parse_broker, repo_fixture_faces
 from edge.device.config import Settings, load_settings
-from edge.errors import InputError, ModelError
+from edge.errors import InputError
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -28,20 +28,14 @@ def models_report(settings: Settings) -> dict[str, Any]:
     """The embedder the settings name and the calibration file bound to it; a ModelError (start-up's own
     words) when the manifest has no such embedder or its tables were measured for another file."""
     from edge.device.runtime import load_manifest
-    from edge.recognition.calibration import CALIBRATION_DIR, calibration_header
+    from edge.recognition.calibration import calibration_file
 
     manifest = load_manifest(settings.models.dir)
     name = settings.models.embedder
     manifest.embedder(name)
     sha = manifest.spec(name).sha256
-    path = manifest.root / CALIBRATION_DIR / f"{name}.json"
-    measured_for = calibration_header(path).get("embedder_sha256") if path.is_file() else None
-    if measured_for != sha:
-        raise ModelError(
-            f"models.embedder = {name!r}: no calibration tables for it in {path.parent} "
-            f"({'none there' if measured_for is None else f'the file there was measured for {str(measured_for)[:12]}…'}); "
-            "measure them with models/calibrate.py"
-        )
+    found = calibration_file(manifest, sha)
+    path, measured_for = found.path, found.header.get("embedder_sha256")
     return {"embedder": name, "sha256": sha, "calibration": str(path), "calibration_embedder_sha256": measured_for}
 
 

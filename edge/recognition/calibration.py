@@ -207,89 +207,81 @@ def parse_calibrations(entries: Sequence[Mapping[str, Any]]) -> tuple[Calibratio
 CALIBRATION_DIR = "calibration"  # beside the manifest: one file of tables per embedder, <embedder>.json
 
 
-def calibration_for(manifest: Manifest, embedder_sha256: str, pipeline: str, condition: str = "colour") -> Calibration:
-    """The score → FMR tables for exactly this embedder file, pipeline variant and imaging condition."""
-    for cal in parsed_calibrations(manifest):
-        if cal.embedder_sha256 == embedder_sha256 and cal.pipeline == pipeline and cal.condition == condition:
-            return cal
+@dataclass(frozen=True)
+class CalibrationFile:
+    """One embedder's calibration file: its header (which embedder file it was measured for, how, its
+    validation, the track-split floor) and its tables, parsed."""
+
+    path: Path
+    header: Mapping[str, Any]
+    calibrations: tuple[Calibration, ...]
+
+
+def calibration_file(manifest: Manifest, embedder_sha256: str) -> CalibrationFile:
+    """The calibration file of the manifest's embedder with this sha256, checked to have been measured for
+    exactly that file (tables of another embedder are never used); a ModelError naming the cause."""
     name = next((k for k, m in manifest.models.items() if m.sha256 == embedder_sha256), "")
     path = manifest.root / CALIBRATION_DIR / f"{name}.json"
-    if name and path.is_file():
-        other = calibration_header(path).get("embedder_sha256", "?")
-        if other != embedder_sha256:
-            raise ModelError(
-                f"{path} holds tables measured for embedder sha256 {str(other)[:12]}…, but the manifest's "
-                f"'{name}' is {embedder_sha256[:12]}…: tables of another embedder are never used; "
-                "recalibrate with models/calibrate.py"
-            )
+    if not name or not path.is_file():
+        raise ModelError(
+            f"no calibration tables for embedder {name or '?'} (sha256 {embedder_sha256[:12]}…) in "
+            f"{manifest.root / CALIBRATION_DIR}; measure them with models/calibrate.py"
+        )
+    found = _load(path, path.stat().st_mtime_ns)
+    measured_for = found.header.get("embedder_sha256")
+    if measured_for != embedder_sha256:
+        raise ModelError(
+            f"{path} holds tables measured for embedder sha256 {str(measured_for)[:12]}…, but the manifest's "
+            f"'{name}' is {embedder_sha256[:12]}…: tables of another embedder are never used; "
+            "recalibrate with models/calibrate.py"
+        )
+    return found
+
+
+def calibration_for(manifest: Manifest, embedder_sha256: str, pipeline: str, condition: str = "colour") -> Calibration:
+    """The score → FMR tables for exactly this embedder file, pipeline variant and imaging condition."""
+    found = calibration_file(manifest, embedder_sha256)
+    for cal in found.calibrations:
+        if cal.pipeline == pipeline and cal.condition == condition:
+            return cal
     raise ModelError(
-        f"no calibration table for embedder {name or '?'} (sha256 {embedder_sha256[:12]}…) with pipeline "
-        f"'{pipeline}' ({condition}) in {manifest.root / CALIBRATION_DIR}; measure it with models/calibrate.py"
+        f"{found.path} has no calibration table for pipeline '{pipeline}' ({condition}); "
+        "measure it with models/calibrate.py"
     )
 
 
 def conditions_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> tuple[str, ...]:
     """The imaging conditions the tables cover for this embedder and pipeline."""
-    found = {
-        c.condition
-        for c in parsed_calibrations(manifest)
-        if (c.embedder_sha256, c.pipeline) == (embedder_sha256, pipeline)
-    }
+    found = {c.condition for c in calibration_file(manifest, embedder_sha256).calibrations if c.pipeline == pipeline}
     return tuple(c for c in CONDITIONS if c in found)
 
 
-def split_threshold(manifest: Manifest, embedder: str, pipeline: str) -> float | None:
+def split_threshold(manifest: Manifest, embedder_sha256: str, pipeline: str) -> float | None:
     """The score below which a look no longer counts as the same person as its track (``appearance`` in the
     embedder's calibration file, measured by models/calibrate.py for each pipeline); None when not measured."""
-    path = manifest.root / CALIBRATION_DIR / f"{embedder}.json"
-    if not path.is_file():
-        return None
-    found = calibration_header(path).get("appearance", {}).get(pipeline, {}).get("split_below")
-    return float(found) if isinstance(found, (int, float)) else None
-
-
-def calibration_header(path: Path) -> dict[str, Any]:
-    """A calibration file less its tables: which embedder it was measured for, how, and its validation."""
-    raw = _read_json(path)
-    return {k: v for k, v in raw.items() if k != "tables"}
-
-
-def calibration_files(manifest: Manifest) -> tuple[Path, ...]:
-    return tuple(sorted((manifest.root / CALIBRATION_DIR).glob("*.json")))
-
-
-def parsed_calibrations(manifest: Manifest) -> tuple[Calibration, ...]:
-    """Every table beside the manifest (``calibration/*.json``, each bound to its embedder's sha256), parsed
-    once per manifest."""
-    return _parsed(manifest.root, tuple((p, p.stat().st_mtime_ns) for p in calibration_files(manifest)))
+    found = calibration_file(manifest, embedder_sha256).header.get("appearance", {}).get(pipeline, {})
+    value = found.get("split_below") if isinstance(found, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 @cache
-def _parsed(root: Path, files: tuple[tuple[Path, int], ...]) -> tuple[Calibration, ...]:
-    entries: list[Mapping[str, Any]] = []
-    for path, _ in files:
-        raw = _read_json(path)
-        try:
-            sha = str(raw["embedder_sha256"])
-            for entry in raw["tables"]:
-                if str(entry["embedder_sha256"]) != sha:
-                    raise ValueError(
-                        f"a table for embedder {str(entry['embedder_sha256'])[:12]}… in a file for {sha[:12]}…"
-                    )
-                entries.append({**entry, "method": entry.get("method", raw.get("method", ""))})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"calibration file {path} is malformed: {exc!r}") from None
-    try:
-        return parse_calibrations(entries)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ModelError(f"the calibration in {root / CALIBRATION_DIR} is malformed: {exc!r}") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
+def _load(path: Path, mtime_ns: int) -> CalibrationFile:
+    """Read and parse one calibration file (once per file version: ``mtime_ns`` is the cache key's part)."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"calibration file {path} cannot be read: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"calibration file {path} is malformed: not a JSON object")
-    return raw
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        sha = str(raw["embedder_sha256"])
+        for entry in raw["tables"]:
+            if str(entry["embedder_sha256"]) != sha:
+                raise ValueError(
+                    f"a table for embedder {str(entry['embedder_sha256'])[:12]}… in a file for {sha[:12]}…"
+                )
+        entries = [{**e, "method": e.get("method", raw.get("method", ""))} for e in raw["tables"]]
+        calibrations = parse_calibrations(entries)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(f"calibration file {path} is malformed: {exc!r}") from None
+    return CalibrationFile(path, {k: v for k, v in raw.items() if k != "tables"}, calibrations)

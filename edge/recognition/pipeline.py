@@ -56,7 +56,7 @@ class Recognizer:
     def tracker(self, settings: TrackingSettings | None = None) -> Tracker:
         """A tracker for one camera (default: the device's tracking settings), splitting a track when a look is
         someone else's at this embedder's measured score (``split_threshold``)."""
-        split = split_threshold(self.manifest, self.embedder_name, self.pipeline_id)
+        split = split_threshold(self.manifest, self.embedder_sha256, self.pipeline_id)
         return Tracker(settings or self.settings.tracking, split)
 
     @property
