@@ -58,8 +58,8 @@ class OpenCVSource:
         self.spec = spec
         self.name = redact_url(spec)  # what logs and the status may show
         self.width, self.height = width, height
-        self.is_camera = spec.isdigit() or spec.startswith("/dev/video")
-        self.live = self.is_camera or bool(re.match(r"^[a-z]+://", spec))
+        self.is_camera = is_camera(spec)
+        self.live = is_retried(spec)
         self.fps = 0.0
         self._cap: Any = None
 
@@ -168,10 +168,15 @@ class Picamera2Source:
             self._cam = None
 
 
+def is_camera(spec: str) -> bool:
+    """A camera index or a V4L2 device path."""
+    return spec.isdigit() or spec.startswith("/dev/video")
+
+
 def is_retried(spec: str) -> bool:
-    """A camera index or device, a stream URL, the Pi camera: things that come and go, retried with back-off.
-    Anything else names a file or folder."""
-    return spec == "picamera2" or spec.isdigit() or spec.startswith("/dev/video") or bool(re.match(r"^[a-z]+://", spec))
+    """A camera, a stream URL, the Pi camera: live sources that come and go, retried with back-off. Anything
+    else names a file or folder."""
+    return spec == "picamera2" or is_camera(spec) or bool(re.match(r"^[a-z]+://", spec))
 
 
 def check_at_start(spec: str) -> None:
