@@ -86,19 +86,32 @@ DEFAULT = (
 )  # what a device runs by default: validated on identity-disjoint halves
 
 
+# Crops are kept whatever the head turn (the widest the settings allow) with their yaw: a table is then
+# built for the turns one gate admits (--max-yaw) without aligning View 1 again.
+OPEN_YAW = 3.0
+CACHE_VERSION = "v2"
+# The widest head turn the shipped tables are measured on (docs/thresholds.md: why this one).
+MAX_YAW = 1.2  # v2: crops of every head turn, with their yaw
+
+
 def recognizer(models: Path, **m: object) -> Recognizer:
-    # The gate is not applied here: every face the band holds is measured.
-    return Recognizer(Settings.model_validate({"models": {"dir": str(models), **m}, "quality": {"min_face_px": 8}}))
+    # Neither the size nor the turn gate is applied here: every face the band holds is measured.
+    return Recognizer(
+        Settings.model_validate(
+            {"models": {"dir": str(models), **m}, "quality": {"min_face_px": 8, "max_yaw": OPEN_YAW}}
+        )
+    )
 
 
 def crops_for(
     rec: Recognizer, images: list[Path], band: tuple[float, float | None], seed: int, condition: str
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Aligned crops of the faces a device would judge at this band's sizes in this condition, and which
-    images they are: a face the detector found that passes the quality gate (its size apart)."""
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Aligned crops of the faces a device would judge at this band's sizes in this condition, which
+    images they are and each face's yaw: a face the detector found that passes the quality gate (its size
+    and head turn apart)."""
     rng = np.random.default_rng(seed)
     lo, hi = band
-    out, keep = [], np.zeros(len(images), bool)
+    out, keep, yaw = [], np.zeros(len(images), bool), []
     for i, path in enumerate(images):
         image = apply_condition(read_image(path), condition)
         size = None if hi is None else float(rng.uniform(lo, hi))
@@ -109,25 +122,28 @@ def crops_for(
         if res.aligned is None or not res.aligned.quality.ok:
             continue
         out.append(res.aligned.crop)
+        yaw.append(res.aligned.quality.yaw)
         keep[i] = True
-    return out, keep
+    return out, keep, np.array(yaw, np.float32)
 
 
 def embeddings(
     args: argparse.Namespace, images: list[Path], b: int, alignment: str, condition: str
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(which images gave a judged face, embedding per embedder and flip), cached between runs: the aligned
-    crops once (they do not depend on the embedder), each embedder's plain and mirrored vectors once."""
+    """(which images gave a face the gate admits, embedding per embedder and flip), cached between runs: the
+    aligned crops once (they do not depend on the embedder), each embedder's plain and mirrored vectors once;
+    the faces turned further than ``args.max_yaw`` left out."""
     band = BANDS[b]
     name = f"{band[0]:g}-{alignment}-{args.seed + b}" + ("" if condition == "colour" else f"-{condition}")
+    name += f"-{CACHE_VERSION}"
     crops_file = args.cache / f"{name}-crops.npz"
     args.cache.mkdir(parents=True, exist_ok=True)
     if crops_file.is_file():  # the same images, models and seed as a run before
         stored = np.load(crops_file)
-        keep, crops = stored["keep"], stored["crops"]
+        keep, crops, yaw = stored["keep"], stored["crops"], stored["yaw"]
     else:
         t0 = time.time()
-        found, keep = crops_for(
+        found, keep, yaw = crops_for(
             recognizer(args.models, alignment=alignment, embedder=args.embedders[0]),
             images,
             band,
@@ -135,7 +151,7 @@ def embeddings(
             condition,
         )
         crops = np.stack(found) if found else np.zeros((0, 112, 112, 3), np.uint8)
-        np.savez(crops_file, keep=keep, crops=crops)
+        np.savez(crops_file, keep=keep, crops=crops, yaw=yaw)
         print(
             f"  aligned {name}: {int(keep.sum())} of {len(images)} faces judged, {time.time() - t0:.0f}s",
             file=sys.stderr,
@@ -154,7 +170,10 @@ def embeddings(
             np.savez(vectors_file, plain=plain, mirrored=mirrored)
         out[f"{embedder}-False"] = plain
         out[f"{embedder}-True"] = l2_normalise(plain + mirrored)
-    return keep, out
+    admitted = np.abs(yaw) <= args.max_yaw
+    gated = keep.copy()
+    gated[keep] = admitted
+    return gated, {k: v[admitted] for k, v in out.items()}
 
 
 class Side:
@@ -401,6 +420,11 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     ap.add_argument(
+        "--max-yaw", type=float, default=MAX_YAW,
+        help="the widest head turn the tables are measured on (written to the file: a device's gate may not "
+        "admit wider turns)",
+    )  # fmt: skip
+    ap.add_argument(
         "--embed-only", action="store_true", help="fill the cache and stop (one process per alignment runs in parallel)"
     )
     args = ap.parse_args()
@@ -472,8 +496,9 @@ def main() -> None:
             "embedder": embedder,
             "embedder_sha256": manifest.spec(embedder).sha256,
             "written_by": "models/calibrate.py",
-            "command": "python models/calibrate.py --embedders " + embedder,
+            "command": f"python models/calibrate.py --alignments {' '.join(args.alignments)} --embedders {embedder}",
             "method": METHOD,
+            "quality_gate": {"max_yaw": args.max_yaw},
             "appearance": appearance[embedder],
         }
         if embedder == DEFAULT[0] and validation:

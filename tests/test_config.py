@@ -314,3 +314,30 @@ def test_config_check_names_the_embedder_its_tables_and_refuses_an_unknown_one(
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "embedder 'sface_int9' is not in" in err and "sface_int8" in err
+
+
+def test_config_check_refuses_a_gate_wider_than_the_tables_as_start_up_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from edge.cli import main
+    from edge.device.config import Settings
+    from edge.device.runtime import load_manifest
+    from edge.recognition.calibration import measured_max_yaw
+
+    s = Settings()
+    measured = measured_max_yaw(load_manifest(s.models.dir), load_manifest(s.models.dir).spec(s.models.embedder).sha256)
+    unset = tmp_path / "unset.toml"
+    unset.write_text("[quality]\nmin_sharpness = 15\n")
+    assert main(["config", "check", str(unset), "--show"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["models_in_use"]["quality_max_yaw"] == measured
+    cams = tmp_path / "cams.toml"
+    cams.write_text(
+        '[[cameras]]\nid = "door"\nsource = "rtsp://cam/door"\n'
+        f'[[cameras]]\nid = "yard"\nsource = "rtsp://cam/yard"\n[cameras.quality]\nmax_yaw = {measured + 0.1:g}\n'
+    )
+    assert main(["config", "check", str(cams)]) == 2
+    err = capsys.readouterr().err
+    assert f"cameras.yard.quality.max_yaw = {measured + 0.1:g}: wider than the head turns" in err
+    assert len(err.strip().splitlines()) == 1

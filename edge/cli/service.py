@@ -28,7 +28,8 @@ def models_report(settings: Settings) -> dict[str, Any]:
     """The embedder the settings name and the calibration file bound to it; a ModelError (start-up's own
     words) when the manifest has no such embedder or its tables were measured for another file."""
     from edge.device.runtime import load_manifest
-    from edge.recognition.calibration import calibration_file
+    from edge.recognition.calibration import calibration_file, checked_gate
+    from edge.recognition.pipeline import pipeline_id
 
     manifest = load_manifest(settings.models.dir)
     name = settings.models.embedder
@@ -36,7 +37,19 @@ def models_report(settings: Settings) -> dict[str, Any]:
     sha = manifest.spec(name).sha256
     found = calibration_file(manifest, sha)
     path, measured_for = found.path, found.header.get("embedder_sha256")
-    return {"embedder": name, "sha256": sha, "calibration": str(path), "calibration_embedder_sha256": measured_for}
+    # Each gate as start-up checks it: faces smaller or more turned than the tables measured are refused.
+    pipeline = pipeline_id(settings.models)
+    gate = checked_gate(manifest, sha, pipeline, settings.quality)
+    single = len(settings.camera_list()) == 1
+    for cam in settings.camera_list():
+        checked_gate(manifest, sha, pipeline, cam.quality, "quality" if single else f"cameras.{cam.id}.quality")
+    return {
+        "embedder": name,
+        "sha256": sha,
+        "calibration": str(path),
+        "calibration_embedder_sha256": measured_for,
+        "quality_max_yaw": gate.max_yaw,
+    }
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -148,11 +148,11 @@ class QualitySettings(Section):
         description="Smallest face (box side, pixels) that is judged, each size band with its own calibrated threshold (models/calibration/<embedder>.json has bands down to 24 px; docs/thresholds.md); the region scanner looks for faces down to this size.",
     )
     min_sharpness: float = Field(15.0, ge=0, description="Minimum variance of the Laplacian of the aligned crop.")
-    max_yaw: float = Field(
-        0.8,
+    max_yaw: float | None = Field(
+        None,
         gt=0,
         le=3,
-        description="Largest head turn, as the nose offset from the eye midpoint over half the eye distance (about tan(yaw): 0.8 ≈ 39°).",
+        description="Largest head turn, as the nose offset from the eye midpoint over half the eye distance (about tan(yaw): 0.8 ≈ 39°, 1.2 ≈ 50°). Unset: the widest turn the embedder's calibration tables were measured on (SFace 1.2, MobileFaceNet 0.8); a wider one is refused at start-up.",
     )
     max_roll_deg: float = Field(30.0, gt=0, le=90, description="Largest head tilt in degrees.")
     min_brightness: float = Field(40.0, ge=0, le=255, description="Darkest acceptable mean crop brightness (0–255).")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.device.config import QualitySettings
 from edge.device.runtime import Manifest
 from edge.errors import ModelError
 
@@ -254,6 +255,45 @@ def conditions_for(manifest: Manifest, embedder_sha256: str, pipeline: str) -> t
     """The imaging conditions the tables cover for this embedder and pipeline."""
     found = {c.condition for c in calibration_file(manifest, embedder_sha256).calibrations if c.pipeline == pipeline}
     return tuple(c for c in CONDITIONS if c in found)
+
+
+# The head turn the quality gate admitted when a file does not say (MobileFaceNet's tables, measured before
+# the gate was recorded: the default gate then, 0.8).
+LEGACY_MAX_YAW = 0.8
+
+
+def measured_max_yaw(manifest: Manifest, embedder_sha256: str) -> float:
+    """The widest head turn (``QualitySettings.max_yaw``) of the faces this embedder's tables were measured on:
+    a gate admitting wider turns would judge faces whose false-match rate nobody measured."""
+    gate = calibration_file(manifest, embedder_sha256).header.get("quality_gate", {})
+    value = gate.get("max_yaw") if isinstance(gate, dict) else None
+    return float(value) if isinstance(value, (int, float)) else LEGACY_MAX_YAW
+
+
+def checked_gate(
+    manifest: Manifest, embedder_sha256: str, pipeline: str, limits: QualitySettings, section: str = "quality"
+) -> QualitySettings:
+    """A quality gate the tables of this embedder and pipeline can judge, its unset head-turn limit filled in
+    with the measured one; a ModelError naming the key of ``section`` (``quality``, ``cameras.N.quality``)
+    when it admits faces smaller or more turned than the tables measured (their false-match rate is unknown)."""
+    name = next((k for k, m in manifest.models.items() if m.sha256 == embedder_sha256), "?")
+    smallest = calibration_for(manifest, embedder_sha256, pipeline).bands[-1].min_px
+    if limits.min_face_px < smallest:
+        raise ModelError(
+            f"{section}.min_face_px = {limits.min_face_px:g}: below the smallest face-size band the calibration "
+            f"of {pipeline} measured ({smallest:g} px), so faces that small have no known false-match rate; "
+            "raise it, or calibrate smaller faces (models/calibrate.py)"
+        )
+    widest = measured_max_yaw(manifest, embedder_sha256)
+    if limits.max_yaw is None:
+        return limits.model_copy(update={"max_yaw": widest})
+    if limits.max_yaw > widest:
+        raise ModelError(
+            f"{section}.max_yaw = {limits.max_yaw:g}: wider than the head turns the calibration of {name} "
+            f"measured (up to {widest:g}), so faces turned that far have no known false-match rate; lower it or "
+            "leave it unset, or calibrate wider turns (models/calibrate.py --max-yaw)"
+        )
+    return limits
 
 
 def split_threshold(manifest: Manifest, embedder_sha256: str, pipeline: str) -> float | None:

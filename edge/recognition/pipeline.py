@@ -14,8 +14,14 @@ import numpy as np
 from edge.capture.imageio import check_frame
 from edge.device.config import DetectionSettings, ModelSettings, QualitySettings, Settings, TrackingSettings
 from edge.device.runtime import Manifest, load_manifest
-from edge.errors import InputError, ModelError
-from edge.recognition.calibration import calibration_for, conditions_for, split_threshold
+from edge.errors import InputError
+from edge.recognition.calibration import (
+    calibration_for,
+    checked_gate,
+    conditions_for,
+    measured_max_yaw,
+    split_threshold,
+)
 from edge.recognition.match import Matcher
 from edge.recognition.track import Tracker
 from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
@@ -48,7 +54,7 @@ class Recognizer:
         self.embedder_sha256 = self.manifest.spec(m.embedder).sha256
         # sha256 → name of every embedder this manifest knows (a bundle for another one is refused naming both)
         self.embedder_names = {self.manifest.spec(k).sha256: k for k in self.manifest.embedders}
-        self.limits = settings.quality
+        self._limits: QualitySettings | None = None
         self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
         self.pipeline_id = pipeline_id(m)
         self._matcher: Matcher | None = None
@@ -66,7 +72,7 @@ class Recognizer:
         gallery in force lives in a ``GalleryHolder``."""
         if self._matcher is None:
             calibration = calibration_for(self.manifest, self.embedder_sha256, self.pipeline_id)
-            self._check_gate(self.limits, calibration.bands[-1].min_px, "quality.min_face_px")
+            self._limits = checked_gate(self.manifest, self.embedder_sha256, self.pipeline_id, self.settings.quality)
             others = [
                 calibration_for(self.manifest, self.embedder_sha256, self.pipeline_id, c)
                 for c in conditions_for(self.manifest, self.embedder_sha256, self.pipeline_id)
@@ -75,17 +81,22 @@ class Recognizer:
             self._matcher = Matcher(calibration, self.settings.match, others)
         return self._matcher
 
-    def check_gate(self, limits: QualitySettings, key: str) -> None:
-        """A quality gate this calibration can judge (a camera's own gate, say); else a ModelError naming ``key``."""
-        self._check_gate(limits, self.matcher.calibration.bands[-1].min_px, key)
+    @property
+    def limits(self) -> QualitySettings:
+        """The device's quality gate; an unset head-turn limit is the widest the embedder's tables measured."""
+        if self._limits is None:
+            self._limits = self._filled(self.settings.quality)
+        return self._limits
 
-    def _check_gate(self, limits: QualitySettings, smallest: float, key: str) -> None:
-        if limits.min_face_px < smallest:
-            raise ModelError(
-                f"{key} = {limits.min_face_px:g}: below the smallest face-size band the calibration of "
-                f"{self.pipeline_id} measured ({smallest:g} px), so faces that small have no known false-match "
-                "rate; raise it, or calibrate smaller faces (models/calibrate.py)"
-            )
+    def _filled(self, limits: QualitySettings) -> QualitySettings:
+        if limits.max_yaw is not None:
+            return limits
+        return limits.model_copy(update={"max_yaw": measured_max_yaw(self.manifest, self.embedder_sha256)})
+
+    def check_gate(self, limits: QualitySettings, section: str) -> QualitySettings:
+        """A quality gate this calibration can judge (a camera's own gate, say), its unset head-turn limit
+        filled in; else a ModelError naming the key of ``section`` (``quality``, ``cameras.N.quality``)."""
+        return checked_gate(self.manifest, self.embedder_sha256, self.pipeline_id, limits, section)
 
     def other_detector(self) -> Detector:
         if self._other is None:
@@ -116,7 +127,7 @@ class Recognizer:
     ) -> list[AlignedFace]:
         """Each face warped to the template; with ``mesh5`` from refined five points; judged by the
         quality gate ``limits`` (a camera's own; default: the device's)."""
-        gate = limits or self.limits
+        gate = self.limits if limits is None else self._filled(limits)
         out = []
         for face in faces:
             points, presence = None, None

@@ -72,7 +72,7 @@ class Camera:
     ) -> None:
         self.id = spec.id
         self.spec = spec
-        rec.check_gate(spec.quality, "quality.min_face_px" if single else f"cameras.{spec.id}.quality.min_face_px")
+        limits = rec.check_gate(spec.quality, "quality" if single else f"cameras.{spec.id}.quality")
         self.slot = LatestFrame(hub)
         src = spec.source
         check_at_start(src.uri)
@@ -96,7 +96,7 @@ class Camera:
             lambda conf, frame: on_confirm(conf, frame, self.id),
             (lambda ids: on_seen(ids, self.id)) if on_seen is not None else None,
             scanner=rec.scanner(spec.detection, spec.quality.min_face_px),
-            limits=spec.quality,
+            limits=limits,
         )  # fmt: skip
         self._last_fps = 0.0
 

@@ -31,6 +31,8 @@ def assess(
     refined landmarks when the pipeline has them; else the detector's keypoints.
     ``presence`` is the face mesh's face-presence score, when the mesh ran: detections
     it rejects (clutter the detector took for a face) are not judged at all."""
+    if limits.max_yaw is None:  # the recognizer fills it in from the calibration (Recognizer.limits)
+        raise ValueError("a quality gate without its head-turn limit: fill it in from the calibration first")
     kp = face.keypoints if points is None else points
     right_eye, left_eye, nose = kp[0], kp[1], kp[2]
     eye_vec = left_eye - right_eye
