@@ -211,3 +211,19 @@ def write_png(path: Path, width: int, height: int) -> Path:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return path
+
+
+def device_key(state_dir: Path) -> Any:
+    """The device key a device started on ``state_dir`` will use (made now, as its first start would)."""
+    from edge.device.keys import ensure_key
+
+    return ensure_key(state_dir)[0]
+
+
+def sealed_for(state_dirs: list[Path], identities: list[Any], gallery: str, version: int, sha: str, key: Any,
+               kind: str = "full", dtype: str = "float16") -> bytes:  # fmt: skip
+    """A bundle sealed to the devices of these state directories (their keys made if missing)."""
+    from edge.gallery.sealed import seal
+
+    recipients = [device_key(d).public for d in state_dirs]
+    return seal(identities, gallery, version, sha, key, recipients, kind, dtype)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from edge.gallery.bundle import BundleError, Identity, encode, generate_key, loa
 from edge.recognition.pipeline import Recognizer
 
 from .conftest import FACES
+from .support import sealed_for
 
 SHA = "ab" * 32
 
@@ -117,24 +118,55 @@ def test_keygen_enroll_verify_inspect_and_run_with_bundle(tmp_path: Path, capsys
     (photos / "Colin_Powell" / "identity.toml").write_text('label = "Colin Powell"\npurpose = "demo"\n')
     out = tmp_path / "g.bundle"
     capsys.readouterr()
-    rc = main(["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--gallery-name", "lobby",
-               "--version", "4", "--json"])  # fmt: skip
-    assert rc == 0
+    # The device's key, printed as one line on the device; the operator seals the gallery to it.
+    assert main(["device", "key", "--state-dir", str(tmp_path / "door")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("x25519:") and (os.stat(tmp_path / "door" / "device.key").st_mode & 0o777) == 0o600
+    assert (os.stat(tmp_path / "door").st_mode & 0o777) == 0o700
+    assert main(["device", "key", "--state-dir", str(tmp_path / "door")]) == 0
+    assert capsys.readouterr().out.strip() == line  # the same key, not a new one
+    enroll = ["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--gallery-name", "lobby",
+              "--version", "4", "--json"]  # fmt: skip
+    assert main(enroll) == 2  # no recipient: refused, saying how
+    assert "--recipient KEY" in capsys.readouterr().err and not out.exists()
+    assert main([*enroll, "--recipient", line]) == 0
     report = json.loads(capsys.readouterr().out)
     colin = next(r for r in report["identities"] if r["identity_id"] == "Colin_Powell")
     assert "broken.jpg" in colin["rejected"] and colin["label"] == "Colin Powell" and len(colin["accepted"]) >= 2
-    assert b"JFIF" not in out.read_bytes()  # no photo in the bundle
+    data = out.read_bytes()
+    assert b"JFIF" not in data  # no photo in the bundle
+    assert b"Colin" not in data and b"Venus" not in data  # nor a name: sealed
     assert main(["gallery", "verify", str(out), "--trusted-key", f"{keyfile}.pub"]) == 0
-    assert "gallery lobby v4, 2 identities, " in capsys.readouterr().out
+    assert "gallery lobby v4 (full), sealed to 1 device; contents not opened" in capsys.readouterr().out
+    device_key = str(tmp_path / "door" / "device.key")
+    assert main(["gallery", "verify", str(out), "--trusted-key", f"{keyfile}.pub", "--device-key", device_key]) == 0
+    assert "gallery lobby v4, sealed to 1 device, 2 identities, " in capsys.readouterr().out
     assert main(["gallery", "inspect", str(out)]) == 0
     header = json.loads(capsys.readouterr().out)
     assert header["version"] == 4 and header["gallery"] == "lobby" and header["embedder"] == "sface_int8"
+    assert "Colin" not in json.dumps(header) and len(header["recipients"]) == 1
+    # Another device's key does not open it: one line naming the step.
+    assert main(["device", "key", "--state-dir", str(tmp_path / "yard")]) == 0
+    yard = str(tmp_path / "yard" / "device.key")
+    capsys.readouterr()
+    assert main(["gallery", "verify", str(out), "--trusted-key", f"{keyfile}.pub", "--device-key", yard]) == 2
+    err = capsys.readouterr().err
+    assert "rejected at recipient: this device (key " in err and len(err.strip().splitlines()) == 1
+    # In the clear only when asked for, and said.
+    clear = tmp_path / "clear.bundle"
+    assert main([*enroll[:2], "--out", str(clear), *enroll[4:], "--plaintext"]) == 0
+    assert b"Colin" in clear.read_bytes() and "in the clear" in capsys.readouterr().err
+    assert main([*enroll, "--recipient", line, "--plaintext"]) == 2
     # Without --gallery-name it is said which name the gallery gets; one identity is "1 identity".
     single = tmp_path / "one"
     (single / "Colin_Powell").mkdir(parents=True)
     for p in sorted((FACES / "Colin_Powell").glob("*.jpg"))[:3]:
         (single / "Colin_Powell" / p.name).write_bytes(p.read_bytes())
-    assert main(["enroll", str(single), "--out", str(tmp_path / "one.bundle"), "--key", str(keyfile)]) == 0
+    one = ["enroll", str(single), "--out", str(tmp_path / "one.bundle"), "--key", str(keyfile)]
+    assert main([*one, "--recipient", str(tmp_path / "door" / "missing.pub")]) == 2  # neither a line nor a file
+    assert "neither a key line" in capsys.readouterr().err
+    (tmp_path / "door.pub").write_text(line + "\n")
+    assert main([*one, "--recipient", str(tmp_path / "door.pub")]) == 0
     said = capsys.readouterr()
     assert "no --gallery-name: the gallery is named 'default'" in said.err
     assert "gallery default v1, 1 identity, " in said.out
@@ -174,33 +206,39 @@ def test_enroll_fails_on_an_identity_without_usable_photo_unless_skipped(tmp_pat
     (photos / "Nobody").mkdir()
     (photos / "Nobody" / "blank.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "g.bundle"
-    assert main(["enroll", str(photos), "--out", str(out), "--key", str(keyfile)]) == 2
+    enroll = ["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--plaintext"]
+    assert main(enroll) == 2
     assert not out.exists()  # nothing half-written
-    assert main(["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--skip-failed"]) == 0
+    assert main([*enroll, "--skip-failed"]) == 0
     assert out.is_file()
 
 
 def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer: Recognizer) -> None:
     from edge.device.config import GallerySettings
+    from edge.device.keys import DeviceKey, ensure_key
     from edge.errors import InputError
     from edge.gallery.admit import Policy
-    from edge.gallery.store import CURRENT, GalleryStore
+    from edge.gallery.store import SEALED, GalleryStore
     from edge.gallery.sync import GallerySync
     from edge.recognition.match import GalleryHolder
 
     key = Ed25519PrivateKey.generate()
-    policy = Policy((key.public_key(),), recognizer.embedder_sha256, "g", 1 << 20)
+    mine = ensure_key(tmp_path / "state")[0]
 
-    def sync() -> GallerySync:
-        return GallerySync(
-            GalleryHolder(recognizer.matcher), GalleryStore(tmp_path, policy), policy, GallerySettings(), lambda b: None
-        )
+    def sync(device: DeviceKey = mine) -> GallerySync:
+        policy = Policy((key.public_key(),), recognizer.embedder_sha256, "g", 1 << 20, device_key=device)
+        return GallerySync(GalleryHolder(recognizer.matcher), GalleryStore(tmp_path, policy), policy,
+                           GallerySettings(), lambda b: None)  # fmt: skip
 
     first = sync()
-    assert first.apply(encode(identities(2), "g", 3, recognizer.embedder_sha256, key)) and first.version == 3
-    stored = tmp_path / CURRENT
+    assert first.apply(sealed_for([tmp_path / "state"], identities(2), "g", 3, recognizer.embedder_sha256, key))
+    assert first.version == 3 and sync().load_from_disk()  # it opens again
+    other = ensure_key(tmp_path / "other")[0]  # a key put in place of the device's
+    with pytest.raises(InputError, match=r"stored gallery .*current\.sealed does not open with this device's key"):
+        sync(other).load_from_disk()
+    stored = tmp_path / SEALED
     stored.write_bytes(stored.read_bytes()[:-10])  # damaged on disk
-    with pytest.raises(InputError, match=r"stored gallery .*current\.bundle: gallery bundle rejected at signature"):
+    with pytest.raises(InputError, match=r"stored gallery .*current\.sealed does not open with this device's key"):
         sync().load_from_disk()
 
 
@@ -222,7 +260,9 @@ def test_a_bundle_for_another_embedder_is_refused_naming_both(key: Ed25519Privat
     from edge.gallery.admit import Policy, admit
 
     sface, mfn = "11" * 32, "22" * 32
-    policy = Policy((key.public_key(),), sface, None, 1 << 20, {sface: "sface_int8", mfn: "mobilefacenet_int8"})
+    policy = Policy(
+        (key.public_key(),), sface, None, 1 << 20, {sface: "sface_int8", mfn: "mobilefacenet_int8"}, allow_plaintext=True
+    )
     old = encode(identities(1), "g", 3, mfn, key)  # made before bundles named their embedder: the sha says which
     with pytest.raises(
         BundleError, match=r"made for embedder mobilefacenet_int8 \(sha256 222222.*this device runs sface_int8"
@@ -238,7 +278,7 @@ def test_a_bundle_for_another_embedder_is_refused_naming_both(key: Ed25519Privat
 def test_a_bundle_for_this_embedder_but_of_another_dimension_is_refused(key: Ed25519PrivateKey) -> None:
     from edge.gallery.admit import Policy, admit
 
-    policy = Policy((key.public_key(),), SHA, None, 1 << 20, {}, 128)
+    policy = Policy((key.public_key(),), SHA, None, 1 << 20, {}, 128, allow_plaintext=True)
     with pytest.raises(BundleError, match="templates of 192 dimensions, this device's embedder gives 128") as e:
         admit(encode(identities(1), "g", 3, SHA, key), policy)  # signed, the right sha, 192-d rows
     assert e.value.step == "model"

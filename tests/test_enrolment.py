@@ -100,7 +100,7 @@ def test_edge_enroll_takes_a_clip_and_reports_each_identity(tmp_path: Path, caps
     capsys.readouterr()
     out = tmp_path / "g.bundle"
     args = ["enroll", str(photos), "--video", str(clip), "--identity", "colin", "--label", "Colin Powell"]
-    assert main([*args, "--out", str(out), "--key", str(key), "--json"]) == 0
+    assert main([*args, "--out", str(out), "--key", str(key), "--json", "--plaintext"]) == 0
     rows = {r["identity_id"]: r for r in json.loads(capsys.readouterr().out)["identities"]}
     assert set(rows) == {"laura", "venus", "colin"} and rows["colin"]["label"] == "Colin Powell"
     assert rows["colin"]["templates"] >= 3 and all(a.startswith("colin.mp4#") for a in rows["colin"]["accepted"])

@@ -17,7 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.delivery.events import GalleryState
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from edge.device.config import GallerySettings, MatchSettings
+from edge.device.keys import DeviceKey
 from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import MAGIC, BundleError, Identity, encode, key_id
 from edge.gallery.chunks import PART, POINTER, Assembler, _frame, split
@@ -29,7 +32,10 @@ from .test_match import CAL
 
 SHA = "ab" * 32
 KEY = Ed25519PrivateKey.generate()
-POLICY = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20)
+# Format 1 (in the clear) is what these tests shape byte by byte: a device that allows it (the sealed format's
+# own framing and envelope are fuzzed in test_fuzz.py and test_sealed.py).
+DEVICE = DeviceKey(X25519PrivateKey.generate(), Path("device.key"))
+POLICY = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, device_key=DEVICE, allow_plaintext=True)
 
 
 def people(n: int, seed: int = 0) -> list[Identity]:
@@ -176,7 +182,7 @@ def test_a_flood_of_parts_keeps_memory_bounded_and_the_next_bundle_applies(tmp_p
 
     states: list[GalleryState] = []
     holder = GalleryHolder(Matcher(CAL, MatchSettings()))
-    big = Policy((KEY.public_key(),), SHA, "lobby", 64 << 20)
+    big = Policy((KEY.public_key(),), SHA, "lobby", 64 << 20, device_key=DEVICE, allow_plaintext=True)
     sync = GallerySync(
         holder, GalleryStore(tmp_path / "g", big), big, GallerySettings(max_bundle_bytes=64 << 20),
         lambda data: states.append(GalleryState.model_validate_json(data)),

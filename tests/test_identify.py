@@ -92,11 +92,16 @@ def test_identify_with_a_signed_bundle_needs_its_key(
     key = tmp_path / "k.pem"
     assert main(["gallery", "keygen", "--out", str(key)]) == 0
     bundle = tmp_path / "g.bundle"
-    assert main(["enroll", str(gallery), "--out", str(bundle), "--key", str(key)]) == 0
+    assert main(["device", "key", "--state-dir", str(tmp_path / "door")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["enroll", str(gallery), "--out", str(bundle), "--key", str(key), "--recipient", line]) == 0
     probe = FACES / "Colin_Powell" / "Colin_Powell_0074.jpg"
     assert main(["identify", str(probe), "--gallery", str(bundle)]) == 2
     assert "give the key that signed it with --trusted-key" in capsys.readouterr().err
-    assert main(["identify", str(probe), "--gallery", str(bundle), "--trusted-key", f"{key}.pub"]) == 0
+    signed = ["identify", str(probe), "--gallery", str(bundle), "--trusted-key", f"{key}.pub"]
+    assert main(signed) == 2  # sealed: only a device it was made for opens it
+    assert "rejected at recipient: a sealed bundle, and this side has no device key" in capsys.readouterr().err
+    assert main([*signed, "--device-key", str(tmp_path / "door" / "device.key")]) == 0
     out = capsys.readouterr().out
     assert "Colin_Powell" in out.splitlines()[-1] and "est. false-match rate" in out.splitlines()[-1]
 

@@ -28,8 +28,12 @@ from edge.delivery.events import GalleryState
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.device.config import GallerySettings, MatchSettings, TrackingSettings, load_settings
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge.device.keys import DeviceKey
+from edge.gallery import sealed
 from edge.gallery.admit import Policy, admit
-from edge.gallery.bundle import BundleError, Identity, encode, frame
+from edge.gallery.bundle import BundleError, Identity, encode
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.calibration import Band, Calibration, CalibrationTable
@@ -43,8 +47,17 @@ from .test_match import CAL, LARGE, SMALL, every_kind
 SHA = "ab" * 32
 KEY = Ed25519PrivateKey.generate()
 FOREIGN = Ed25519PrivateKey.generate()
-POLICY = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20)
+DEVICE = DeviceKey(X25519PrivateKey.generate(), Path("device.key"))
+POLICY = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, device_key=DEVICE)
 DIM = 16
+
+
+def make(
+    ids: list[Identity], version: int, key: Ed25519PrivateKey = KEY, kind: str = "full", dtype: str = "float16",
+    sha: str = SHA, embedder: str | None = None,
+) -> bytes:  # fmt: skip
+    """A bundle as devices take it by default: sealed to DEVICE, signed by ``key``."""
+    return sealed.seal(ids, "lobby", version, sha, key, [DEVICE.public], kind, dtype, embedder)  # type: ignore[arg-type]
 
 
 def below(x: float) -> np.float32:
@@ -110,22 +123,22 @@ def people(n: int, seed: int = 0) -> list[Identity]:
 
 def removal_of(ids: list[str], version: int, key: Ed25519PrivateKey = KEY) -> bytes:
     gone = [Identity(i, None, np.zeros((0, DIM), np.float32), {}) for i in ids]
-    return encode(gone, "lobby", version, SHA, key, kind="removal")
+    return make(gone, version, key, kind="removal")
 
 
 def bundle_of_kind(kind: str, key: Ed25519PrivateKey = KEY) -> bytes:
     """A bundle of ``kind`` that a device holding full v5 would apply if it were signed by a trusted key."""
     if kind == "full":
-        return encode(people(3, seed=1), "lobby", 6, SHA, key)
+        return make(people(3, seed=1), 6, key)
     if kind == "removal":
         return removal_of(["id1"], 6, key)
-    return encode(people(2, seed=2), "lobby", 3, SHA, key, kind="rollback")
+    return make(people(2, seed=2), 3, key, kind="rollback")
 
 
 def unsigned(data: bytes) -> bytes:
     """The same bytes with the signature (and its key id) zeroed: what an unsigned bundle is."""
-    f = frame(data)
-    return data[: f.head_end] + bytes(f.body_start - f.head_end) + data[f.body_start :]
+    end = sealed.frame(data).head_end
+    return data[:end] + bytes(len(data) - end)
 
 
 def altered(data: bytes) -> bytes:
@@ -156,7 +169,7 @@ def test_every_bundle_kind_is_refused_unsigned_foreign_or_altered_and_the_galler
 ) -> None:
     states: list[GalleryState] = []
     sync = make_sync(tmp_path, states)
-    assert sync.apply(encode(people(3), "lobby", 5, SHA, KEY))
+    assert sync.apply(make(people(3), 5))
     before = (sync.holder.current.gallery.identity_ids, sync.version, files_bytes(tmp_path))
     data = {
         "unsigned": unsigned(bundle_of_kind(kind)),
@@ -173,40 +186,49 @@ def test_every_bundle_kind_is_refused_unsigned_foreign_or_altered_and_the_galler
 def test_a_bundle_of_the_version_in_force_is_refused_at_step_version(tmp_path: Path, kind: str) -> None:
     states: list[GalleryState] = []
     sync = make_sync(tmp_path, states)
-    assert sync.apply(encode(people(3), "lobby", 5, SHA, KEY))
+    assert sync.apply(make(people(3), 5))
     assert sync.apply(removal_of(["id2"], 6))
     # A full bundle numbered like the removal would bring id2 back; a removal of the same number replays.
-    same = encode(people(3, seed=9), "lobby", 6, SHA, KEY) if kind == "full" else removal_of(["id0"], 6)
+    same = make(people(3, seed=9), 6) if kind == "full" else removal_of(["id0"], 6)
     assert not sync.apply(same)
     assert states[-1].error is not None and states[-1].error.step == "version"
     assert sync.holder.current.gallery.identity_ids == ("id0", "id1")
-    assert sync.apply(encode(people(3, seed=9), "lobby", 7, SHA, KEY))  # one above applies
+    assert sync.apply(make(people(3, seed=9), 7))  # one above applies
+
+
+def stored_plaintext(tmp_path: Path) -> bytes:
+    """The device's stored gallery opened with its own key: what someone holding the device's disk and key reads."""
+    store = GalleryStore(tmp_path / "gallery", POLICY)
+    return store._open(store.current_path.read_bytes())
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_a_removal_leaves_none_of_the_removed_persons_template_bytes_on_disk(tmp_path: Path, dtype: str) -> None:
+    """Nothing of a removed person is on the device's disk, in the clear or even for someone holding its key:
+    not their id, not their label, not one 8-byte run of their templates (as they were received, or as the
+    device keeps them)."""
     crowd = people(4, seed=3)
-    full = encode(crowd, "lobby", 5, SHA, KEY, dtype=dtype)  # type: ignore[arg-type]
+    crowd[2] = Identity("zoe-2026", "Zoe Quinn", crowd[2].embeddings, {"note": "visitor"})
     sync = make_sync(tmp_path, [])
-    assert sync.apply(full)
-    removed = crowd[2]
-    # The removed person's block exactly as the bundle stores it, and every 8-byte run of it.
-    f = frame(full)
-    index = json.loads(bytes(full[f.index[0] : f.index[1]]))
-    offsets = np.cumsum([0] + [e["count"] * (DIM * 2 if dtype == "float16" else DIM + 2) for e in index])
-    block = full[f.body_start + offsets[2] : f.body_start + offsets[3]]
-    assert len(block) > 0 and block in files_bytes(tmp_path)  # before: on disk
-    assert sync.apply(removal_of([removed.id], 6))
-    on_disk = files_bytes(tmp_path)
-    pieces = [block[i : i + 8] for i in range(0, len(block) - 8, 4)]
-    left = [p for p in pieces if p in on_disk and any(p)]
+    assert sync.apply(make(crowd, 5, dtype=dtype))
+    received = {i.id: i for i in sync.applied.bundle.identities} if sync.applied else {}
+    removed = received["zoe-2026"].embeddings
+    forms = [removed.astype("<f4").tobytes(), removed.astype("<f2").tobytes()]
+    plain = stored_plaintext(tmp_path)
+    assert b"zoe-2026" in plain and b"Zoe Quinn" in plain and forms[0] in plain  # before: kept (sealed)
+    assert b"Zoe Quinn" not in files_bytes(tmp_path) and b"zoe-2026" not in files_bytes(tmp_path)  # never clear
+    assert sync.apply(removal_of(["zoe-2026"], 6))
+    after = files_bytes(tmp_path) + stored_plaintext(tmp_path)
+    assert b"zoe-2026" not in after and b"Zoe Quinn" not in after and b"visitor" not in after
+    pieces = [f[i : i + 8] for f in forms for i in range(0, len(f) - 8, 4)]
+    left = [p for p in pieces if p in after and any(p)]
     assert not left, f"{len(left)} of {len(pieces)} 8-byte runs of the removed templates are still on disk"
-    stored = (tmp_path / "gallery" / "current.bundle").read_bytes()
-    assert not any(stored[f.body_start + offsets[2] : f.body_start + offsets[3]])  # every byte of it zeroed
     assert sync.holder.current.gallery.identity_ids == ("id0", "id1", "id3")
-    # The others are intact on disk and still verify after a restart.
+    assert not list((tmp_path / "gallery").glob("*.tmp"))  # no stray copy of the old store
+    # The others are intact on disk and open again after a restart.
     again = make_sync(tmp_path, [])
     assert again.load_from_disk() and again.holder.current.gallery.identity_ids == ("id0", "id1", "id3")
+    assert again.state().removed_count == 1 and again.state().removed == []  # counted, never named
 
 
 # -- K of M --------------------------------------------------------------------------------------
@@ -350,14 +372,16 @@ def test_cameras_take_turns_so_none_is_always_first_and_one_with_nothing_new_is_
 def test_a_stored_gallery_of_another_embedder_is_kept_unused_and_the_next_bundle_applies(tmp_path: Path) -> None:
     """After a device changes embedder its stored gallery is not damage: it starts without one, says why
     (step model, both embedders named), keeps the file, and applies the next bundle made for it."""
-    old_policy = Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, {"cd" * 32: "mobilefacenet_int8"})
+    old_policy = Policy(
+        (KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, {"cd" * 32: "mobilefacenet_int8"}, device_key=DEVICE
+    )
     old = GallerySync(
         GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(tmp_path / "gallery", old_policy), old_policy,
         GallerySettings(), lambda data: None,
     )  # fmt: skip
-    assert old.apply(encode(people(2), "lobby", 7, "cd" * 32, KEY, embedder="mobilefacenet_int8"))
+    assert old.apply(make(people(2), 7, sha="cd" * 32, embedder="mobilefacenet_int8"))
     stored = files_bytes(tmp_path)
-    policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, {SHA: "sface_int8"})
+    policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, {SHA: "sface_int8"}, device_key=DEVICE)
     states: list[GalleryState] = []
     new = GallerySync(
         GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(tmp_path / "gallery", policy), policy,
@@ -367,7 +391,7 @@ def test_a_stored_gallery_of_another_embedder_is_kept_unused_and_the_next_bundle
     assert new.last_error is not None and new.last_error.step == "model"
     assert "mobilefacenet_int8" in new.last_error.reason and "sface_int8" in new.last_error.reason
     assert len(new.holder.current) == 0 and files_bytes(tmp_path) == stored  # nothing used, nothing lost
-    assert new.apply(encode(people(3), "lobby", 1, SHA, KEY, embedder="sface_int8"))
+    assert new.apply(make(people(3), 1, embedder="sface_int8"))
     assert new.holder.current.gallery.identity_ids == ("id0", "id1", "id2")
 
 
@@ -448,7 +472,7 @@ def test_to_gallery_keeps_the_bundles_name_and_version_and_leaves_out_the_expire
 
     crowd = people(3)
     crowd[1] = Identity("id1", None, crowd[1].embeddings, {"expires_at": "2000-01-01T00:00:00+00:00"})
-    bundle = admit(encode(crowd, "lobby", 9, SHA, KEY), POLICY)
+    bundle = admit(make(crowd, 9), POLICY)
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     g = to_gallery(bundle, now)
     assert (g.name, g.version, g.identity_ids) == ("lobby", 9, ("id0", "id2"))
@@ -458,19 +482,19 @@ def test_to_gallery_keeps_the_bundles_name_and_version_and_leaves_out_the_expire
 def test_every_refusal_names_its_step_and_the_verified_version() -> None:
     from edge.gallery.admit import verify_bundle
 
-    bundle = encode(people(1), "lobby", 12, SHA, KEY)
+    bundle = make(people(1), 12)
     with pytest.raises(BundleError) as none_trusted:
         admit(bundle, Policy((), SHA, "lobby", 1 << 20))
     assert (none_trusted.value.step, none_trusted.value.reason) == ("signature", "no trusted public key configured")
     with pytest.raises(BundleError) as big:
-        admit(bundle, Policy((KEY.public_key(),), SHA, "lobby", 100))
+        admit(bundle, Policy((KEY.public_key(),), SHA, "lobby", 100, device_key=DEVICE))
     assert big.value.step == "size" and big.value.reason == f"{len(bundle)} bytes exceeds the limit of 100"
     with pytest.raises(BundleError) as model:
-        admit(bundle, Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20))
+        admit(bundle, Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, device_key=DEVICE))
     assert (model.value.step, model.value.version) == ("model", 12)
     assert "an embedder this device does not know (sha256 abababababab…)" in model.value.reason
     with pytest.raises(BundleError) as other:
-        verify_bundle(bundle, [KEY.public_key()], SHA, gallery_name="garden")
+        verify_bundle(bundle, [KEY.public_key()], SHA, gallery_name="garden", device_key=DEVICE)
     assert (other.value.step, other.value.version) == ("gallery", 12)
     assert other.value.reason == "bundle is for gallery 'lobby', this device follows 'garden'"
     ok = admit(bundle, POLICY)

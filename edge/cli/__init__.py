@@ -1,7 +1,7 @@
 """The ``edge`` command. Exit codes: 0 ok, 2 bad usage or invalid config/input, 1 runtime failure.
 
 Each module registers its own subcommands: ``service`` (run, demo, config, schema),
-``gallery`` (enroll, gallery …), ``measure`` (eval, bench), ``ops`` (audit, fleet, identify).
+``gallery`` (enroll, gallery …), ``device`` (device key|wipe), ``measure`` (eval, bench), ``ops`` (audit, fleet, identify).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import gallery, measure, ops, service
+from edge.cli import device, gallery, measure, ops, service
 from edge.device.logs import setup_logging
 from edge.errors import EdgeError
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"edge {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True)
-    for module in (service, gallery, measure, ops):
+    for module in (service, gallery, device, measure, ops):
         module.register(sub)
     return ap
 

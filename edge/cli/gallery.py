@@ -7,18 +7,25 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge.cli.common import counted, parse_broker
 from edge.device.config import MqttSettings, load_settings
 from edge.errors import EdgeError, InputError, read_input_file
-from edge.gallery.bundle import BundleError
+from edge.gallery.bundle import BundleError, Identity, Kind
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    from edge.device.keys import DeviceKey
 
 # A bundle file on the admin's machine: well above what a device accepts (gallery.max_bundle_bytes, 64 MiB).
 MAX_BUNDLE_FILE_BYTES = 1 << 30
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from edge.gallery.bundle import Identity, encode, load_private_key
+    from edge.gallery.bundle import load_private_key
     from edge.gallery.enroll import IDENTITY_ID, enroll_directory, enroll_identity
     from edge.gallery.report import check_gallery
     from edge.recognition.match import Gallery
@@ -53,18 +60,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     identities = [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in reports if r.embeddings is not None]
     if not identities:
         raise InputError("no identity could be enrolled")
-    data = encode(
-        identities,
-        args.gallery_name,
-        args.version,
-        rec.embedder_sha256,
-        key,
-        dtype=args.dtype,
-        embedder=rec.embedder_name,
-    )
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(args.out)
+    data = make_bundle(args, identities, "full", key, rec.embedder_sha256, rec.embedder_name)
+    write_bundle(args.out, data)
     snap = rec.matcher.snapshot(Gallery.build([(i.id, i.label, i.embeddings) for i in identities]))
     names = {r.identity_id: r.accepted for r in reports}
     checks = {c.identity_id: c for c in check_gallery(snap, [names[i.id] for i in identities])}
@@ -95,6 +92,69 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipients_of(args: argparse.Namespace) -> list[X25519PublicKey]:
+    """The devices a bundle is sealed to: every --recipient and the lines of every --recipients file; none
+    only with --plaintext (said: such a bundle is readable by anyone who gets it)."""
+    from edge.device import keys
+
+    found = [keys.read_recipient(v) for v in args.recipient or []]
+    for path in args.recipients or []:
+        found += keys.read_recipients_file(path)
+    unique = list({keys.key_id(k): k for k in found}.values())  # a device named twice is one recipient
+    if args.plaintext and unique:
+        raise InputError("--plaintext and --recipient/--recipients together: a bundle is sealed or in the clear")
+    if not unique and not args.plaintext:
+        raise InputError("name the devices the gallery is for: --recipient KEY (the line 'edge device key' prints "
+                         "on each, or a file with it; repeatable) or --recipients FILE (one a line); --plaintext "
+                         "writes it in the clear instead (devices with gallery.allow_plaintext only)")  # fmt: skip
+    return unique
+
+
+def make_bundle(
+    args: argparse.Namespace, identities: list[Identity], kind: Kind, key: Ed25519PrivateKey, sha: str, name: str | None
+) -> bytes:
+    """A bundle sealed to the recipients named, or in the clear with --plaintext; said on stderr which."""
+    from edge.gallery.bundle import encode
+    from edge.gallery.sealed import seal
+
+    recipients = recipients_of(args)
+    if not recipients:
+        print("enroll: --plaintext: the bundle is in the clear (names and templates readable by anyone who gets "
+              "it); devices refuse it unless gallery.allow_plaintext = true", file=sys.stderr)  # fmt: skip
+        return encode(identities, args.gallery_name, args.version, sha, key, kind, args.dtype, name)
+    return seal(identities, args.gallery_name, args.version, sha, key, recipients, kind, args.dtype, name)
+
+
+def write_bundle(out: Path, data: bytes) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"--out {out} cannot be written: {exc.strerror or exc}") from None
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """A signed removal: the identities named leave every device that opens it, from matching and from disk."""
+    import numpy as np
+
+    from edge.device.runtime import load_manifest
+    from edge.gallery.bundle import Identity, load_private_key
+
+    key = load_private_key(args.key)
+    settings = load_settings(args.config)
+    manifest = load_manifest(settings.models.dir)
+    spec = manifest.spec(settings.models.embedder)
+    dim = manifest.embedder(settings.models.embedder).dim
+    gone = [Identity(i, None, np.zeros((0, dim), np.float32), {}) for i in dict.fromkeys(args.identity)]
+    data = make_bundle(args, gone, "removal", key, spec.sha256, settings.models.embedder)
+    write_bundle(args.out, data)
+    print(f"wrote {args.out}: removal of {counted(len(gone), 'identity', 'identities')} from gallery "
+          f"{args.gallery_name} as v{args.version} (publish it like a gallery)")  # fmt: skip
+    return 0
+
+
 def read_bundle_file(path: Path) -> bytes:
     data = read_input_file(path, "gallery bundle", MAX_BUNDLE_FILE_BYTES)
     if not data:
@@ -105,12 +165,11 @@ def read_bundle_file(path: Path) -> bytes:
 def publish_bundle(args: argparse.Namespace) -> int:
     """Publish a bundle retained (fleet topic, or one device's set topic), in parts if large."""
     from edge.delivery.mqtt import Topics, tool_client
-    from edge.gallery.bundle import peek_header
     from edge.gallery.chunks import split
 
     data = read_bundle_file(args.bundle)
     try:
-        header = peek_header(data)
+        header = header_of(data)
     except BundleError as exc:
         raise InputError(f"{args.bundle}: {exc}") from None
     opts = broker_settings(args)
@@ -160,7 +219,6 @@ def refuse_in_work_tree(out: Path, force: bool) -> None:
 
 def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.gallery import bundle as b
-    from edge.gallery.admit import verify_bundle
 
     if args.gallery_command == "keygen":
         refuse_in_work_tree(args.out, args.force)
@@ -176,38 +234,75 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     try:
         if args.gallery_command == "inspect":
             return inspect_bundle(args, data)
-        pub = b.load_public_key(args.pubkey)
-        header = b.peek_header(data)
-        bundle = verify_bundle(data, [pub], str(header.get("embedder_sha256")), max_bytes=len(data))
+        return verify_file(args, data)
     except BundleError as exc:
         raise InputError(f"{args.bundle}: {exc}") from None
-    print(f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}, "
+
+
+def device_key_of(args: argparse.Namespace) -> DeviceKey | None:
+    from edge.device.keys import load_key_file
+
+    return load_key_file(args.device_key) if getattr(args, "device_key", None) else None
+
+
+def header_of(data: bytes) -> dict[str, Any]:
+    """The header as written (either format), NOT verified."""
+    from edge.gallery import sealed
+    from edge.gallery.bundle import peek_header
+
+    return dict(sealed.peek(data)) if sealed.is_sealed(data) else peek_header(data)
+
+
+def verify_file(args: argparse.Namespace, data: bytes) -> int:
+    from edge.gallery import sealed
+    from edge.gallery.admit import verify_bundle
+    from edge.gallery.bundle import load_public_key
+
+    pub = load_public_key(args.pubkey)
+    header = header_of(data)
+    if sealed.is_sealed(data) and args.device_key is None:
+        v = sealed.verify(data, [pub])
+        print(f"{args.bundle}: signature ok (key {v.signer}); gallery {v.header.gallery} v{v.header.version} "
+              f"({v.header.kind}), sealed to {counted(len(v.header.recipients), 'device')}; contents not opened "
+              "(--device-key opens them)")  # fmt: skip
+        return 0
+    bundle = verify_bundle(
+        data, [pub], str(header.get("embedder_sha256")), max_bytes=len(data), device_key=device_key_of(args)
+    )
+    sealed_to = f", sealed to {counted(len(bundle.recipients), 'device')}" if bundle.recipients else ", in the clear"
+    print(f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}{sealed_to}, "
           f"{counted(len(bundle.identities), 'identity', 'identities')}, "
           f"{counted(sum(len(i.embeddings) for i in bundle.identities), 'embedding')}")  # fmt: skip
     return 0
 
 
 def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
-    """The header as written; with --trusted-key, verified, and the enrolment report of its identities."""
+    """The header as written (a sealed bundle's clear one); with --trusted-key, verified, and the enrolment
+    report of its identities (a sealed bundle's only with --device-key: without it, nothing else is readable)."""
     from edge.gallery import bundle as b
+    from edge.gallery import sealed
     from edge.gallery.admit import to_gallery, verify_bundle
     from edge.gallery.report import check_gallery, format_checks
     from edge.recognition.pipeline import Recognizer
 
-    header = b.peek_header(data)
+    header = header_of(data)
     header["bytes"] = len(data)
     header["verified"] = False
-    if args.pubkey is None:
+    closed = sealed.is_sealed(data) and args.device_key is None
+    if args.pubkey is None or closed:
+        if args.pubkey is not None:
+            sealed.verify(data, [b.load_public_key(args.pubkey)])
+            header["verified"] = True
         print(json.dumps(header, indent=2))
         if not args.json:
-            print(
-                "(give --trusted-key for the signature check and the report on each identity's templates)",
-                file=sys.stderr,
-            )
+            print("(a sealed bundle: its names and templates open only with --device-key, the key of a device it is "
+                  "for)" if closed else "(give --trusted-key for the signature check and the report on each "
+                  "identity's templates)", file=sys.stderr)  # fmt: skip
         return 0
     bundle = verify_bundle(
-        data, [b.load_public_key(args.pubkey)], str(header.get("embedder_sha256")), max_bytes=len(data)
-    )
+        data, [b.load_public_key(args.pubkey)], str(header.get("embedder_sha256")), max_bytes=len(data),
+        device_key=device_key_of(args),
+    )  # fmt: skip
     header["verified"] = True
     rec = Recognizer(load_settings(args.config))
     if bundle.identities and rec.embedder_sha256 != str(header.get("embedder_sha256")):
@@ -222,6 +317,19 @@ def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
     print(json.dumps(header, indent=2))
     print("\n".join(format_checks(checks, snap)))
     return 0
+
+
+def sealing_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recipient", action="append", metavar="KEY",
+        help="a device the bundle is for: the line 'edge device key' prints on it (x25519:…), or a file holding "
+        "it; repeatable. Only these devices can read the names and templates",
+    )  # fmt: skip
+    p.add_argument("--recipients", action="append", type=Path, metavar="FILE", help="a file of key lines, one a device")
+    p.add_argument(
+        "--plaintext", action="store_true",
+        help="no recipients: the bundle in the clear (only devices with gallery.allow_plaintext = true take it)",
+    )  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -245,6 +353,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--dtype", choices=["float16", "int8"], default="int8", help="embedding storage (int8: half the size)"
     )
     en.add_argument("--skip-failed", action="store_true", help="leave out identities with no usable photo")
+    sealing_options(en)
     en.add_argument("--config", type=Path, help="settings (models, quality gate) — use the devices' own")
     en.add_argument("--json", action="store_true", help="print the report as JSON")
     en.set_defaults(func=cmd_enroll)
@@ -267,12 +376,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the signer's public key: verify, and report on every identity",
     )  # fmt: skip
     ins.add_argument("--config", type=Path, help="settings (models, match rate) of the devices the bundle is for")
+    ins.add_argument(
+        "--device-key",
+        type=Path,
+        help="a sealed bundle: the private key of a device it is for (else: clear header only)",
+    )
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ver = gal.add_parser("verify", help="verify a bundle's signature and structure")
     ver.add_argument("bundle", type=Path)
     ver.add_argument(
         "--trusted-key", "--pubkey", dest="pubkey", type=Path, required=True, help="the signer's public key"
     )
+    ver.add_argument("--device-key", type=Path, help="a sealed bundle: also open it with this device's private key")
+    rm = gal.add_parser(
+        "remove", help="a signed removal: the identities named leave every device it is sealed to (matching and disk)"
+    )
+    rm.add_argument("--identity", action="append", required=True, help="identity id to remove; repeatable")
+    rm.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    rm.add_argument("--key", type=Path, required=True, help="Ed25519 private key (the gallery's signer)")
+    rm.add_argument("--gallery-name", required=True, help="the gallery the identities are removed from")
+    rm.add_argument("--version", type=int, required=True, help="above the version in force on the devices")
+    rm.add_argument("--config", type=Path, help="settings naming the devices' embedder")
+    rm.set_defaults(func=cmd_remove, dtype="float16")
+    sealing_options(rm)
     pub = gal.add_parser("publish", help="publish a bundle (retained on the fleet topic, or to one device)")
     pub.add_argument("bundle", type=Path)
     pub.add_argument("--broker", help="HOST:PORT (default: [mqtt] host and port of --config)")

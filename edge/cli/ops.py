@@ -49,12 +49,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from edge.device.keys import load_key_file
     from edge.gallery.admit import load_trusted
     from edge.recognition.pipeline import Recognizer
     from edge.service.identify import identify, load_gallery, photos
 
     rec = Recognizer(load_settings(args.config))
-    gallery = load_gallery(rec, args.gallery, load_trusted(args.trusted_key or []))
+    device_key = load_key_file(args.device_key) if args.device_key else None
+    gallery = load_gallery(rec, args.gallery, load_trusted(args.trusted_key or []), device_key)
     snap = rec.matcher.snapshot(gallery)
     files = list(photos(args.images))
     if not files:
@@ -171,6 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     idf = sub.add_parser("identify", help="every face in photos, matched against a gallery as a device would")
     idf.add_argument("images", type=Path, nargs="+", help="photos or folders of photos")
     idf.add_argument("--gallery", type=Path, required=True, help="folder of <identity_id>/*.jpg, or a signed bundle")
+    idf.add_argument(
+        "--device-key", type=Path, help="a sealed bundle: the private key of a device it was made for (device.key)"
+    )
     idf.add_argument("--trusted-key", type=Path, action="append", help="public key that signed the bundle; repeatable")
     idf.add_argument("--config", type=Path, help="the devices' settings (models, quality gate, match rate)")
     idf.add_argument("--json", action="store_true", help="one JSON object per face and line")

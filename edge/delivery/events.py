@@ -131,6 +131,13 @@ class Status(Payload):
     embedder: str | None = Field(
         None, description="The embedder this device runs (its manifest name): galleries must be made for it."
     )
+    key_id: str | None = Field(
+        None,
+        description="sha256 (hex) of this device's X25519 public key: galleries are encrypted to it. Shown to help an operator match keys; encryption uses only keys the operator pinned ('edge device key' on the device).",
+    )
+    public_key: str | None = Field(
+        None, description="This device's public key, as 'edge device key' prints it (x25519:<base64>)."
+    )
     uptime_s: float = Field(0.0, description="Seconds since the service started.")
     camera: str = Field(
         "",
@@ -169,7 +176,7 @@ class Status(Payload):
 
 class GalleryError(Payload):
     step: str = Field(
-        description="The check that refused the bundle: size, parse, signature, model, gallery, version, store, queue, internal."
+        description="The check that refused the bundle: size, parse, signature, plaintext, model, gallery, version, recipient, decrypt, store, queue, internal."
     )
     reason: str = Field(description="Why, in one line.")
     rejected_version: int | None = Field(
@@ -185,8 +192,17 @@ class GalleryState(Payload):
     identities: int = Field(description="Identities matching now.")
     embeddings: int = Field(description="Embeddings matching now.")
     applied_at: str | None = Field(description="When the gallery in force was applied, RFC 3339 UTC.")
-    expired: list[str] = Field(default_factory=list, description="Identities of the gallery past their expires_at.")
-    removed: list[str] = Field(default_factory=list, description="Identities dropped by signed removals.")
+    expired: list[str] = Field(
+        default_factory=list,
+        description="Identities of the gallery past their expires_at, by id: only for a gallery in the clear (format 1); a sealed gallery's stay off the broker (expired_count).",
+    )
+    removed: list[str] = Field(
+        default_factory=list,
+        description="Identities dropped by signed removals, by id: only for a gallery in the clear (format 1); a sealed gallery's stay off the broker (removed_count).",
+    )
+    expired_count: int = Field(0, description="How many identities of the gallery are past their expires_at.")
+    removed_count: int = Field(0, description="How many identities signed removals dropped from the gallery in force.")
+    sealed: bool = Field(False, description="The gallery in force came encrypted to this device (format 2).")
     error: GalleryError | None = Field(None, description="Set when this state follows a refused bundle.")
 
     def to_json(self) -> bytes:

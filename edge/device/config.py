@@ -373,7 +373,25 @@ class TrackingSettings(Section):
 
 
 class EventSettings(Section):
-    include_label: bool = Field(True, description="Put the identity's label in match events (off: only identity_id).")
+    identity: Literal["id_and_label", "id"] = Field(
+        "id_and_label",
+        description="How a match event names the person: 'id_and_label' (its identity_id and display label), or 'id' where names must not cross the broker (the consumer resolves the id; Home Assistant's presence sensors are then named by id too).",
+    )
+    include_label: bool = Field(
+        True, description="Older spelling of identity: false is identity = 'id'. Set by identity when that is given."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: object) -> object:
+        if isinstance(data, dict) and "identity" in data:
+            wanted = data["identity"] != "id"
+            if "include_label" in data and data["include_label"] is not wanted:
+                raise ValueError("identity and include_label disagree: give identity only")
+            return {**data, "include_label": wanted}
+        if isinstance(data, dict) and data.get("include_label") is False:
+            return {**data, "identity": "id"}
+        return data
 
 
 class GallerySettings(Section):
@@ -394,6 +412,10 @@ class GallerySettings(Section):
     )
     part_timeout_s: float = Field(
         300.0, gt=0, description="A bundle arriving in parts is dropped when no part came for this long."
+    )
+    allow_plaintext: bool = Field(
+        False,
+        description="Also admit signed bundles in the clear (format 1: names and templates readable by anyone on the broker). Off: only bundles encrypted to this device's key (edge enroll --recipient).",
     )
     sync: bool = Field(
         True,

@@ -57,7 +57,7 @@ KEYID_LEN = 32
 MAX_HEADER = 64 << 10  # a real header is ~300 bytes
 MAX_DIM = 4096
 Kind = Literal["full", "removal", "rollback"]
-Dtype = Literal["float16", "int8"]
+Dtype = Literal["float16", "int8", "float32"]  # float32: a device's own store only
 Buffer: TypeAlias = bytes | bytearray | memoryview
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 IDENTITY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -90,16 +90,18 @@ class Bundle:
     embedder_sha256: str
     identities: tuple[Identity, ...]
     signer: str  # hex key id (16 digits)
+    recipients: tuple[str, ...] = ()  # a sealed bundle's recipient key ids (hex); () in the clear
+    embedder: str | None = None  # the embedder's manifest name, when the header gives it
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class Header(_Strict):
+class Header(Strict):
     """The signed header, every field checked for type and range."""
 
     format: Literal[1]
@@ -115,7 +117,7 @@ class Header(_Strict):
     dtype: Dtype
 
 
-class IndexEntry(_Strict):
+class IndexEntry(Strict):
     id: Annotated[str, StringConstraints(pattern=IDENTITY_PATTERN)]
     label: Annotated[str, StringConstraints(max_length=256)] | None
     count: int = Field(ge=0, le=10_000)
@@ -123,7 +125,7 @@ class IndexEntry(_Strict):
     sha256: Hex64
 
 
-_INDEX = TypeAdapter(list[IndexEntry])
+INDEX = TypeAdapter(list[IndexEntry])
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
@@ -134,12 +136,42 @@ def key_id(public: Ed25519PublicKey) -> bytes:
 def _block(rows: np.ndarray, dtype: Dtype) -> bytes:
     if dtype == "float16":
         return rows.astype("<f2").tobytes()
+    if dtype == "float32":
+        return rows.astype("<f4").tobytes()
     scale = np.maximum(np.abs(rows).max(axis=1, keepdims=True), 1e-12) / 127.0
     return bytes(np.round(rows / scale).astype(np.int8).tobytes() + scale.astype("<f2").tobytes())
 
 
 def block_size(count: int, dim: int, dtype: str) -> int:
-    return count * dim * 2 if dtype == "float16" else count * (dim + 2)
+    return count * dim * {"float16": 2, "float32": 4}[dtype] if dtype != "int8" else count * (dim + 2)
+
+
+def content(identities: list[Identity], dtype: Dtype) -> tuple[dict[str, int | str], list[dict[str, Any]], bytes]:
+    """What a bundle carries about its identities: the counts and layout (identities, embeddings, dim,
+    dtype), the index (id, label, count, meta, sha256 of the block) and the blocks, in index order."""
+    dim = next((int(i.embeddings.shape[1]) for i in identities if i.embeddings.size), 128)
+    blocks = [_block(i.embeddings.reshape(-1, dim).astype(np.float32), dtype) for i in identities]
+    counts = [int(i.embeddings.reshape(-1, dim).shape[0]) for i in identities]
+    layout: dict[str, int | str] = {
+        "identities": len(identities),
+        "embeddings": sum(counts),
+        "dim": dim,
+        "dtype": dtype,
+    }
+    index = [
+        {"id": i.id, "label": i.label, "count": c, "meta": i.meta, "sha256": hashlib.sha256(blk).hexdigest()}
+        for i, c, blk in zip(identities, counts, blocks, strict=True)
+    ]
+    return layout, index, b"".join(blocks)
+
+
+def routing(gallery: str, version: int, kind: Kind, embedder_sha256: str, embedder: str | None) -> dict[str, Any]:
+    """The header fields every format carries: which gallery, its version and kind, when, for which embedder."""
+    return {
+        "gallery": gallery, "version": int(version), "kind": kind,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "embedder_sha256": embedder_sha256, **({"embedder": embedder} if embedder else {}),
+    }  # fmt: skip
 
 
 def encode(
@@ -152,25 +184,15 @@ def encode(
     dtype: Dtype = "float16",
     embedder: str | None = None,
 ) -> bytes:
-    """A signed bundle; ``embedder`` (the manifest name of the embedder ``embedder_sha256`` is) travels in the
-    header so that a device running another one can name both in its refusal."""
-    dim = next((int(i.embeddings.shape[1]) for i in identities if i.embeddings.size), 128)
-    blocks = [_block(i.embeddings.reshape(-1, dim).astype(np.float32), dtype) for i in identities]
-    counts = [int(i.embeddings.reshape(-1, dim).shape[0]) for i in identities]
-    header = {
-        "format": 1, "gallery": gallery, "version": int(version), "kind": kind,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "embedder_sha256": embedder_sha256, **({"embedder": embedder} if embedder else {}),
-        "identities": len(identities), "embeddings": sum(counts), "dim": dim, "dtype": dtype,
-    }  # fmt: skip
-    index = [
-        {"id": i.id, "label": i.label, "count": c, "meta": i.meta, "sha256": hashlib.sha256(blk).hexdigest()}
-        for i, c, blk in zip(identities, counts, blocks, strict=True)
-    ]
+    """A signed bundle in the clear (format 1); ``embedder`` (the manifest name of the embedder
+    ``embedder_sha256`` is) travels in the header so that a device running another one can name both in its
+    refusal. ``edge.gallery.sealed.seal`` makes the encrypted one devices accept by default."""
+    layout, index, body = content(identities, dtype)
+    header = {"format": 1, **routing(gallery, version, kind, embedder_sha256, embedder), **layout}
     h = json.dumps(header, separators=(",", ":")).encode()
     ix = json.dumps(index, separators=(",", ":")).encode()
     head = MAGIC + struct.pack("<I", len(h)) + h + struct.pack("<I", len(ix)) + ix
-    return head + key_id(key.public_key()) + key.sign(head) + b"".join(blocks)
+    return head + key_id(key.public_key()) + key.sign(head) + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,18 +255,25 @@ def verify_signature(data: Buffer, trusted: list[Ed25519PublicKey]) -> Signed:
     """The bundle, if one of ``trusted`` signed its head; else BundleError('signature')."""
     f = frame(data)
     view = memoryview(data)
-    kid, sig = bytes(view[f.key_id]), bytes(view[f.signature])
+    return Signed(view, f, signed_by(view, f.head_end, trusted))
+
+
+def signed_by(view: memoryview, head_end: int, trusted: list[Ed25519PublicKey]) -> str:
+    """The key id (16 hex digits) of the trusted key whose signature follows ``view[:head_end]`` (after the
+    signer's 32-byte key id); else BundleError('signature')."""
+    kid = bytes(view[head_end : head_end + KEYID_LEN])
+    sig = bytes(view[head_end + KEYID_LEN : head_end + KEYID_LEN + SIG_LEN])
     for pub in trusted:
         if key_id(pub) == kid:
             try:
-                pub.verify(sig, view[: f.head_end])
+                pub.verify(sig, view[:head_end])
             except InvalidSignature:
                 raise BundleError("signature", "signature does not match the content (altered or corrupt)") from None
-            return Signed(view, f, kid.hex()[:16])
+            return kid.hex()[:16]
     raise BundleError("signature", f"signed by key {kid.hex()[:16]}, which is not trusted")
 
 
-def _json(raw: memoryview, what: str) -> Any:
+def json_of(raw: memoryview, what: str) -> Any:
     try:
         return json.loads(bytes(raw))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -253,7 +282,7 @@ def _json(raw: memoryview, what: str) -> Any:
         raise BundleError("parse", f"{what} is nested too deeply") from None
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top)"
     return f"{where}: {err['msg']} (got {str(err.get('input'))[:40]!r})"
@@ -262,27 +291,27 @@ def _first_error(exc: ValidationError) -> str:
 def read_header(signed: Signed) -> Header:
     """The verified header, each field checked."""
     start, end = signed.framing.header
-    raw = _json(signed.data[start:end], "header")
+    raw = json_of(signed.data[start:end], "header")
     if isinstance(raw, dict) and raw.get("format") not in (1, None) and isinstance(raw.get("format"), int):
         raise BundleError("parse", f"unsupported bundle format {raw['format']}")
     try:
         return Header.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError("parse", f"header {_first_error(exc)}") from None
+        raise BundleError("parse", f"header {first_error(exc)}") from None
 
 
 def read_index(signed: Signed) -> list[IndexEntry]:
     start, end = signed.framing.index
     try:
-        return _INDEX.validate_python(_json(signed.data[start:end], "identity index"))
+        return INDEX.validate_python(json_of(signed.data[start:end], "identity index"))
     except ValidationError as exc:
-        raise BundleError("parse", f"identity index {_first_error(exc)}") from None
+        raise BundleError("parse", f"identity index {first_error(exc)}") from None
 
 
 def peek_header(data: Buffer) -> dict[str, Any]:
     """The header as written, NOT verified (for ``gallery inspect`` of a file at hand)."""
     f = frame(data)
-    raw = _json(memoryview(data)[f.header[0] : f.header[1]], "header")
+    raw = json_of(memoryview(data)[f.header[0] : f.header[1]], "header")
     if not isinstance(raw, dict):
         raise BundleError("parse", "header is not a JSON object")
     out: dict[str, Any] = raw
@@ -290,18 +319,33 @@ def peek_header(data: Buffer) -> dict[str, Any]:
     return out
 
 
+class Layout(Strict):
+    """How the identities' blocks are laid out (in a format 1 header, or inside a sealed bundle's content)."""
+
+    identities: int = Field(ge=0, le=10_000_000)
+    embeddings: int = Field(ge=0, le=100_000_000)
+    dim: int = Field(ge=1, le=MAX_DIM)
+    dtype: Dtype
+
+
 def parse_identities(
     signed: Signed, header: Header, index: list[IndexEntry], redacted: frozenset[str] = frozenset()
+) -> tuple[Identity, ...]:
+    """Decode every identity's block of a format 1 bundle (``parse_blocks``)."""
+    return parse_blocks(signed.body, header, index, redacted)
+
+
+def parse_blocks(
+    body: memoryview, layout: Header | Layout, index: list[IndexEntry], redacted: frozenset[str] = frozenset()
 ) -> tuple[Identity, ...]:
     """Decode every identity's block, checking counts, sizes and digests.
 
     A block that fails its digest is an error unless its identity is in
     ``redacted`` (removed by a verified removal bundle); such identities are left out.
     """
-    dim, dtype = header.dim, header.dtype
-    if len(index) != header.identities or sum(e.count for e in index) != header.embeddings:
+    dim, dtype = layout.dim, layout.dtype
+    if len(index) != layout.identities or sum(e.count for e in index) != layout.embeddings:
         raise BundleError("parse", "identity index does not match the header counts")
-    body = signed.body
     need = sum(block_size(e.count, dim, dtype) for e in index)
     if need != len(body):
         raise BundleError(
@@ -321,8 +365,8 @@ def parse_identities(
                 continue
             raise BundleError("signature", f"embeddings of {e.id!r} do not match their signed digest (altered)")
         k = e.count
-        if dtype == "float16":
-            mat = np.frombuffer(block, "<f2").reshape(k, dim).astype(np.float32)
+        if dtype in ("float16", "float32"):
+            mat = np.frombuffer(block, "<f2" if dtype == "float16" else "<f4").reshape(k, dim).astype(np.float32)
         else:
             q = np.frombuffer(block, np.int8, k * dim).reshape(k, dim).astype(np.float32)
             mat = q * np.frombuffer(block, "<f2", k, k * dim).astype(np.float32)[:, None]
@@ -340,7 +384,7 @@ def redact(data: Buffer, ids: set[str]) -> bytes:
     f = frame(data)
     view = memoryview(data)
     header = Header.model_validate(json.loads(bytes(view[f.header[0] : f.header[1]])))
-    index = _INDEX.validate_python(json.loads(bytes(view[f.index[0] : f.index[1]])))
+    index = INDEX.validate_python(json.loads(bytes(view[f.index[0] : f.index[1]])))
     out = bytearray(view)
     off = f.body_start
     for e in index:

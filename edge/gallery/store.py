@@ -1,30 +1,50 @@
-"""The applied gallery on disk: what is in force survives a restart, verified again.
+"""The applied gallery on disk, sealed under the device's own key: what is in force survives a restart.
 
-    <state_dir>/gallery/current.bundle      the full gallery in force (removed identities' blocks zeroed)
-    <state_dir>/gallery/removals/v*.bundle  signed removals applied since (they excuse the zeroed blocks)
+    <state_dir>/gallery/current.sealed      b"EDGESTO1" | 12-byte nonce | AES-256-GCM under the device's
+                                            storage key (``DeviceKey.storage_key``) of: u32 length, the
+                                            record JSON (gallery, version in force, the bundle's version,
+                                            kind, signer, recipients, when applied, how many removed) |
+                                            the identities, laid out as a sealed bundle's content
 
-Every write is atomic (temporary file, fsync, rename, fsync of the folder): a
-crash or a full disk leaves the previous state, never half a file. At start-up
-the stored bundle is admitted again with the same checks as one that arrives.
+Names, identity ids and templates exist in the clear only in memory: the file is opened with the device
+key at start-up and rewritten whole, under a fresh nonce, at every change. A signed removal rewrites it
+without the removed identities, so nothing of them (id, label, templates) is left in the device's files,
+even for someone holding its key (the audit log, which names identities by id, is the documented
+exception: docs/privacy.md). Every write is atomic (temporary file, fsync, rename, fsync of the folder):
+a crash or a full disk leaves the previous state, never half a file.
+
+A device that kept its gallery as format 1 (``current.bundle`` and ``removals/``, before galleries were
+sealed) has it re-admitted with the checks of that time and moved into the sealed file at its first start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import struct
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.delivery.events import utc_now
 from edge.errors import InputError
+from edge.gallery import sealed
 from edge.gallery.admit import Policy, admit
-from edge.gallery.bundle import Buffer, Bundle, BundleError, frame, redact
+from edge.gallery.bundle import Buffer, Bundle, BundleError, content, frame
 
 log = logging.getLogger(__name__)
-CURRENT = "current.bundle"
-REMOVALS = "removals"
+SEALED = "current.sealed"
+NEXT = "current.sealed.next"  # sealed under a new device key while the key is rotated
+LEGACY = "current.bundle"  # format 1 stores, before galleries were sealed
+LEGACY_REMOVALS = "removals"
+MAGIC = b"EDGESTO1"
+NONCE_LEN = 12
 
 
 def applied_now() -> str:
@@ -52,12 +72,12 @@ def write_atomic(path: Path, data: Buffer) -> None:
 
 
 def head_digest(data: Buffer) -> bytes | None:
-    """sha256 of everything up to the body: header, index, key id, signature (unverified).
-
-    Equal to the digest of a bundle in force means the very bundle in force, before or
-    after removals zeroed some of its body blocks (they never touch the head)."""
+    """sha256 of a bundle's signed part (unverified): equal to the digest of the bundle in force means the
+    very bundle in force (its retained copy arriving again). Format 1: everything up to the body (removals
+    zeroed blocks of the body, never the head); format 2: the whole envelope."""
     try:
-        return hashlib.sha256(memoryview(data)[: frame(data).body_start]).digest()
+        end = sealed.frame(data).head_end if sealed.is_sealed(data) else frame(data).body_start
+        return hashlib.sha256(memoryview(data)[:end]).digest()
     except BundleError:
         return None
 
@@ -77,9 +97,10 @@ class Applied:
 
     bundle: Bundle  # the full gallery, less removed identities
     version: int  # the full bundle's, or a later removal's
-    removed: frozenset[str]
+    removed: frozenset[str]  # removed since this process applied the full bundle (ids: memory only)
     applied_at: str
-    head: bytes  # digest of the full bundle's head: its retained copy (even un-redacted) is already in force
+    head: bytes  # digest of the full bundle's signed part: its retained copy is already in force
+    removed_count: int = 0  # identities removed from this full bundle, ever (the store keeps the number only)
 
 
 class GalleryStore:
@@ -89,63 +110,186 @@ class GalleryStore:
 
     @property
     def current_path(self) -> Path:
-        return self.folder / CURRENT
+        return self.folder / SEALED
 
+    def _aead(self) -> AESGCM:
+        if self.policy.device_key is None:
+            raise InputError("the gallery store needs the device key (it seals the gallery under it)")
+        return AESGCM(self.policy.device_key.storage_key())
+
+    # -- reading ----------------------------------------------------------------------------
     def load(self) -> Applied | None:
-        """The last applied gallery (and the removals applied since), verified again; None if none.
+        """The last applied gallery, opened with the device key; None if none.
 
-        A stored bundle that fails is an error naming the file: the device refuses to
-        start rather than match against an unverified gallery."""
+        A stored gallery that does not open or parse is an error naming the file: the device refuses to
+        start rather than match against a gallery it cannot vouch for."""
         path = self.current_path
+        if (self.folder / NEXT).is_file():  # a key rotation ended between its steps
+            if self._opens(self.folder / NEXT):
+                self.promote_next()
+            else:
+                (self.folder / NEXT).unlink()
         if not path.is_file():
-            return None
+            return self._migrate() if (self.folder / LEGACY).is_file() else None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None
+        if data[: len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + NONCE_LEN + 16:
+            raise InputError(f"stored gallery {path} is not a sealed gallery store; restore it or delete it to "
+                             "start without")  # fmt: skip
+        try:
+            plain = self._open(data)
+        except InvalidTag:
+            raise InputError(f"stored gallery {path} does not open with this device's key (the key was replaced "
+                             "without 'edge device key --rotate', or the file is damaged); restore both or delete "
+                             "it to start without") from None  # fmt: skip
+        try:
+            record, identities = self._parse(memoryview(plain))
+        except (BundleError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"stored gallery {path} is malformed ({exc}); delete it to start without") from None
+        bundle = Bundle(str(record["gallery"]), int(record["bundle_version"]), record["kind"],
+                        str(record["created_at"]), str(record["embedder_sha256"]), identities, str(record["signer"]),
+                        tuple(str(r) for r in record.get("recipients", ())), record.get("embedder"))  # fmt: skip
+        self._check(path, bundle, int(record["version"]))
+        return Applied(
+            bundle, int(record["version"]), frozenset(), str(record["applied_at"]), bytes.fromhex(record["head"]),
+            int(record.get("removed_count", 0)),
+        )  # fmt: skip
+
+    def _open(self, data: bytes) -> bytes:
+        nonce = data[len(MAGIC) : len(MAGIC) + NONCE_LEN]
+        return self._aead().decrypt(nonce, data[len(MAGIC) + NONCE_LEN :], MAGIC)
+
+    def _opens(self, path: Path) -> bool:
+        try:
+            self._open(path.read_bytes())
+        except (InvalidTag, OSError, ValueError):
+            return False
+        return True
+
+    @staticmethod
+    def _parse(plain: memoryview) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        (n,) = struct.unpack_from("<I", plain, 0)
+        record = json.loads(bytes(plain[4 : 4 + n]))
+        if not isinstance(record, dict):
+            raise ValueError("the record is not a JSON object")
+        return record, sealed.inner_identities(plain[4 + n :])
+
+    def _check(self, path: Path, bundle: Bundle, version: int) -> None:
+        """What admission checks of a bundle's routing, again: the device's models or gallery may have changed."""
+        if bundle.embedder_sha256 != self.policy.embedder_sha256:
+            p = self.policy
+            raise StoredForAnotherEmbedder(path, BundleError(
+                "model",
+                f"made for embedder {p.embedder_named(bundle.embedder_sha256, bundle.embedder)}, this device runs "
+                f"{p.embedder_named(p.embedder_sha256)}: enrol again from the photos with this device's embedder "
+                "(docs/models.md)",
+                version,
+            ))  # fmt: skip
+        if self.policy.gallery_name is not None and bundle.gallery != self.policy.gallery_name:
+            raise InputError(
+                f"stored gallery {path}: gallery bundle rejected at gallery: it is gallery {bundle.gallery!r}, this "
+                f"device follows {self.policy.gallery_name!r}; restore it or delete it to start without"
+            )
+
+    # -- writing ----------------------------------------------------------------------------
+    def write_next(self, applied: Applied) -> None:
+        """The gallery sealed under this store's (new) key beside the current file (a key rotation)."""
+        self._write(applied, self.folder / NEXT)
+
+    def promote_next(self) -> None:
+        os.replace(self.folder / NEXT, self.current_path)
+
+    def _write(self, applied: Applied, path: Path | None = None) -> None:
+        b = applied.bundle
+        record = {
+            "format": "edge-store-1", "gallery": b.gallery, "version": applied.version, "bundle_version": b.version,
+            "kind": b.kind, "created_at": b.created_at, "embedder_sha256": b.embedder_sha256, "embedder": b.embedder,
+            "signer": b.signer,
+            "recipients": list(b.recipients), "head": applied.head.hex(), "applied_at": applied.applied_at,
+            "removed_count": applied.removed_count,
+        }  # fmt: skip
+        layout, index, body = content(list(b.identities), "float32")
+        rx = json.dumps(record, separators=(",", ":")).encode()
+        lx = json.dumps(layout, separators=(",", ":")).encode()
+        ix = json.dumps(index, separators=(",", ":")).encode()
+        plain = struct.pack("<I", len(rx)) + rx + struct.pack("<I", len(lx)) + lx + struct.pack("<I", len(ix)) + ix
+        nonce = os.urandom(NONCE_LEN)
+        write_atomic(path or self.current_path, MAGIC + nonce + self._aead().encrypt(nonce, plain + body, MAGIC))
+
+    def store_full(self, data: Buffer, bundle: Bundle) -> Applied:
+        """Keep a new full gallery (sealed); what was removed from the previous one no longer matters."""
+        applied = Applied(bundle, bundle.version, frozenset(), applied_now(), head_digest(data) or b"")
+        try:
+            self._write(applied)
+        except OSError as exc:
+            raise BundleError(
+                "store", f"cannot write {self.current_path}: {exc.strerror or exc}", bundle.version
+            ) from None
+        return applied
+
+    def store_removal(self, data: Buffer, removal: Bundle, applied: Applied) -> Applied:
+        """Drop identities from disk at once: the stored gallery is rewritten without them."""
+        gone = {i.id for i in removal.identities}
+        kept = tuple(i for i in applied.bundle.identities if i.id not in gone)
+        dropped = len(applied.bundle.identities) - len(kept)
+        after = Applied(
+            replace(applied.bundle, identities=kept), removal.version, applied.removed | gone, applied_now(),
+            applied.head, applied.removed_count + dropped,
+        )  # fmt: skip
+        try:
+            self._write(after)
+        except OSError as exc:
+            raise BundleError("store", f"cannot write the removal: {exc.strerror or exc}", removal.version) from None
+        log.info("gallery: %d identit%s removed from disk", dropped, "y" if dropped == 1 else "ies")
+        return after
+
+    def wipe(self) -> bool:
+        """Delete the stored gallery (``edge device wipe``); True if there was one."""
+        found = False
+        for path in (self.current_path, self.folder / NEXT, self.folder / LEGACY):
+            if path.is_file():
+                path.unlink()
+                found = True
+        for old in (self.folder / LEGACY_REMOVALS).glob("*.bundle"):
+            old.unlink()
+        return found
+
+    # -- format 1 stores ----------------------------------------------------------------------
+    def _migrate(self) -> Applied:
+        """A format 1 store (the bundle as received, removals beside it), re-admitted as it was admitted then
+        (in the clear, signed by a trusted key), sealed, and the clear files deleted."""
+        legacy = self.folder / LEGACY
+        then = replace(self.policy, allow_plaintext=True)
         version, removed = 0, set()
-        for f in sorted((self.folder / REMOVALS).glob("*.bundle")):
-            removal = self._verify(f, frozenset())
+        for f in sorted((self.folder / LEGACY_REMOVALS).glob("*.bundle")):
+            removal = self._legacy_admit(f, then, frozenset())
             removed |= {i.id for i in removal.identities}
             version = max(version, removal.version)
-        bundle = self._verify(path, frozenset(removed))
-        applied_at = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-        head = head_digest(path.read_bytes()) or b""
-        return Applied(bundle, max(version, bundle.version), frozenset(removed), applied_at, head)
+        data = legacy.read_bytes()
+        bundle = self._legacy_admit(legacy, then, frozenset(removed))
+        applied_at = datetime.fromtimestamp(legacy.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        applied = Applied(bundle, max(version, bundle.version), frozenset(), applied_at, head_digest(data) or b"",
+                          len(removed))  # fmt: skip
+        self._write(applied)
+        legacy.unlink()
+        for f in (self.folder / LEGACY_REMOVALS).glob("*.bundle"):
+            f.unlink()
+        log.info("gallery: the stored gallery %s v%d is now sealed under the device key (%s)", bundle.gallery,
+                 applied.version, self.current_path)  # fmt: skip
+        return applied
 
-    def _verify(self, path: Path, redacted: frozenset[str]) -> Bundle:
+    @staticmethod
+    def _legacy_admit(path: Path, policy: Policy, redacted: frozenset[str]) -> Bundle:
         try:
-            return admit(path.read_bytes(), self.policy, redacted=redacted)
+            return admit(path.read_bytes(), policy, redacted=redacted)
         except BundleError as exc:
             if exc.step == "model":
                 raise StoredForAnotherEmbedder(path, exc) from None
             raise InputError(f"stored gallery {path}: {exc}; restore it or delete it to start without") from None
         except OSError as exc:
             raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None
-
-    def store_full(self, data: Buffer, bundle: Bundle) -> Applied:
-        """Write a new full gallery; the removals of the previous one no longer apply."""
-        try:
-            write_atomic(self.current_path, data)
-            for old in (self.folder / REMOVALS).glob("*.bundle"):
-                old.unlink()
-        except OSError as exc:
-            raise BundleError(
-                "store", f"cannot write {self.current_path}: {exc.strerror or exc}", bundle.version
-            ) from None
-        return Applied(bundle, bundle.version, frozenset(), applied_now(), head_digest(data) or b"")
-
-    def store_removal(self, data: Buffer, removal: Bundle, applied: Applied) -> Applied:
-        """Drop identities from disk at once: the removal is kept, their blocks in the stored gallery zeroed."""
-        ids = applied.removed | {i.id for i in removal.identities}
-        try:
-            redacted = redact(self.current_path.read_bytes(), set(ids))
-            # The removal is stored first: a crash between the two writes leaves a
-            # removal on disk that the next start-up applies again.
-            write_atomic(self.folder / REMOVALS / f"v{removal.version:012d}.bundle", data)
-            write_atomic(self.current_path, redacted)
-        except OSError as exc:
-            raise BundleError("store", f"cannot write the removal: {exc.strerror or exc}", removal.version) from None
-        kept = tuple(i for i in applied.bundle.identities if i.id not in ids)
-        bundle = replace(applied.bundle, identities=kept)
-        log.info("gallery: removed %s from disk", ", ".join(sorted(i.id for i in removal.identities)))
-        return Applied(bundle, removal.version, frozenset(ids), applied_now(), applied.head)
 
     def digest(self) -> str:
         try:

@@ -260,16 +260,23 @@ class GallerySync:
 
     # -- state ----------------------------------------------------------------------------
     def state(self, error: GalleryError | None = None) -> GalleryState:
+        """What the retained state says: counts only, for a sealed gallery (its ids stay off the broker)."""
         g = self.holder.current.gallery
         a = self.applied
+        expired = sorted({i.id for i in a.bundle.identities} - set(g.identity_ids)) if a else []
+        removed = sorted(a.removed) if a else []
+        clear = a is not None and not a.bundle.recipients
         return GalleryState(
             gallery=a.bundle.gallery if a else None,
             version=a.version if a else None,
             identities=len(g),
             embeddings=len(g.embeddings),
             applied_at=a.applied_at if a else None,
-            expired=sorted({i.id for i in a.bundle.identities} - set(g.identity_ids)) if a else [],
-            removed=sorted(a.removed) if a else [],
+            expired=expired if clear else [],
+            removed=removed if clear else [],
+            expired_count=len(expired),
+            removed_count=max(len(removed), a.removed_count) if a else 0,
+            sealed=a is not None and bool(a.bundle.recipients),
             error=error,
         )
 

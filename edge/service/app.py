@@ -35,6 +35,7 @@ from edge.delivery.outbox import Outbox
 from edge.delivery.sinks import AuditSink, EventSink, OutboxSink, Sinks
 from edge.device.config import Settings, secret_values, settings_digest
 from edge.device.health import Stats, SystemdNotifier, cpu_temperature
+from edge.device.keys import ensure_key, public_line
 from edge.device.logs import protect
 from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError
@@ -84,6 +85,11 @@ class App:
         self.events = 0
         self.model_tag = self.rec.embedder_sha256[:16]
         state = settings.device.state_dir
+        # The device's X25519 key (state directory 0700, key 0600): galleries are encrypted to it.
+        self.device_key, made = ensure_key(state)
+        if made:
+            log.info("device key made (key id %s): %s; give this line to 'edge enroll --recipient'",
+                     self.device_key.short_id, public_line(self.device_key.public))  # fmt: skip
         a = settings.audit
         self.audit = AuditLog(state / "audit", a.segment_bytes, a.max_bytes, a.max_age_days) if a.enabled else None
         self.outbox = Outbox(
@@ -106,6 +112,8 @@ class App:
             g.max_bundle_bytes,
             self.rec.embedder_names,
             self.rec.embedder.dim,
+            self.device_key,
+            g.allow_plaintext,
         )
         self.sync: GallerySync | None = None
         if g.sync and g.name and g.trusted_keys:
@@ -222,6 +230,7 @@ class App:
             depth, dropped = -1, -1
         return Status(
             device_id=self.topics.device_id, state=state, version=__version__, embedder=self.rec.embedder_name,
+            key_id=self.device_key.key_id.hex(), public_key=public_line(self.device_key.public),
             uptime_s=round(now - self.started, 1), camera=camera_state, camera_error=camera_error,
             cameras={c.id: CameraStatus(state=c.state, error=c.error, fps=c.fps, dropped_frames=c.dropped_frames)
                      for c in cameras},

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.capture.imageio import IMAGE_SUFFIXES, read_image
+from edge.device.keys import DeviceKey
 from edge.errors import ImageError, InputError
 from edge.gallery.admit import Policy, load_bundle_file, to_gallery
 from edge.gallery.enroll import enroll_directory
@@ -48,8 +49,12 @@ class FaceVerdict:
         }  # fmt: skip
 
 
-def load_gallery(rec: Recognizer, path: Path, trusted: Sequence[Ed25519PublicKey]) -> Gallery:
-    """A photos folder (enrolled now, as a device does at start-up) or a signed bundle (verified)."""
+def load_gallery(
+    rec: Recognizer, path: Path, trusted: Sequence[Ed25519PublicKey], device_key: DeviceKey | None = None
+) -> Gallery:
+    """A photos folder (enrolled now, as a device does at start-up) or a signed bundle (verified; a sealed one
+    opened with ``device_key``, the key of a device it was made for). The operator's own check: a bundle in
+    the clear is read too."""
     if path.is_dir():
         reports = enroll_directory(rec, path)
         return Gallery.build([(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None],
@@ -58,9 +63,10 @@ def load_gallery(rec: Recognizer, path: Path, trusted: Sequence[Ed25519PublicKey
         raise InputError(f"--gallery {path}: no such folder or bundle")
     if not trusted:
         raise InputError(f"--gallery {path} is a signed bundle: give the key that signed it with --trusted-key")
-    bundle, _ = load_bundle_file(
-        path, Policy(tuple(trusted), rec.embedder_sha256, None, 1 << 30, rec.embedder_names, rec.embedder.dim)
+    policy = Policy(
+        tuple(trusted), rec.embedder_sha256, None, 1 << 30, rec.embedder_names, rec.embedder.dim, device_key, True
     )
+    bundle, _ = load_bundle_file(path, policy)
     return to_gallery(bundle)
 
 
