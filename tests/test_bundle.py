@@ -261,7 +261,12 @@ def test_a_bundle_for_another_embedder_is_refused_naming_both(key: Ed25519Privat
 
     sface, mfn = "11" * 32, "22" * 32
     policy = Policy(
-        (key.public_key(),), sface, None, 1 << 20, {sface: "sface_int8", mfn: "mobilefacenet_int8"}, allow_plaintext=True
+        (key.public_key(),),
+        sface,
+        None,
+        1 << 20,
+        {sface: "sface_int8", mfn: "mobilefacenet_int8"},
+        allow_plaintext=True,
     )
     old = encode(identities(1), "g", 3, mfn, key)  # made before bundles named their embedder: the sha says which
     with pytest.raises(

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.delivery.events import GalleryState
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from edge.device.config import GallerySettings, MatchSettings
 from edge.device.keys import DeviceKey
 from edge.gallery.admit import Policy, admit

@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.delivery.broker import LocalBroker, free_port
 from edge.delivery.events import GalleryState
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.device.config import GallerySettings, MatchSettings, TrackingSettings, load_settings
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from edge.device.keys import DeviceKey
 from edge.gallery import sealed
 from edge.gallery.admit import Policy, admit
-from edge.gallery.bundle import BundleError, Identity, encode
+from edge.gallery.bundle import BundleError, Identity
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.calibration import Band, Calibration, CalibrationTable

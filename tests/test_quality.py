@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import cv2
-import pytest
 import numpy as np
+import pytest
 
 from edge.capture.imageio import read_image
 from edge.device.config import QualitySettings
