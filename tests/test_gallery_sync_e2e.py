@@ -13,21 +13,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cli import main
 from edge.device.config import Settings
+from edge.device.keys import DeviceKey, public_line
 from edge.device.runtime import load_manifest
-from edge.gallery.bundle import (
-    BundleError,
-    Identity,
-    encode,
-    load_private_key,
-    load_public_key,
-    parse_identities,
-    peek_header,
-    read_header,
-    read_index,
-    verify_signature,
-)
+from edge.gallery import sealed
+from edge.gallery.admit import Policy
+from edge.gallery.bundle import Identity, encode, load_private_key, load_public_key
+from edge.gallery.store import GalleryStore
 
-from .support import Collector
+from .support import Collector, device_key
 from .test_service_e2e import DemoAssets, LocalBroker, assets, service  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -74,35 +67,41 @@ def limited_broker() -> Iterator[LocalBroker]:
         yield b
 
 
+def retained(b: LocalBroker) -> bytes:
+    """Every retained message on the broker, topics and payloads: what anyone allowed to subscribe reads."""
+    grab = Collector(b.host, b.port, "#", client_id="everything")
+    grab.wait_until(lambda: any(t.endswith("/status") for t, _, _ in grab.messages), 10)
+    out = b"".join(t.encode() + (p if isinstance(p, bytes) else repr(p).encode()) for t, p, r in grab.messages if r)
+    grab.close()
+    return out
+
+
+def state_files(state: Path) -> bytes:
+    """Every file of a device's state directory but its audit log (which names matches by identity id)."""
+    return b"".join(p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file() and "audit" not in p.parts)
+
+
 def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:  # noqa: F811
     broker = limited_broker
     keyfile = tmp_path / "owner.pem"
     assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
     key = load_private_key(keyfile)
+    device = device_key(tmp_path)  # made as the device's first start would: its state directory is tmp_path
     v2_file = tmp_path / "v2.bundle"
-    assert (
-        main(
-            [
-                "enroll",
-                str(assets.gallery),
-                "--out",
-                str(v2_file),
-                "--key",
-                str(keyfile),
-                "--gallery-name",
-                "demo",
-                "--version",
-                "2",
-            ]
-        )
-        == 0
-    )
+    enroll = ["enroll", str(assets.gallery), "--out", str(v2_file), "--key", str(keyfile), "--gallery-name", "demo",
+              "--version", "2", "--recipient", public_line(device.public)]  # fmt: skip
+    assert main(enroll) == 0
     v2 = v2_file.read_bytes()
-    signed = verify_signature(v2, [load_public_key(Path(f"{keyfile}.pub"))])
-    people = parse_identities(signed, read_header(signed), read_index(signed))
-    sha = str(peek_header(v2)["embedder_sha256"])  # the devices' embedder, as enrolment used it
-    v1 = encode([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], "demo", 1, sha, key)
+    people = sealed.open_content(sealed.verify(v2, [load_public_key(Path(f"{keyfile}.pub"))]), device)
+    sha = str(sealed.peek(v2)["embedder_sha256"])  # the devices' embedder, as enrolment used it
+    names = [n.encode() for p in people for n in (p.id, p.label) if n] + [b"Colin", b"Venus"]
 
+    def seal(ids: list[Identity], version: int, kind: str = "full", signer: Ed25519PrivateKey = key,
+             to: list[Path] | None = None, embedder_sha: str = sha, dtype: str = "float16") -> bytes:  # fmt: skip
+        recipients = [device.public] if to is None else [device_key(d).public for d in to]
+        return sealed.seal(ids, "demo", version, embedder_sha, signer, recipients, kind, dtype)  # type: ignore[arg-type]
+
+    v1 = seal([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], 1)
     w = Watch(broker)
     w.publish("edge/galleries/demo", v1, retain=True)
     env = {"EDGE_TRACKING__COOLDOWN_S": "0", "EDGE_GALLERY__EXPIRY_CHECK_S": "1"}
@@ -111,7 +110,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
     proc = service(args, tmp_path, env)
     try:
         s = w.state_where(lambda s: s.get("version") == 1)
-        assert s["identities"] == 2 and s["gallery"] == "demo" and "error" not in s
+        assert s["identities"] == 2 and s["gallery"] == "demo" and "error" not in s and s["sealed"] is True
         assert "waiting for gallery 'demo' over MQTT" in proc.text() and "no gallery configured" not in proc.text()
 
         w.publish("edge/galleries/demo", v2, retain=True)
@@ -119,13 +118,17 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         w.wait_for("events/match", lambda e: e["gallery_version"] == 2 and e["identity_id"] == "Laura_Bush", 30)
 
         other_key = Ed25519PrivateKey.generate()
+        end = sealed.frame(v2).head_end
         rejections = {
             "version": v1,  # replay
             "signature": v2[:200] + bytes([v2[200] ^ 1]) + v2[201:],
-            "signature ": encode(list(people), "demo", 9, sha, other_key),  # untrusted signer
-            "model": encode(list(people), "demo", 9, "0" * 64, key),
-            "signature  ": encode(list(people), "demo", 9, sha, key)[:-100],  # truncated (a newer version)
+            "signature ": seal(list(people), 9, signer=other_key),  # untrusted signer
+            "model": seal(list(people), 9, embedder_sha="0" * 64),
+            "parse ": seal(list(people), 9)[:-100],  # truncated (a newer version)
+            "signature  ": v2[:end] + bytes(96),  # unsigned
             "parse": b"\x00garbage" * 30,
+            "recipient": seal(list(people), 9, to=[tmp_path / "another-device"]),  # for another device only
+            "plaintext": encode(list(people), "demo", 9, sha, key),  # in the clear
         }
         for step, data in rejections.items():
             before = len(w.states)
@@ -133,52 +136,54 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
             s = w.state_where(lambda s: "error" in s, since=before)
             assert s["error"]["step"] == step.strip(), (step, w.states[before - 1 :])  # type: ignore[index]
             assert s["version"] == 2 and s["identities"] == 4  # v2 still in force
-        assert load_gallery_version(tmp_path) == 2
+        assert load_gallery_version(tmp_path, device, sha) == 2
 
         soon = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
         v3_people = [
             Identity(p.id, p.label, p.embeddings, {"expires_at": soon} if p.id == "Jean_Chretien" else p.meta)
             for p in people
         ]
-        w.publish("edge/galleries/demo", encode(v3_people, "demo", 3, sha, key), retain=True)
+        w.publish("edge/galleries/demo", seal(v3_people, 3), retain=True)
         w.state_where(lambda s: s.get("version") == 3 and s.get("identities") == 4)
-        s = w.state_where(lambda s: s.get("version") == 3 and s.get("expired") == ["Jean_Chretien"])
-        assert s["identities"] == 3
+        s = w.state_where(lambda s: s.get("version") == 3 and s.get("expired_count") == 1)
+        assert s["identities"] == 3 and s["expired"] == []  # counted, not named: ids stay off the broker
 
         # A signed removal drops Venus Williams from matching and from disk at once.
-        removal = encode(
-            [Identity("Venus_Williams", None, np.zeros((0, DIM), "float32"), {})], "demo", 4, sha, key, kind="removal"
-        )
+        removal = seal([Identity("Venus_Williams", None, np.zeros((0, DIM), "float32"), {})], 4, kind="removal")
         w.publish("edge/cam1/gallery/set", removal)
         s = w.state_where(lambda s: s.get("version") == 4)
-        assert s["removed"] == ["Venus_Williams"] and s["identities"] == 2 and "error" not in s
-        stored = (tmp_path / "gallery" / "current.bundle").read_bytes()
-        with pytest.raises(BundleError, match="Venus_Williams"):  # its embeddings are zeroed on disk
-            signed = verify_signature(stored, [load_public_key(Path(f"{keyfile}.pub"))])
-            parse_identities(signed, read_header(signed), read_index(signed))
+        assert s["removed_count"] == 1 and s["removed"] == [] and s["identities"] == 2 and "error" not in s
     finally:
         rc = proc.stop()
     assert rc == 0, proc.text()[-2000:]
+    # Nothing names anyone enrolled: not a retained message on the broker, not a file of the device (its
+    # audit log, which records matches by identity id, aside); the removed person not even for someone
+    # holding the device's key.
+    on_broker, on_disk = retained(broker), state_files(tmp_path / "gallery") + state_files_outbox(tmp_path)
+    assert [n for n in names if n in on_broker] == [] and [n for n in names if n in on_disk] == []
+    store = GalleryStore(tmp_path / "gallery", Policy((), sha, device_key=device))
+    kept = store._open(store.current_path.read_bytes())
+    assert b"Venus_Williams" not in kept and b"Colin_Powell" in kept  # the key opens it: the removed are gone
 
-    # A restart loads v3 from disk (verified again) before anything arrives.
+    # A restart loads v4 from disk (opened with the device key) before anything arrives.
     before = len(w.states)
     again = service(["--source", "/dev/video99", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
                      "--broker", f"{broker.host}:{broker.port}"], tmp_path, env)  # fmt: skip
     try:
         s = w.state_where(lambda s: s.get("version") == 4, since=before)
-        assert "error" not in s and s["removed"] == ["Venus_Williams"] and s["identities"] == 2
+        assert "error" not in s and s["removed_count"] == 1 and s["identities"] == 2
         # A 10,000 × 5 bundle over MQTT.
         rng = np.random.default_rng(0)
         big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, DIM)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
                for i in range(10_000)]  # fmt: skip
         big_file = tmp_path / "big.bundle"
-        big_file.write_bytes(encode(big, "demo", 5, sha, key, dtype="int8"))
+        big_file.write_bytes(seal(big, 5, dtype="int8"))
         assert big_file.stat().st_size > 1 << 20  # too large for one message on this broker
         rc = main(["gallery", "publish", str(big_file), "--broker", f"{broker.host}:{broker.port}", "--device", "cam1",
                    "--max-message", str(1 << 20)])  # fmt: skip
         assert rc == 0
         s = w.state_where(lambda s: s.get("version") == 5, timeout=60, context=lambda: again.text()[-4000:])
-        assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed"] == []
+        assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed_count"] == 0
     finally:
         again.stop()
     w.close()
@@ -187,5 +192,11 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
     assert "10000 identities over max_identity_entities (100)" in again.text()
 
 
-def load_gallery_version(state: Path) -> int:
-    return int(peek_header((state / "gallery" / "current.bundle").read_bytes())["version"])
+def state_files_outbox(state: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in state.glob("outbox.sqlite*") if p.is_file())
+
+
+def load_gallery_version(state: Path, device: DeviceKey, sha: str) -> int:
+    applied = GalleryStore(state / "gallery", Policy((), sha, device_key=device)).load()
+    assert applied is not None
+    return applied.version

@@ -181,6 +181,20 @@ def test_every_bundle_kind_is_refused_unsigned_foreign_or_altered_and_the_galler
     assert (sync.holder.current.gallery.identity_ids, sync.version, files_bytes(tmp_path)) == before
 
 
+def test_the_bundle_in_force_unsigned_is_refused_not_taken_for_its_retained_copy(tmp_path: Path) -> None:
+    """The retained copy of the bundle in force is skipped (nothing to do); a copy whose signature was
+    stripped or changed is another bundle, and refused."""
+    states: list[GalleryState] = []
+    sync = make_sync(tmp_path, states)
+    v5 = make(people(3), 5)
+    assert sync.apply(v5)
+    published = len(states)
+    assert sync.apply(v5) and len(states) == published  # the same bytes again: nothing to do, nothing said
+    for copy in (unsigned(v5), v5[:-1] + bytes([v5[-1] ^ 1])):
+        assert not sync.apply(copy)
+        assert states[-1].error is not None and states[-1].error.step == "signature"
+
+
 @pytest.mark.parametrize("kind", ["full", "removal"])
 def test_a_bundle_of_the_version_in_force_is_refused_at_step_version(tmp_path: Path, kind: str) -> None:
     states: list[GalleryState] = []

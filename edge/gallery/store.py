@@ -72,11 +72,11 @@ def write_atomic(path: Path, data: Buffer) -> None:
 
 
 def head_digest(data: Buffer) -> bytes | None:
-    """sha256 of a bundle's signed part (unverified): equal to the digest of the bundle in force means the
-    very bundle in force (its retained copy arriving again). Format 1: everything up to the body (removals
-    zeroed blocks of the body, never the head); format 2: the whole envelope."""
+    """sha256 of a bundle's signed part and its signature (unverified): equal to the digest of the bundle in
+    force means the very bundle in force (its retained copy arriving again). Format 1: everything up to the
+    body (removals zeroed blocks of the body, never the head); format 2: all of it."""
     try:
-        end = sealed.frame(data).head_end if sealed.is_sealed(data) else frame(data).body_start
+        end = len(data) if sealed.is_sealed(data) and sealed.frame(data) else frame(data).body_start
         return hashlib.sha256(memoryview(data)[:end]).digest()
     except BundleError:
         return None
