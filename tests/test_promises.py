@@ -547,3 +547,18 @@ def test_an_empty_gallery_is_empty_and_reports_a_grey_face_as_grey_where_grey_is
 def test_a_short_photo_vector_is_made_unit_length_too() -> None:
     g = Gallery.build([("a", None, np.eye(DIM, dtype=np.float32)[:1] * 0.5)])
     np.testing.assert_allclose(np.linalg.norm(g.templates, axis=1), 1.0, rtol=1e-6)
+
+
+def test_a_delivered_event_leaves_no_trace_of_whom_it_named_in_the_outbox_files(tmp_path: Path) -> None:
+    """An event names the person matched; once the broker has it, the outbox overwrites it on disk."""
+    box = Outbox(tmp_path / "outbox.sqlite")
+    seqs = [box.put("edge/cam1/events/match", json.dumps({"identity_id": f"zoe-{i}", "label": "Zoe Quinn"}).encode())
+            for i in range(50)]  # fmt: skip
+    box.put("edge/cam1/events/match", b'{"identity_id": "still-queued"}')
+    files = lambda: b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite*"))  # noqa: E731
+    assert b"Zoe Quinn" in files()  # queued: on disk, as it must be (nothing is lost in a power cut)
+    for seq in seqs:
+        box.ack(seq)
+    box.close()
+    assert b"Zoe Quinn" not in files() and b"zoe-1" not in files()
+    assert b"still-queued" in files()  # what is not delivered is kept

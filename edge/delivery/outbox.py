@@ -57,6 +57,8 @@ class Outbox:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # A delivered event (it names the person matched) is overwritten on disk, not left in a free page.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(SCHEMA)
             self._db.execute("PRAGMA quick_check").fetchone()
             self._migrate()

@@ -34,6 +34,7 @@ from edge.delivery.events import Status, utc_now
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.device.config import load_settings
+from edge.device.keys import ensure_key
 from edge.errors import EdgeError, InputError
 from edge.gallery.admit import Policy, load_trusted
 from edge.gallery.store import GalleryStore
@@ -66,7 +67,8 @@ class SimDevice:
         self.device = device
         self.topics = Topics("edge", device)
         self.link = MqttLink(s.mqtt, self.topics, Outbox(Path(f"{folder}/{device}/outbox.sqlite")), stop)
-        policy = Policy(load_trusted(s.gallery.trusted_keys), sha, "fleet", s.gallery.max_bundle_bytes)
+        policy = Policy(load_trusted(s.gallery.trusted_keys), sha, "fleet", s.gallery.max_bundle_bytes,
+                        device_key=ensure_key(s.device.state_dir)[0])  # fmt: skip
         self.holder = GalleryHolder(matcher)
         store = GalleryStore(Path(f"{folder}/{device}/gallery"), policy)
         self.sync = GallerySync(self.holder, store, policy, s.gallery, self._publish_state)
@@ -194,7 +196,8 @@ def simulate(
 
     from edge.delivery.bridge import bridge_config
     from edge.delivery.broker import LocalBroker
-    from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
+    from edge.gallery.bundle import Identity, generate_key, load_private_key
+    from edge.gallery.sealed import seal
 
     if not 0 <= sites <= 16:
         raise InputError("fleet simulate: 0-16 sites")
@@ -226,7 +229,10 @@ def simulate(
         for i in range(identities):
             v = rng.normal(size=(3, 192)).astype(np.float32)
             people.append(Identity(f"p{i:04d}", None, v / np.linalg.norm(v, axis=1, keepdims=True), {}))
-        bundle = encode(people, "fleet", 7, sha, key, dtype="int8")
+        ids = [f"sim-{i:04d}" for i in range(devices)]
+        # Each device's key made before it starts (as its first start would); one bundle sealed to them all.
+        recipients = [ensure_key(folder / d)[0].public for d in ids]
+        bundle = seal(people, "fleet", 7, sha, key, recipients, dtype="int8")
         central = LocalBroker().start()
         brokers.append(central)
         site_brokers = [
@@ -235,7 +241,6 @@ def simulate(
         brokers += [b for b in site_brokers if b is not central]
         # Mosquitto's per-listener connection limit is high; the process file limit may not be.
         monitor = Monitor(central.host, central.port)
-        ids = [f"sim-{i:04d}" for i in range(devices)]
         ctx = mp.get_context("spawn")
         pipes, procs = [], []
         t0 = time.monotonic()
