@@ -15,8 +15,9 @@ import pytest
 from edge.cli import main
 from edge.delivery.broker import LocalBroker
 from edge.device.config import load_settings
+from edge.device.keys import public_line
 
-from .support import Collector, Service
+from .support import Collector, Service, device_key
 
 
 @pytest.fixture()
@@ -140,8 +141,11 @@ def test_two_sites_bridged_to_a_central_broker_get_the_gallery_and_lose_no_event
             key = tmp_path / "owner.pem"
             assert main(["gallery", "keygen", "--out", str(key)]) == 0
             bundle = tmp_path / "lobby.bundle"
+            # Both devices' keys, as 'edge device key' prints them, one a line: the bundle is sealed to both.
+            recipients = tmp_path / "devices.txt"
+            recipients.write_text("".join(f"{public_line(device_key(tmp_path / s).public)} door-{s}\n" for s in sites))
             assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(key),
-                         "--gallery-name", "lobby", "--version", "3"]) == 0  # fmt: skip
+                         "--gallery-name", "lobby", "--version", "3", "--recipients", str(recipients)]) == 0  # fmt: skip
             watch = Collector(central.host, central.port, "edge/+/events/match", "edge/+/gallery/state",
                               client_id="central-watch", clean=False)  # fmt: skip
             assert main(["gallery", "publish", str(bundle), "--broker", f"{central.host}:{central.port}"]) == 0

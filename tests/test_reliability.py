@@ -313,22 +313,24 @@ def test_a_killed_worker_ends_the_run_non_zero_saying_why(
 def test_a_wedged_gallery_sync_ends_the_run(broker: LocalBroker, tmp_path: Path, recognizer: Recognizer) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
+    from edge.gallery.bundle import Identity, generate_key, load_private_key
+
+    from .support import sealed_for
 
     keyfile = tmp_path / "k.pem"
     generate_key(keyfile)
     key: Ed25519PrivateKey = load_private_key(keyfile)
     settings = app_settings(broker, tmp_path, gallery={"name": "lobby", "trusted_keys": [f"{keyfile}.pub"]})
+    bundle = sealed_for([settings.device.state_dir], [Identity("a", None, np.eye(recognizer.embedder.dim,
+                        dtype=np.float32)[:2], {})], "lobby", 1, recognizer.embedder_sha256, key)  # fmt: skip
     status = Collector(broker.host, broker.port, "edge/supervised/status")
     with RunningApp(settings, recognizer) as running:
         app = running.app
         assert app.sync is not None
         app.gallery._lock.acquire()  # the sync will wait for it forever: a wedge, not a crash
         try:
-            v = np.eye(recognizer.embedder.dim, dtype=np.float32)[:2]
             # Retained: the device gets it whether or not it has subscribed yet.
-            status.publish("edge/galleries/lobby", encode([Identity("a", None, v, {})], "lobby", 1,
-                                                          recognizer.embedder_sha256, key), retain=True)  # fmt: skip
+            status.publish("edge/galleries/lobby", bundle, retain=True)
             assert running.ended(WITHIN_WATCHDOG)
             assert app.fault is not None and "worker 'gallery-sync' stalled" in app.fault
         finally:

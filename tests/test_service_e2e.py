@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from edge.delivery.broker import LocalBroker, find_mosquitto
+from edge.device.keys import public_line
 from edge.service.demo import DemoAssets, build_assets
 
 from .conftest import FACES
-from .support import Collector, Service
+from .support import Collector, Service, device_key
 
 pytestmark = [
     pytest.mark.slow,
@@ -172,8 +173,9 @@ def test_signed_bundle_gallery_events_carry_its_version(
     key = tmp_path / "k.pem"
     assert main(["gallery", "keygen", "--out", str(key)]) == 0
     bundle = tmp_path / "g.bundle"
+    line = public_line(device_key(tmp_path).public)  # the device's key (its state directory is tmp_path)
     assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(key),
-                 "--gallery-name", "demo", "--version", "2"]) == 0  # fmt: skip
+                 "--gallery-name", "demo", "--version", "2", "--recipient", line]) == 0  # fmt: skip
     sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
     args = ["--source", str(assets.clip), "--gallery", str(bundle), "--gallery-name", "demo", "--trusted-key", f"{key}.pub",
             "--rate", "fast", "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"]  # fmt: skip
@@ -189,6 +191,10 @@ def test_signed_bundle_gallery_events_carry_its_version(
     assert main(["gallery", "keygen", "--out", str(other)]) == 0
     bad = service([*args[:6], "--trusted-key", f"{other}.pub", *args[8:]], tmp_path / "s2")
     assert bad.wait_exit(60) == 2 and "not trusted" in bad.text()
+    # A bundle sealed to another device stops start-up naming the step (this device's key is not among them).
+    stranger = service(args, tmp_path / "s3")
+    assert stranger.wait_exit(60) == 2
+    assert "rejected at recipient: this device (key " in stranger.text().strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("at_end", [["--exit-at-end"], []], ids=["exit-at-end", "default"])
@@ -367,9 +373,11 @@ def test_a_message_over_the_size_limit_never_reaches_the_device(broker: LocalBro
 
     from edge.cli import main
     from edge.device.config import Settings
-    from edge.gallery.bundle import Identity, encode, load_private_key
+    from edge.gallery.bundle import Identity, load_private_key
+    from edge.gallery.sealed import seal
     from edge.recognition.pipeline import Recognizer
 
+    device = device_key(tmp_path / "s")
     keyfile = tmp_path / "k.pem"
     assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
     key: Ed25519PrivateKey = load_private_key(keyfile)
@@ -383,7 +391,7 @@ def test_a_message_over_the_size_limit_never_reaches_the_device(broker: LocalBro
     oversized = 40 << 20
     watch.publish("edge/cam1/gallery/set", bytes(oversized))  # 40 MiB of nothing
     v = np.eye(Recognizer(Settings()).embedder.dim, dtype=np.float32)[:1]
-    watch.publish("edge/cam1/gallery/set", encode([Identity("a", None, v, {})], "lobby", 1, sha, key))
+    watch.publish("edge/cam1/gallery/set", seal([Identity("a", None, v, {})], "lobby", 1, sha, key, [device.public]))
     watch.wait_for("gallery/state", lambda s: s.get("version") == 1)
     assert not any(s.get("error") for s in watch.on("gallery/state"))  # never delivered, so never refused
     # Relative to what was sent: had the device buffered it, its peak would have grown by the whole payload.

@@ -160,7 +160,31 @@ def cmd_eval_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sealing(args: argparse.Namespace) -> int:
+    from edge.device.runtime import load_manifest
+    from edge.eval.sealing import sealing_bench
+
+    settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
+    dim = load_manifest(settings.models.dir).embedder(settings.models.embedder).dim
+    if args.identities < 1 or args.templates < 1 or min(args.recipients) < 1:
+        raise InputError("--identities, --templates and --recipients must be at least 1")
+    out = sealing_bench(dim, args.identities, args.templates, tuple(sorted(set(args.recipients))))
+    out["embedder"] = settings.models.embedder
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.identities} identities x {args.templates} templates ({dim}-d, int8), median of {out['repeats']}:")
+    for name, row in out["cases"].items():  # type: ignore[attr-defined]
+        print(f"  {name:<16} {row['bytes']:>10,} bytes  make {row['make_s'] * 1000:7.1f} ms  "
+              f"apply {row['apply_s'] * 1000:7.1f} ms  (stored {row['stored_bytes']:,} bytes)")  # fmt: skip
+    if "bytes_per_extra_recipient" in out:
+        print(f"  each further device: {out['bytes_per_extra_recipient']} bytes")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.sealing:
+        return cmd_bench_sealing(args)
     from edge.eval.bench import (
         audit_bench,
         bench,
@@ -427,6 +451,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--frames", type=int, default=300)
     b.add_argument("--gallery-size", type=int, default=10_000)
     b.add_argument("--bundle", action="store_true", help="also time applying a 10,000 x 5 signed gallery bundle")
+    b.add_argument(
+        "--sealing", action="store_true",
+        help="instead: size and make/apply time of a gallery in the clear and sealed to 1 and N devices (docs/privacy.md)",
+    )  # fmt: skip
+    b.add_argument("--identities", type=int, default=1000, help="with --sealing: identities in the gallery")
+    b.add_argument("--templates", type=int, default=3, help="with --sealing: templates per identity")
+    b.add_argument(
+        "--recipients", type=int, nargs="+", default=[1, 500], help="with --sealing: devices each bundle is sealed to"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--plot", type=Path, help="draw the time of each stage to this PNG (needs '.[plots]')")
     b.add_argument("--cameras", type=int, default=0, help="N cameras on one device instead (see edge.eval.cameras)")

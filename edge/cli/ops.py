@@ -141,6 +141,22 @@ def cmd_fleet_bridge_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_acl(args: argparse.Namespace) -> int:
+    from edge.delivery.acl import acl, parse_devices
+
+    text = acl(parse_devices(args.device), args.publisher, args.reader or ["homeassistant"], args.prefix,
+               args.discovery_prefix)  # fmt: skip
+    if args.out is None:
+        print(text, end="")
+        return 0
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(f"wrote {args.out}: {len(parse_devices(args.device))} devices; point the broker's acl_file at it and "
+          "reload it (docs/broker.md)")  # fmt: skip
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fl = sub.add_parser("fleet", help="every device under a prefix, from the broker").add_subparsers(
         dest="fleet_command", required=True
@@ -169,6 +185,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     br.add_argument("--discovery-prefix", default="homeassistant", help="Home Assistant's discovery prefix")
     br.add_argument("--cafile", help="CA certificate of the central broker's TLS listener")
     br.set_defaults(func=cmd_fleet_bridge_config)
+    acl = fl.add_parser("acl", help="a Mosquitto ACL that keeps devices apart (docs/broker.md)")
+    acl.add_argument("--device", action="append", required=True, metavar="ID=GALLERY",
+                     help="a device (its MQTT user name is its device id) and the gallery it follows; repeatable")  # fmt: skip
+    acl.add_argument("--publisher", default="publisher", help="the account that publishes galleries")
+    acl.add_argument("--reader", action="append", help="an account that reads events (default: homeassistant)")
+    acl.add_argument("--prefix", default="edge", help="topic prefix of the devices")
+    acl.add_argument("--discovery-prefix", default="homeassistant", help="Home Assistant's discovery prefix")
+    acl.add_argument("--out", type=Path, help="write the file here (default: print it)")
+    acl.set_defaults(func=cmd_fleet_acl)
 
     idf = sub.add_parser("identify", help="every face in photos, matched against a gallery as a device would")
     idf.add_argument("images", type=Path, nargs="+", help="photos or folders of photos")

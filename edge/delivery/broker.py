@@ -40,11 +40,14 @@ class LocalBroker:
         users: dict[str, str] | None = None,
         require_certificate: bool = False,
         extra: str = "",
+        config: str | None = None,
     ) -> None:
         """``tls``: (CA certificate, server certificate, server key) for a TLS listener;
         ``users``: name → password (anonymous clients are then refused);
         ``require_certificate``: clients must present a certificate signed by the CA (mutual TLS);
-        ``extra``: more configuration, appended (a bridge to another broker: ``edge.delivery.bridge``)."""
+        ``extra``: more configuration, appended (a bridge to another broker: ``edge.delivery.bridge``);
+        ``config``: a whole configuration of one's own instead (its listener on ``port``), to which only the
+        log file, the user and persistence in a private folder are added."""
         binary = find_mosquitto()
         if binary is None:
             raise EdgeError("mosquitto not found: install it (Debian/Raspberry Pi OS: apt install mosquitto)")
@@ -80,6 +83,8 @@ class LocalBroker:
             lines.append(f"password_file {passwd}")
         if message_size_limit:
             lines.append(f"message_size_limit {message_size_limit}")
+        if config is not None:
+            lines = [*lines[2:], config]
         conf.write_text("\n".join(lines) + "\n" + extra)
         self.conf = conf
         self.proc: subprocess.Popen[bytes] | None = None

@@ -442,8 +442,16 @@ class MqttLink:
                 "Not authorized": "check the broker's access rules for this user",
                 "Client identifier not valid": "check device.id",
             }.get(str(reason), "")
-            self.last_error = f"broker refused the connection: {reason}{'; ' + hint if hint else ''}"
-            log.error("mqtt %s:%d: %s", self.opts.host, self.opts.port, self.last_error)
+            refused = f"broker refused the connection: {reason}{'; ' + hint if hint else ''}"
+            now = time.monotonic()
+            if refused != self.last_error:  # said once, with the retry; then at most once a minute
+                log.error("mqtt %s:%d: %s; retrying, at least every %.0fs", self.opts.host, self.opts.port, refused,
+                          self.opts.reconnect_max_s)  # fmt: skip
+                self._logged_at = now
+            elif now - self._logged_at >= 60:
+                log.warning("mqtt %s:%d: still refused: %s", self.opts.host, self.opts.port, refused)
+                self._logged_at = now
+            self.last_error = refused
             return
         self.last_error = None
         self._connected_at = time.monotonic()

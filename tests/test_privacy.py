@@ -1,0 +1,199 @@
+"""Sealed galleries (issue 26): the envelope's every fault is one rejection naming its step with the gallery
+in force untouched; keys are rotated and revoked; a device's disk holds only what it must."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.cli import main
+from edge.delivery.events import GalleryState
+from edge.device.config import GallerySettings, MatchSettings, Settings
+from edge.device.keys import DeviceKey, ensure_key, load_key, public_line
+from edge.device.runtime import load_manifest
+from edge.gallery import sealed
+from edge.gallery.admit import Policy
+from edge.gallery.bundle import Identity
+from edge.gallery.store import NEXT, GalleryStore
+from edge.gallery.sync import GallerySync
+from edge.recognition.match import GalleryHolder, Matcher
+
+from .test_match import CAL
+
+KEY = Ed25519PrivateKey.generate()
+SHA = load_manifest().spec(Settings().models.embedder).sha256  # the default device's embedder
+DIM = 16
+
+
+def people(n: int, seed: int = 0) -> list[Identity]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        v = rng.normal(size=(2, DIM)).astype(np.float32)
+        out.append(Identity(f"id{i}", f"Person {i}", v / np.linalg.norm(v, axis=1, keepdims=True), {}))
+    return out
+
+
+def sync_for(state: Path, key: DeviceKey, states: list[GalleryState] | None = None) -> GallerySync:
+    policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, device_key=key)
+    got = states if states is not None else []
+    return GallerySync(GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(state / "gallery", policy), policy,
+                       GallerySettings(), lambda d: got.append(GalleryState.model_validate_json(d)))  # fmt: skip
+
+
+def resealed(data: bytes, *, header: bytes | None = None, recipients: bytes | None = None,
+             content: bytes | None = None) -> bytes:  # fmt: skip
+    """The bundle with parts replaced and signed again by the trusted key: what an insider (or a bug in a
+    publisher) could make; the signature passes, so the checks after it must catch it."""
+    f = sealed.frame(data)
+    parts = [data[a:b] for a, b in (f.header, f.recipients, f.content)]
+    for i, new in enumerate((header, recipients, content)):
+        if new is not None:
+            parts[i] = new
+    head = sealed.MAGIC + b"".join(struct.pack("<I", len(p)) + p for p in parts)
+    from edge.gallery.bundle import key_id
+
+    return head + key_id(KEY.public_key()) + KEY.sign(head)
+
+
+def test_every_fault_of_the_envelope_is_one_rejection_naming_its_step_and_the_gallery_stays(tmp_path: Path) -> None:
+    door, yard = ensure_key(tmp_path / "door")[0], ensure_key(tmp_path / "yard")[0]
+    states: list[GalleryState] = []
+    sync = sync_for(tmp_path / "door", door, states)
+    assert sync.apply(sealed.seal(people(3), "lobby", 5, SHA, KEY, [door.public]))
+    before = (sync.holder.current.gallery.identity_ids, sync.version,
+              sorted(p.read_bytes() for p in (tmp_path / "door" / "gallery").iterdir()))  # fmt: skip
+    both = sealed.seal(people(4, seed=1), "lobby", 6, SHA, KEY, [yard.public, door.public])
+    f = sealed.frame(both)
+    blocks = both[f.recipients[0] : f.recipients[1]]
+    yard_block, door_block = blocks[: sealed.RECIPIENT_LEN], blocks[sealed.RECIPIENT_LEN :]
+    content = both[f.content[0] : f.content[1]]
+    header = json.loads(both[f.header[0] : f.header[1]])
+    faults = {
+        "truncated ciphertext": (resealed(both, content=content[:-40]), "decrypt", "does not decrypt"),
+        "wrong AEAD tag": (resealed(both, content=content[:-1] + bytes([content[-1] ^ 1])), "decrypt",
+                           "does not decrypt"),
+        "ciphertext too short": (resealed(both, content=content[:20]), "decrypt", "too short"),
+        "swapped recipient blocks": (resealed(both, recipients=door_block + yard_block), "recipient",
+                                     "not the one the header lists there"),
+        "a block under the wrong key id": (resealed(both, recipients=yard_block + door_block[:32] + yard_block[32:]),
+                                           "recipient", "does not open with its private key"),
+        "duplicated recipient": (resealed(both, header=json.dumps({**header, "recipients": [header["recipients"][1]] * 2}
+                                                                   ).encode(), recipients=door_block + door_block),
+                                 "recipient", "listed twice"),
+        "a missing key block": (resealed(both, recipients=yard_block), "recipient", "key blocks for 2 recipients"),
+        "not a recipient": (sealed.seal(people(2), "lobby", 6, SHA, KEY, [yard.public]), "recipient",
+                            "not among the bundle's 1 recipient"),
+        "unsigned": (both[: f.head_end] + bytes(96), "signature", "not trusted"),
+        "cut short": (both[:-50], "parse", "truncated or padded"),
+    }  # fmt: skip
+    for name, (data, step, words) in faults.items():
+        assert not sync.apply(data), name
+        error = states[-1].error
+        assert error is not None and error.step == step and words in error.reason, (name, error)
+        assert "\n" not in error.reason
+        after = (sync.holder.current.gallery.identity_ids, sync.version,
+                 sorted(p.read_bytes() for p in (tmp_path / "door" / "gallery").iterdir()))  # fmt: skip
+        assert after == before, name  # the gallery in force and its stored copy untouched
+    assert sync.apply(both)  # the bundle itself, as published, applies
+    assert sync.holder.current.gallery.identity_ids == ("id0", "id1", "id2", "id3")
+
+
+def test_a_rotated_key_gets_the_next_bundle_and_the_old_one_is_refused_while_the_gallery_stays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "door"
+    old = ensure_key(state)[0]
+    assert sync_for(state, old).apply(sealed.seal(people(3), "lobby", 5, SHA, KEY, [old.public]))
+    assert main(["device", "key", "--rotate", "--state-dir", str(state)]) == 0
+    line = capsys.readouterr().out.strip()
+    new = load_key(state)
+    assert new is not None and public_line(new.public) == line and new.key_id != old.key_id
+    states: list[GalleryState] = []
+    sync = sync_for(state, new, states)
+    assert sync.load_from_disk() and sync.version == 5  # the stored gallery, sealed again under the new key
+    assert not sync.apply(sealed.seal(people(2), "lobby", 6, SHA, KEY, [old.public]))  # sealed to the old key
+    assert states[-1].error is not None and states[-1].error.step == "recipient"
+    assert sync.version == 5 and len(sync.holder.current) == 3
+    assert sync.apply(sealed.seal(people(2), "lobby", 7, SHA, KEY, [new.public]))
+
+
+def test_a_rotation_cut_short_between_its_steps_leaves_a_gallery_the_key_in_place_opens(tmp_path: Path) -> None:
+    state = tmp_path / "door"
+    old = ensure_key(state)[0]
+    first = sync_for(state, old)
+    assert first.apply(sealed.seal(people(3), "lobby", 5, SHA, KEY, [old.public]))
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    new = DeviceKey(X25519PrivateKey.generate(), state / "device.key")
+    assert first.applied is not None
+    GalleryStore(state / "gallery", Policy((), SHA, device_key=new)).write_next(first.applied)
+    # Cut before the key was replaced: the old key is in place, the new store is not its own.
+    assert sync_for(state, old).load_from_disk() and not (state / "gallery" / NEXT).exists()
+    GalleryStore(state / "gallery", Policy((), SHA, device_key=new)).write_next(first.applied)
+    # Cut after the key was replaced, before the store was: the new key opens the new store.
+    again = sync_for(state, new)
+    assert again.load_from_disk() and again.version == 5 and not (state / "gallery" / NEXT).exists()
+
+
+def test_a_revoked_device_is_ended_by_a_removal_of_everyone_or_wiped_on_site(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "door"
+    key = ensure_key(state)[0]
+    sync = sync_for(state, key)
+    crowd = people(3)
+    assert sync.apply(sealed.seal(crowd, "lobby", 5, SHA, KEY, [key.public]))
+    everyone = [Identity(p.id, None, np.zeros((0, DIM), np.float32), {}) for p in crowd]
+    assert sync.apply(sealed.seal(everyone, "lobby", 6, SHA, KEY, [key.public], kind="removal"))
+    assert len(sync.holder.current) == 0 and sync.state().removed_count == 3
+    store = sync.store
+    plain = store._open(store.current_path.read_bytes())
+    assert all(p.id.encode() not in plain and str(p.label).encode() not in plain for p in crowd)
+    assert main(["device", "wipe", "--state-dir", str(state)]) == 0
+    assert "deleted the stored gallery" in capsys.readouterr().out
+    assert not store.current_path.exists() and not sync_for(state, key).load_from_disk()
+    assert main(["device", "wipe", "--state-dir", str(state)]) == 0
+    assert "no stored gallery" in capsys.readouterr().out
+
+
+def test_inspect_without_the_device_key_shows_the_clear_header_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = ensure_key(tmp_path / "door")[0]
+    bundle = tmp_path / "g.bundle"
+    bundle.write_bytes(sealed.seal(people(2), "lobby", 3, SHA, KEY, [key.public]))
+    pub = tmp_path / "owner.pub"
+    from cryptography.hazmat.primitives import serialization
+
+    pub.write_bytes(KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    assert main(["gallery", "inspect", str(bundle), "--trusted-key", str(pub)]) == 0
+    captured = capsys.readouterr()
+    header = json.loads(captured.out)
+    assert header["verified"] is True and header["version"] == 3 and header["recipients"] == [key.key_id.hex()]
+    assert "Person" not in captured.out and "id0" not in captured.out and "--device-key" in captured.err
+    assert main(["gallery", "inspect", str(bundle), "--trusted-key", str(pub), "--device-key", str(key.path),
+                 "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert [r["identity_id"] for r in report["identities_report"]] == ["id0", "id1"]
+
+
+def test_a_format_1_store_is_moved_into_the_sealed_one_at_first_start(tmp_path: Path) -> None:
+    from edge.gallery.bundle import encode
+
+    state = tmp_path / "door"
+    key = ensure_key(state)[0]
+    legacy = state / "gallery" / "current.bundle"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(encode(people(3), "lobby", 4, SHA, KEY))
+    sync = sync_for(state, key)
+    assert sync.load_from_disk() and sync.version == 4 and len(sync.holder.current) == 3
+    assert not legacy.exists() and (state / "gallery" / "current.sealed").is_file()
+    assert b"Person" not in (state / "gallery" / "current.sealed").read_bytes()
+    assert sync_for(state, key).load_from_disk()  # and opens again from the sealed store
