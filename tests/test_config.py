@@ -341,3 +341,23 @@ def test_config_check_refuses_a_gate_wider_than_the_tables_as_start_up_does(
     err = capsys.readouterr().err
     assert f"cameras.yard.quality.max_yaw = {measured + 0.1:g}: wider than the head turns" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_events_identity_id_keeps_names_off_the_broker_and_include_label_is_its_older_spelling(
+    tmp_path: Path,
+) -> None:
+    from edge.device.config import EventSettings, load_settings
+    from edge.errors import InputError as ConfigError
+
+    assert EventSettings().identity == "id_and_label" and EventSettings().include_label is True
+    assert EventSettings.model_validate({"identity": "id"}).include_label is False
+    assert EventSettings.model_validate({"include_label": False}).identity == "id"  # the older spelling
+    assert EventSettings.model_validate({"identity": "id_and_label", "include_label": True}).include_label
+    f = tmp_path / "e.toml"
+    f.write_text('[events]\nidentity = "id"\ninclude_label = true\n')
+    with pytest.raises(ConfigError, match="identity and include_label disagree"):
+        load_settings(f)
+    f.write_text('[events]\nidentity = "name"\n')
+    with pytest.raises(ConfigError, match="events.identity"):
+        load_settings(f)
+    assert load_settings(environ={"EDGE_EVENTS__IDENTITY": "id"}).events.include_label is False

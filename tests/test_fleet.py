@@ -51,6 +51,11 @@ def test_fleet_status_shows_online_stopped_and_lost_devices(
     # Seen since this test began (a bound from the test's own clock, not a guess at the machine's speed).
     assert 0 <= rows["door-1"]["last_seen_s"] <= time.monotonic() - started + 1
     assert rows["door-1"]["embedder"] == "sface_int8"
+    # Each device's key id, as its own key file says (shown to compare; galleries are sealed to pinned keys).
+    from edge.device.keys import load_key
+
+    door1 = load_key(tmp_path / "door-1")
+    assert door1 is not None and rows["door-1"]["key_id"] == door1.key_id.hex()
     assert rows["door-1"]["sw_version"] and rows["door-1"]["outbox_depth"] == 0 and rows["door-1"]["gallery"] is None
     assert not rows["door-2"]["online"] and rows["door-2"]["state"] == "offline" and rows["door-2"]["since"]
     assert not rows["hall"]["online"] and rows["hall"]["connection_lost"] and rows["hall"]["since"] is None
@@ -60,6 +65,7 @@ def test_fleet_status_shows_online_stopped_and_lost_devices(
     assert main(["fleet", "status", "--broker", f"{broker.host}:{broker.port}"]) == 0
     text = capsys.readouterr().out
     assert "3 device(s): 1 online, 2 not" in text and "offline (conn. lost)" in text and "sface_int8" in text
+    assert door1.key_id.hex()[:16] in text
     assert devices["door-1"].stop() == 0
     watch.close()
 

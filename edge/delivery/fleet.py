@@ -73,6 +73,7 @@ class DeviceView:
             "last_seen_s": last_seen,
             "sw_version": s.get("version") or None,
             "embedder": s.get("embedder") or None,
+            "key_id": s.get("key_id") or None,
             "last_error": s.get("last_error"),
         }
 
@@ -175,7 +176,7 @@ def _cameras(r: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'DEVICE':<22} {'STATE':<22} {'FPS':>6} {'CAMERAS':<24} {'GALLERY':<20} {'OUTBOX':>6} {'SEEN':>7} {'VERSION':<8} {'EMBEDDER':<18} NOTE"
+    head = f"{'DEVICE':<22} {'STATE':<22} {'FPS':>6} {'CAMERAS':<24} {'GALLERY':<20} {'OUTBOX':>6} {'SEEN':>7} {'VERSION':<8} {'EMBEDDER':<18} {'KEY':<16} NOTE"
     lines = [head]
     for r in rows:
         since = r["since"][11:19] if isinstance(r["since"], str) and len(r["since"]) >= 19 else ""
@@ -187,7 +188,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         note = r["last_gallery_error"] or r["last_error"] or ""
         lines.append(
             f"{r['device_id'][:22]:<22} {state[:22]:<22} {fps:>6} {_cameras(r)[:24]:<24} {gallery[:20]:<20} "
-            f"{r['outbox_depth'] if r['outbox_depth'] is not None else '-':>6} {seen:>7} {r['sw_version'] or '-':<8} {(r.get('embedder') or '-')[:18]:<18} {note}"
+            f"{r['outbox_depth'] if r['outbox_depth'] is not None else '-':>6} {seen:>7} {r['sw_version'] or '-':<8} {(r.get('embedder') or '-')[:18]:<18} {(r.get('key_id') or '-')[:16]:<16} {note}"
         )
     online = sum(r["online"] for r in rows)
     lines.append(f"{len(rows)} device(s): {online} online, {len(rows) - online} not")
