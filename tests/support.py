@@ -47,7 +47,10 @@ class Waitable:
 class Collector(Waitable):
     """An MQTT client that keeps every message of some topics (JSON-decoded when it can)."""
 
-    def __init__(self, host: str, port: int, *topics: str, client_id: str = "", clean: bool = True) -> None:
+    def __init__(
+        self, host: str, port: int, *topics: str, client_id: str = "", clean: bool = True, ca: Path | None = None
+    ) -> None:
+        """``ca``: the broker is TLS, with this CA pinned."""
         super().__init__()
         self.messages: list[tuple[str, Any, bool]] = []
         self.topics = topics
@@ -59,6 +62,8 @@ class Collector(Waitable):
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.connect(host, port)
         self.client.loop_start()
         assert self.connected.wait(10), "collector could not connect"

@@ -21,6 +21,7 @@ from edge.gallery.bundle import Identity, encode, load_private_key, load_public_
 from edge.gallery.store import GalleryStore
 
 from .support import Collector, device_key
+from .test_broker_acl import certificates
 from .test_service_e2e import DemoAssets, LocalBroker, assets, service  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -30,8 +31,8 @@ DIM = load_manifest().embedder(Settings().models.embedder).dim  # the default de
 class Watch(Collector):
     """Gallery state and match events of cam1, as any consumer sees them."""
 
-    def __init__(self, b: LocalBroker) -> None:
-        super().__init__(b.host, b.port, "edge/cam1/gallery/state", "edge/cam1/events/match", client_id="watch")
+    def __init__(self, b: LocalBroker, ca: Path) -> None:
+        super().__init__(b.host, b.port, "edge/cam1/gallery/state", "edge/cam1/events/match", client_id="watch", ca=ca)
 
     @property
     def states(self) -> list[dict[str, object]]:
@@ -61,15 +62,18 @@ class Watch(Collector):
 
 
 @pytest.fixture()
-def limited_broker() -> Iterator[LocalBroker]:
-    """A broker that refuses messages over 1 MiB, as many production brokers do."""
-    with LocalBroker(message_size_limit=1 << 20) as b:
-        yield b
+def limited_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalBroker, Path]]:
+    """A TLS broker (and its CA, which every client here pins) that refuses messages over 1 MiB, as many
+    production brokers do."""
+    certs = certificates(tmp_path_factory.mktemp("pki"))
+    tls = (certs / "ca.pem", certs / "server.pem", certs / "server.key")
+    with LocalBroker(message_size_limit=1 << 20, tls=tls) as b:
+        yield b, certs / "ca.pem"
 
 
-def retained(b: LocalBroker) -> bytes:
+def retained(b: LocalBroker, ca: Path) -> bytes:
     """Every retained message on the broker, topics and payloads: what anyone allowed to subscribe reads."""
-    grab = Collector(b.host, b.port, "#", client_id="everything")
+    grab = Collector(b.host, b.port, "#", client_id="everything", ca=ca)
     grab.wait_until(lambda: any(t.endswith("/status") for t, _, _ in grab.messages), 10)
     out = b"".join(t.encode() + (p if isinstance(p, bytes) else repr(p).encode()) for t, p, r in grab.messages if r)
     grab.close()
@@ -81,8 +85,13 @@ def state_files(state: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file() and "audit" not in p.parts)
 
 
-def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:  # noqa: F811
-    broker = limited_broker
+def test_ota_gallery_lifecycle(
+    limited_broker: tuple[LocalBroker, Path],
+    assets: DemoAssets,
+    tmp_path: Path,  # noqa: F811
+) -> None:
+    """Over TLS with the CA pinned, as a device should run."""
+    broker, ca = limited_broker
     keyfile = tmp_path / "owner.pem"
     assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
     key = load_private_key(keyfile)
@@ -102,9 +111,9 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         return sealed.seal(ids, "demo", version, embedder_sha, signer, recipients, kind, dtype)  # type: ignore[arg-type]
 
     v1 = seal([p for p in people if p.id in ("Colin_Powell", "Venus_Williams")], 1)
-    w = Watch(broker)
+    w = Watch(broker, ca)
     w.publish("edge/galleries/demo", v1, retain=True)
-    env = {"EDGE_TRACKING__COOLDOWN_S": "0", "EDGE_GALLERY__EXPIRY_CHECK_S": "1"}
+    env = {"EDGE_TRACKING__COOLDOWN_S": "0", "EDGE_GALLERY__EXPIRY_CHECK_S": "1", "EDGE_MQTT__CA_FILE": str(ca)}
     args = ["--source", str(assets.clip), "--loop", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
             "--broker", f"{broker.host}:{broker.port}"]  # fmt: skip
     proc = service(args, tmp_path, env)
@@ -159,7 +168,7 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
     # Nothing names anyone enrolled: not a retained message on the broker, not a file of the device (its
     # audit log, which records matches by identity id, aside); the removed person not even for someone
     # holding the device's key.
-    on_broker, on_disk = retained(broker), state_files(tmp_path / "gallery") + state_files_outbox(tmp_path)
+    on_broker, on_disk = retained(broker, ca), state_files(tmp_path / "gallery") + state_files_outbox(tmp_path)
     assert [n for n in names if n in on_broker] == [] and [n for n in names if n in on_disk] == []
     store = GalleryStore(tmp_path / "gallery", Policy((), sha, device_key=device))
     kept = store._open(store.current_path.read_bytes())
@@ -179,7 +188,9 @@ def test_ota_gallery_lifecycle(limited_broker: LocalBroker, assets: DemoAssets, 
         big_file = tmp_path / "big.bundle"
         big_file.write_bytes(seal(big, 5, dtype="int8"))
         assert big_file.stat().st_size > 1 << 20  # too large for one message on this broker
-        rc = main(["gallery", "publish", str(big_file), "--broker", f"{broker.host}:{broker.port}", "--device", "cam1",
+        admin = tmp_path / "admin.toml"
+        admin.write_text(f'[mqtt]\nca_file = "{ca}"\n')  # the publisher pins the CA too
+        rc = main(["gallery", "publish", str(big_file), "--config", str(admin), "--broker", f"{broker.host}:{broker.port}", "--device", "cam1",
                    "--max-message", str(1 << 20)])  # fmt: skip
         assert rc == 0
         s = w.state_where(lambda s: s.get("version") == 5, timeout=60, context=lambda: again.text()[-4000:])
