@@ -26,9 +26,8 @@ MAX_BUNDLE_FILE_BYTES = 1 << 30
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from edge.gallery.bundle import load_private_key
-    from edge.gallery.enroll import IDENTITY_ID, enroll_directory, enroll_identity
+    from edge.gallery.enroll import IDENTITY_ID, enroll_directory, enroll_identity, gallery_of
     from edge.gallery.report import check_gallery
-    from edge.recognition.match import Gallery
     from edge.recognition.pipeline import Recognizer
 
     if args.photos is None and args.video is None:
@@ -62,7 +61,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise InputError("no identity could be enrolled")
     data = make_bundle(args, identities, "full", key, rec.embedder_sha256, rec.embedder_name)
     write_bundle(args.out, data)
-    snap = rec.matcher.snapshot(Gallery.build([(i.id, i.label, i.embeddings) for i in identities]))
+    snap = rec.matcher.snapshot(gallery_of(reports))
     names = {r.identity_id: r.accepted for r in reports}
     checks = {c.identity_id: c for c in check_gallery(snap, [names[i.id] for i in identities])}
     rows = [{"identity_id": r.identity_id, "label": r.label, "accepted": r.accepted, "rejected": r.rejected,

@@ -35,7 +35,7 @@ from edge.device.health import Stats
 from edge.errors import InputError
 from edge.recognition.match import Gallery, GalleryHolder, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.process import FrameProcessor
+from edge.recognition.process import camera_pipeline
 from edge.recognition.track import Confirmation
 from edge.types import Frame, ImageArray
 
@@ -247,14 +247,14 @@ def service_bench(
     Confirmation latency is the time from a track's first frame to its confirming
     frame, plus that frame's processing time (the event is in the outbox then;
     publication adds a loopback round trip)."""
-    from edge.gallery.enroll import enroll_directory
+    from edge.gallery.enroll import enroll_directory, gallery_of
     from edge.service.demo import build_assets
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance_m)
     reports = enroll_directory(rec, assets.gallery)
     holder = GalleryHolder(
         rec.matcher,
-        Gallery.build([(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]),
+        gallery_of(reports),
     )
     latencies: list[float] = []
     confirmed: list[str] = []
@@ -265,7 +265,7 @@ def service_bench(
         confirmed.append(str(conf.match.identity_id))
 
     stats = Stats(window=100_000)
-    proc = FrameProcessor(rec, holder, rec.tracker(), stats, on_confirm)
+    proc = camera_pipeline(rec, holder, on_confirm, stats=stats)
     total, n, invokes = 0.0, 0, 0
     for i, image in enumerate(file_stream(assets.clip, 100_000, loop=False)):
         busy["t"] = time.perf_counter()
@@ -278,7 +278,7 @@ def service_bench(
     rng = np.random.default_rng(3)
     hall = hall_background(width, height, rng)
     blanks = [sensor_noise(hall, rng) for _ in range(16)]
-    idle = FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), on_confirm)
+    idle = camera_pipeline(rec, holder, on_confirm)
     warm = 0
     while warm == 0 or idle.scanner.first_round:  # the one-off first look at every window: not idle cost
         idle(Frame(blanks[warm % len(blanks)], warm, warm / FPS_IN))

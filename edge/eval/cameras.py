@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.capture.scenes import hall_background, sensor_noise
-from edge.device.health import Stats
 from edge.errors import InputError
-from edge.recognition.match import Gallery, GalleryHolder
+from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.process import FrameProcessor, process_frames
+from edge.recognition.process import FrameProcessor, camera_pipeline, process_frames
 from edge.recognition.track import Confirmation
 from edge.types import Frame, ImageArray
 
@@ -58,14 +57,14 @@ def _demo(
     rec: Recognizer, faces_dir: Path, work: Path, width: int, height: int, distance: float
 ) -> tuple[GalleryHolder, list[ImageArray]]:
     from edge.eval.bench import file_stream
-    from edge.gallery.enroll import enroll_directory
+    from edge.gallery.enroll import enroll_directory, gallery_of
     from edge.service.demo import build_assets
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance)
     reports = enroll_directory(rec, assets.gallery)
     holder = GalleryHolder(
         rec.matcher,
-        Gallery.build([(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]),
+        gallery_of(reports),
     )
     frames = list(file_stream(assets.clip, 100_000, loop=False))
     shutil.rmtree(work, ignore_errors=True)
@@ -90,7 +89,7 @@ def _cameras(
             latencies.append(time.perf_counter() - _T0[0] - conf.first_seen)
             events.append(str(conf.match.identity_id))
 
-        proc = FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), on_confirm)
+        proc = camera_pipeline(rec, holder, on_confirm)
         frames = [clip[(offset + i) % len(clip)] for i in range(total)]
         runs.append(CameraRun(frames, proc, latencies=latencies, events=events))
     return runs
@@ -159,7 +158,7 @@ def _idle(rec: Recognizer, holder: GalleryHolder, n: int, width: int, height: in
     rng = np.random.default_rng(3)
     hall = hall_background(width, height, rng)
     blanks = [sensor_noise(hall, rng) for _ in range(16)]
-    procs = [FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), lambda c, f: None) for _ in range(n)]
+    procs = [camera_pipeline(rec, holder, lambda c, f: None) for _ in range(n)]
     warm = len(procs[0].scanner.layout_for(width, height)) * (rec.settings.detection.idle_every + 1) + 40
     for i in range(warm):  # the first round and the sweep's next round are not idle cost
         process_frames([(p, Frame(blanks[(i + k) % 16], i, i / FPS_IN)) for k, p in enumerate(procs)])

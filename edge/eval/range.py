@@ -43,12 +43,11 @@ import numpy as np
 
 from edge.capture.imageio import read_image
 from edge.capture.scenes import face_px_at, hall_background, paste, paste_head, smooth_background
-from edge.device.health import Stats
 from edge.errors import InputError
 from edge.eval.lfw import people_photos
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.process import FrameProcessor, process_frames
+from edge.recognition.process import camera_pipeline, process_frames
 from edge.recognition.track import Confirmation
 from edge.types import FloatArray, Frame, ImageArray
 
@@ -297,7 +296,7 @@ def run_distance(
 
         return on_confirm
 
-    procs = [FrameProcessor(rec, holder, rec.tracker(), Stats(window=10), recorder(ev)) for _, _, ev in runs]
+    procs = [camera_pipeline(rec, holder, recorder(ev)) for _, _, ev in runs]
     spent, n = 0.0, 0
     for i in itertools.count():
         images = [next(stream, None) for _, stream, _ in runs]

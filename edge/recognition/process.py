@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.device.config import QualitySettings
+from edge.device.config import DetectionSettings, QualitySettings, TrackingSettings
 from edge.device.health import Stats
 from edge.recognition.match import GalleryHolder, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
@@ -38,6 +38,28 @@ class Looks:
     good: tuple[tuple[Track, AlignedFace], ...]
     started: float  # perf_counter when the frame's work began
     ready: float  # … and when its faces were aligned and judged
+
+
+def camera_pipeline(
+    rec: Recognizer,
+    gallery: GalleryHolder,
+    on_confirm: OnConfirm,
+    on_seen: OnSeen | None = None,
+    *,
+    stats: Stats | None = None,
+    tracking: TrackingSettings | None = None,
+    detection: DetectionSettings | None = None,
+    limits: QualitySettings | None = None,
+) -> FrameProcessor:
+    """The one way a camera's face pipeline is put together (the service's cameras and every benchmark):
+    the recognizer's models, a tracker of this embedder (``tracking``: default the device's), a region
+    scanner of its own (``detection`` and the gate's smallest face), the quality gate ``limits`` (default the
+    device's, its head-turn limit the one the tables measured) and statistics (``stats``: default its own)."""
+    gate = rec.limits if limits is None else limits
+    return FrameProcessor(
+        rec, gallery, rec.tracker(tracking), stats if stats is not None else Stats(window=10), on_confirm, on_seen,
+        scanner=rec.scanner(detection, gate.min_face_px), limits=gate,
+    )  # fmt: skip
 
 
 class FrameProcessor:

@@ -40,10 +40,10 @@ from edge.device.logs import protect
 from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError
 from edge.gallery.admit import Policy, load_bundle_file, load_trusted, to_gallery
-from edge.gallery.enroll import enroll_directory
+from edge.gallery.enroll import enroll_directory, gallery_of
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
-from edge.recognition.match import Gallery, GalleryHolder
+from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Confirmation
 from edge.service.camera import Camera, FrameLoop, summarise, summarise_error, wait_cameras
@@ -187,8 +187,7 @@ class App:
                      bundle.version, path, bundle.signer, len(snap), snap.threshold)  # fmt: skip
             return
         reports = enroll_directory(self.rec, path)
-        entries = [(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]
-        snap = self.gallery.swap(Gallery.build(entries, version=0, name=path.name))
+        snap = self.gallery.swap(gallery_of(reports, version=0, name=path.name))
         for r in reports:
             for photo, reason in r.rejected.items():
                 log.warning("enrol %s/%s rejected: %s", r.identity_id, photo, reason)

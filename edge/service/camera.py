@@ -32,7 +32,7 @@ from edge.device.health import Stats
 from edge.device.supervisor import Supervisor, Worker
 from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer
-from edge.recognition.process import FrameProcessor, process_frames
+from edge.recognition.process import camera_pipeline, process_frames
 from edge.recognition.track import Confirmation
 from edge.types import Frame
 
@@ -91,12 +91,10 @@ class Camera:
         )
         supervisor.attach(self.worker, self.capture)
         self.stats = Stats(parent=device_stats)
-        self.process = FrameProcessor(
-            rec, gallery, rec.tracker(tracking), self.stats,
-            lambda conf, frame: on_confirm(conf, frame, self.id),
+        self.process = camera_pipeline(
+            rec, gallery, lambda conf, frame: on_confirm(conf, frame, self.id),
             (lambda ids: on_seen(ids, self.id)) if on_seen is not None else None,
-            scanner=rec.scanner(spec.detection, spec.quality.min_face_px),
-            limits=limits,
+            stats=self.stats, tracking=tracking, detection=spec.detection, limits=limits,
         )  # fmt: skip
         self._last_fps = 0.0
 

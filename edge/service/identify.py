@@ -19,7 +19,7 @@ from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.device.keys import DeviceKey
 from edge.errors import ImageError, InputError
 from edge.gallery.admit import Policy, load_bundle_file, to_gallery
-from edge.gallery.enroll import enroll_directory
+from edge.gallery.enroll import enroll_directory, gallery_of
 from edge.recognition.match import Gallery, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
 
@@ -57,8 +57,7 @@ def load_gallery(
     the clear is read too."""
     if path.is_dir():
         reports = enroll_directory(rec, path)
-        return Gallery.build([(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None],
-                             name=path.name)  # fmt: skip
+        return gallery_of(reports, name=path.name)
     if not path.is_file():
         raise InputError(f"--gallery {path}: no such folder or bundle")
     if not trusted:
