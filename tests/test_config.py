@@ -361,3 +361,18 @@ def test_events_identity_id_keeps_names_off_the_broker_and_include_label_is_its_
     with pytest.raises(ConfigError, match="events.identity"):
         load_settings(f)
     assert load_settings(environ={"EDGE_EVENTS__IDENTITY": "id"}).events.include_label is False
+
+
+def test_the_device_command_loads_no_measuring_module() -> None:
+    """'edge run' (and every operator command) imports nothing of the measuring lab (edge.eval) until a
+    measurement is asked for; the condition names the CLI offers are the lab's own."""
+    import subprocess
+    import sys
+
+    from edge.cli.measure import CONDITIONS as offered
+    from edge.eval.conditions import CONDITIONS
+
+    assert offered == CONDITIONS
+    code = "import sys, edge.cli; edge.cli.build_parser(); print(sorted(m for m in sys.modules if m.startswith('edge.eval')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

@@ -87,8 +87,8 @@ def state_files(state: Path) -> bytes:
 
 def test_ota_gallery_lifecycle(
     limited_broker: tuple[LocalBroker, Path],
-    assets: DemoAssets,
-    tmp_path: Path,  # noqa: F811
+    assets: DemoAssets,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """Over TLS with the CA pinned, as a device should run."""
     broker, ca = limited_broker
