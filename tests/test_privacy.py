@@ -197,3 +197,27 @@ def test_a_format_1_store_is_moved_into_the_sealed_one_at_first_start(tmp_path: 
     assert not legacy.exists() and (state / "gallery" / "current.sealed").is_file()
     assert b"Person" not in (state / "gallery" / "current.sealed").read_bytes()
     assert sync_for(state, key).load_from_disk()  # and opens again from the sealed store
+
+
+def test_a_format_1_store_with_a_removal_moves_without_the_removed(tmp_path: Path) -> None:
+    """Earlier releases zeroed a removed identity's block in current.bundle and kept the removal beside it."""
+    from edge.gallery.bundle import encode, frame
+
+    state = tmp_path / "door"
+    key = ensure_key(state)[0]
+    full = bytearray(encode(people(3), "lobby", 4, SHA, KEY))
+    f = frame(full)
+    size = 2 * DIM * 2  # two float16 templates per identity
+    at = f.body_start + size  # id1's block
+    full[at : at + size] = bytes(size)
+    folder = state / "gallery"
+    (folder / "removals").mkdir(parents=True)
+    (folder / "current.bundle").write_bytes(bytes(full))
+    gone = [Identity("id1", None, np.zeros((0, DIM), np.float32), {})]
+    (folder / "removals" / "v000000000005.bundle").write_bytes(encode(gone, "lobby", 5, SHA, KEY, kind="removal"))
+    sync = sync_for(state, key)
+    assert sync.load_from_disk() and sync.version == 5
+    assert sync.holder.current.gallery.identity_ids == ("id0", "id2") and sync.state().removed_count == 1
+    assert not (folder / "current.bundle").exists() and not list((folder / "removals").glob("*"))
+    plain = sync.store._open(sync.store.current_path.read_bytes())
+    assert b"id1" not in plain and b"Person 1" not in plain

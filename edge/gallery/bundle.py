@@ -18,10 +18,10 @@ checked for its type and range (a version that is a string or ``Infinity``, a
 header nested 100,000 deep, are rejected with the step and reason, never raised).
 
 The signature covers the head; each identity's block is bound to it by the sha256
-in its index entry, so every byte is authenticated. That split is what lets a
-device honour a signed *removal*: it zeroes the removed identities' blocks on disk
-(the embeddings are really gone) and the stored bundle still verifies, the zeroed
-blocks being excused by the stored removal bundle that names them.
+in its index entry, so every byte is authenticated. (Devices of earlier releases kept
+this format on disk and zeroed removed identities' blocks, excused by the stored
+removal: ``parse_identities(redacted=...)`` still reads such a store once, when
+``store.py`` moves it into the device's sealed store.)
 
 ``kind`` is ``full`` (a whole gallery), ``removal`` (identities to drop at once:
 index entries with count 0) or ``rollback`` (a full gallery explicitly allowed to
@@ -377,22 +377,6 @@ def parse_blocks(
             raise BundleError("parse", f"embeddings of {e.id!r} are not unit vectors")
         out.append(Identity(e.id, e.label, mat / np.maximum(norms, 1e-12), dict(e.meta)))
     return tuple(out)
-
-
-def redact(data: Buffer, ids: set[str]) -> bytes:
-    """The same (already verified) bundle with the embedding blocks of ``ids`` overwritten with zeros."""
-    f = frame(data)
-    view = memoryview(data)
-    header = Header.model_validate(json.loads(bytes(view[f.header[0] : f.header[1]])))
-    index = INDEX.validate_python(json.loads(bytes(view[f.index[0] : f.index[1]])))
-    out = bytearray(view)
-    off = f.body_start
-    for e in index:
-        size = block_size(e.count, header.dim, header.dtype)
-        if e.id in ids:
-            out[off : off + size] = bytes(size)
-        off += size
-    return bytes(out)
 
 
 # -- keys -----------------------------------------------------------------------------
