@@ -211,3 +211,42 @@ def load_gallery_version(state: Path, device: DeviceKey, sha: str) -> int:
     applied = GalleryStore(state / "gallery", Policy((), sha, device_key=device)).load()
     assert applied is not None
     return applied.version
+
+
+@pytest.fixture()
+def plain_broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+def test_a_bundle_sealed_to_one_device_is_applied_there_and_refused_by_the_other_both_running(
+    plain_broker: LocalBroker,
+    assets: DemoAssets,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    broker = plain_broker
+    keyfile = tmp_path / "owner.pem"
+    assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
+    door = device_key(tmp_path / "door")
+    bundle = tmp_path / "lobby.bundle"
+    assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(keyfile), "--gallery-name",
+                 "lobby", "--recipient", public_line(door.public)]) == 0  # fmt: skip
+    states = Collector(broker.host, broker.port, "edge/+/gallery/state", "edge/+/status")
+    states.publish("edge/galleries/lobby", bundle.read_bytes(), retain=True)
+    args = ["--source", "/dev/video99", "--gallery-name", "lobby", "--trusted-key", f"{keyfile}.pub",
+            "--broker", f"{broker.host}:{broker.port}"]  # fmt: skip
+    procs = {name: service(args, tmp_path / name, device=name) for name in ("door", "yard")}
+    try:
+        applied = states.wait_for("door/gallery/state", lambda s: s.get("version") == 1)
+        assert applied["identities"] == 4 and applied["sealed"] is True and "error" not in applied
+        refused = states.wait_for("yard/gallery/state", lambda s: "error" in s)
+        assert refused["error"]["step"] == "recipient" and refused["identities"] == 0
+        assert "is not among the bundle's 1 recipient" in refused["error"]["reason"]
+        # Both still running, online, after the one applied and the other refused.
+        assert all(p.proc.poll() is None for p in procs.values())
+        for name in procs:
+            states.wait_for(f"{name}/status", lambda s: s.get("state") == "online")
+    finally:
+        for p in procs.values():
+            assert p.stop() == 0, p.text()[-2000:]
+        states.close()
