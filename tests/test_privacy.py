@@ -221,3 +221,140 @@ def test_a_format_1_store_with_a_removal_moves_without_the_removed(tmp_path: Pat
     assert not (folder / "current.bundle").exists() and not list((folder / "removals").glob("*"))
     plain = sync.store._open(sync.store.current_path.read_bytes())
     assert b"id1" not in plain and b"Person 1" not in plain
+
+
+# -- the sealed store, field by field (mutation testing found these unpinned) ------------------------
+
+
+def test_the_stored_gallery_comes_back_field_by_field(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    state = tmp_path / "a" / "b" / "door"  # the store's folders are made, parents too
+    key = ensure_key(tmp_path / "keys")[0]
+    crowd = people(4)
+    crowd[1] = Identity("id1", "Person 1", crowd[1].embeddings, {"expires_at": "2999-01-01T00:00:00+00:00"})
+    sync = sync_for(state, key)
+    assert sync.apply(sealed.seal(crowd, "lobby", 5, SHA, KEY, [key.public], embedder="sface_int8"))
+    with caplog.at_level(logging.INFO, logger="edge.gallery.store"):
+        assert sync.apply(sealed.seal([Identity("id2", None, np.zeros((0, DIM), np.float32), {})], "lobby", 6, SHA,
+                                      KEY, [key.public], kind="removal"))  # fmt: skip
+        assert sync.apply(sealed.seal([Identity(i, None, np.zeros((0, DIM), np.float32), {}) for i in ("id0", "id3")],
+                                      "lobby", 7, SHA, KEY, [key.public], kind="removal"))  # fmt: skip
+    said = [r.getMessage() for r in caplog.records]
+    assert "gallery: 1 identity removed from disk" in said and "gallery: 2 identities removed from disk" in said
+    before = sync.applied
+    assert before is not None and before.removed == frozenset({"id0", "id2", "id3"}) and before.removed_count == 3
+    again = sync_for(state, key)
+    assert again.load_from_disk()
+    after = again.applied
+    assert after is not None
+    b, a = before.bundle, after.bundle
+    assert (a.gallery, a.version, a.kind, a.created_at, a.embedder_sha256, a.signer, a.recipients, a.embedder) == (
+        b.gallery, 5, "full", b.created_at, SHA, b.signer, (key.key_id.hex(),), "sface_int8")  # fmt: skip
+    assert (after.version, after.applied_at, after.head, after.removed_count) == (
+        7, before.applied_at, before.head, 3)  # fmt: skip
+    assert len(after.head) == 32 and after.applied_at.startswith("20") and after.removed == frozenset()
+    (kept,) = a.identities
+    assert (kept.id, kept.label, kept.meta) == ("id1", "Person 1", {"expires_at": "2999-01-01T00:00:00+00:00"})
+    np.testing.assert_array_equal(kept.embeddings, b.identities[0].embeddings)  # float32, bit for bit
+    assert again.state().removed_count == 3 and again.state().sealed is True
+
+
+def test_every_fault_of_the_stored_gallery_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from edge.errors import InputError
+    from edge.gallery.store import MAGIC, NONCE_LEN, StoredForAnotherEmbedder
+
+    key = ensure_key(tmp_path / "door")[0]
+    store = sync_for(tmp_path / "door", key).store
+    path = store.current_path
+    path.parent.mkdir(parents=True)
+
+    def seal_plain(plain: bytes) -> bytes:
+        nonce = bytes(NONCE_LEN)
+        return MAGIC + nonce + AESGCM(key.storage_key()).encrypt(nonce, plain, MAGIC)
+
+    not_sealed = f"stored gallery {path} is not a sealed gallery store; restore it or delete it to start without"
+    no_open = (f"stored gallery {path} does not open with this device's key (the key was replaced without 'edge "
+               "device key --rotate', or the file is damaged); restore both or delete it to start without")  # fmt: skip
+    shortest = len(MAGIC) + NONCE_LEN + 16
+    cases = {
+        b"garbage, not a store": not_sealed,
+        MAGIC + bytes(NONCE_LEN + 15): not_sealed,  # one byte short of the smallest sealed store
+        MAGIC + bytes(NONCE_LEN + 16): no_open,  # the smallest: read, and it does not open
+        b"EDGESTO2" + bytes(shortest): not_sealed,
+        seal_plain(struct.pack("<I", 5) + b"hello"): f"stored gallery {path} is malformed (",
+        seal_plain(
+            struct.pack("<I", 2) + b"[]"
+        ): f"stored gallery {path} is malformed (the record is not a JSON object)",
+        seal_plain(struct.pack("<I", 2) + b"{}"): f"stored gallery {path} is malformed (store format None, this "
+        "release reads 'edge-store-1')",
+        seal_plain(struct.pack("<I", 25) + b'{"format":"edge-store-2"}'): f"stored gallery {path} is malformed (store "
+        "format 'edge-store-2'",
+    }
+    for data, message in cases.items():
+        path.write_bytes(data)
+        with pytest.raises(InputError) as e:
+            store.load()
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), (data[:20], str(e.value))
+    # Another embedder's: kept, not damage, named with both embedders and its version.
+    other = sync_for(tmp_path / "door", key)
+    path.unlink()
+    policy = Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, {"cd" * 32: "mobilefacenet_int8"}, device_key=key)
+    GallerySync(GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(path.parent, policy), policy,
+                GallerySettings(), lambda d: None).apply(
+        sealed.seal(people(2), "lobby", 9, "cd" * 32, KEY, [key.public], embedder="mobilefacenet_int8"))  # fmt: skip
+    with pytest.raises(StoredForAnotherEmbedder) as moved:
+        other.store.load()
+    assert (moved.value.error.step, moved.value.error.version) == ("model", 9) and str(path) in str(moved.value)
+    assert moved.value.error.reason.startswith("made for embedder mobilefacenet_int8 (sha256 cdcdcdcdcdcd…), this "
+                                               "device runs ")  # fmt: skip
+    # Another gallery's: the device follows another name now.
+    path.unlink()
+    assert other.apply(sealed.seal(people(2), "lobby", 3, SHA, KEY, [key.public]))
+    garden = Policy((KEY.public_key(),), SHA, "garden", 1 << 20, device_key=key)
+    with pytest.raises(InputError) as e:
+        GalleryStore(path.parent, garden).load()
+    assert str(e.value) == (f"stored gallery {path}: gallery bundle rejected at gallery: it is gallery 'lobby', this "
+                            "device follows 'garden'; restore it or delete it to start without")  # fmt: skip
+
+
+def test_a_store_that_cannot_be_written_is_refused_at_step_store_and_nothing_changes(tmp_path: Path) -> None:
+    key = ensure_key(tmp_path / "door")[0]
+    states: list[GalleryState] = []
+    sync = sync_for(tmp_path / "door", key, states)
+    path = sync.store.current_path
+    path.mkdir(parents=True)  # a folder where the file goes: every write fails
+    (path / "x").write_text("")
+    assert not sync.apply(sealed.seal(people(2), "lobby", 3, SHA, KEY, [key.public]))
+    error = states[-1].error
+    assert error is not None and (error.step, error.rejected_version) == ("store", 3)
+    assert error.reason.startswith(f"cannot write {path}: ") and sync.version is None
+    (path / "x").unlink()
+    path.rmdir()
+    assert sync.apply(sealed.seal(people(2), "lobby", 3, SHA, KEY, [key.public]))
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_text("")
+    assert not sync.apply(sealed.seal([Identity("id0", None, np.zeros((0, DIM), np.float32), {})], "lobby", 4, SHA,
+                                      KEY, [key.public], kind="removal"))  # fmt: skip
+    error = states[-1].error
+    assert error is not None and (error.step, error.rejected_version) == ("store", 4)
+    assert error.reason.startswith("cannot write the removal: ")
+    assert sync.version == 3 and sync.holder.current.gallery.identity_ids == ("id0", "id1")  # nothing changed
+
+
+def test_wipe_deletes_every_stored_form_and_says_whether_there_was_one(tmp_path: Path) -> None:
+    from edge.gallery.store import LEGACY, LEGACY_REMOVALS
+
+    key = ensure_key(tmp_path / "door")[0]
+    store = sync_for(tmp_path / "door", key).store
+    assert store.wipe() is False
+    folder = store.folder
+    (folder / LEGACY_REMOVALS).mkdir(parents=True)
+    (folder / LEGACY).write_bytes(b"old")
+    (folder / LEGACY_REMOVALS / "v000000000003.bundle").write_bytes(b"old removal")
+    (folder / NEXT).write_bytes(b"half a rotation")
+    assert store.wipe() is True
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == []

@@ -44,6 +44,7 @@ NEXT = "current.sealed.next"  # sealed under a new device key while the key is r
 LEGACY = "current.bundle"  # format 1 stores, before galleries were sealed
 LEGACY_REMOVALS = "removals"
 MAGIC = b"EDGESTO1"
+STORE_FORMAT = "edge-store-1"
 NONCE_LEN = 12
 
 
@@ -174,6 +175,8 @@ class GalleryStore:
         record = json.loads(bytes(plain[4 : 4 + n]))
         if not isinstance(record, dict):
             raise ValueError("the record is not a JSON object")
+        if record.get("format") != STORE_FORMAT:
+            raise ValueError(f"store format {record.get('format')!r}, this release reads {STORE_FORMAT!r}")
         return record, sealed.inner_identities(plain[4 + n :])
 
     def _check(self, path: Path, bundle: Bundle, version: int) -> None:
@@ -204,7 +207,7 @@ class GalleryStore:
     def _write(self, applied: Applied, path: Path | None = None) -> None:
         b = applied.bundle
         record = {
-            "format": "edge-store-1", "gallery": b.gallery, "version": applied.version, "bundle_version": b.version,
+            "format": STORE_FORMAT, "gallery": b.gallery, "version": applied.version, "bundle_version": b.version,
             "kind": b.kind, "created_at": b.created_at, "embedder_sha256": b.embedder_sha256, "embedder": b.embedder,
             "signer": b.signer,
             "recipients": list(b.recipients), "head": applied.head.hex(), "applied_at": applied.applied_at,
