@@ -358,3 +358,60 @@ def test_wipe_deletes_every_stored_form_and_says_whether_there_was_one(tmp_path:
     (folder / NEXT).write_bytes(b"half a rotation")
     assert store.wipe() is True
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == []
+
+
+def test_the_sealed_framing_is_read_from_its_lengths_and_each_fault_is_named_at_its_boundary() -> None:
+    from edge.gallery.bundle import MAX_HEADER, BundleError
+
+    def framed(*parts: bytes, tail: int = 96) -> bytes:
+        return sealed.MAGIC + b"".join(struct.pack("<I", len(p)) + p for p in parts) + bytes(tail)
+
+    def refused(data: bytes) -> str:
+        with pytest.raises(BundleError) as e:
+            sealed.frame(data)
+        assert e.value.step == "parse"
+        return e.value.reason
+
+    smallest = framed(b"", b"", b"")
+    assert len(smallest) == len(sealed.MAGIC) + 12 + 96 and sealed.frame(smallest).head_end == len(smallest) - 96
+    assert refused(smallest[:-1]) == "not a sealed gallery bundle (bad magic or too short)"
+    assert refused(b"EDGEGAL1" + smallest[8:]) == "not a sealed gallery bundle (bad magic or too short)"
+    # A length that runs past the end: 3 bytes left where the next 4-byte length should be, and 4 (enough).
+    assert refused(sealed.MAGIC + struct.pack("<I", 200) + bytes(203)) == "truncated before the recipients"
+    assert refused(sealed.MAGIC + struct.pack("<I", 200) + bytes(204)) == "truncated before the content"  # 4: read
+    assert refused(sealed.MAGIC + struct.pack("<I", 200) + bytes(200) + struct.pack("<I", 0) + bytes(3)) == (
+        "truncated before the content")  # fmt: skip
+    at_limit = framed(bytes(MAX_HEADER), b"", b"")
+    assert sealed.frame(at_limit).header == (12, 12 + MAX_HEADER)  # exactly the limit: read
+    assert (
+        refused(framed(bytes(MAX_HEADER + 1), b"", b"")) == f"header length {MAX_HEADER + 1} exceeds {MAX_HEADER} bytes"
+    )
+    too_many = sealed.RECIPIENT_LEN * sealed.MAX_RECIPIENTS + 1
+    assert refused(sealed.MAGIC + struct.pack("<I", 0) + struct.pack("<I", too_many) + bytes(200)) == (
+        f"recipients length {too_many} exceeds {too_many - 1} bytes")  # fmt: skip
+    padded = framed(b"{}", b"", b"abc", tail=97)
+    assert refused(padded) == f"{len(padded)} bytes, the lengths inside imply {len(padded) - 1} (truncated or padded)"
+    f = sealed.frame(framed(b"{}", bytes(5), b"abc"))
+    assert (f.header, f.recipients, f.content) == ((12, 14), (18, 23), (27, 30)) and f.head_end == 30
+    with pytest.raises(BundleError, match=r"^gallery bundle rejected at parse: header is not valid JSON"):
+        sealed.verify(resealed(sealed.seal(people(1), "lobby", 1, SHA, KEY, [ensure_key_in_memory().public]),
+                               header=b"{not json"), [KEY.public_key()])  # fmt: skip
+
+
+def ensure_key_in_memory() -> DeviceKey:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return DeviceKey(X25519PrivateKey.generate(), Path("device.key"))
+
+
+def test_seal_refuses_no_recipient_and_the_same_one_twice() -> None:
+    one = ensure_key_in_memory()
+    with pytest.raises(ValueError, match=r"^a sealed bundle needs at least one recipient$"):
+        sealed.seal(people(1), "lobby", 1, SHA, KEY, [])
+    with pytest.raises(ValueError, match=r"^the same recipient key is given twice$"):
+        sealed.seal(people(1), "lobby", 1, SHA, KEY, [one.public, one.public])
+    data = sealed.seal(people(1), "lobby", 1, SHA, KEY, [one.public])
+    header = data[12 : 12 + struct.unpack_from("<I", data, 8)[0]]
+    assert b", " not in header and b": " not in header  # compact: the clear header says no more than it must
+    assert sealed.peek(data)["signer_key_id"] == sealed.peek(data)["signer_key_id"] and sealed.recipients_of(data) == [
+        one.key_id.hex()]  # fmt: skip
