@@ -18,7 +18,7 @@ from edge.device.keys import DeviceKey, ensure_key, load_key, public_line
 from edge.device.runtime import load_manifest
 from edge.gallery import sealed
 from edge.gallery.admit import Policy
-from edge.gallery.bundle import Identity
+from edge.gallery.bundle import Bundle, Identity
 from edge.gallery.store import NEXT, GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.match import GalleryHolder, Matcher
@@ -415,3 +415,63 @@ def test_seal_refuses_no_recipient_and_the_same_one_twice() -> None:
     assert b", " not in header and b": " not in header  # compact: the clear header says no more than it must
     assert sealed.peek(data)["signer_key_id"] == sealed.peek(data)["signer_key_id"] and sealed.recipients_of(data) == [
         one.key_id.hex()]  # fmt: skip
+
+
+def test_a_format_1_store_moves_with_every_removal_its_time_and_its_refusals(tmp_path: Path) -> None:
+    import os
+
+    from edge.errors import InputError
+    from edge.gallery.bundle import encode, frame
+    from edge.gallery.store import StoredForAnotherEmbedder, head_digest
+
+    state = tmp_path / "door"
+    key = ensure_key(state)[0]
+    folder = state / "gallery"
+    (folder / "removals").mkdir(parents=True)
+    full = encode(people(4), "lobby", 0, SHA, KEY)
+    (folder / "current.bundle").write_bytes(full)
+    os.utime(folder / "current.bundle", (1_700_000_000, 1_700_000_000))
+    for version, gone in ((5, "id1"), (6, "id2")):
+        removal = encode([Identity(gone, None, np.zeros((0, DIM), np.float32), {})], "lobby", version, SHA, KEY,
+                         kind="removal")  # fmt: skip
+        (folder / "removals" / f"v{version:012d}.bundle").write_bytes(removal)
+    sync = sync_for(state, key)
+    assert sync.load_from_disk() and sync.holder.current.gallery.identity_ids == ("id0", "id3")
+    applied = sync.applied
+    assert applied is not None and (applied.version, applied.removed_count) == (6, 2)
+    assert applied.applied_at == "2023-11-14T22:13:20+00:00"  # when it was stored then, in UTC
+    f = frame(full)
+    assert applied.head == head_digest(full) == __import__("hashlib").sha256(full[: f.body_start]).digest()
+    zeroed = full[: f.body_start] + bytes(len(full) - f.body_start)
+    assert head_digest(zeroed) == applied.head  # format 1: blocks zeroed by removals keep the head's digest
+    assert head_digest(b"neither format") is None
+    # A format 1 store with nothing removed keeps its own version (0 here).
+    (state / "gallery" / "current.sealed").unlink()
+    (folder / "current.bundle").write_bytes(full)
+    assert sync_for(state, key).load_from_disk() and sync_for(state, key).applied is None
+    again = sync_for(state, key)
+    assert again.load_from_disk() and again.version == 0
+    # One made for another embedder is not damage; a damaged one is named.
+    (state / "gallery" / "current.sealed").unlink()
+    (folder / "current.bundle").write_bytes(encode(people(1), "lobby", 2, "cd" * 32, KEY))
+    with pytest.raises(StoredForAnotherEmbedder) as moved:
+        sync_for(state, key).store.load()
+    assert moved.value.error.step == "model" and str(folder / "current.bundle") in str(moved.value)
+    (folder / "current.bundle").write_bytes(full[:-3])
+    with pytest.raises(InputError) as damaged:
+        sync_for(state, key).store.load()
+    assert str(damaged.value).startswith(f"stored gallery {folder / 'current.bundle'}: gallery bundle rejected at ")
+    assert str(damaged.value).endswith("; restore it or delete it to start without")
+
+
+def test_a_store_without_the_device_key_says_what_it_needs(tmp_path: Path) -> None:
+    from edge.errors import InputError
+
+    store = GalleryStore(tmp_path, Policy((KEY.public_key(),), SHA))
+    with pytest.raises(InputError) as e:
+        store.store_full(b"", sealed_bundle_stub())
+    assert str(e.value) == "the gallery store needs the device key (it seals the gallery under it)"
+
+
+def sealed_bundle_stub() -> Bundle:
+    return Bundle("lobby", 1, "full", "2026-01-01T00:00:00+00:00", SHA, (), "signer")

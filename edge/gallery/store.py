@@ -271,7 +271,10 @@ class GalleryStore:
             removed |= {i.id for i in removal.identities}
             version = max(version, removal.version)
         data = legacy.read_bytes()
-        bundle = self._legacy_admit(legacy, then, frozenset(removed))
+        admitted = self._legacy_admit(legacy, then, frozenset(removed))
+        # Removed identities go whether their blocks were zeroed or not (a crash between the two writes of
+        # a removal left them intact): a stored removal is applied again.
+        bundle = replace(admitted, identities=tuple(i for i in admitted.identities if i.id not in removed))
         applied_at = datetime.fromtimestamp(legacy.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
         applied = Applied(bundle, max(version, bundle.version), frozenset(), applied_at, head_digest(data) or b"",
                           len(removed))  # fmt: skip
@@ -293,9 +296,3 @@ class GalleryStore:
             raise InputError(f"stored gallery {path}: {exc}; restore it or delete it to start without") from None
         except OSError as exc:
             raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None
-
-    def digest(self) -> str:
-        try:
-            return hashlib.sha256(self.current_path.read_bytes()).hexdigest()
-        except OSError:
-            return ""
