@@ -475,3 +475,129 @@ def test_a_store_without_the_device_key_says_what_it_needs(tmp_path: Path) -> No
 
 def sealed_bundle_stub() -> Bundle:
     return Bundle("lobby", 1, "full", "2026-01-01T00:00:00+00:00", SHA, (), "signer")
+
+
+def sealed_with_content(plain: bytes, device: DeviceKey, version: int = 6, recipients: int = 1) -> bytes:
+    """A bundle sealed to ``device`` (and ``recipients - 1`` others) whose decrypted content is ``plain`` as
+    given, signed by the trusted key: what a publisher with a bug could send."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    others = [ensure_key_in_memory() for _ in range(recipients - 1)]
+    keys_ = [*others, device]
+    header = json.dumps({"format": 2, "gallery": "lobby", "version": version, "kind": "full",
+                         "created_at": "2026-12-06T00:00:00+00:00", "embedder_sha256": SHA, "suite": sealed.SUITE_NAME,
+                         "recipients": [k.key_id.hex() for k in keys_]}, separators=(",", ":")).encode()  # fmt: skip
+    cek = AESGCM.generate_key(bit_length=256)
+    info = sealed._INFO + hashlib.sha256(header).digest()
+    blocks = b"".join(k.key_id + sealed._SUITE.encrypt(cek, k.public, info=info) for k in keys_)
+    nonce = bytes(sealed.NONCE_LEN)
+    return resealed_parts(header, blocks, nonce + AESGCM(cek).encrypt(nonce, plain, header))
+
+
+def resealed_parts(header: bytes, recipients: bytes, content: bytes) -> bytes:
+    from edge.gallery.bundle import key_id
+
+    head = sealed.MAGIC + b"".join(struct.pack("<I", len(p)) + p for p in (header, recipients, content))
+    return head + key_id(KEY.public_key()) + KEY.sign(head)
+
+
+def test_every_fault_of_the_decrypted_content_is_named_with_the_bundles_version(tmp_path: Path) -> None:
+    from edge.gallery.bundle import BundleError
+
+    device = ensure_key_in_memory()
+    policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, device_key=device)
+    from edge.gallery.admit import admit
+
+    layout = json.dumps({"identities": 1, "embeddings": 1, "dim": 2, "dtype": "float32"}).encode()
+    block = np.array([[0.6, 0.8]], "<f4").tobytes()
+    index = json.dumps([{"id": "a", "label": "A", "count": 1, "meta": {},
+                         "sha256": __import__("hashlib").sha256(block).hexdigest()}]).encode()  # fmt: skip
+
+    def part(b: bytes) -> bytes:
+        return struct.pack("<I", len(b)) + b
+
+    good = part(layout) + part(index) + block
+    (a,) = admit(sealed_with_content(good, device), policy).identities
+    assert (a.id, a.label) == ("a", "A") and np.allclose(a.embeddings, [[0.6, 0.8]])
+    cases = {
+        b"": ("parse", "content truncated before the layout"),
+        b"\x00\x00\x00": ("parse", "content truncated before the layout"),
+        part(layout)[:-1]: ("parse", "content truncated inside the layout"),
+        part(layout): ("parse", "content truncated before the identity index"),
+        part(layout) + struct.pack("<I", 5) + b"[]": ("parse", "content truncated inside the identity index"),
+        part(b"[]") + part(index) + block: ("parse", "content (top): Input should be a valid dictionary"),
+        part(layout) + part(b"{}") + block: ("parse", "content (top): Input should be a valid list"),
+        part(layout) + part(index) + block[:-1]: ("signature", "body is 7 bytes, the signed index implies 8"),
+        part(b"{bad") + part(index): ("parse", "layout is not valid JSON"),
+    }
+    for plain, (step, words) in cases.items():
+        with pytest.raises(BundleError) as e:
+            admit(sealed_with_content(plain, device), policy)
+        assert (e.value.step, e.value.version) == (step, 6) and e.value.reason.startswith(words), (plain, e.value)
+    assert part(layout) + part(index) + block == good  # the exact edge: every length read fits
+
+
+def test_every_envelope_refusal_carries_the_bundles_version_and_says_how_many_recipients(tmp_path: Path) -> None:
+    from edge.gallery.admit import admit
+    from edge.gallery.bundle import BundleError
+
+    device, other = ensure_key_in_memory(), ensure_key_in_memory()
+    policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, device_key=device)
+
+    def refusal(data: bytes) -> BundleError:
+        with pytest.raises(BundleError) as e:
+            admit(data, policy)
+        return e.value
+
+    one = refusal(sealed.seal(people(1), "lobby", 8, SHA, KEY, [other.public]))
+    assert (one.step, one.version) == ("recipient", 8)
+    assert one.reason == (f"this device (key {device.short_id}) is not among the bundle's 1 recipient: it was "
+                          "encrypted for other devices")  # fmt: skip
+    three = refusal(sealed.seal(people(1), "lobby", 8, SHA, KEY, [other.public, *(ensure_key_in_memory().public
+                                                                               for _ in range(2))]))  # fmt: skip
+    assert "not among the bundle's 3 recipients: it was" in three.reason
+    both = sealed.seal(people(1), "lobby", 9, SHA, KEY, [other.public, device.public])
+    f = sealed.frame(both)
+    blocks = both[f.recipients[0] : f.recipients[1]]
+    header, content = both[f.header[0] : f.header[1]], both[f.content[0] : f.content[1]]
+    cases = [
+        (resealed_parts(header, blocks[sealed.RECIPIENT_LEN :] + blocks[: sealed.RECIPIENT_LEN], content),
+         "key block 1 is not the one the header lists there (swapped or altered blocks)"),
+        (resealed_parts(header, blocks[:-1], content), f"{len(blocks) - 1} bytes of key blocks for 2 recipients "
+                                                       f"(each is {sealed.RECIPIENT_LEN})"),
+        (resealed_parts(header, blocks[: sealed.RECIPIENT_LEN] + device.key_id + blocks[32 : sealed.RECIPIENT_LEN],
+                        content),
+         f"the key block for this device (key {device.short_id}) does not open with its private key (a block made for "
+         "another key, or altered)"),
+        (resealed_parts(header, blocks, content[: sealed.NONCE_LEN + 15]),
+         f"content of {sealed.NONCE_LEN + 15} bytes is too short (truncated)"),
+        (resealed_parts(header, blocks, content[:-1] + bytes([content[-1] ^ 1])),
+         "the content does not decrypt with its content key (wrong tag: altered, or not the key it was sealed with)"),
+    ]  # fmt: skip
+    for data, reason in cases:
+        e = refusal(data)
+        assert e.version == 9 and e.reason == reason and e.step in ("recipient", "decrypt"), (reason, e.reason)
+    shortest = resealed_parts(header, blocks, content[: sealed.NONCE_LEN + 16])  # long enough to try: wrong tag
+    assert refusal(shortest).reason.startswith("the content does not decrypt")
+    dup_header = json.loads(header)
+    dup_header["recipients"] = [device.key_id.hex()] * 2
+    e = refusal(resealed_parts(json.dumps(dup_header).encode(), blocks[sealed.RECIPIENT_LEN :] * 2, content))
+    assert (e.step, e.version, e.reason) == ("recipient", 9, "a recipient is listed twice")
+
+
+def test_peek_reads_the_clear_header_and_names_the_signer_without_verifying() -> None:
+    from edge.gallery.bundle import BundleError, key_id
+
+    device = ensure_key_in_memory()
+    data = sealed.seal(people(1), "lobby", 4, SHA, KEY, [device.public])
+    head = sealed.peek(data)
+    assert head["signer_key_id"] == key_id(KEY.public_key()).hex()[:16] and head["version"] == 4
+    f = sealed.frame(data)
+    not_object = resealed_parts(b"[1, 2]", data[f.recipients[0] : f.recipients[1]], data[f.content[0] : f.content[1]])
+    with pytest.raises(BundleError) as e:
+        sealed.peek(not_object)
+    assert (e.value.step, e.value.reason) == ("parse", "header is not a JSON object")
+    with pytest.raises(BundleError, match="header is not valid JSON"):
+        sealed.peek(resealed_parts(b"{x", b"", b""))
