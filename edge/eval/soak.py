@@ -31,9 +31,11 @@ from edge.capture.imageio import read_image
 from edge.capture.scenes import face_px_at, gradient_background, paste
 from edge.delivery.broker import LocalBroker
 from edge.device.config import Settings
+from edge.device.keys import ensure_key
 from edge.errors import EdgeError
-from edge.gallery.bundle import Identity, encode, generate_key, load_private_key
+from edge.gallery.bundle import Identity, generate_key, load_private_key
 from edge.gallery.enroll import enroll_directory
+from edge.gallery.sealed import seal
 from edge.recognition.pipeline import Recognizer
 from edge.service.demo import ENROLLED, PROBES
 
@@ -79,26 +81,19 @@ def soak(faces: Path, minutes: float, gallery_every_s: float = 300.0, sample_s: 
         key = work / "k.pem"
         generate_key(key)
         rec = Recognizer(Settings())
-        bundles = []
-        for folder, tag in ((gallery, "full"), (smaller, "less")):
-            people = [
-                Identity(r.identity_id, r.label, r.embeddings, r.meta)
-                for r in enroll_directory(rec, folder)
-                if r.embeddings is not None
-            ]
-            out = work / f"{tag}.bundle"
-            out.write_bytes(
-                encode(
-                    people,
-                    "soak",
-                    1,
-                    rec.embedder_sha256,
-                    load_private_key(key),
-                    dtype="int8",
-                    embedder=rec.embedder_name,
-                )
-            )
-            bundles.append(out)
+        # The device's key made before it starts (as its first start would): every update is sealed to it.
+        device = ensure_key(work / "state")[0]
+        galleries = [
+            [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in enroll_directory(rec, folder)
+             if r.embeddings is not None]
+            for folder in (gallery, smaller)
+        ]  # fmt: skip
+
+        def bundle(version: int) -> bytes:
+            """The two galleries in turn, as a publisher's updates: sealed to the device, signed."""
+            return seal(galleries[(version - 1) % 2], "soak", version, rec.embedder_sha256, load_private_key(key),
+                        [device.public], dtype="int8", embedder=rec.embedder_name)  # fmt: skip
+
         clip = soak_clip(faces, work)
         events = 0
         versions: list[int] = []
@@ -124,7 +119,7 @@ def soak(faces: Path, minutes: float, gallery_every_s: float = 300.0, sample_s: 
             sub.loop_start()
 
             def publish(version: int) -> None:
-                data = _resign(bundles[(version - 1) % 2], key, version)
+                data = bundle(version)
                 sub.publish("edge/galleries/soak", data, qos=1, retain=True).wait_for_publish(30)
 
             publish(1)
@@ -170,21 +165,3 @@ def soak(faces: Path, minutes: float, gallery_every_s: float = 300.0, sample_s: 
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _resign(path: Path, key: Path, version: int) -> bytes:
-    """The bundle's identities under a new version number (what a publisher does for an update)."""
-    from edge.gallery.bundle import (
-        parse_identities,
-        read_header,
-        read_index,
-        verify_signature,
-    )
-
-    pk = load_private_key(key)
-    signed = verify_signature(path.read_bytes(), [pk.public_key()])
-    header = read_header(signed)
-    people = list(parse_identities(signed, header, read_index(signed)))
-    return encode(
-        people, header.gallery, version, header.embedder_sha256, pk, dtype=header.dtype, embedder=header.embedder
-    )
