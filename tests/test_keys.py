@@ -83,7 +83,9 @@ def test_the_public_line_round_trips_and_every_bad_one_is_named(tmp_path: Path) 
 def test_a_recipients_file_skips_blanks_and_comments_and_names_a_bad_line(tmp_path: Path) -> None:
     a, b = (keys.ensure_key(tmp_path / n)[0] for n in ("a", "b"))
     f = tmp_path / "devices.txt"
-    f.write_text(f"# lobby\n\n{keys.public_line(a.public)} door\n   \n{keys.public_line(b.public)}\n")
+    f.write_text(
+        f"# lobby\n\n{keys.public_line(a.public)} door\n   \n  # indented comment\n{keys.public_line(b.public)}\n"
+    )
     assert [keys.key_id(k) for k in keys.read_recipients_file(f)] == [a.key_id, b.key_id]
     f.write_text(f"{keys.public_line(a.public)}\nbroken\n")
     with pytest.raises(InputError, match=rf"^{f} line 2: not a device public key"):

@@ -235,6 +235,7 @@ def test_the_stored_gallery_comes_back_field_by_field(tmp_path: Path, caplog: py
     crowd[1] = Identity("id1", "Person 1", crowd[1].embeddings, {"expires_at": "2999-01-01T00:00:00+00:00"})
     sync = sync_for(state, key)
     assert sync.apply(sealed.seal(crowd, "lobby", 5, SHA, KEY, [key.public], embedder="sface_int8"))
+    assert sync.applied is not None and sync.applied.applied_at.startswith("20") and len(sync.applied.head) == 32
     with caplog.at_level(logging.INFO, logger="edge.gallery.store"):
         assert sync.apply(sealed.seal([Identity("id2", None, np.zeros((0, DIM), np.float32), {})], "lobby", 6, SHA,
                                       KEY, [key.public], kind="removal"))  # fmt: skip
@@ -310,6 +311,7 @@ def test_every_fault_of_the_stored_gallery_is_one_line_naming_the_file(tmp_path:
     assert (moved.value.error.step, moved.value.error.version) == ("model", 9) and str(path) in str(moved.value)
     assert moved.value.error.reason.startswith("made for embedder mobilefacenet_int8 (sha256 cdcdcdcdcdcd…), this "
                                                "device runs ")  # fmt: skip
+    assert moved.value.error.reason.endswith("enrol again from the photos with this device's embedder (docs/models.md)")
     # Another gallery's: the device follows another name now.
     path.unlink()
     assert other.apply(sealed.seal(people(2), "lobby", 3, SHA, KEY, [key.public]))
@@ -531,6 +533,7 @@ def test_every_fault_of_the_decrypted_content_is_named_with_the_bundles_version(
         part(layout) + part(b"{}") + block: ("parse", "content (top): Input should be a valid list"),
         part(layout) + part(index) + block[:-1]: ("signature", "body is 7 bytes, the signed index implies 8"),
         part(b"{bad") + part(index): ("parse", "layout is not valid JSON"),
+        part(layout) + struct.pack("<I", 0): ("parse", "identity index is not valid JSON"),  # exactly 4 bytes left
     }
     for plain, (step, words) in cases.items():
         with pytest.raises(BundleError) as e:
