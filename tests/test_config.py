@@ -376,3 +376,16 @@ def test_the_device_command_loads_no_measuring_module() -> None:
     code = "import sys, edge.cli; edge.cli.build_parser(); print(sorted(m for m in sys.modules if m.startswith('edge.eval')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_redaction_masks_only_secrets_and_collects_them_for_the_log_filter() -> None:
+    from edge.device.redact import MASK, redact_url, scrub, url_secrets
+
+    assert redact_url("rtsp://admin@cam.local/stream") == "rtsp://admin@cam.local/stream"  # a user, no password
+    assert (
+        redact_url("rtsp://admin:pw1@cam.local/s?token=t0k&fps=30") == "rtsp://admin:***@cam.local/s?token=***&fps=30"
+    )
+    assert redact_url("not a url at all") == "not a url at all"
+    assert url_secrets("rtsp://admin:pw1@cam/s?token=t0k&Password=p2;key=&fps=30") == ["pw1", "t0k", "p2"]
+    assert url_secrets("rtsp://admin@cam/s?fps=30") == [] and url_secrets("http://:@cam/") == []
+    assert scrub("pw1 and t0k, pw1", ["pw1", "", "t0k"]) == f"{MASK} and {MASK}, {MASK}"
