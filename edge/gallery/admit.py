@@ -37,8 +37,8 @@ from edge.gallery.bundle import (
     Buffer,
     Bundle,
     BundleError,
-    Header,
     Identity,
+    Routing,
     frame,
     load_public_key,
     parse_identities,
@@ -124,7 +124,7 @@ def _check_dim(identities: tuple[Identity, ...], policy: Policy, version: int) -
         )
 
 
-def _check_routing(header: Header | sealed.SealedHeader, policy: Policy, current_version: int | None) -> None:
+def _check_routing(header: Routing, policy: Policy, current_version: int | None) -> None:
     version = header.version
     if header.embedder_sha256 != policy.embedder_sha256:  # 5. model
         raise BundleError(

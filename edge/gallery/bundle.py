@@ -101,16 +101,22 @@ class Strict(BaseModel):
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class Header(Strict):
-    """The signed header, every field checked for type and range."""
+class Routing(Strict):
+    """The header fields every format signs in the clear: which gallery, its version and kind, when, and for
+    which embedder (what admission checks before it reads anything else)."""
 
-    format: Literal[1]
     gallery: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     version: int = Field(ge=0, le=2**53)
     kind: Kind
     created_at: Annotated[str, StringConstraints(max_length=64)]
     embedder_sha256: Hex64
     embedder: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] | None = None  # its manifest name (since SFace)
+
+
+class Header(Routing):
+    """The signed header of a bundle in the clear (format 1), every field checked for type and range."""
+
+    format: Literal[1]
     identities: int = Field(ge=0, le=10_000_000)
     embeddings: int = Field(ge=0, le=100_000_000)
     dim: int = Field(ge=1, le=MAX_DIM)

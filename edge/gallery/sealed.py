@@ -28,21 +28,20 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import Field, ValidationError
 
 from edge.device import keys
 from edge.gallery.bundle import (
     INDEX,
     KEYID_LEN,
     MAX_HEADER,
-    NAME_PATTERN,
     SIG_LEN,
     Buffer,
     BundleError,
@@ -52,7 +51,7 @@ from edge.gallery.bundle import (
     IndexEntry,
     Kind,
     Layout,
-    Strict,
+    Routing,
     content,
     first_error,
     json_of,
@@ -72,16 +71,10 @@ NONCE_LEN = 12
 MAX_RECIPIENTS = 10_000
 
 
-class SealedHeader(Strict):
-    """The clear header of a sealed bundle, every field checked for type and range."""
+class SealedHeader(Routing):
+    """The clear header of a sealed bundle (format 2), every field checked for type and range."""
 
     format: Literal[2]
-    gallery: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-    version: int = Field(ge=0, le=2**53)
-    kind: Kind
-    created_at: Annotated[str, StringConstraints(max_length=64)]
-    embedder_sha256: Hex64
-    embedder: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] | None = None
     suite: Literal["X25519-HKDF-SHA256/AES-256-GCM"]
     recipients: list[Hex64] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
