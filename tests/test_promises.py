@@ -589,3 +589,18 @@ def test_the_outbox_service_clock_starts_at_zero_only_moves_forward_and_survives
     assert again.service_time() >= stored  # resumed from it, not from 0
     assert again.depth() == 1 and again.pending()[0].created == 12.5
     again.close()
+
+
+def test_an_outbox_whose_disk_fails_says_so_when_saving_its_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box._db.close()  # the database gone from under it
+    with caplog.at_level(logging.WARNING, logger="edge.delivery.outbox"):
+        box.tick()
+        box.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith(f"outbox {tmp_path / 'outbox.sqlite'}: service clock not saved: ")
+    assert said[1].startswith(f"outbox {tmp_path / 'outbox.sqlite'}: service clock not saved at close: ")
