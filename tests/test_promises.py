@@ -579,12 +579,12 @@ def test_the_outbox_service_clock_starts_at_zero_only_moves_forward_and_survives
     assert (row.seq, row.topic, row.payload, row.created) == (seq, "edge/cam1/events/match", b"{}", 12.5)
     before_tick = box.service_time()
     box.tick()
-    box.close()
     import sqlite3
 
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(path) as db:  # read before close, which saves the clock too
         (stored,) = db.execute("SELECT service_s FROM clock WHERE id = 1").fetchone()
     assert stored >= before_tick > 0  # the tick saved the clock as it was
+    box.close()
     again = Outbox(path)
     assert again.service_time() >= stored  # resumed from it, not from 0
     assert again.depth() == 1 and again.pending()[0].created == 12.5
