@@ -567,23 +567,23 @@ def test_a_delivered_event_leaves_no_trace_of_whom_it_named_in_the_outbox_files(
 def test_the_outbox_service_clock_starts_at_zero_only_moves_forward_and_survives_a_restart(tmp_path: Path) -> None:
     """Events age on the service's own clock (immune to wall-clock jumps): it starts at 0 for a new outbox,
     never runs backwards, and a restart resumes from what the last tick saved."""
+    import sqlite3
+
     path = tmp_path / "a" / "b" / "outbox.sqlite"  # parents made
     box = Outbox(path)
     first = box.service_time()
-    assert first >= 0.0
+    assert 0.0 <= first
     later = first
     while later <= first:  # monotonic: it moves (a busy loop of a few microseconds, not a sleep)
         later = box.service_time()
+    before_tick = box.service_time()
+    box.tick()  # nothing else has saved the clock yet: what is stored now is the tick's
+    with sqlite3.connect(path) as db:
+        (stored,) = db.execute("SELECT service_s FROM clock WHERE id = 1").fetchone()
+    assert stored >= before_tick > 0
     seq = box.put("edge/cam1/events/match", b"{}", now=12.5)
     (row,) = box.pending()
     assert (row.seq, row.topic, row.payload, row.created) == (seq, "edge/cam1/events/match", b"{}", 12.5)
-    before_tick = box.service_time()
-    box.tick()
-    import sqlite3
-
-    with sqlite3.connect(path) as db:  # read before close, which saves the clock too
-        (stored,) = db.execute("SELECT service_s FROM clock WHERE id = 1").fetchone()
-    assert stored >= before_tick > 0  # the tick saved the clock as it was
     box.close()
     again = Outbox(path)
     assert again.service_time() >= stored  # resumed from it, not from 0
