@@ -572,7 +572,7 @@ def test_the_outbox_service_clock_starts_at_zero_only_moves_forward_and_survives
     path = tmp_path / "a" / "b" / "outbox.sqlite"  # parents made
     box = Outbox(path)
     first = box.service_time()
-    assert 0.0 <= first
+    assert first >= 0.0
     later = first
     while later <= first:  # monotonic: it moves (a busy loop of a few microseconds, not a sleep)
         later = box.service_time()
