@@ -115,13 +115,27 @@ def test_enroll_and_identify_print_only_the_projects_own_lines(tmp_path: Path, g
     import subprocess
     import sys
 
+    from edge.device.keys import public_line
     from edge.gallery.bundle import generate_key
+
+    from .support import device_key
 
     key = tmp_path / "k.pem"
     generate_key(key)
     own = re.compile(r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) edge[.\w]*: |edge: |enroll: )")
     commands = [
-        ["enroll", str(gallery), "--out", str(tmp_path / "g.bundle"), "--key", str(key), "--gallery-name", "g"],
+        [
+            "enroll",
+            str(gallery),
+            "--out",
+            str(tmp_path / "g.bundle"),
+            "--key",
+            str(key),
+            "--gallery-name",
+            "g",
+            "--recipient",
+            public_line(device_key(tmp_path / "door").public),
+        ],
         ["identify", str(FACES / "Colin_Powell"), "--gallery", str(gallery)],
     ]
     for args in commands:
