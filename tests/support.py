@@ -7,6 +7,8 @@ says what it waits for and how long it may take.
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -21,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 
@@ -50,8 +56,11 @@ class Collector(Waitable):
     def __init__(
         self, host: str, port: int, *topics: str, client_id: str = "", clean: bool = True, ca: Path | None = None
     ) -> None:
-        """``ca``: the broker is TLS, with this CA pinned."""
+        """``ca``: the broker is TLS, with this CA pinned (default: the CA the test gave its devices,
+        ``EDGE_MQTT__CA_FILE``, when it set one)."""
         super().__init__()
+        ca = ca if ca is not None else (Path(os.environ["EDGE_MQTT__CA_FILE"]) if os.environ.get(
+            "EDGE_MQTT__CA_FILE") else None)  # fmt: skip
         self.messages: list[tuple[str, Any, bool]] = []
         self.topics = topics
         self.connected = threading.Event()
@@ -232,3 +241,37 @@ def sealed_for(state_dirs: list[Path], identities: list[Any], gallery: str, vers
 
     recipients = [device_key(d).public for d in state_dirs]
     return seal(identities, gallery, version, sha, key, recipients, kind, dtype)  # type: ignore[arg-type]
+
+
+# -- a throwaway PKI (the TLS tests' CA, server certificates valid and expired, another CA) -------------
+def _cert(subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, days: tuple[int, int],
+          ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.timezone.utc)
+    issuer_name, issuer_key = issuer if issuer else (name, key)
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now + dt.timedelta(days=days[0])).not_valid_after(now + dt.timedelta(days=days[1]))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+    if not ca:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(
+            ipaddress.ip_address("127.0.0.1"))]), critical=False)  # fmt: skip
+    return b.sign(issuer_key, hashes.SHA256()), key
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))  # fmt: skip
+
+
+def certificates(folder: Path) -> Path:
+    """ca.pem, server.pem/key (valid), expired.pem/key (ended yesterday), other-ca.pem: a throwaway PKI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = _cert("edge-test-ca", None, (-1, 2), ca=True)
+    _write(folder, "ca", ca, ca_key)
+    _write(folder, "server", *_cert("127.0.0.1", (ca.subject, ca_key), (-1, 2)))
+    _write(folder, "expired", *_cert("127.0.0.1", (ca.subject, ca_key), (-3, -1)))
+    _write(folder, "other-ca", *_cert("another-ca", None, (-1, 2), ca=True))
+    return folder

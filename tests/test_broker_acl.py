@@ -5,7 +5,6 @@ A wrong CA, an expired server certificate and a refused password are each one li
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import threading
 from pathlib import Path
@@ -13,55 +12,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cli import main
 from edge.delivery.broker import LocalBroker, free_port
 from edge.device.keys import public_line
 
-from .support import Waitable, device_key
+from .support import Waitable, certificates, device_key
 from .test_service_e2e import DemoAssets, assets, service  # noqa: F401
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORDS = {"door": "door-pw-1", "yard": "yard-pw-2", "publisher": "pub-pw-3", "homeassistant": "ha-pw-4"}
-
-
-def _cert(subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, days: tuple[int, int],
-          ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = dt.datetime.now(dt.timezone.utc)
-    issuer_name, issuer_key = issuer if issuer else (name, key)
-    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now + dt.timedelta(days=days[0])).not_valid_after(now + dt.timedelta(days=days[1]))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
-    if not ca:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(
-            __import__("ipaddress").ip_address("127.0.0.1"))]), critical=False)  # fmt: skip
-    return b.sign(issuer_key, hashes.SHA256()), key
-
-
-def _write(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / f"{name}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))  # fmt: skip
-
-
-def certificates(folder: Path) -> Path:
-    """ca.pem, server.pem/key (valid), expired.pem/key (ended yesterday), other-ca.pem: a throwaway PKI."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = _cert("edge-test-ca", None, (-1, 2), ca=True)
-    _write(folder, "ca", ca, ca_key)
-    _write(folder, "server", *_cert("127.0.0.1", (ca.subject, ca_key), (-1, 2)))
-    _write(folder, "expired", *_cert("127.0.0.1", (ca.subject, ca_key), (-3, -1)))
-    _write(folder, "other-ca", *_cert("another-ca", None, (-1, 2), ca=True))
-    return folder
 
 
 def shipped_broker(tmp_path: Path, server: str = "server") -> LocalBroker:

@@ -20,8 +20,7 @@ from edge.gallery.admit import Policy
 from edge.gallery.bundle import Identity, encode, load_private_key, load_public_key
 from edge.gallery.store import GalleryStore
 
-from .support import Collector, device_key
-from .test_broker_acl import certificates
+from .support import Collector, certificates, device_key
 from .test_service_e2e import DemoAssets, LocalBroker, assets, service  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from edge.device.keys import public_line
 from edge.service.demo import DemoAssets, build_assets
 
 from .conftest import FACES
-from .support import Collector, Service, device_key
+from .support import Collector, Service, certificates, device_key
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,8 +34,12 @@ FAST = {"EDGE_MQTT__RECONNECT_MAX_S": "1", "EDGE_MQTT__HEARTBEAT_S": "1"}
 
 
 @pytest.fixture()
-def broker() -> Iterator[LocalBroker]:
-    with LocalBroker() as b:
+def broker(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A TLS broker on loopback, as a device should use one: every device, tool and client of the test pins
+    its CA (EDGE_MQTT__CA_FILE in the test's environment, which the devices it starts inherit)."""
+    certs = certificates(tmp_path_factory.mktemp("pki"))
+    monkeypatch.setenv("EDGE_MQTT__CA_FILE", str(certs / "ca.pem"))
+    with LocalBroker(tls=(certs / "ca.pem", certs / "server.pem", certs / "server.key")) as b:
         yield b
 
 
