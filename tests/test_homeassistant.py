@@ -62,7 +62,9 @@ def discovering(
 def test_presence_is_on_while_seen_and_off_after_the_timeout(broker: LocalBroker, tmp_path: Path) -> None:
     stop = threading.Event()
     link = connected_link(broker, tmp_path, stop)
-    ha = HomeAssistant(HomeAssistantSettings(presence_timeout_s=10), Topics("edge", "door"), link, include_label=True)
+    ha = HomeAssistant(
+        HomeAssistantSettings(presence_timeout_s=10, per_person=True), Topics("edge", "door"), link, include_label=True
+    )
     watch = Collector(broker.host, broker.port, "edge/door/presence/#")
     link.start()
     try:
@@ -95,7 +97,7 @@ def test_entities_of_identities_no_longer_enrolled_are_removed_even_from_an_earl
     stale = "homeassistant/binary_sensor/door/presence_bob/config"
     watch.publish(stale, json.dumps({"name": "Bob seen"}).encode(), retain=True)
     stop = threading.Event()
-    link, holder, _ = discovering(broker, tmp_path, stop, HomeAssistantSettings(), include_label=False)
+    link, holder, _ = discovering(broker, tmp_path, stop, HomeAssistantSettings(per_person=True), include_label=False)
     try:
         assert link.connected.wait(10)
         watch.wait_for("binary_sensor/door/presence_bob/config", lambda p: p == b"")  # removed (empty, retained)
@@ -117,7 +119,9 @@ def test_a_watch_list_too_large_for_an_entity_each_gets_the_event_entity_only(
 ) -> None:
     watch = Collector(broker.host, broker.port, "homeassistant/#", "edge/door/presence/#")
     stop = threading.Event()
-    link, holder, ha = discovering(broker, tmp_path, stop, HomeAssistantSettings(max_identity_entities=3), True)
+    link, holder, ha = discovering(
+        broker, tmp_path, stop, HomeAssistantSettings(max_identity_entities=3, per_person=True), True
+    )
     try:
         assert link.connected.wait(10)
         watch.wait_for("presence_carol/config", lambda p: isinstance(p, dict))
@@ -150,7 +154,9 @@ def test_with_several_cameras_each_has_its_event_entity_and_presence_says_which_
     stop = threading.Event()
     link = connected_link(broker, tmp_path, stop)
     holder = GalleryHolder(Matcher(CAL, load_settings(environ={}).match))
-    ha = HomeAssistant(HomeAssistantSettings(), Topics("edge", "door"), link, True, cameras=["front", "yard"])
+    ha = HomeAssistant(
+        HomeAssistantSettings(per_person=True), Topics("edge", "door"), link, True, cameras=["front", "yard"]
+    )
     ha.attach()
     holder.on_change(ha.on_gallery)
     holder.swap(gallery("alice"))
@@ -180,5 +186,5 @@ def test_with_several_cameras_each_has_its_event_entity_and_presence_says_which_
         stop.set()
         link.close(None)
         watch.close()
-    one = HomeAssistant(HomeAssistantSettings(), Topics("edge", "d"), link, True, cameras=["main"])
+    one = HomeAssistant(HomeAssistantSettings(per_person=True), Topics("edge", "d"), link, True, cameras=["main"])
     assert not [d for d in one.configs({"alice": None}) if "face_match_" in d.topic]  # one camera: no entity of its own

@@ -207,7 +207,7 @@ class HomeAssistant:
     def on_gallery(self, snap: GallerySnapshot) -> None:
         """The gallery changed: new event types, presence entities added and removed."""
         g = snap.gallery
-        per_identity = len(g.identity_ids) <= self.s.max_identity_entities
+        per_identity = self.s.per_person and len(g.identity_ids) <= self.s.max_identity_entities
         identities = dict(zip(g.identity_ids, g.labels, strict=True)) if per_identity else {}
         with self._lock:
             switched = per_identity != self.presence.active
@@ -277,7 +277,8 @@ class Presence:
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}  # identity → monotonic time of the last sight (ON while present)
         self._last: dict[str, dict[str, Any]] = {}  # identity → last published state
-        self.active = True  # False while the gallery is too large for an entity per identity
+        # False while entities are not per identity: per_person off, or the gallery too large for them
+        self.active = settings.per_person
 
     @property
     def known(self) -> list[str]:

@@ -458,6 +458,10 @@ class HomeAssistantSettings(Section):
     discovery_prefix: str = Field(
         "homeassistant", pattern=r"^[^#+/][^#+]*$", description="Home Assistant's MQTT discovery prefix."
     )
+    per_person: bool = Field(
+        False,
+        description="A presence sensor and an event type per enrolled person (up to max_identity_entities). Off by default: their retained discovery names each enrolled identity (id, and label unless events.identity = 'id') on the broker, where sealed galleries otherwise keep them off; without it Home Assistant gets the 'Face match' event entity (event type 'match', the person in its attributes) and the diagnostics.",
+    )
     presence_timeout_s: float = Field(
         60.0, gt=0, le=86400, description="A presence sensor turns off this long after the person was last seen."
     )

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge.cli import main as edge_cli  # noqa: E402
 from edge.delivery.broker import LocalBroker  # noqa: E402
+from edge.device.keys import ensure_key, public_line  # noqa: E402
 from edge.service.demo import build_assets  # noqa: E402
 
 DEVICE = "ha-cam"
@@ -116,18 +117,21 @@ def main(out: Path) -> None:
         key = work / "owner.pem"
         assert edge(["gallery", "keygen", "--out", str(key)]) == 0
         v1, v2 = work / "v1.bundle", work / "v2.bundle"
+        # The device's key, made as its first start would: the galleries are sealed to it.
+        device = public_line(ensure_key(work / "state")[0].public)
         assert edge(["enroll", str(assets.gallery), "--out", str(v1), "--key", str(key), "--gallery-name", "lobby",
-                     "--version", "1"]) == 0  # fmt: skip
+                     "--version", "1", "--recipient", device]) == 0  # fmt: skip
         smaller = work / "gallery-v2"
         shutil.copytree(assets.gallery, smaller)
         shutil.rmtree(smaller / REMOVED)
         assert edge(["enroll", str(smaller), "--out", str(v2), "--key", str(key), "--gallery-name", "lobby",
-                     "--version", "2"]) == 0  # fmt: skip
+                     "--version", "2", "--recipient", device]) == 0  # fmt: skip
         with LocalBroker() as broker:
             rec = Recorder(broker)
             rec.publish("edge/galleries/lobby", v1.read_bytes(), retain=True)
             env = {**os.environ, "EDGE_HOMEASSISTANT__PRESENCE_TIMEOUT_S": "3", "EDGE_MQTT__HEARTBEAT_S": "1",
-                   "EDGE_HOMEASSISTANT__DEVICE_NAME": "Front door"}  # fmt: skip
+                   "EDGE_HOMEASSISTANT__DEVICE_NAME": "Front door",
+                   "EDGE_HOMEASSISTANT__PER_PERSON": "true"}  # fmt: skip
             # Two cameras: the front door plays the clip, the yard camera is missing (its entity stays quiet).
             config = work / "edge.toml"
             config.write_text(f"[[cameras]]\nid = 'door'\nsource = '{assets.clip}'\n"
