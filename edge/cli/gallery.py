@@ -249,7 +249,7 @@ def header_of(data: bytes) -> dict[str, Any]:
     from edge.gallery import sealed
     from edge.gallery.bundle import peek_header
 
-    return dict(sealed.peek(data)) if sealed.is_sealed(data) else peek_header(data)
+    return sealed.peek(data) if sealed.is_sealed(data) else peek_header(data)
 
 
 def verify_file(args: argparse.Namespace, data: bytes) -> int:

@@ -317,11 +317,18 @@ def read_index(signed: Signed) -> list[IndexEntry]:
 def peek_header(data: Buffer) -> dict[str, Any]:
     """The header as written, NOT verified (for ``gallery inspect`` of a file at hand)."""
     f = frame(data)
-    raw = json_of(memoryview(data)[f.header[0] : f.header[1]], "header")
+    return clear_header(data, f.header, f.head_end)
+
+
+def clear_header(data: Buffer, header: tuple[int, int], head_end: int) -> dict[str, Any]:
+    """A header's JSON as written, NOT verified, with the key id of the signature after ``head_end`` (either
+    format: their framing says where the two are)."""
+    view = memoryview(data)
+    raw = json_of(view[header[0] : header[1]], "header")
     if not isinstance(raw, dict):
         raise BundleError("parse", "header is not a JSON object")
     out: dict[str, Any] = raw
-    out["signer_key_id"] = bytes(memoryview(data)[f.key_id]).hex()[:16]
+    out["signer_key_id"] = bytes(view[head_end : head_end + KEYID_LEN]).hex()[:16]
     return out
 
 

@@ -28,7 +28,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -52,6 +52,7 @@ from edge.gallery.bundle import (
     Kind,
     Layout,
     Routing,
+    clear_header,
     content,
     first_error,
     json_of,
@@ -179,15 +180,10 @@ def verify(data: Buffer, trusted: list[Ed25519PublicKey]) -> Verified:
     return Verified(view, f, header, signer)
 
 
-def peek(data: Buffer) -> dict[str, object]:
+def peek(data: Buffer) -> dict[str, Any]:
     """The clear header as written, NOT verified (``gallery inspect`` without keys shows only this)."""
     f = frame(data)
-    raw = json_of(memoryview(data)[f.header[0] : f.header[1]], "header")
-    if not isinstance(raw, dict):
-        raise BundleError("parse", "header is not a JSON object")
-    out: dict[str, object] = raw
-    out["signer_key_id"] = bytes(memoryview(data)[f.head_end : f.head_end + KEYID_LEN]).hex()[:16]
-    return out
+    return clear_header(data, f.header, f.head_end)
 
 
 def _content_key(v: Verified, device: keys.DeviceKey) -> bytes:
