@@ -604,3 +604,25 @@ def test_peek_reads_the_clear_header_and_names_the_signer_without_verifying() ->
     assert (e.value.step, e.value.reason) == ("parse", "header is not a JSON object")
     with pytest.raises(BundleError, match="header is not valid JSON"):
         sealed.peek(resealed_parts(b"{x", b"", b""))
+
+
+def test_a_format_1_store_that_cannot_be_moved_is_one_line_and_stays_as_it_was(tmp_path: Path) -> None:
+    from edge.errors import InputError
+    from edge.gallery.bundle import encode
+
+    state = tmp_path / "door"
+    key = ensure_key(state)[0]
+    folder = state / "gallery"
+    folder.mkdir(parents=True)
+    legacy = encode(people(2), "lobby", 4, SHA, KEY)
+    (folder / "current.bundle").write_bytes(legacy)
+    (folder / "current.sealed.tmp").mkdir()  # where the sealed store is written first: the write fails
+    (folder / "current.sealed.tmp" / "x").write_text("")
+    with pytest.raises(InputError) as e:
+        sync_for(state, key).store.load()
+    assert str(e.value).startswith(f"stored gallery {folder / 'current.bundle'} cannot be moved into "
+                                   f"{folder / 'current.sealed'}: ")  # fmt: skip
+    assert (folder / "current.bundle").read_bytes() == legacy and not (folder / "current.sealed").exists()
+    (folder / "current.sealed.tmp" / "x").unlink()
+    (folder / "current.sealed.tmp").rmdir()
+    assert sync_for(state, key).load_from_disk()  # the next start moves it

@@ -126,10 +126,14 @@ class GalleryStore:
         start rather than match against a gallery it cannot vouch for."""
         path = self.current_path
         if (self.folder / NEXT).is_file():  # a key rotation ended between its steps
-            if self._opens(self.folder / NEXT):
-                self.promote_next()
-            else:
-                (self.folder / NEXT).unlink()
+            try:
+                if self._opens(self.folder / NEXT):
+                    self.promote_next()
+                else:
+                    (self.folder / NEXT).unlink()
+            except OSError as exc:
+                raise InputError(f"stored gallery {self.folder / NEXT} (a key rotation cut short) cannot be "
+                                 f"settled: {exc.strerror or exc}") from None  # fmt: skip
         if not path.is_file():
             return self._migrate() if (self.folder / LEGACY).is_file() else None
         try:
@@ -278,7 +282,11 @@ class GalleryStore:
         applied_at = datetime.fromtimestamp(legacy.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
         applied = Applied(bundle, max(version, bundle.version), frozenset(), applied_at, head_digest(data) or b"",
                           len(removed))  # fmt: skip
-        self._write(applied)
+        try:
+            self._write(applied)
+        except OSError as exc:  # the clear files stay as they were: the next start tries again
+            raise InputError(f"stored gallery {legacy} cannot be moved into {self.current_path}: "
+                             f"{exc.strerror or exc}") from None  # fmt: skip
         legacy.unlink()
         for f in (self.folder / LEGACY_REMOVALS).glob("*.bundle"):
             f.unlink()
