@@ -163,7 +163,8 @@ def read_bundle_file(path: Path) -> bytes:
 
 def publish_bundle(args: argparse.Namespace) -> int:
     """Publish a bundle retained (fleet topic, or one device's set topic), in parts if large."""
-    from edge.delivery.mqtt import Topics, tool_client
+    from edge.delivery.connection import tool_client
+    from edge.delivery.routing import Topics
     from edge.gallery.chunks import split
 
     data = read_bundle_file(args.bundle)

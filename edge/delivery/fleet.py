@@ -26,7 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.delivery.mqtt import tool_client
+from edge.delivery.connection import tool_client
 from edge.device.config import MqttSettings
 
 QUIET_S = 2.0  # without the marker: this long without a new retained message ends the wait
