@@ -176,3 +176,204 @@ def test_records_hold_ids_and_scores_never_images_or_embeddings(
     assert capsys.readouterr().out == ""
     assert main(["audit", "verify", "--state-dir", str(tmp_path / "nowhere")]) == 2
     assert os.path.exists(tmp_path / "audit")
+
+
+# -- each rule of the log at its boundary (what mutation testing found unpinned) -----------------
+
+
+def records(folder: Path) -> list[dict[str, object]]:
+    return [
+        json.loads(line)
+        for seg in sorted(folder.glob("audit-*.jsonl"))
+        for line in seg.read_bytes().splitlines()
+        if line
+    ]
+
+
+def test_each_record_links_to_the_one_before_and_hashes_its_canonical_content(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from edge.delivery.audit import GENESIS, _digest
+
+    folder = tmp_path / "audit"
+    log = AuditLog(folder)
+    assert log.head.records == 0 and log.head.hash == GENESIS == "0" * 64
+    first = log.append("start", {"b": 2, "a": 1})
+    second = log.append("event", {"identity_id": "x"})
+    one, two = records(folder)
+    assert (one["seq"], two["seq"]) == (1, 2) and (first.records, second.records) == (1, 2)
+    assert one["prev"] == GENESIS and two["prev"] == one["hash"] == first.hash and two["hash"] == second.hash
+    body = json.dumps({"seq": 1, "ts": one["ts"], "kind": "start", "data": {"a": 1, "b": 2}}, separators=(",", ":"),
+                      sort_keys=True)  # fmt: skip
+    assert one["hash"] == _digest(GENESIS, 1, str(one["ts"]), "start", {"a": 1, "b": 2})
+    import hashlib
+
+    assert one["hash"] == hashlib.sha256((GENESIS + body).encode()).hexdigest()
+    stamp = datetime.fromisoformat(str(one["ts"]))
+    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert len(str(one["ts"]).split(".")[1]) == len("123+00:00")  # milliseconds
+    # One canonical line per record: sorted keys, no spaces, a newline.
+    raw = sorted(folder.glob("audit-*.jsonl"))[0].read_bytes().splitlines(keepends=True)[0]
+    assert raw == json.dumps(one, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    assert oct((folder / "audit-000001.jsonl").stat().st_mode & 0o777) == oct(0o640 & ~_umask())
+    # A restart goes on from the head on disk.
+    again = AuditLog(folder)
+    assert again.head == second and again.append("stop", {}).records == 3 and verify(folder).ok
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_restart_takes_its_head_from_the_last_whole_record_even_past_corrupt_lines_or_files(tmp_path: Path) -> None:
+    from edge.delivery.audit import GENESIS
+
+    folder = tmp_path / "audit"
+    log = filled(folder, n=4)
+    seg = folder / "audit-000001.jsonl"
+    seg.write_bytes(seg.read_bytes() + b"not json\n")  # a corrupt whole line: the head is the record before it
+    assert AuditLog(folder).head == log.head
+    (folder / "audit-000002.jsonl").write_bytes(b"garbage\n{}\n")  # a newest file with no record in it
+    assert AuditLog(folder).head == log.head
+    (folder / "audit-000003.jsonl").write_bytes(b"")
+    assert AuditLog(folder).head == log.head
+    (folder / "audit-notes.jsonl").write_bytes(b'{"seq": 99, "hash": "f"}\n')  # not a segment: ignored
+    assert AuditLog(folder).head == log.head
+    other = tmp_path / "only-garbage"
+    other.mkdir()
+    (other / "audit-000001.jsonl").write_bytes(b"x\n")
+    assert AuditLog(other).head.records == 0 and AuditLog(other).head.hash == GENESIS
+
+
+def test_a_torn_tail_is_cut_to_the_last_whole_record_and_the_cut_is_recorded(tmp_path: Path) -> None:
+    folder = tmp_path / "audit"
+    log = filled(folder, n=4)
+    seg = folder / "audit-000001.jsonl"
+    whole = seg.read_bytes()
+    seg.write_bytes(whole + b'{"seq": 5, "ts"')
+    again = AuditLog(folder)
+    data = seg.read_bytes()
+    assert data.startswith(whole) and data.count(b"\n") == 5  # the four records and the recovery, nothing torn
+    last = records(folder)[-1]
+    assert last["kind"] == "recovered" and last["data"] == {"file": "audit-000001.jsonl", "torn_bytes": 15}
+    assert last["seq"] == 5 and last["prev"] == log.head.hash and again.head.records == 5
+    assert verify(folder).ok and not verify(folder).torn_tail
+
+
+def test_a_segment_rotates_only_when_the_next_record_would_pass_its_size(tmp_path: Path) -> None:
+    folder = tmp_path / "audit"
+    probe = AuditLog(tmp_path / "probe")
+    probe.append("event", {"n": 1})
+    size = (tmp_path / "probe" / "audit-000001.jsonl").stat().st_size  # one record's length (seq 1 .. 9 alike)
+    log = AuditLog(folder, segment_bytes=2 * size)
+    log.append("event", {"n": 1})
+    log.append("event", {"n": 2})  # exactly fills the segment: stays
+    assert [p.name for p in sorted(folder.glob("audit-*"))] == ["audit-000001.jsonl"]
+    log.append("event", {"n": 3})  # one byte over: a new segment
+    assert [p.name for p in sorted(folder.glob("audit-*"))] == ["audit-000001.jsonl", "audit-000002.jsonl"]
+    tiny = AuditLog(tmp_path / "tiny", segment_bytes=10)  # a record larger than a segment still goes in one
+    tiny.append("event", {"n": 1})
+    tiny.append("event", {"n": 2})
+    assert len(list((tmp_path / "tiny").glob("audit-*"))) == 2 and verify(tmp_path / "tiny").ok
+
+
+def test_old_segments_go_beyond_the_size_or_age_bound_never_the_newest_two(tmp_path: Path) -> None:
+    folder = tmp_path / "audit"
+    log = AuditLog(folder, segment_bytes=10, max_bytes=1 << 30, max_age_days=1.0)
+    for n in range(4):
+        log.append("event", {"n": n})
+    names = [p.name for p in sorted(folder.glob("audit-*"))]
+    assert len(names) == 4  # within both bounds: everything kept
+    old = folder / names[0]
+    os.utime(old, (old.stat().st_atime, old.stat().st_mtime - 86400 - 60))  # just over a day old
+    log.append("event", {"n": 4})
+    assert not old.exists() and (folder / names[1]).exists()
+    young = folder / names[1]
+    os.utime(young, (young.stat().st_atime, young.stat().st_mtime - 86400 + 60))  # just under a day
+    log.append("event", {"n": 5})
+    assert young.exists()
+    before = {p.name for p in folder.glob("audit-*")}
+    total = sum(p.stat().st_size for p in folder.glob("audit-*"))
+    small = AuditLog(folder, segment_bytes=10, max_bytes=total)  # at the bound exactly: nothing goes
+    small.append("event", {"n": 6})
+    assert before < {p.name for p in folder.glob("audit-*")}
+    tight = AuditLog(folder, segment_bytes=10, max_bytes=1)  # far over: all but the newest two (and the new one)
+    tight.append("event", {"n": 7})
+    assert len(list(folder.glob("audit-*"))) == 2 and verify(folder).ok and verify(folder).first_seq == 7
+
+
+def test_an_audit_folder_that_cannot_be_made_or_written_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgeError, match=r"^audit log folder .*file/audit cannot be created: Not a directory$"):
+        AuditLog(tmp_path / "file" / "audit")
+    folder = tmp_path / "audit"
+    log = filled(folder, n=2)
+    (folder / "audit-000001.jsonl").unlink()
+    (folder / "audit-000001.jsonl").mkdir()  # the segment cannot be opened
+    with pytest.raises(EdgeError, match=r"^audit log .*audit-000001.jsonl cannot be opened: Is a directory$"):
+        log.append("event", {})
+    assert log.failures == 1 and str(log.last_error).endswith("cannot be opened: Is a directory")
+    (folder / "audit-000001.jsonl").rmdir()
+    log.append("event", {})
+    assert log.last_error is None and log.failures == 1
+
+
+def test_verify_counts_names_and_links_exactly(tmp_path: Path) -> None:
+    from edge.errors import InputError
+
+    folder = tmp_path / "audit"
+    with pytest.raises(InputError, match="^no audit log under"):
+        verify(folder)
+    folder.mkdir()
+    with pytest.raises(InputError, match="^no audit log under"):
+        verify(folder)
+    log = filled(folder, n=3)
+    seg, lines = lines_of(folder)
+    seg.write_bytes(b"\n".join(line.rstrip(b"\n") for line in lines) + b"\n\n")  # an empty line is not a record
+    v = verify(folder, head=records(folder)[1]["hash"])  # type: ignore[arg-type]
+    assert v.ok and v.records == 3 and v.first_seq == 1 and v.head == log.head and not v.torn_tail
+    # A garbled record that is not the last: tampering, even when the last line is the garbled one's neighbour.
+    lines[1] = b'{"seq": 2\n'
+    seg.write_bytes(b"".join(lines))
+    bad = verify(folder)
+    assert not bad.ok and not bad.torn_tail and bad.records == 1 and bad.head.records == 1
+    assert bad.message == "record at audit-000001.jsonl line 2 is not a valid record: b'{\"seq\": 2'"
+    # A torn last record that ends in "}" cannot be told from tampering: it is not called torn.
+    _, lines = lines_of(folder)
+    seg.write_bytes(b"".join(lines[:2]).replace(b'{"seq": 2\n', b"") + b'{"seq": 3}')
+    assert not verify(folder).ok
+    # The first kept record starts the chain wherever its seq is; a gap after it is named with both links.
+    fresh = tmp_path / "fresh"
+    log = filled(fresh, n=6)
+    seg, lines = lines_of(fresh)
+    seg.write_bytes(b"".join(lines[2:]))
+    v = verify(fresh)
+    assert v.ok and v.first_seq == 3 and v.records == 4 and "(from record 3: earlier ones rotated out)" in v.message
+    seg.write_bytes(b"".join(lines[2:3] + lines[4:]))
+    r3, r5 = json.loads(lines[2]), json.loads(lines[4])
+    assert verify(fresh).message == (
+        f"record 5 (audit-000001.jsonl line 2) does not follow record 3: records removed "
+        f"(expected seq 4 linked to {r3['hash'][:12]}…, found seq 5 linked to {r5['prev'][:12]}…)"
+    )
+
+
+def test_records_since_keeps_records_from_the_moment_on_and_skips_unreadable_lines(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    from edge.delivery.audit import records_since
+
+    folder = tmp_path / "audit"
+    filled(folder, n=3)
+    seg, lines = lines_of(folder)
+    base = datetime.fromisoformat("2026-01-01T00:00:00.000+00:00")
+    stamped = []
+    for i, line in enumerate(lines):  # records_since reads, it does not verify: give them known times
+        rec = json.loads(line)
+        rec["ts"] = (base + timedelta(seconds=i)).isoformat(timespec="milliseconds")
+        stamped.append(json.dumps(rec).encode() + b"\n")
+    seg.write_bytes(b"".join(stamped) + b"not json\n\n")
+    assert [r["seq"] for r in records_since(folder)] == [1, 2, 3]
+    assert [r["seq"] for r in records_since(folder, base + timedelta(seconds=1))] == [2, 3]  # at the moment: kept
+    assert [r["seq"] for r in records_since(folder, base + timedelta(seconds=1, milliseconds=1))] == [3]
