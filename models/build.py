@@ -20,7 +20,7 @@ Steps (each file's sha256 lands in manifest.json):
    upstream SFace ONNX file (its own environment: onnx2tf pins TensorFlow 2.19), copied with their
    entries; which variant is the default is measured in docs/models.md;
 7. for each embedder and pipeline variant (alignment, flip): LFW DevTest accuracy through the
-   device's own pipeline (``edge.eval.lfw``), written to the embedder's manifest entry.
+   device's own pipeline (``edge_lab.lfw``), written to the embedder's manifest entry.
 The calibration tables are ``models/calibrate.py``'s alone. LFW images are read, never copied:
 only scores and rates are written.
 """
@@ -46,8 +46,8 @@ import graph  # noqa: E402
 from edge.capture.imageio import read_image  # noqa: E402
 from edge.device.config import Settings  # noqa: E402
 from edge.device.runtime import load_manifest  # noqa: E402
-from edge.eval import lfw  # noqa: E402
 from edge.recognition.pipeline import Recognizer  # noqa: E402
+from edge_lab import lfw  # noqa: E402
 
 DETECTORS = {
     "detector_short": ("face_detection_short_range.tflite", "BlazeFace short range (MediaPipe), unchanged", 128),

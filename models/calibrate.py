@@ -13,10 +13,10 @@ side. A comparison is what the device makes: a probe (one look, or the mean of t
 one person: a confirmed track's fused looks) against a template (the mean of k photos of one
 person, k in 1, 2, 3, 5; k = 1 is one photo). From every such pair of two different people the
 script builds a table whose each row holds for all pairs and for the pairs inside each labelled
-group (``edge.eval.groups.worst_group_table``, with a margin of 2 for sampling). A kind measured
+group (``edge_lab.groups.worst_group_table``, with a margin of 2 for sampling). A kind measured
 on fewer pairs than one photo against one look has fewer rows; below its last one it is
 continued along the one-photo table of its band and condition, raised by the largest gap seen
-between the two over its last rows (``edge.eval.groups.anchored_rows``).
+between the two over its last rows (``edge_lab.groups.anchored_rows``).
 
 Validation (written to the manifest): tables built from the DevTrain identities are checked on
 the DevTest identities and the other way round (no identity on both sides): the observed rate
@@ -43,8 +43,6 @@ sys.path.insert(0, str(HERE.parent))
 from edge.capture.imageio import read_image  # noqa: E402
 from edge.device.config import Settings  # noqa: E402
 from edge.device.runtime import load_manifest  # noqa: E402
-from edge.eval import groups as G  # noqa: E402
-from edge.eval.conditions import apply_condition  # noqa: E402
 from edge.recognition.calibration import (  # noqa: E402
     CALIBRATION_DIR,
     CONDITIONS,
@@ -54,6 +52,8 @@ from edge.recognition.calibration import (  # noqa: E402
 )
 from edge.recognition.pipeline import Recognizer  # noqa: E402
 from edge.vision.embed import l2_normalise  # noqa: E402
+from edge_lab import groups as G  # noqa: E402
+from edge_lab.conditions import apply_condition  # noqa: E402
 
 # (min_px, max_px): box side of the detected face. LFW deep-funneled faces are ~106 px boxed.
 BANDS: tuple[tuple[float, float | None], ...] = ((80, None), (50, 80), (36, 50), (28, 36), (24, 28))
@@ -346,7 +346,7 @@ def appearance_floor(probe_sets: ProbeSets, variant: str, person: np.ndarray) ->
 
 
 def lfw_impostors(vectors: np.ndarray, who: np.ndarray) -> np.ndarray:
-    from edge.eval.lfw import impostor_scores
+    from edge_lab.lfw import impostor_scores
 
     return np.asarray(impostor_scores(vectors, who))
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(HERE))
 from calibrate import view1  # noqa: E402
 
 from edge.device.runtime import EmbedderSpec, TFLiteModel  # noqa: E402
-from edge.eval import groups as G  # noqa: E402
-from edge.eval import lfw  # noqa: E402
 from edge.vision.embed import Embedder  # noqa: E402
+from edge_lab import groups as G  # noqa: E402
+from edge_lab import lfw  # noqa: E402
 
 SFACE_INPUT = EmbedderSpec("trial", 112, "RGB", 0.0, 1.0, 128)
 FMRS = (1e-4, 1e-5, 1e-6)

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.cli import main
-from edge.delivery.broker import LocalBroker, free_port
+from edge.demo.broker import LocalBroker, free_port
 from edge.device.keys import public_line
 
 from .support import Waitable, certificates, device_key

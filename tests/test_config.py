@@ -364,18 +364,30 @@ def test_events_identity_id_keeps_names_off_the_broker_and_include_label_is_its_
 
 
 def test_the_device_command_loads_no_measuring_module() -> None:
-    """'edge run' (and every operator command) imports nothing of the measuring lab (edge.eval) until a
-    measurement is asked for; the condition names the CLI offers are the lab's own."""
+    """'edge run' (its command line and everything the service imports) loads nothing of the measuring lab
+    (edge_lab), seen by Python's own import log; 'edge --help' and 'edge eval' find the lab's commands
+    through its entry points; the condition names the lab's help offers are the lab's own."""
     import subprocess
     import sys
 
-    from edge.cli.measure import CONDITIONS as offered
-    from edge.eval.conditions import CONDITIONS
+    from edge_lab.cli import CONDITIONS as offered
+    from edge_lab.conditions import CONDITIONS
 
     assert offered == CONDITIONS
-    code = "import sys, edge.cli; edge.cli.build_parser(); print(sorted(m for m in sys.modules if m.startswith('edge.eval')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "[]", out
+    code = "import edge.cli as c; c.build_parser(['run']); import edge.service.app, edge.cli.service"
+    log = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                         check=True).stderr  # fmt: skip
+    imported = [line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time:")]
+    assert "edge.service.app" in imported and "edge.recognition.track" in imported  # the log is the run's
+    assert not [m for m in imported if m.startswith("edge_lab")], [m for m in imported if m.startswith("edge_lab")]
+    code = "import sys, edge.cli as c; c.build_parser(['eval', 'lfw']); print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'edge_lab.cli'" in out  # asked for: found and loaded
+    from edge.cli import build_parser
+
+    whole = build_parser([])  # the whole help: the lab's commands beside the device's
+    assert whole.parse_args(["eval", "lfw", "--root", "x"]).eval_command == "lfw"
+    assert whole.parse_args(["bench"]).command == "bench"
 
 
 def test_redaction_masks_only_secrets_and_collects_them_for_the_log_filter() -> None:

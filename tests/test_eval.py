@@ -10,8 +10,8 @@ import pytest
 
 from edge.cli import main
 from edge.errors import InputError
-from edge.eval import lfw
 from edge.recognition.pipeline import Recognizer
+from edge_lab import lfw
 
 from .conftest import FACES
 
@@ -173,7 +173,7 @@ def test_eval_lfw_reports_error_rates_per_group(tmp_path: Path, capsys: pytest.C
 
 
 def test_the_worst_group_table_holds_for_every_group_and_extrapolates_by_ratio() -> None:
-    from edge.eval.groups import worst_group_table
+    from edge_lab.groups import worst_group_table
 
     rng = np.random.default_rng(3)
     # Group "a" is shifted up: at any threshold its false-match rate is a few times the others'.
@@ -197,7 +197,7 @@ def test_the_worst_group_table_holds_for_every_group_and_extrapolates_by_ratio()
 
 
 def test_a_margin_makes_every_row_promise_twice_what_was_measured() -> None:
-    from edge.eval.groups import worst_group_table
+    from edge_lab.groups import worst_group_table
 
     rng = np.random.default_rng(4)
     scores = {"all": rng.normal(0, 0.1, 1_000_000).astype(np.float32)}
@@ -217,8 +217,8 @@ def test_a_margin_makes_every_row_promise_twice_what_was_measured() -> None:
 def test_the_service_bench_confirms_the_demo_people_and_measures_a_steady_empty_hall(
     recognizer: Recognizer, tmp_path: Path
 ) -> None:
-    from edge.eval.bench import service_bench
-    from edge.service.demo import ENROLLED
+    from edge.demo.assets import ENROLLED
+    from edge_lab.bench import service_bench
 
     r = service_bench(recognizer, FACES, tmp_path / "work", 640, 480, idle_frames=60)
     assert sorted(r["confirmations"]) == sorted(ENROLLED)  # the four enrolled, no stranger
@@ -273,7 +273,7 @@ def test_eval_range_runs_the_scenes_on_two_cameras_at_once_and_scores_each(capsy
 
 @pytest.mark.slow
 def test_the_cameras_bench_serves_every_camera_both_ways(recognizer: Recognizer, tmp_path: Path) -> None:
-    from edge.eval.cameras import cameras_bench
+    from edge_lab.cameras import cameras_bench
 
     r = cameras_bench(recognizer, FACES, tmp_path / "work", cameras=2, width=640, height=480, seconds=6)
     for mode in ("live_shared", "live_per_camera"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.delivery.broker import LocalBroker
+from edge.demo.broker import LocalBroker
 from edge.device.config import load_settings
 from edge.device.keys import public_line
 
@@ -135,7 +135,7 @@ def test_two_sites_bridged_to_a_central_broker_get_the_gallery_and_lose_no_event
     ``edge fleet bridge-config`` prints (the docs' own). A device at each site; the gallery published at
     central only; events and states watched at central only."""
     from edge.delivery.bridge import bridge_config
-    from edge.service.demo import build_assets
+    from edge.demo.assets import build_assets
 
     from .conftest import FACES
 

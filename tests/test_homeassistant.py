@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.delivery.broker import LocalBroker
 from edge.delivery.events import Evidence, MatchEvent
 from edge.delivery.homeassistant import HomeAssistant
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
+from edge.demo.broker import LocalBroker
 from edge.device.config import HomeAssistantSettings, load_settings
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edge.capture.imageio import read_image
-from edge.capture.scenes import gradient_background, paste
 from edge.cli import main
+from edge.demo.scenes import gradient_background, paste
 
 from .conftest import FACES
 

@@ -19,12 +19,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.delivery.broker import LocalBroker
 from edge.delivery.connection import FLAPS, SESSION_TAKEN_OVER, Connection, explain
 from edge.delivery.mqtt import MqttLink
 from edge.delivery.outbox import Outbox
 from edge.delivery.pump import OutboxPump
 from edge.delivery.routing import Router, Topics
+from edge.demo.broker import LocalBroker
 from edge.device.config import MqttSettings, load_settings
 from edge.device.supervisor import Supervisor
 

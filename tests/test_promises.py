@@ -24,10 +24,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge.delivery.broker import LocalBroker, free_port
 from edge.delivery.events import GalleryState
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
+from edge.demo.broker import LocalBroker, free_port
 from edge.device.config import GallerySettings, MatchSettings, TrackingSettings, load_settings
 from edge.device.keys import DeviceKey
 from edge.gallery import sealed
@@ -317,7 +317,7 @@ def test_each_confirmed_event_is_on_the_audit_log_chained_before_it_reaches_the_
     """The device service on the demo clip (real frames, real models, its own broker): at the moment each
     event is written to the outbox, its record is already on the audit log and the log verifies."""
     from edge.delivery.audit import records_since, verify
-    from edge.service.demo import build_assets
+    from edge.demo.assets import build_assets
 
     from .conftest import FACES
     from .test_reliability import RunningApp

@@ -86,7 +86,7 @@ def test_a_night_cameras_grey_frames_are_recognised_as_grey_and_judged_with_the_
     infrared mode delivers grey frames, whose faces are judged with the tables of grey probes."""
     import cv2
 
-    from edge.capture.scenes import gradient_background, paste
+    from edge.demo.scenes import gradient_background, paste
     from edge.device.health import Stats
     from edge.recognition.match import GalleryHolder
     from edge.recognition.process import FrameProcessor

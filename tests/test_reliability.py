@@ -17,9 +17,9 @@ import pytest
 from edge.capture.imageio import read_image
 from edge.capture.reader import CaptureThread, LatestFrame
 from edge.capture.sources import ImageDirSource
-from edge.delivery.broker import LocalBroker
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
+from edge.demo.broker import LocalBroker
 from edge.device.config import Settings, load_settings
 from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError, ImageError

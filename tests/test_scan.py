@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.capture.imageio import read_image
-from edge.capture.scenes import gradient_background, paste, sensor_noise
+from edge.demo.scenes import gradient_background, paste, sensor_noise
 from edge.device.config import DetectionSettings, QualitySettings, Settings, TrackingSettings
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Tracker
@@ -513,7 +513,7 @@ def test_a_face_boxed_loosely_by_a_coarse_window_and_tightly_by_a_fine_one_is_on
 def test_a_face_in_front_of_a_smooth_textured_wall_is_found_at_every_distance(recognizer: Recognizer) -> None:
     """The wall that hid faces: BlazeFace boxes it whole (hundreds of pixels), and the merge used to
     keep that box over the face inside it; the face mesh now says the large box is no face."""
-    from edge.capture.scenes import face_px_at, paste_head, smooth_background
+    from edge.demo.scenes import face_px_at, paste_head, smooth_background
 
     portrait = read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg")
     found = []
@@ -533,7 +533,7 @@ def test_a_large_box_the_face_mesh_refused_does_not_stop_motion_finding_the_face
     """On a smooth wall, BlazeFace's first coarse windows box the wall (hundreds of px) and their
     tracks are followed a while. What they find must not count as a face explaining the motion
     around it: the person's 44 px face (4 m at 1280x720) would wait out the motion's memory."""
-    from edge.capture.scenes import face_px_at, paste_head, smooth_background
+    from edge.demo.scenes import face_px_at, paste_head, smooth_background
 
     portrait = read_image(FACES / "Venus_Williams/Venus_Williams_0004.jpg")
     rng = np.random.default_rng(3)

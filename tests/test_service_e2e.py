@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.delivery.broker import LocalBroker, find_mosquitto
+from edge.demo.assets import DemoAssets, build_assets
+from edge.demo.broker import LocalBroker, find_mosquitto
 from edge.device.keys import public_line
-from edge.service.demo import DemoAssets, build_assets
 
 from .conftest import FACES
 from .support import Collector, Service, certificates, device_key
@@ -557,8 +557,8 @@ def test_two_enrolled_people_swapping_places_in_one_spot_without_a_gap_are_both_
     import numpy as np
 
     from edge.capture.imageio import read_image
-    from edge.capture.scenes import face_px_at, gradient_background, paste
-    from edge.service.demo import PROBES
+    from edge.demo.assets import PROBES
+    from edge.demo.scenes import face_px_at, gradient_background, paste
 
     first, second = "Colin_Powell", "Laura_Bush"
     clip = tmp_path / "swap.avi"

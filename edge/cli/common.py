@@ -84,3 +84,17 @@ def parse_distances(value: str) -> list[float]:
     if not out or any(not 0.2 <= d <= 50 for d in out):
         raise InputError(f"--distances {value!r}: expected metres separated by commas, e.g. 1,2,3,4,5,6")
     return out
+
+
+def lab(name: str, required: bool = True) -> Any:
+    """An entry of the measuring lab (``edge_lab``, entry point group ``edge.lab``), loaded now. None, or
+    with ``required`` an InputError, when the lab is not installed beside the device package."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="edge.lab", name=name)
+    if not found:
+        if required:
+            raise InputError(f"the measuring lab is not installed ({name}): install the package with its lab "
+                             "(pip install -e . from a checkout)")  # fmt: skip
+        return None
+    return next(iter(found)).load()

@@ -121,15 +121,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_simulate(args: argparse.Namespace) -> int:
-    from edge.eval.fleet_sim import simulate
+    from edge.cli.common import lab
 
-    out = simulate(args.devices, args.processes, args.heartbeat, args.identities, args.sites)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:<42} {v}")
-    return 0 if out["all_on_new_version"] else 1
+    return int(lab("fleet_simulate")(args))  # the measuring lab's; loaded only when called
 
 
 def cmd_fleet_bridge_config(args: argparse.Namespace) -> int:

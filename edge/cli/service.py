@@ -99,9 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.delivery.broker import LocalBroker
+    from edge.demo.assets import Subscriber, build_assets, workdir
+    from edge.demo.broker import LocalBroker
     from edge.service.app import App
-    from edge.service.demo import Subscriber, build_assets, workdir
 
     faces = args.faces or repo_fixture_faces()
     if faces is None:

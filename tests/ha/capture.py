@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edge.cli import main as edge_cli  # noqa: E402
-from edge.delivery.broker import LocalBroker  # noqa: E402
+from edge.demo.assets import build_assets  # noqa: E402
+from edge.demo.broker import LocalBroker  # noqa: E402
 from edge.device.keys import ensure_key, public_line  # noqa: E402
-from edge.service.demo import build_assets  # noqa: E402
 
 DEVICE = "ha-cam"
 REMOVED = "Jean_Chretien"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.capture.scenes import hall_background, sensor_noise
+from edge.demo.scenes import hall_background, sensor_noise
 from edge.errors import InputError
 from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer
@@ -56,9 +56,9 @@ class CameraRun:
 def _demo(
     rec: Recognizer, faces_dir: Path, work: Path, width: int, height: int, distance: float
 ) -> tuple[GalleryHolder, list[ImageArray]]:
-    from edge.eval.bench import file_stream
+    from edge.demo.assets import build_assets
     from edge.gallery.enroll import enroll_directory, gallery_of
-    from edge.service.demo import build_assets
+    from edge_lab.bench import file_stream
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance)
     reports = enroll_directory(rec, assets.gallery)

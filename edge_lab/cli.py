@@ -1,4 +1,7 @@
-"""Measurement commands: ``eval lfw``, ``eval range`` and ``bench``."""
+"""The lab's commands: ``edge eval …``, ``edge bench`` and ``edge fleet simulate``.
+
+Found by the ``edge`` command through the ``edge.lab`` entry points (pyproject.toml): ``register`` adds
+``eval`` and ``bench`` to its parser; ``cmd_fleet_simulate`` runs under ``edge fleet``'s own parser."""
 
 from __future__ import annotations
 
@@ -22,17 +25,29 @@ from edge.cli.common import (
 )
 from edge.errors import InputError
 
-# The imaging conditions of edge.eval.conditions, named here so that the edge command (and 'edge run')
-# loads no measuring module until one is asked for (tests/test_docs.py checks the two lists agree).
+# The imaging conditions of edge_lab.conditions, named here so that the help loads no measuring module
+# until one is asked for (tests/test_config.py checks the two lists agree).
 CONDITIONS = ("none", "grey", "dark", "blur", "jpeg")
+
+
+def cmd_fleet_simulate(args: argparse.Namespace) -> int:
+    from edge_lab.fleet_sim import simulate
+
+    out = simulate(args.devices, args.processes, args.heartbeat, args.identities, args.sites)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:<42} {v}")
+    return 0 if out["all_on_new_version"] else 1
 
 
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
     from edge.capture.imageio import read_image
-    from edge.eval import lfw
-    from edge.eval.conditions import apply_condition
     from edge.recognition.match import Gallery
     from edge.recognition.pipeline import Recognizer
+    from edge_lab import lfw
+    from edge_lab.conditions import apply_condition
 
     root: Path = args.root
     image_root = root / "images" if (root / "images").is_dir() else root
@@ -85,7 +100,7 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
     }
     out["condition"] = args.condition
     if args.groups:
-        from edge.eval.groups import group_report, read_groups
+        from edge_lab.groups import group_report, read_groups
 
         # A grey picture is judged with the grey tables where the device has them (edge.vision.condition).
         tables = rec.matcher.by_condition.get("grey" if args.condition == "grey" else "colour", rec.matcher.calibration)
@@ -102,11 +117,11 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
             )
         )
     if args.compare_dlib:
-        from edge.eval.dlib_compare import compare
+        from edge_lab.dlib_compare import compare
 
         out.update(compare(image_root, pairs, report, float(np.median(face_times)) * 1000))
     if args.plot:
-        from edge.eval.plots import det_curve
+        from edge_lab.plots import det_curve
 
         det_curve(out, args.plot)
     if args.json:
@@ -151,7 +166,7 @@ def print_groups(out: dict[str, Any]) -> None:
 
 
 def cmd_eval_pairs(args: argparse.Namespace) -> int:
-    from edge.eval import lfw
+    from edge_lab import lfw
 
     lines = lfw.covering_pairs(lfw.people_photos(args.root), seed=args.seed)
     text = "\n".join(lines) + "\n"
@@ -165,7 +180,7 @@ def cmd_eval_pairs(args: argparse.Namespace) -> int:
 
 def cmd_bench_sealing(args: argparse.Namespace) -> int:
     from edge.device.runtime import load_manifest
-    from edge.eval.sealing import sealing_bench
+    from edge_lab.sealing import sealing_bench
 
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
     dim = load_manifest(settings.models.dir).embedder(settings.models.embedder).dim
@@ -188,7 +203,9 @@ def cmd_bench_sealing(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.sealing:
         return cmd_bench_sealing(args)
-    from edge.eval.bench import (
+    from edge.demo.assets import workdir
+    from edge.recognition.pipeline import Recognizer
+    from edge_lab.bench import (
         audit_bench,
         bench,
         bundle_bench,
@@ -197,8 +214,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         service_bench,
         synthetic_stream,
     )
-    from edge.recognition.pipeline import Recognizer
-    from edge.service.demo import workdir
 
     width, height = parse_size(args.size)
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
@@ -229,7 +244,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         result.update(bundle_bench(rec, frame))
     if args.plot:
-        from edge.eval.plots import stage_times
+        from edge_lab.plots import stage_times
 
         stage_times(result, args.plot)
     if args.json:
@@ -241,8 +256,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def bench_cameras(args: argparse.Namespace, rec: Any, faces: Path | None, width: int, height: int) -> int:
-    from edge.eval.cameras import cameras_bench
-    from edge.service.demo import workdir
+    from edge.demo.assets import workdir
+    from edge_lab.cameras import cameras_bench
 
     if faces is None:
         raise InputError("bench --cameras needs --faces DIR (no test fixtures found beside the package)")
@@ -265,8 +280,8 @@ def bench_cameras(args: argparse.Namespace, rec: Any, faces: Path | None, width:
 
 
 def cmd_eval_range(args: argparse.Namespace) -> int:
-    from edge.eval.range import evaluate
     from edge.recognition.pipeline import Recognizer
+    from edge_lab.range import evaluate
 
     width, height = parse_size(args.size)
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
@@ -278,7 +293,7 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out["embedder"] = rec.embedder_name
     if args.plot:
-        from edge.eval.plots import recall_by_distance
+        from edge_lab.plots import recall_by_distance
 
         recall_by_distance([out], args.plot)
     if args.json:
@@ -304,9 +319,9 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_identify(args: argparse.Namespace) -> int:
-    from edge.eval.groups import read_groups
-    from edge.eval.identify import evaluate
     from edge.recognition.pipeline import Recognizer
+    from edge_lab.groups import read_groups
+    from edge_lab.identify import evaluate
 
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
     rec = Recognizer(settings)
@@ -334,14 +349,14 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_soak(args: argparse.Namespace) -> int:
-    from edge.eval.soak import soak
+    from edge_lab.soak import soak
 
     faces = args.faces or repo_fixture_faces()
     if faces is None:
         raise InputError("soak needs the face fixtures of a source checkout or --faces DIR")
     out = soak(faces, args.minutes, args.gallery_every, args.sample_every)
     if args.plot:
-        from edge.eval.plots import memory_over_time
+        from edge_lab.plots import memory_over_time
 
         memory_over_time(out, args.plot)
     if args.json:
@@ -365,7 +380,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--groups", type=Path, help="CSV image,group (e.g. gender.csv): error rates per group and across groups"
     )
     lfw_p.add_argument(
-        "--condition", choices=CONDITIONS, default="none", help="transform every image first (see edge.eval.conditions)"
+        "--condition", choices=CONDITIONS, default="none", help="transform every image first (see edge_lab.conditions)"
     )
     lfw_p.add_argument(
         "--plot", type=Path, help="with --groups: draw the DET curve per group to this PNG (needs '.[plots]')"
@@ -422,7 +437,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rng.add_argument(
         "--photos", type=int, default=1, help="enrolment photos per person (people with one more are cast)"
     )
-    rng.add_argument("--scene", choices=["hall", "wall"], default="hall", help="scene style (see edge.eval.range)")
+    rng.add_argument("--scene", choices=["hall", "wall"], default="hall", help="scene style (see edge_lab.range)")
     rng.add_argument(
         "--codec",
         choices=["none", "mp4v", "ffv1"],
@@ -465,7 +480,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--plot", type=Path, help="draw the time of each stage to this PNG (needs '.[plots]')")
-    b.add_argument("--cameras", type=int, default=0, help="N cameras on one device instead (see edge.eval.cameras)")
+    b.add_argument("--cameras", type=int, default=0, help="N cameras on one device instead (see edge_lab.cameras)")
     b.add_argument("--seconds", type=float, default=20.0, help="with --cameras: seconds of live frames per camera")
     b.add_argument(
         "--loops", nargs="+", choices=["shared", "per-camera"], default=["shared", "per-camera"],

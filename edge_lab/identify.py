@@ -24,12 +24,12 @@ import numpy as np
 
 from edge.capture.imageio import read_image
 from edge.errors import ImageError, InputError
-from edge.eval.conditions import apply_condition
-from edge.eval.lfw import people_photos
 from edge.gallery.enroll import photo_face
 from edge.recognition.match import Gallery
 from edge.recognition.pipeline import Recognizer
 from edge.types import FloatArray, Match
+from edge_lab.conditions import apply_condition
+from edge_lab.lfw import people_photos
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.capture.imageio import read_image
 from edge.errors import InputError
-from edge.eval import lfw
+from edge_lab import lfw
 
 FloatArray = Any
 

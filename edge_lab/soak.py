@@ -28,8 +28,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.capture.imageio import read_image
-from edge.capture.scenes import face_px_at, gradient_background, paste
-from edge.delivery.broker import LocalBroker
+from edge.demo.assets import ENROLLED, PROBES
+from edge.demo.broker import LocalBroker
+from edge.demo.scenes import face_px_at, gradient_background, paste
 from edge.device.config import Settings
 from edge.device.keys import ensure_key
 from edge.errors import EdgeError
@@ -37,7 +38,6 @@ from edge.gallery.bundle import Identity, generate_key, load_private_key
 from edge.gallery.enroll import enroll_directory
 from edge.gallery.sealed import seal
 from edge.recognition.pipeline import Recognizer
-from edge.service.demo import ENROLLED, PROBES
 
 FPS = 30
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from edge.capture.imageio import IMAGE_SUFFIXES, read_image
-from edge.capture.scenes import face_px_at, gradient_background, hall_background, paste, sensor_noise
+from edge.demo.scenes import face_px_at, gradient_background, hall_background, paste, sensor_noise
 from edge.device.health import Stats
 from edge.errors import InputError
 from edge.recognition.match import Gallery, GalleryHolder, GallerySnapshot
@@ -247,8 +247,8 @@ def service_bench(
     Confirmation latency is the time from a track's first frame to its confirming
     frame, plus that frame's processing time (the event is in the outbox then;
     publication adds a loopback round trip)."""
+    from edge.demo.assets import build_assets
     from edge.gallery.enroll import enroll_directory, gallery_of
-    from edge.service.demo import build_assets
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance_m)
     reports = enroll_directory(rec, assets.gallery)

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.capture.imageio import read_image
-from edge.capture.scenes import face_px_at, gradient_background, paste
+from edge.demo.scenes import face_px_at, gradient_background, paste
 from edge.errors import InputError
 
 ENROLLED = ("Colin_Powell", "Venus_Williams", "Laura_Bush", "Jean_Chretien")

@@ -1,6 +1,6 @@
 """``edge eval range``: how far away the appliance recognises people, at any frame size.
 
-Scenes are composited from LFW View 1 people (``edge.capture.scenes``): each person
+Scenes are composited from LFW View 1 people (``edge.demo.scenes``): each person
 stands at a given distance from a camera with a ``hfov`` lens (60° by default), in view
 for ``frames`` frames, then nobody for a while (tracks end). Two scene styles:
 
@@ -42,14 +42,14 @@ import cv2
 import numpy as np
 
 from edge.capture.imageio import read_image
-from edge.capture.scenes import face_px_at, hall_background, paste, paste_head, smooth_background
+from edge.demo.scenes import face_px_at, hall_background, paste, paste_head, smooth_background
 from edge.errors import InputError
-from edge.eval.lfw import people_photos
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import camera_pipeline, process_frames
 from edge.recognition.track import Confirmation
 from edge.types import FloatArray, Frame, ImageArray
+from edge_lab.lfw import people_photos
 
 FPS_IN = 30.0
 WALK_M_PER_S = 0.2  # sideways drift of a person in view

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import InputError
-from edge.eval.lfw import TABLE_FMRS, FloatArray, impostor_blocks
+from edge_lab.lfw import TABLE_FMRS, FloatArray, impostor_blocks
 
 MIN_IMPOSTORS = 10  # a table row needs at least this many impostor pairs above its threshold
 
@@ -144,7 +144,7 @@ class Tail:
         return cls(n, np.sort(top)[::-1].astype(np.float32))
 
     def threshold_at(self, fmr: float) -> float:
-        """As ``edge.eval.lfw.threshold_at_fmr``: the smallest t with at most ``fmr`` of the scores at or above it."""
+        """As ``edge_lab.lfw.threshold_at_fmr``: the smallest t with at most ``fmr`` of the scores at or above it."""
         k = int(np.floor(fmr * self.n))
         if k >= self.n:
             return float(self.top[-1])

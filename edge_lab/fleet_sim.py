@@ -195,7 +195,7 @@ def simulate(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edge.delivery.bridge import bridge_config
-    from edge.delivery.broker import LocalBroker
+    from edge.demo.broker import LocalBroker
     from edge.gallery.bundle import Identity, generate_key, load_private_key
     from edge.gallery.sealed import seal
 

@@ -1,1 +1,0 @@
-"""Measurement: the LFW protocol (``edge eval``) and the benchmark (``edge bench``)."""
