@@ -8,7 +8,7 @@
 Each JSON file in data/ is exactly what a measurement command printed with ``--json``; the
 command that made it is in ``COMMANDS`` below and beside the figure in the docs. To refresh a
 figure: run its command again into its data file, then this script. The drawing is the
-commands' own (``edge.eval.plots``), so a figure cannot say other than its data.
+commands' own (``edge_lab.plots``), so a figure cannot say other than its data.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from edge.eval import plots  # noqa: E402
+from edge_lab import plots  # noqa: E402
 
 DATA = HERE / "data"
 LFW = "edge eval lfw --root ../shared/data/lfw-view1 --pairs ../shared/data/lfw-view1/pairsDevTest.txt --groups ../shared/data/lfw-groups/gender.csv"
