@@ -114,7 +114,12 @@ def _camera_clock(total: int) -> Iterator[tuple[int, int]]:
         last = idx
 
 
-def _live_shared(runs: Sequence[CameraRun]) -> float:
+def _enough(runs: Sequence[CameraRun], until_events: int) -> bool:
+    """Every camera has had ``until_events`` events (0: play the whole clip)."""
+    return until_events > 0 and all(len(r.events) >= until_events for r in runs)
+
+
+def _live_shared(runs: Sequence[CameraRun], until_events: int = 0) -> float:
     """Every camera at 30 frames/s in real time, one loop: each round the newest frame of every camera."""
     _T0[0] = time.perf_counter()
     for idx, skipped in _camera_clock(len(runs[0].frames)):
@@ -124,10 +129,12 @@ def _live_shared(runs: Sequence[CameraRun]) -> float:
             run.processed += 1
             work.append((run.proc, Frame(run.frames[idx], idx, idx / FPS_IN)))
         process_frames(work)
+        if _enough(runs, until_events):
+            break
     return time.perf_counter() - _T0[0]
 
 
-def _live_per_camera(runs: Sequence[CameraRun]) -> float:
+def _live_per_camera(runs: Sequence[CameraRun], until_events: int = 0) -> float:
     """Every camera at 30 frames/s in real time, a thread each with its own interpreters."""
     _T0[0] = time.perf_counter()
 
@@ -136,6 +143,8 @@ def _live_per_camera(runs: Sequence[CameraRun]) -> float:
             run.dropped += skipped
             run.processed += 1
             run.proc(Frame(run.frames[idx], idx, idx / FPS_IN))
+            if _enough(runs, until_events):
+                break
 
     threads = [threading.Thread(target=loop, args=(r,), name=f"bench-camera-{k}") for k, r in enumerate(runs)]
     for t in threads:
@@ -191,7 +200,11 @@ def cameras_bench(
     distance: float = 1.2,
     seconds: float = 20.0,
     loops: Sequence[str] = LOOPS,
+    until_events: int = 0,
+    capacity_seconds: float = 10.0,
 ) -> dict[str, object]:
+    """``until_events``: a live run ends as soon as every camera has had that many events (``seconds`` is then
+    the most it lasts); ``capacity_seconds``: the clip's length for the capacity run (every frame processed)."""
     if not 1 <= cameras <= 16:
         raise InputError("--cameras: 1 to 16")
     if any(lp not in LOOPS for lp in loops):
@@ -205,14 +218,16 @@ def cameras_bench(
     for mode in loops:
         if mode == "shared":
             runs = _cameras(rec, holder, clip, cameras, seconds)
-            spent = _live_shared(runs)
+            spent = _live_shared(runs, until_events)
         else:  # every camera its own interpreters (models loaded again), its own thread
             recs = [Recognizer(rec.settings) for _ in range(cameras)]
             runs = [_cameras(r, GalleryHolder(r.matcher, holder.current.gallery), clip, cameras, seconds)[k]
                     for k, r in enumerate(recs)]  # fmt: skip
-            spent = _live_per_camera(runs)
+            spent = _live_per_camera(runs, until_events)
         out[f"live_{mode.replace('-', '_')}"] = _summary(runs, spent)
-    out["capacity_fps_per_camera"] = round(_capacity(_cameras(rec, holder, clip, cameras, min(seconds, 10.0))), 1)
+    out["capacity_fps_per_camera"] = round(
+        _capacity(_cameras(rec, holder, clip, cameras, min(seconds, capacity_seconds))), 1
+    )
     idle_ms = _idle(rec, holder, cameras, width, height)
     out["idle_ms_per_round"] = round(idle_ms, 3)
     out["idle_cpu_pct_of_one_core_per_camera_at_30fps"] = round(idle_ms / cameras * FPS_IN / 10.0, 2)

@@ -275,7 +275,9 @@ def test_eval_range_runs_the_scenes_on_two_cameras_at_once_and_scores_each(capsy
 def test_the_cameras_bench_serves_every_camera_both_ways(recognizer: Recognizer, tmp_path: Path) -> None:
     from edge_lab.cameras import cameras_bench
 
-    r = cameras_bench(recognizer, FACES, tmp_path / "work", cameras=2, width=640, height=480, seconds=6)
+    # Until every camera has had an event (a condition, not a time: a busy machine takes longer), at most 120 s.
+    r = cameras_bench(recognizer, FACES, tmp_path / "work", cameras=2, width=640, height=480, seconds=120,
+                      until_events=1, capacity_seconds=2)  # fmt: skip
     for mode in ("live_shared", "live_per_camera"):
         cams = r[mode]
         assert len(cams) == 2 and all(c["events"] >= 1 and c["fps"] > 0 for c in cams), (mode, cams)
