@@ -171,32 +171,60 @@ def test_outbox_write_failure_is_one_clear_error_and_keeps_what_was_stored(tmp_p
     assert [p.payload for p in box.pending()] == [b"kept"]
 
 
-def test_stats_snapshots_from_another_thread_lose_and_break_nothing() -> None:
-    # The MQTT thread publishes a status (closing the interval) on reconnect while
-    # the frame loop keeps adding samples: no crash, no frame counted twice or lost.
+def test_stats_windows_roll_on_their_own_clock_and_reading_them_changes_nothing() -> None:
     from edge.device.health import Stats
 
-    stats = Stats(window=50)
-    stats.since = 0.0  # snapshots below are taken at t = 1, 2, 3 … s
+    now = [0.0]
+    stats = Stats(window=50, period_s=10.0, clock=lambda: now[0])
+    for _ in range(50):
+        stats.count(2)
+        stats.add("frame", 0.004)
+    under_way = stats.window_at(5.0)  # no whole window yet: the one under way, over its 5 s
+    assert (under_way.fps, under_way.faces_per_min, under_way.since, under_way.until) == (10.0, 1200.0, 0.0, 5.0)
+    assert stats.window_at(5.0) == under_way and stats.snapshot(5.0) == (10.0, 1200.0, under_way.latency)
+    now[0] = 9.999
+    stats.count(0)  # not yet 10 s old: the same window
+    assert stats.window_at(9.999).fps == round(51 / 9.999, 2)
+    now[0] = 10.0
+    stats.count(1)  # exactly 10 s: the first window is whole (51 frames) and the next begins with this one
+    whole = stats.window_at(12.0)
+    assert (whole.fps, whole.since, whole.until) == (5.1, 0.0, 10.0) and whole.latency["frame"].p50_ms == 4.0
+    assert stats.window_at(19.0) == whole  # read again later: the same, nothing reset by reading
+    nxt = stats.window_at(20.0)  # the clock rolled it: one frame in 10 s, no latency sample
+    assert (nxt.fps, nxt.since, nxt.until, nxt.latency) == (0.1, 10.0, 20.0, {})
+
+
+def test_stats_read_from_another_thread_lose_and_double_nothing() -> None:
+    """The frame loop counts while the MQTT thread reads a status: every whole window has exactly the frames
+    counted in it (the clock moves one second per 1,000 frames)."""
+    from edge.device.health import Stats
+
+    clock = [0.0]
+    stats = Stats(window=50, period_s=1.0, clock=lambda: clock[0])
     done = threading.Event()
 
     def loop() -> None:
-        for _ in range(20_000):
-            stats.count(1)
-            stats.add("frame", 0.001)
+        for second in range(20):
+            clock[0] = float(second)
+            for _ in range(1000):
+                stats.count(1)
+                stats.add("frame", 0.001)
+        clock[0] = 20.0
+        stats.count(0)
         done.set()
 
+    seen = set()
     worker = threading.Thread(target=loop)
     worker.start()
-    frames, t = 0.0, 0.0
     while not done.is_set():
-        fps, _, lat = stats.snapshot(t + 1.0)
-        frames += fps * 1.0
-        t += 1.0
-        assert set(lat) <= {"frame"}
+        w = stats.window_at(clock[0])
+        if w.until - w.since == 1.0:  # a whole window
+            assert w.fps == 1000.0, w
+            seen.add(w.since)
+        assert set(w.latency) <= {"frame"}
     worker.join()
-    frames += stats.snapshot(t + 1.0)[0]
-    assert round(frames) == 20_000
+    final = stats.window_at(20.0)
+    assert (final.since, final.until, final.fps) == (19.0, 20.0, 1000.0) and seen <= set(map(float, range(20)))
 
 
 def test_include_label_false_keeps_the_label_out_of_the_event() -> None:

@@ -1,4 +1,4 @@
-"""Health: systemd notifications, rolling counters and the heartbeat status.
+"""Health: systemd notifications and counters over windows that roll on their own clock.
 
 sd_notify speaks the datagram protocol on ``$NOTIFY_SOCKET`` directly (no
 systemd library). The watchdog is pinged from the frame loop, so a hung loop is
@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,54 +60,96 @@ class Latency:
     p95_ms: float
 
 
-class Stats:
-    """Rolling per-stage latencies and counts since the last heartbeat.
+@dataclass(frozen=True, slots=True)
+class StatsWindow:
+    """Frames, faces and per-stage latencies over one window of the monotonic clock."""
 
-    Written by the frame loop, read and reset by whichever thread publishes a
-    status (the loop's heartbeat, or MQTT's network thread on reconnect): one lock.
-    """
+    fps: float
+    faces_per_min: float
+    latency: dict[str, Latency]
+    since: float
+    until: float
+
+
+class _Counts:
+    def __init__(self, since: float, window: int) -> None:
+        self.since = since
+        self.frames = 0
+        self.faces = 0
+        self.lat: dict[str, deque[float]] = {s: deque(maxlen=window) for s in Stats.STAGES}
+
+    def summary(self, until: float) -> StatsWindow:
+        span = max(until - self.since, 1e-6)
+        lat = {
+            s: Latency(p50_ms=round(float(np.percentile(v, 50)) * 1e3, 2),
+                       p95_ms=round(float(np.percentile(v, 95)) * 1e3, 2))
+            for s, v in self.lat.items() if v
+        }  # fmt: skip
+        return StatsWindow(round(self.frames / span, 2), round(self.faces * 60.0 / span, 1), lat, self.since, until)
+
+
+class Stats:
+    """Per-stage latencies and counts over windows of ``period_s`` that roll on the monotonic clock, not
+    on being read: a snapshot is the last whole window (until the first is whole, the one under way), and
+    reading it changes nothing, so any thread may, any number of times.
+
+    Written by one camera's frame processing (a camera's counts also go to the device's ``parent``);
+    one lock. ``period_s`` of ``inf``: one window from the start (a benchmark's whole run)."""
 
     STAGES = ("detect", "align", "embed", "match", "frame")
 
-    def __init__(self, window: int = 2000, parent: Stats | None = None) -> None:
-        self.lat: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
-        self.frames = 0
-        self.faces = 0
-        self.since = time.monotonic()
-        self.parent = parent  # a camera's counts also go to the device's
+    def __init__(
+        self,
+        window: int = 2000,
+        parent: Stats | None = None,
+        period_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.parent = parent
+        self.period_s = period_s
+        self.clock = clock
         self._lock = threading.Lock()
+        self._current = _Counts(clock(), window)
+        self._last: StatsWindow | None = None
+
+    @property
+    def lat(self) -> dict[str, deque[float]]:
+        """The window under way's latency samples, seconds per stage."""
+        return self._current.lat
+
+    def _roll(self, now: float) -> None:
+        """Close the window under way once it is ``period_s`` old (under the lock)."""
+        if now - self._current.since >= self.period_s:
+            self._last = self._current.summary(now)
+            self._current = _Counts(now, self.window)
 
     def count(self, faces: int) -> None:
         """One frame processed with ``faces`` faces in it."""
         with self._lock:
-            self.frames += 1
-            self.faces += faces
+            self._roll(self.clock())
+            self._current.frames += 1
+            self._current.faces += faces
         if self.parent is not None:
             self.parent.count(faces)
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
-            self.lat[stage].append(seconds)
+            self._roll(self.clock())
+            self._current.lat[stage].append(seconds)
         if self.parent is not None:
             self.parent.add(stage, seconds)
 
-    def snapshot(self, now: float) -> tuple[float, float, dict[str, Latency]]:
-        """(fps, faces per minute, latency) over the interval, then reset it."""
+    def window_at(self, now: float) -> StatsWindow:
+        """The last whole window at ``now`` (the one under way until the first is whole)."""
         with self._lock:
-            span = max(now - self.since, 1e-6)
-            fps, fpm = self.frames / span, self.faces * 60.0 / span
-            samples = {s: np.array(v) for s, v in self.lat.items() if v}
-            self.frames = self.faces = 0
-            self.since = now
-            for v in self.lat.values():
-                v.clear()
-        lat = {
-            s: Latency(
-                p50_ms=round(float(np.percentile(v, 50)) * 1e3, 2), p95_ms=round(float(np.percentile(v, 95)) * 1e3, 2)
-            )
-            for s, v in samples.items()
-        }
-        return round(fps, 2), round(fpm, 1), lat
+            self._roll(now)
+            return self._last if self._last is not None else self._current.summary(now)
+
+    def snapshot(self, now: float) -> tuple[float, float, dict[str, Latency]]:
+        """(fps, faces per minute, latency) of ``window_at(now)``."""
+        w = self.window_at(now)
+        return w.fps, w.faces_per_min, w.latency
 
 
 def cpu_temperature() -> float | None:

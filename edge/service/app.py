@@ -81,7 +81,7 @@ class App:
         self.notifier = SystemdNotifier()
         self.rec = recognizer or Recognizer(settings)
         self.topics = Topics(settings.mqtt.topic_prefix, settings.device.id)
-        self.stats = Stats()
+        self.stats = Stats(period_s=settings.mqtt.heartbeat_s)  # a window per heartbeat, on its own clock
         self.events = 0
         self.model_tag = self.rec.embedder_sha256[:16]
         state = settings.device.state_dir
@@ -320,7 +320,6 @@ class App:
                 if now >= next_beat:
                     next_beat = now + self.s.mqtt.heartbeat_s
                     self.outbox.tick()
-                    # Only when it can be sent: building a status closes the statistics interval.
                     if self.link.connected.is_set():
                         self.link.publish_status(self.status())
                 if exit_at_end and not processed and self.loop.all_done():

@@ -90,7 +90,7 @@ class Camera:
             name="capture" if single else f"capture:{spec.id}",
         )
         supervisor.attach(self.worker, self.capture)
-        self.stats = Stats(parent=device_stats)
+        self.stats = Stats(parent=device_stats, period_s=device_stats.period_s)
         self.process = camera_pipeline(
             rec, gallery, lambda conf, frame: on_confirm(conf, frame, self.id),
             (lambda ids: on_seen(ids, self.id)) if on_seen is not None else None,
@@ -121,7 +121,7 @@ class Camera:
         return self.capture.status.error
 
     def state(self, now: float) -> CameraState:
-        """This camera now; fps over the interval since the last call (it resets the camera's counters)."""
+        """This camera now (read-only: any thread); fps over the last whole statistics window."""
         fps, _, _ = self.stats.snapshot(now)
         state = "stalled" if self.worker.trouble else self.capture.status.state
         return CameraState(self.id, state, self.error, fps, self.slot.dropped)
