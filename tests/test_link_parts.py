@@ -303,7 +303,7 @@ def test_a_refusal_is_said_once_with_its_hint_then_at_most_once_a_minute(caplog:
     assert str(conn.last_error).endswith("; check device.id")
     conn.refused("Server unavailable")
     assert conn.last_error == "broker refused the connection: Server unavailable"
-    assert conn.health().last_error == conn.last_error and not conn.health().connected
+    assert conn.health().problem == conn.last_error and not conn.health().connected
 
 
 def test_a_failed_attempt_is_said_once_then_every_minute_and_waits_its_delay(caplog: pytest.LogCaptureFixture) -> None:
@@ -388,7 +388,7 @@ def test_an_accepted_connection_runs_its_actions_in_order_and_one_failing_stops_
     conn.thread.start()
     try:
         assert conn.connected.wait(10) and done.wait(10)
-        assert conn.health().connected and conn.health().last_error is None
+        assert conn.health().connected and conn.health().problem is None
         assert ran == ["first", "third"]
     finally:
         conn.close(5)
@@ -420,9 +420,9 @@ def test_the_link_reports_the_connections_problem_before_the_pumps(tmp_path: Pat
     box = Outbox(tmp_path / "o.sqlite")
     link = MqttLink(opts(), Topics("edge", "door"), box, threading.Event())
     link.pump.last_error = "broker refused event (outbox row 1): Not authorized"
-    assert link.health().last_error == link.pump.last_error == link.last_error
+    assert link.health().problem == link.pump.last_error == link.last_error
     link.connection.last_error = "broker 127.0.0.1:1 refused the connection (nothing listening there?)"
     health = link.health()
-    assert health.last_error == link.connection.last_error and not health.connected
+    assert health.problem == link.connection.last_error and not health.connected
     assert (health.published, health.refused, health.ack_failures, health.in_flight) == (0, 0, 0, 0)
     link.close(None, timeout=1)

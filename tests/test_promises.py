@@ -403,9 +403,12 @@ def test_a_stored_gallery_of_another_embedder_is_kept_unused_and_the_next_bundle
     assert not new.load_from_disk()
     assert new.last_error is not None and new.last_error.step == "model"
     assert "mobilefacenet_int8" in new.last_error.reason and "sface_int8" in new.last_error.reason
+    assert new.health().problem == f"gallery bundle rejected at model: {new.last_error.reason}"
+    assert (new.health().gallery, new.health().version) == (None, None)
     assert len(new.holder.current) == 0 and files_bytes(tmp_path) == stored  # nothing used, nothing lost
     assert new.apply(make(people(3), 1, embedder="sface_int8"))
     assert new.holder.current.gallery.identity_ids == ("id0", "id1", "id2")
+    assert new.health().problem is None and (new.health().gallery, new.health().version) == ("lobby", 1)
 
 
 # -- what a match says when there is nothing to match (mutation testing found these unpinned) ----

@@ -407,3 +407,51 @@ def test_the_split_compares_with_the_mean_of_earlier_looks_at_exactly_the_floor(
     assert (new.first_seen, new.last_seen, new.id) == (0.2, 0.2, track.id + 1)
     assert tr.same_person(new, below, 0.3) is new  # no earlier look on the new track: nothing to compare
     assert tr.same_person(track, None, 0.3) is track  # a look without an embedding: nothing to compare
+
+
+def test_each_component_reports_its_own_health_and_reading_it_changes_nothing(tmp_path: Path) -> None:
+    from edge.delivery.audit import AuditLog
+    from edge.delivery.sinks import Sinks
+    from edge.errors import EdgeError
+
+    box = Outbox(tmp_path / "o.sqlite")
+    box.put("t", b"1")
+    assert box.health() == box.health() and (box.health().depth, box.health().problem) == (1, None)
+    box._db.close()  # the database can no longer be read: said, not raised
+    broken = box.health()
+    assert (broken.depth, broken.dropped) == (-1, -1) and str(broken.problem).startswith(
+        f"outbox {box.path} cannot be read"
+    )
+
+    log = AuditLog(tmp_path / "audit")
+    log.append("start", {})
+    assert log.health().problem is None and log.health().head == log.head and log.health().failures == 0
+    (tmp_path / "audit" / "audit-000001.jsonl").unlink()
+    (tmp_path / "audit" / "audit-000001.jsonl").mkdir()
+    with pytest.raises(EdgeError):
+        log.append("event", {})
+    assert log.health().failures == 1 and "cannot be opened" in str(log.health().problem)
+
+    class Refusing:
+        name = "refusing"
+
+        def emit(self, event: MatchEvent) -> None:
+            raise EdgeError("disk full")
+
+    class Taking:
+        name = "taking"
+
+        def emit(self, event: MatchEvent) -> None:
+            pass
+
+    sinks = Sinks([Refusing(), Taking()])
+    assert sinks.health().failures == {"refusing": 0, "taking": 0} and sinks.health().problem is None
+    m = Match("alice", "Alice", 0.81, 0.3, 0.55, 2e-7, True)
+    from edge.recognition.track import Confirmation
+
+    event = make_event(Confirmation(3, m, 0.9, Box(64, 48, 192, 176), 3, 4, 0.0), 640, 480, "d", "m", True)
+    assert sinks.emit(event) == ["refusing"]
+    health = sinks.health()
+    assert health.failures == {"refusing": 1, "taking": 0} and health.problem == "refusing: disk full"
+    health.failures["refusing"] = 99  # a snapshot: changing it changes nothing
+    assert sinks.health().failures["refusing"] == 1

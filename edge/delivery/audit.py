@@ -60,6 +60,15 @@ class Head:
     hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuditHealth:
+    """A snapshot of the audit log's own health."""
+
+    head: Head
+    failures: int  # records that could not be written (each raised to its caller)
+    problem: str | None  # the last write's failure, until a record is written again
+
+
 class AuditLog:
     def __init__(
         self, folder: Path, segment_bytes: int = 1 << 20, max_bytes: int = 64 << 20, max_age_days: float = 365.0
@@ -76,6 +85,9 @@ class AuditLog:
         except OSError as exc:
             raise EdgeError(f"audit log folder {folder} cannot be created: {exc.strerror or exc}") from None
         self.head = self._recover()
+
+    def health(self) -> AuditHealth:
+        return AuditHealth(self.head, self.failures, self.last_error)
 
     # -- start-up: find the head, cut a torn last line ---------------------------------------
     def _recover(self) -> Head:

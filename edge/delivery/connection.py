@@ -136,7 +136,7 @@ class ConnectionHealth:
     """A snapshot of the connection's own health."""
 
     connected: bool
-    last_error: str | None
+    problem: str | None
 
 
 class Connection:

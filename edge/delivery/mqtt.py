@@ -39,7 +39,7 @@ class LinkHealth:
     refused: int
     ack_failures: int
     in_flight: int
-    last_error: str | None  # the connection's problem first (nothing goes out without it), else the pump's
+    problem: str | None  # the connection's problem first (nothing goes out without it), else the pump's
 
 
 class MqttLink:
@@ -72,11 +72,11 @@ class MqttLink:
     def health(self) -> LinkHealth:
         conn, pump = self.connection.health(), self.pump.health()
         return LinkHealth(conn.connected, pump.published, pump.refused, pump.ack_failures, pump.in_flight,
-                          conn.last_error or pump.last_error)  # fmt: skip
+                          conn.problem or pump.problem)  # fmt: skip
 
     @property
     def last_error(self) -> str | None:
-        return self.health().last_error
+        return self.health().problem
 
     @property
     def published(self) -> int:

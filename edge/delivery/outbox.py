@@ -46,6 +46,15 @@ class Pending:
     created: float  # service-clock seconds when stored
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxHealth:
+    """A snapshot of the outbox's own health."""
+
+    depth: int  # events waiting for their PUBACK
+    dropped: int  # events dropped over the device's life (bounds: size, age)
+    problem: str | None
+
+
 class Outbox:
     def __init__(self, path: Path, max_events: int = 10_000, max_age_s: float = 7 * 86400) -> None:
         self.path = path
@@ -146,6 +155,13 @@ class Outbox:
                 self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))  # pragma: no mutate
         except sqlite3.Error as exc:
             raise EdgeError(f"outbox {self.path}: acknowledged event {seq} not removed: {exc}") from None
+
+    def health(self) -> OutboxHealth:
+        """Depth and drops now; a database that cannot be read is the problem (depth and dropped -1)."""
+        try:
+            return OutboxHealth(self.depth(), self.dropped(), None)
+        except (EdgeError, sqlite3.Error) as exc:
+            return OutboxHealth(-1, -1, f"outbox {self.path} cannot be read: {exc}")
 
     def depth(self) -> int:
         with self._lock:

@@ -47,7 +47,7 @@ class PumpHealth:
     refused: int  # events the broker refused (failure PUBACK): kept in the outbox
     ack_failures: int  # PUBACKs whose outbox delete failed (retried)
     in_flight: int  # rows handed to the client, not yet acknowledged
-    last_error: str | None
+    problem: str | None
 
 
 class OutboxPump:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge.delivery.audit import AuditLog
@@ -64,6 +65,14 @@ class AuditSink:
         )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class SinksHealth:
+    """A snapshot of the fan-out's own health."""
+
+    failures: dict[str, int]  # events each sink could not take
+    problem: str | None  # the last failure (kept: the event it lost is not coming back)
+
+
 class Sinks:
     """The fan-out: every sink, in order; failures counted per sink and reported, never raised."""
 
@@ -72,6 +81,10 @@ class Sinks:
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
         self.last_error: str | None = None
         self._lock = threading.Lock()
+
+    def health(self) -> SinksHealth:
+        with self._lock:
+            return SinksHealth(dict(self.failures), self.last_error)
 
     def emit(self, event: MatchEvent) -> list[str]:
         """Names of the sinks that failed (empty when all took it)."""

@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,6 +46,15 @@ log = logging.getLogger(__name__)
 Journal = Callable[[str, dict[str, Any]], None]
 QUEUED_BUNDLES = 2  # complete bundles waiting for the worker (memory: each is at most max_bundle_bytes)
 QUEUE_WAIT_S = 30.0  # how long paho's thread waits for room (back-pressure) before refusing a bundle
+
+
+@dataclass(frozen=True, slots=True)
+class SyncHealth:
+    """A snapshot of the gallery sync's own health."""
+
+    gallery: str | None  # the bundle in force (None: none applied)
+    version: int | None
+    problem: str | None  # the last bundle refused, until one is applied
 
 
 class GallerySync:
@@ -259,6 +269,12 @@ class GallerySync:
         return gone
 
     # -- state ----------------------------------------------------------------------------
+    def health(self) -> SyncHealth:
+        """A snapshot of the sync's own health: the gallery in force, and the last bundle refused."""
+        a, err = self.applied, self.last_error
+        problem = f"gallery bundle rejected at {err.step}: {err.reason}" if err is not None else None
+        return SyncHealth(a.bundle.gallery if a else None, a.version if a else None, problem)
+
     def state(self, error: GalleryError | None = None) -> GalleryState:
         """What the retained state says: counts only, for a sealed gallery (its ids stay off the broker)."""
         g = self.holder.current.gallery

@@ -46,7 +46,7 @@ from edge.gallery.sync import GallerySync
 from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Confirmation
-from edge.service.camera import Camera, FrameLoop, summarise, summarise_error, wait_cameras
+from edge.service.camera import Camera, CameraState, FrameLoop, summarise, summarise_error, wait_cameras
 from edge.types import Frame
 
 log = logging.getLogger("edge.service.app")
@@ -202,31 +202,35 @@ class App:
 
     # -- status --------------------------------------------------------------------
     def last_error(self) -> str | None:
-        """The most recent problem still affecting the device, most severe first."""
-        if self.fault:
-            return self.fault
-        audit_error = self.audit.last_error if self.audit is not None else None
-        errors = [(c.id, c.error) for c in self.cameras if c.error]
-        camera_error = summarise_error(errors, len(self.cameras))
-        for source in (audit_error, self.sinks.last_error, self.link.last_error, camera_error):
-            if source:
-                return source
-        if self.sync is not None and self.sync.last_error is not None:
-            err = self.sync.last_error
-            return f"gallery bundle rejected at {err.step}: {err.reason}"
-        return None
+        """The most recent problem still affecting the device (read-only: any thread)."""
+        now = time.monotonic()
+        return self._worst([c.state(now) for c in self.cameras])
+
+    def _worst(self, cameras: list[CameraState]) -> str | None:
+        """The first problem, most severe first, of each component's own health snapshot."""
+        camera_error = summarise_error([(c.id, c.error) for c in cameras if c.error], len(cameras))
+        problems = (
+            self.fault,  # the supervisor's: a worker dead or stalled
+            self.audit.health().problem if self.audit is not None else None,
+            self.sinks.health().problem,
+            self.link.health().problem,
+            camera_error,
+            self.sync.health().problem if self.sync is not None else None,
+        )
+        return next((p for p in problems if p), None)
 
     def status(self, state: str = "online") -> Status:
+        """The status message, composed of each component's own health snapshot: no side effects, safe from
+        any thread (the frame loop's heartbeat and the MQTT thread on every connection both build one)."""
         now = time.monotonic()
         fps, fpm, lat = self.stats.snapshot(now)
         snap = self.gallery.current
         cameras = [c.state(now) for c in self.cameras]
         camera_state, camera_error = summarise(cameras)
-        try:
-            depth, dropped = self.outbox.depth(), self.outbox.dropped()
-        except EdgeError as exc:
-            log.warning("status: %s", exc)
-            depth, dropped = -1, -1
+        outbox, sinks, link = self.outbox.health(), self.sinks.health(), self.link.health()
+        audit = self.audit.health() if self.audit is not None else None
+        if outbox.problem:
+            log.warning("status: %s", outbox.problem)
         return Status(
             device_id=self.topics.device_id, state=state, version=__version__, embedder=self.rec.embedder_name,
             key_id=self.device_key.key_id.hex(), public_key=public_line(self.device_key.public),
@@ -234,12 +238,12 @@ class App:
             cameras={c.id: CameraStatus(state=c.state, error=c.error, fps=c.fps, dropped_frames=c.dropped_frames)
                      for c in cameras},
             fps=fps, latency={k: StageLatency(p50_ms=v.p50_ms, p95_ms=v.p95_ms) for k, v in lat.items()},
-            faces_per_min=fpm, dropped_frames=sum(c.dropped_frames for c in cameras), outbox_depth=depth,
-            outbox_dropped=dropped + sum(self.sinks.failures.values()), events_published=self.link.published,
-            gallery_name=snap.gallery.name or None, gallery_version=snap.version, gallery_identities=len(snap),
-            cpu_temp_c=cpu_temperature(), since=self.since, last_error=self.last_error(),
-            audit_head=self.audit.head.hash if self.audit else None,
-            audit_records=self.audit.head.records if self.audit else None,
+            faces_per_min=fpm, dropped_frames=sum(c.dropped_frames for c in cameras), outbox_depth=outbox.depth,
+            outbox_dropped=outbox.dropped + sum(sinks.failures.values()) if outbox.dropped >= 0 else -1,
+            events_published=link.published, gallery_name=snap.gallery.name or None, gallery_version=snap.version,
+            gallery_identities=len(snap), cpu_temp_c=cpu_temperature(), since=self.since,
+            last_error=self._worst(cameras), audit_head=audit.head.hash if audit else None,
+            audit_records=audit.head.records if audit else None,
         )  # fmt: skip
 
     # -- events ------------------------------------------------------------------
