@@ -377,3 +377,125 @@ def test_records_since_keeps_records_from_the_moment_on_and_skips_unreadable_lin
     assert [r["seq"] for r in records_since(folder)] == [1, 2, 3]
     assert [r["seq"] for r in records_since(folder, base + timedelta(seconds=1))] == [2, 3]  # at the moment: kept
     assert [r["seq"] for r in records_since(folder, base + timedelta(seconds=1, milliseconds=1))] == [3]
+
+
+def test_the_logs_bounds_and_nested_folder_by_default(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a" / "b" / "audit")  # made with its parents
+    assert (log.segment_bytes, log.max_bytes, log.max_age_s) == (1 << 20, 64 << 20, 365 * 86400.0)
+    assert log.health().problem is None and log.last_error is None and log.failures == 0
+
+
+def test_a_short_write_is_undone_and_each_failure_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "audit"
+    log = filled(folder, n=2)
+    before = (folder / "audit-000001.jsonl").read_bytes()
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))  # the disk took 10 bytes
+    for _ in range(2):
+        with pytest.raises(EdgeError, match=r"audit-000001\.jsonl: record not written: short write$"):
+            log.append("event", {"identity_id": "x"})
+    monkeypatch.undo()
+    assert log.failures == 2 and (folder / "audit-000001.jsonl").read_bytes() == before  # undone, both times
+    assert verify(folder).ok
+
+
+def test_a_restart_finds_the_head_in_the_last_segment_holding_a_record(tmp_path: Path) -> None:
+    folder = tmp_path / "audit"
+    log = AuditLog(folder, segment_bytes=10)  # a segment per record
+    log.append("start", {"reason": "a reason with spaces"})
+    log.append("event", {"reason": "another reason with spaces"})
+    (folder / "audit-000003.jsonl").write_bytes(b"garbage\n")
+    assert AuditLog(folder).head == log.head  # the second segment's record, spaces and all
+
+
+def test_an_empty_segment_takes_the_next_record_and_a_one_byte_one_is_full(tmp_path: Path) -> None:
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    (folder / "audit-000001.jsonl").write_bytes(b"")
+    log = AuditLog(folder, segment_bytes=10)
+    log.append("start", {})  # larger than a segment, but the segment is empty: it goes there
+    assert [p.name for p in sorted(folder.glob("audit-*"))] == ["audit-000001.jsonl"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "audit-000001.jsonl").write_bytes(b"\n")
+    AuditLog(other, segment_bytes=10).append("start", {})
+    assert [p.name for p in sorted(other.glob("audit-*"))] == ["audit-000001.jsonl", "audit-000002.jsonl"]
+
+
+def test_pruning_stops_as_soon_as_the_rest_fits_and_says_what_went(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "audit"
+    log = AuditLog(folder, segment_bytes=10)
+    for n in range(5):
+        log.append("event", {"n": n})
+    sizes = {p.stat().st_size for p in folder.glob("audit-*")}
+    assert len(sizes) == 1  # five segments of one record each, the same size
+    (size,) = sizes
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="edge.delivery.audit"):
+        AuditLog(folder, segment_bytes=10, max_bytes=4 * size - 1, max_age_days=2.0).append("event", {"n": 5})
+    assert [p.name for p in sorted(folder.glob("audit-*"))] == [f"audit-00000{i}.jsonl" for i in (3, 4, 5, 6)]
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"audit log: audit-00000{i}.jsonl rotated out (bounds: {4 * size - 1} bytes, 2 days)" for i in (1, 2)
+    ]
+
+
+def test_a_torn_tail_is_said_naming_its_file_and_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    folder = tmp_path / "audit"
+    filled(folder, n=2)
+    seg = folder / "audit-000001.jsonl"
+    seg.write_bytes(seg.read_bytes() + b'{"seq": 3')
+    with caplog.at_level(logging.WARNING, logger="edge.delivery.audit"):
+        AuditLog(folder)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"audit log {seg}: a record cut by a crash (9 bytes) was removed"
+    ]
+
+
+def test_every_refusal_of_verify_says_how_far_the_chain_held(tmp_path: Path) -> None:
+    from edge.delivery.audit import GENESIS, Head
+
+    folder = tmp_path / "audit"
+    filled(folder, n=6)
+    seg, lines = lines_of(folder)
+    recs = [json.loads(x) for x in lines]
+    held = Head(3, recs[2]["hash"])
+    cases = {
+        "altered": [*lines[:3], lines[3].replace(b'"score":0.7', b'"score":0.9'), *lines[4:]],
+        "gap": lines[:3] + lines[4:],
+        "list": [*lines[:3], b"[1]\n", *lines[4:]],  # JSON, not a record: refused, never an exception
+    }
+    for name, body in cases.items():
+        seg.write_bytes(b"".join(body))
+        v = verify(folder)
+        assert (v.ok, v.records, v.first_seq, v.head) == (False, 3, 1, held), name
+    seg.write_bytes(b"".join(lines))
+    v = verify(folder, head="f" * 64)
+    assert (v.ok, v.records, v.first_seq, v.head.records) == (False, 6, 1, 6)
+    assert v.message == f"head {'f' * 16}… is not in the chain: the log was cut or rewritten after it was recorded"
+    long = b'{"not": "a record", "padding": "' + b"x" * 200 + b'"}\n'
+    seg.write_bytes(b"".join(lines[:2]) + long + b"".join(lines[2:]))
+    assert verify(folder).message == f"record at audit-000001.jsonl line 3 is not a valid record: {long[:80]!r}"
+    seg.write_bytes(b"".join(lines[1:]))  # from record 2: earlier ones rotated out
+    assert "(from record 2: earlier ones rotated out)" in verify(folder).message
+    seg.write_bytes(b"".join(lines) + b'{"seq": 7, "ts"\n\n')  # a torn last record, then only empty lines
+    torn = verify(folder)
+    assert torn.ok and torn.torn_tail and torn.message.endswith("; the last record was cut by a crash (not tampering)")
+    seg.write_bytes(b"")  # a segment with no record: nothing to refuse
+    empty = verify(folder)
+    assert (empty.ok, empty.records, empty.first_seq, empty.head) == (True, 0, 0, Head(0, GENESIS))
+
+
+def test_records_since_reads_past_an_empty_or_unreadable_line_in_the_middle(tmp_path: Path) -> None:
+    from edge.delivery.audit import records_since
+
+    folder = tmp_path / "audit"
+    filled(folder, n=3)
+    seg, lines = lines_of(folder)
+    seg.write_bytes(lines[0] + b"\n" + b"not json\n" + b"".join(lines[1:]))
+    assert [r["seq"] for r in records_since(folder)] == [1, 2, 3]
