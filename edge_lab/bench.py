@@ -317,8 +317,15 @@ def audit_bench(folder: Path, records: int = 300) -> dict[str, object]:
     log = AuditLog(folder)
     times = []
     for i in range(records):
-        data = {"event_id": f"{i:08d}-0000-0000-0000-000000000000", "identity_id": "visitor-0042", "score": 0.7342,
-                "threshold": 0.6012, "est_false_match_rate": 3.1e-7, "gallery_version": 7, "track_id": i}  # fmt: skip
+        data = {
+            "event_id": f"{i:08d}-0000-0000-0000-000000000000",
+            "identity_id": "visitor-0042",
+            "score": 0.7342,
+            "threshold": 0.6012,
+            "est_false_match_rate": 3.1e-7,
+            "gallery_version": 7,
+            "track_id": i,
+        }
         t = time.perf_counter()
         log.append("event", data)
         times.append(time.perf_counter() - t)

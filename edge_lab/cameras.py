@@ -181,12 +181,17 @@ def _summary(runs: Sequence[CameraRun], seconds: float) -> list[dict[str, object
     out: list[dict[str, object]] = []
     for k, r in enumerate(runs):
         lat = np.array(r.latencies) * 1000 if r.latencies else np.zeros(0)
-        out.append({
-            "camera": k, "fps": round(r.processed / seconds, 1), "dropped_frames": r.dropped,
-            "events": len(r.events), "event_ms_p50": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-            "event_ms_p90": round(float(np.percentile(lat, 90)), 1) if len(lat) else None,
-            "event_ms_max": round(float(lat.max()), 1) if len(lat) else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "camera": k,
+                "fps": round(r.processed / seconds, 1),
+                "dropped_frames": r.dropped,
+                "events": len(r.events),
+                "event_ms_p50": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+                "event_ms_p90": round(float(np.percentile(lat, 90)), 1) if len(lat) else None,
+                "event_ms_max": round(float(lat.max()), 1) if len(lat) else None,
+            }
+        )
     return out
 
 
@@ -211,18 +216,22 @@ def cameras_bench(
         raise InputError(f"--loops: {', '.join(LOOPS)}")
     holder, clip = _demo(rec, faces_dir, work, width, height, distance)
     out: dict[str, object] = {
-        "cameras": cameras, "size": f"{width}x{height}", "seconds": seconds,
+        "cameras": cameras,
+        "size": f"{width}x{height}",
+        "seconds": seconds,
         "threads_per_interpreter": rec.settings.models.threads,
         "clip": f"the demo clip on every camera, camera k starting k/{cameras} of the way into it",
-    }  # fmt: skip
+    }
     for mode in loops:
         if mode == "shared":
             runs = _cameras(rec, holder, clip, cameras, seconds)
             spent = _live_shared(runs, until_events)
         else:  # every camera its own interpreters (models loaded again), its own thread
             recs = [Recognizer(rec.settings) for _ in range(cameras)]
-            runs = [_cameras(r, GalleryHolder(r.matcher, holder.current.gallery), clip, cameras, seconds)[k]
-                    for k, r in enumerate(recs)]  # fmt: skip
+            runs = [
+                _cameras(r, GalleryHolder(r.matcher, holder.current.gallery), clip, cameras, seconds)[k]
+                for k, r in enumerate(recs)
+            ]
             spent = _live_per_camera(runs, until_events)
         out[f"live_{mode.replace('-', '_')}"] = _summary(runs, spent)
     out["capacity_fps_per_camera"] = round(

@@ -148,16 +148,20 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
 
 def print_groups(out: dict[str, Any]) -> None:
     stated = out["stated_fmr"]
-    print(f"\n  per group at the default threshold {out['default_threshold']:.4f} (stated FMR {stated:g}); "
-          f"{out['labelled_images']} labelled images")  # fmt: skip
+    print(
+        f"\n  per group at the default threshold {out['default_threshold']:.4f} (stated FMR {stated:g}); "
+        f"{out['labelled_images']} labelled images"
+    )
     print(
         f"  {'group':<14} {'impostor pairs':>15} {'observed FMR':>13} {'x stated':>9} {'genuine pairs':>14} {'FNMR':>7}"
     )
     rows = [("all", out["all"]), *out["groups"].items(), ("cross_group", out["cross_group"])]
     for g, r in rows:
         fnmr = f"{r['fnmr'] * 100:6.2f}%" if r.get("fnmr") is not None else "      -"
-        print(f"  {g:<14} {r['impostor_pairs']:>15,} {r['observed_fmr']:>13.2e} {r['observed_fmr'] / stated:>9.2f} "
-              f"{r.get('genuine_pairs', 0):>14,} {fnmr:>7}")  # fmt: skip
+        print(
+            f"  {g:<14} {r['impostor_pairs']:>15,} {r['observed_fmr']:>13.2e} {r['observed_fmr'] / stated:>9.2f} "
+            f"{r.get('genuine_pairs', 0):>14,} {fnmr:>7}"
+        )
     print("\n  observed FMR at the device's threshold for each stated rate")
     names = ["all", *out["groups"]]
     print(f"  {'stated':>8} {'threshold':>9} " + " ".join(f"{n:>12}" for n in names))
@@ -193,8 +197,10 @@ def cmd_bench_sealing(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.identities} identities x {args.templates} templates ({dim}-d, int8), median of {out['repeats']}:")
     for name, row in out["cases"].items():  # type: ignore[attr-defined]
-        print(f"  {name:<16} {row['bytes']:>10,} bytes  make {row['make_s'] * 1000:7.1f} ms  "
-              f"apply {row['apply_s'] * 1000:7.1f} ms  (stored {row['stored_bytes']:,} bytes)")  # fmt: skip
+        print(
+            f"  {name:<16} {row['bytes']:>10,} bytes  make {row['make_s'] * 1000:7.1f} ms  "
+            f"apply {row['apply_s'] * 1000:7.1f} ms  (stored {row['stored_bytes']:,} bytes)"
+        )
     if "bytes_per_extra_recipient" in out:
         print(f"  each further device: {out['bytes_per_extra_recipient']} bytes")
     return 0
@@ -266,16 +272,22 @@ def bench_cameras(args: argparse.Namespace, rec: Any, faces: Path | None, width:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.cameras} cameras at {out['size']}, {out['seconds']} s live at 30 frames/s each, "
-          f"{out['threads_per_interpreter']} interpreter thread(s)")  # fmt: skip
+    print(
+        f"{args.cameras} cameras at {out['size']}, {out['seconds']} s live at 30 frames/s each, "
+        f"{out['threads_per_interpreter']} interpreter thread(s)"
+    )
     for mode in args.loops:
         print(f"  {mode} loop:")
         for c in out[f"live_{mode.replace('-', '_')}"]:  # type: ignore[attr-defined]
-            print(f"    camera {c['camera']}: {c['fps']} frames/s, {c['dropped_frames']} dropped, {c['events']} events, "
-                  f"face -> event p50/p90/max {c['event_ms_p50']}/{c['event_ms_p90']}/{c['event_ms_max']} ms")  # fmt: skip
+            print(
+                f"    camera {c['camera']}: {c['fps']} frames/s, {c['dropped_frames']} dropped, {c['events']} events, "
+                f"face -> event p50/p90/max {c['event_ms_p50']}/{c['event_ms_p90']}/{c['event_ms_max']} ms"
+            )
     print(f"  capacity (every frame, as fast as processed): {out['capacity_fps_per_camera']} frames/s per camera")
-    print(f"  nobody in view: {out['idle_ms_per_round']} ms a round, "
-          f"{out['idle_cpu_pct_of_one_core_per_camera_at_30fps']}% of one core per camera at 30 frames/s")  # fmt: skip
+    print(
+        f"  nobody in view: {out['idle_ms_per_round']} ms a round, "
+        f"{out['idle_cpu_pct_of_one_core_per_camera_at_30fps']}% of one core per camera at 30 frames/s"
+    )
     return 0
 
 
@@ -287,10 +299,23 @@ def cmd_eval_range(args: argparse.Namespace) -> int:
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
     rec = Recognizer(settings)
     out = evaluate(
-        rec, args.root, width, height, parse_distances(args.distances), args.hfov,
-        args.people, args.strangers, args.distractors, args.frames, args.seed, args.cast, args.photos,
-        args.scene, args.codec, args.cameras,
-    )  # fmt: skip
+        rec,
+        args.root,
+        width,
+        height,
+        parse_distances(args.distances),
+        args.hfov,
+        args.people,
+        args.strangers,
+        args.distractors,
+        args.frames,
+        args.seed,
+        args.cast,
+        args.photos,
+        args.scene,
+        args.codec,
+        args.cameras,
+    )
     out["embedder"] = rec.embedder_name
     if args.plot:
         from edge_lab.plots import recall_by_distance
@@ -326,19 +351,34 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
     rec = Recognizer(settings)
     groups = read_groups(args.groups) if args.groups else None
-    out = evaluate(rec, args.root, args.photos, args.gallery_size, args.people, args.strangers, args.condition,
-                   args.seed, args.repeats, groups, args.min_photos)  # fmt: skip
+    out = evaluate(
+        rec,
+        args.root,
+        args.photos,
+        args.gallery_size,
+        args.people,
+        args.strangers,
+        args.condition,
+        args.seed,
+        args.repeats,
+        groups,
+        args.min_photos,
+    )
     out["embedder"] = rec.embedder_name
     if args.json:
         print(json.dumps(out))
         return 0
     cond = "" if args.condition == "none" else f", probes {args.condition}"
-    print(f"identify: {args.people} people enrolled from {args.photos} photo(s) each, gallery of {args.gallery_size}, "
-          f"{args.strangers} strangers{cond}; stated rate {out['max_false_match_rate']:g} per stranger")  # fmt: skip
+    print(
+        f"identify: {args.people} people enrolled from {args.photos} photo(s) each, gallery of {args.gallery_size}, "
+        f"{args.strangers} strangers{cond}; stated rate {out['max_false_match_rate']:g} per stranger"
+    )
     for r in out["runs"]:  # type: ignore[attr-defined]
         missed = ", ".join(f"{k} {v}" for k, v in r["missed_by_reason"].items()) or "none"
-        print(f"  seed {r['seed']}: identified {r['identified']} of {r['people']} ({r['recall'] * 100:.1f}%), "
-              f"wrong identities {r['wrong_identities']}, missed: {missed}")  # fmt: skip
+        print(
+            f"  seed {r['seed']}: identified {r['identified']} of {r['people']} ({r['recall'] * 100:.1f}%), "
+            f"wrong identities {r['wrong_identities']}, missed: {missed}"
+        )
     print(
         f"  recall {out['recall_mean'] * 100:.1f}% (lowest {out['recall_min'] * 100:.1f}%), "  # type: ignore[operator]
         f"wrong identities {out['wrong_identities']}"
@@ -404,8 +444,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--condition", choices=CONDITIONS, default="none", help="transform the probe photos (a camera's picture)"
     )
     idp.add_argument("--groups", type=Path, help="CSV image,group (e.g. gender.csv): recall per group")
-    idp.add_argument("--min-photos", type=int, default=0, help="cast only people with this many photos or more "
-                     "(the same people for every --photos)")  # fmt: skip
+    idp.add_argument(
+        "--min-photos",
+        type=int,
+        default=0,
+        help="cast only people with this many photos or more (the same people for every --photos)",
+    )
     idp.add_argument("--repeats", type=int, default=3, help="casts, each with the next seed")
     idp.add_argument("--seed", type=int, default=0)
     idp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -470,9 +514,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--gallery-size", type=int, default=10_000)
     b.add_argument("--bundle", action="store_true", help="also time applying a 10,000 x 5 signed gallery bundle")
     b.add_argument(
-        "--sealing", action="store_true",
+        "--sealing",
+        action="store_true",
         help="instead: size and make/apply time of a gallery in the clear and sealed to 1 and N devices (docs/privacy.md)",
-    )  # fmt: skip
+    )
     b.add_argument("--identities", type=int, default=1000, help="with --sealing: identities in the gallery")
     b.add_argument("--templates", type=int, default=3, help="with --sealing: templates per identity")
     b.add_argument(
@@ -483,8 +528,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--cameras", type=int, default=0, help="N cameras on one device instead (see edge_lab.cameras)")
     b.add_argument("--seconds", type=float, default=20.0, help="with --cameras: seconds of live frames per camera")
     b.add_argument(
-        "--loops", nargs="+", choices=["shared", "per-camera"], default=["shared", "per-camera"],
+        "--loops",
+        nargs="+",
+        choices=["shared", "per-camera"],
+        default=["shared", "per-camera"],
         help="with --cameras: one frame loop for every camera, and/or one per camera (measured in turn)",
-    )  # fmt: skip
+    )
     add_model_flags(b)
     b.set_defaults(func=cmd_bench)

@@ -57,18 +57,42 @@ def vm_hwm_mb(pid: int) -> float:
 class SimDevice:
     """One simulated device: the real link and gallery sync, a status, no camera."""
 
-    def __init__(self, device: str, host: str, port: int, folder: str, pubkey: str, sha: str, heartbeat_s: float,
-                 matcher: Matcher, stop: threading.Event) -> None:  # fmt: skip
-        s = load_settings(environ={}, overrides={
-            "device": {"id": device, "state_dir": f"{folder}/{device}"},
-            "mqtt": {"host": host, "port": port, "heartbeat_s": heartbeat_s, "reconnect_min_s": 1, "reconnect_max_s": 5},
-            "gallery": {"name": "fleet", "trusted_keys": [pubkey]},
-        })  # fmt: skip
+    def __init__(
+        self,
+        device: str,
+        host: str,
+        port: int,
+        folder: str,
+        pubkey: str,
+        sha: str,
+        heartbeat_s: float,
+        matcher: Matcher,
+        stop: threading.Event,
+    ) -> None:
+        s = load_settings(
+            environ={},
+            overrides={
+                "device": {"id": device, "state_dir": f"{folder}/{device}"},
+                "mqtt": {
+                    "host": host,
+                    "port": port,
+                    "heartbeat_s": heartbeat_s,
+                    "reconnect_min_s": 1,
+                    "reconnect_max_s": 5,
+                },
+                "gallery": {"name": "fleet", "trusted_keys": [pubkey]},
+            },
+        )
         self.device = device
         self.topics = Topics("edge", device)
         self.link = MqttLink(s.mqtt, self.topics, Outbox(Path(f"{folder}/{device}/outbox.sqlite")), stop)
-        policy = Policy(load_trusted(s.gallery.trusted_keys), sha, "fleet", s.gallery.max_bundle_bytes,
-                        device_key=ensure_key(s.device.state_dir)[0])  # fmt: skip
+        policy = Policy(
+            load_trusted(s.gallery.trusted_keys),
+            sha,
+            "fleet",
+            s.gallery.max_bundle_bytes,
+            device_key=ensure_key(s.device.state_dir)[0],
+        )
         self.holder = GalleryHolder(matcher)
         store = GalleryStore(Path(f"{folder}/{device}/gallery"), policy)
         self.sync = GallerySync(self.holder, store, policy, s.gallery, self._publish_state)
@@ -104,8 +128,9 @@ class SimDevice:
         self.link.close(None, timeout=1.0)
 
 
-def _worker(ids: list[str], host: str, port: int, folder: str, pubkey: str, sha: str, heartbeat_s: float,
-            conn: Any) -> None:  # fmt: skip
+def _worker(
+    ids: list[str], host: str, port: int, folder: str, pubkey: str, sha: str, heartbeat_s: float, conn: Any
+) -> None:
     """One process of simulated devices; reports 'started' then its peak memory when told to stop."""
     table = CalibrationTable.from_rows([[1e-1, 0.2], [1e-6, 0.7]])
     kinds = {(k, m): table for k in TEMPLATE_LEVELS for m in LOOK_LEVELS}  # no camera: any table will do
@@ -175,10 +200,19 @@ def _sample_event() -> int:
     from edge.delivery.events import Evidence, MatchEvent
 
     event = MatchEvent(
-        device_id="sim-0000", identity_id="visitor-0042", label="A Visitor", score=0.7342, threshold=0.6012,
-        est_false_match_rate=3.1e-7, evidence=Evidence(agreed=3, seen=5), track_id=17, bbox=(0.41, 0.22, 0.47, 0.33),
-        quality=0.83, model="d11940745f13b13b", gallery_version=7,
-    )  # fmt: skip
+        device_id="sim-0000",
+        identity_id="visitor-0042",
+        label="A Visitor",
+        score=0.7342,
+        threshold=0.6012,
+        est_false_match_rate=3.1e-7,
+        evidence=Evidence(agreed=3, seen=5),
+        track_id=17,
+        bbox=(0.41, 0.22, 0.47, 0.33),
+        quality=0.83,
+        model="d11940745f13b13b",
+        gallery_version=7,
+    )
     return len(event.to_json()) + len("edge/sim-0000/events/match")
 
 
@@ -254,8 +288,19 @@ def simulate(
             site_ids = ids[s :: len(site_brokers)]
             for k in range(shares[s]):
                 parent, child = ctx.Pipe()
-                p = ctx.Process(target=_worker, args=(site_ids[k :: shares[s]], broker.host, broker.port, str(folder),
-                                                      f"{folder}/owner.pem.pub", sha, heartbeat_s, child))  # fmt: skip
+                p = ctx.Process(
+                    target=_worker,
+                    args=(
+                        site_ids[k :: shares[s]],
+                        broker.host,
+                        broker.port,
+                        str(folder),
+                        f"{folder}/owner.pem.pub",
+                        sha,
+                        heartbeat_s,
+                        child,
+                    ),
+                )
                 p.start()
                 pipes.append(parent)
                 procs.append(p)
@@ -280,8 +325,10 @@ def simulate(
         updated = sum(v == 7 for v in monitor.version.values())
         pub.loop_stop()
         update = monitor.take()
-        broker_mb = {("central" if b is central else f"site{i - 1}"): vm_hwm_mb(b.proc.pid) if b.proc else float("nan")
-                     for i, b in enumerate(brokers)}  # fmt: skip
+        broker_mb = {
+            ("central" if b is central else f"site{i - 1}"): vm_hwm_mb(b.proc.pid) if b.proc else float("nan")
+            for i, b in enumerate(brokers)
+        }
         sim_mb = []
         for parent in pipes:
             parent.send("stop")

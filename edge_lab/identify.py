@@ -120,10 +120,14 @@ def run_once(
     probes += [(name, cache.probe(people[name][0], condition), False) for name in stranger_names]
     judged = [(n, p, e) for n, p, e in probes if p.embedding is not None]
     matches: list[Match] = (
-        snap.match(np.stack([p.embedding for _, p, _ in judged if p.embedding is not None]),
-                   [p.face_px for _, p, _ in judged], conditions=[p.condition for _, p, _ in judged])
-        if judged else []
-    )  # fmt: skip
+        snap.match(
+            np.stack([p.embedding for _, p, _ in judged if p.embedding is not None]),
+            [p.face_px for _, p, _ in judged],
+            conditions=[p.condition for _, p, _ in judged],
+        )
+        if judged
+        else []
+    )
     by_name = {n: m for (n, _, _), m in zip(judged, matches, strict=True)}
     wrong_strangers = 0
     for name, probe, is_cast in probes:
@@ -162,11 +166,14 @@ def run_once(
             g = groups.get(people[name][0].name, "unlabelled")
             by_group.setdefault(g, []).append(o)
         out["by_group"] = {
-            g: {"people": len(v), "identified": sum(o == "identified" for o in v),
+            g: {
+                "people": len(v),
+                "identified": sum(o == "identified" for o in v),
                 "recall": round(sum(o == "identified" for o in v) / len(v), 4),
-                "wrong_identities": sum(o == "wrong identity" for o in v)}
+                "wrong_identities": sum(o == "wrong identity" for o in v),
+            }
             for g, v in sorted(by_group.items())
-        }  # fmt: skip
+        }
     return out
 
 

@@ -154,8 +154,13 @@ def recall_by_photos(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
         )
         for group, style in (("female", "--"), ("male", ":")):
             if all(group in r.get("recall_by_group", {}) for r in rs):
-                ax.plot([r["photos"] for r in rs], [r["recall_by_group"][group] * 100 for r in rs], style,
-                        color=line[0].get_color(), label=f"{rate:g}, {group}")  # fmt: skip
+                ax.plot(
+                    [r["photos"] for r in rs],
+                    [r["recall_by_group"][group] * 100 for r in rs],
+                    style,
+                    color=line[0].get_color(),
+                    label=f"{rate:g}, {group}",
+                )
     ax.set_xticks(sorted({r["photos"] for r in runs}))
     ax.set_ylim(0, 102)
     ax.set_xlabel("enrolment photos per person")

@@ -326,10 +326,14 @@ def run_distance(
         out["event_latency_ms_max"] = round(float(max(latencies)), 1)
     if cameras > 1:
         out["by_camera"] = [
-            {"camera": k, "recall": round(len(c.found) / max(c.enrolled_visits, 1), 3), "false_events": c.false_events,
-             "event_latency_ms_p90": round(float(np.percentile(c.latencies, 90)), 1) if c.latencies else None}
+            {
+                "camera": k,
+                "recall": round(len(c.found) / max(c.enrolled_visits, 1), 3),
+                "false_events": c.false_events,
+                "event_latency_ms_p90": round(float(np.percentile(c.latencies, 90)), 1) if c.latencies else None,
+            }
             for k, c in enumerate(per_camera)
-        ]  # fmt: skip
+        ]
     return out
 
 

@@ -36,17 +36,26 @@ def _median_s(action: object, repeats: int) -> float:
 
 
 def sealing_bench(
-    dim: int, identities: int = 1000, per: int = 3, recipients: tuple[int, ...] = (1, 500), dtype: Dtype = "int8",
+    dim: int,
+    identities: int = 1000,
+    per: int = 3,
+    recipients: tuple[int, ...] = (1, 500),
+    dtype: Dtype = "int8",
     repeats: int = 5,
-) -> dict[str, object]:  # fmt: skip
+) -> dict[str, object]:
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(identities * per, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     people = [Identity(f"p{i:05d}", f"Person {i}", vecs[i * per : (i + 1) * per], {}) for i in range(identities)]
     signer = Ed25519PrivateKey.generate()
     devices = [DeviceKey(X25519PrivateKey.generate(), Path("device.key")) for _ in range(max(recipients))]
-    out: dict[str, object] = {"identities": identities, "templates_per_identity": per, "dim": dim, "dtype": dtype,
-                              "repeats": repeats}  # fmt: skip
+    out: dict[str, object] = {
+        "identities": identities,
+        "templates_per_identity": per,
+        "dim": dim,
+        "dtype": dtype,
+        "repeats": repeats,
+    }
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="edge-sealing-") as tmp:
         cases: list[tuple[str, int]] = [("clear", 0), *((f"sealed_to_{n}", n) for n in recipients)]
@@ -58,8 +67,9 @@ def sealing_bench(
                 return seal(people, "bench", 1, SHA, signer, [d.public for d in devices[:n]], dtype=dtype)
 
             data = make()
-            policy = Policy((signer.public_key(),), SHA, "bench", 1 << 30, device_key=devices[0],
-                            allow_plaintext=n == 0)  # fmt: skip
+            policy = Policy(
+                (signer.public_key(),), SHA, "bench", 1 << 30, device_key=devices[0], allow_plaintext=n == 0
+            )
             store = GalleryStore(Path(tmp) / name, policy)
 
             def apply(data: bytes = data, policy: Policy = policy, store: GalleryStore = store) -> None:

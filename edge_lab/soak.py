@@ -84,15 +84,26 @@ def soak(faces: Path, minutes: float, gallery_every_s: float = 300.0, sample_s: 
         # The device's key made before it starts (as its first start would): every update is sealed to it.
         device = ensure_key(work / "state")[0]
         galleries = [
-            [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in enroll_directory(rec, folder)
-             if r.embeddings is not None]
+            [
+                Identity(r.identity_id, r.label, r.embeddings, r.meta)
+                for r in enroll_directory(rec, folder)
+                if r.embeddings is not None
+            ]
             for folder in (gallery, smaller)
-        ]  # fmt: skip
+        ]
 
         def bundle(version: int) -> bytes:
             """The two galleries in turn, as a publisher's updates: sealed to the device, signed."""
-            return seal(galleries[(version - 1) % 2], "soak", version, rec.embedder_sha256, load_private_key(key),
-                        [device.public], dtype="int8", embedder=rec.embedder_name)  # fmt: skip
+            return seal(
+                galleries[(version - 1) % 2],
+                "soak",
+                version,
+                rec.embedder_sha256,
+                load_private_key(key),
+                [device.public],
+                dtype="int8",
+                embedder=rec.embedder_name,
+            )
 
         clip = soak_clip(faces, work)
         events = 0
@@ -125,11 +136,31 @@ def soak(faces: Path, minutes: float, gallery_every_s: float = 300.0, sample_s: 
             publish(1)
             env = {**os.environ, "EDGE_TRACKING__COOLDOWN_S": "0", "EDGE_MQTT__HEARTBEAT_S": "10"}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "run", "--device-id", "soak", "--state-dir", str(work / "state"),
-                 "--source", str(clip), "--loop", "--rate", "native", "--gallery-name", "soak",
-                 "--trusted-key", f"{key}.pub", "--broker", f"{broker.host}:{broker.port}"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "edge.cli",
+                    "run",
+                    "--device-id",
+                    "soak",
+                    "--state-dir",
+                    str(work / "state"),
+                    "--source",
+                    str(clip),
+                    "--loop",
+                    "--rate",
+                    "native",
+                    "--gallery-name",
+                    "soak",
+                    "--trusted-key",
+                    f"{key}.pub",
+                    "--broker",
+                    f"{broker.host}:{broker.port}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             start = time.monotonic()
             samples: list[tuple[float, float]] = []
             version, next_gallery, next_sample = 1, start + gallery_every_s, start

@@ -264,12 +264,14 @@ def kind_table(
     measured = [r for r in table.rows if r[0] >= table.measured_to]
     rows, gap = (table.rows, 0.0) if base is None else G.anchored_rows(measured, base, own_model=table.rows)
     facts: dict[str, object] = {
-        "impostor_pairs": tails["all"].n, "group_pairs": {g: t.n for g, t in tails.items()},
+        "impostor_pairs": tails["all"].n,
+        "group_pairs": {g: t.n for g, t in tails.items()},
         "measured_rows": len(measured),
         "measured_to": table.measured_to,
         "governed_by": table.governing,
-        "group_floors": table.floors, "group_ratios": {g: round(r, 3) for g, r in table.ratios.items()},
-    }  # fmt: skip
+        "group_floors": table.floors,
+        "group_ratios": {g: round(r, 3) for g, r in table.ratios.items()},
+    }
     if base is None:
         facts["tail_slope_per_decade"] = round(table.tail_slope, 6)
     if base is not None:
@@ -279,10 +281,14 @@ def kind_table(
 
 def observed(threshold: float, tails: dict[str, G.Tail], genuine: dict[str, np.ndarray]) -> dict[str, object]:
     return {
-        g: {"impostor_pairs": t.n, "observed_fmr": t.rate_at(threshold),
-            "fnmr": float((genuine[g] < threshold).mean()) if g in genuine and len(genuine[g]) else None}
-        for g, t in tails.items() if g != "cross_group"
-    }  # fmt: skip
+        g: {
+            "impostor_pairs": t.n,
+            "observed_fmr": t.rate_at(threshold),
+            "fnmr": float((genuine[g] < threshold).mean()) if g in genuine and len(genuine[g]) else None,
+        }
+        for g, t in tails.items()
+        if g != "cross_group"
+    }
 
 
 def validate(
@@ -415,15 +421,19 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (a quick check of the script)")
     ap.add_argument("--alignments", nargs="+", choices=ALIGNMENTS, default=list(ALIGNMENTS))
     ap.add_argument(
-        "--embedders", nargs="+", help="manifest entries to calibrate (default: every embedder); each gets "
+        "--embedders",
+        nargs="+",
+        help="manifest entries to calibrate (default: every embedder); each gets "
         "calibration/<embedder>.json, the others' files are left as they are",
-    )  # fmt: skip
+    )
     ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     ap.add_argument(
-        "--max-yaw", type=float, default=MAX_YAW,
+        "--max-yaw",
+        type=float,
+        default=MAX_YAW,
         help="the widest head turn the tables are measured on (written to the file: a device's gate may not "
         "admit wider turns)",
-    )  # fmt: skip
+    )
     ap.add_argument(
         "--embed-only", action="store_true", help="fill the cache and stop (one process per alignment runs in parallel)"
     )
@@ -477,14 +487,21 @@ def main() -> None:
                     band = BANDS[b]
                     label_txt = f"{band[0]:g}+ px" if band[1] is None else f"{band[0]:g}-{band[1]:g} px"
                     probe_txt = "as they are" if band[1] is None else f"shrunk so the face box is {label_txt}"
-                    entries[embedder].append({
-                        "embedder_sha256": manifest.spec(embedder).sha256, "pipeline": pipeline,
-                        "condition": condition, "band": {"min_px": band[0], "max_px": band[1]},
-                        "templates": k, "looks": m, **facts, "table": rows,
-                        "source": f"LFW View 1: probes {probe_txt}"
-                                  f"{'' if condition == 'colour' else ', ' + condition}{'' if m == 1 else f', the mean of {m} photos of one person'}; "
-                                  f"templates {'one photo' if k == 1 else f'the mean of {k} photos of one person'}, full size, colour",
-                    })  # fmt: skip
+                    entries[embedder].append(
+                        {
+                            "embedder_sha256": manifest.spec(embedder).sha256,
+                            "pipeline": pipeline,
+                            "condition": condition,
+                            "band": {"min_px": band[0], "max_px": band[1]},
+                            "templates": k,
+                            "looks": m,
+                            **facts,
+                            "table": rows,
+                            "source": f"LFW View 1: probes {probe_txt}"
+                            f"{'' if condition == 'colour' else ', ' + condition}{'' if m == 1 else f', the mean of {m} photos of one person'}; "
+                            f"templates {'one photo' if k == 1 else f'the mean of {k} photos of one person'}, full size, colour",
+                        }
+                    )
                 print(
                     f"{pipeline} {embedder}: {len(base)} bands x conditions, {len(KINDS)} kinds, {time.time() - t0:.0f}s",
                     file=sys.stderr,

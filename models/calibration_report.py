@@ -35,11 +35,20 @@ def cells(validation: dict[str, object], min_expected: float) -> list[dict[str, 
                     if g not in row:
                         continue
                     pairs, observed = int(row[g]["impostor_pairs"]), float(row[g]["observed_fmr"])
-                    out.append({
-                        "direction": direction, "table": table, "stated": f, "group": g, "pairs": pairs,
-                        "observed": observed, "ratio": observed / f, "counted": pairs * f >= min_expected,
-                        "fnmr": row[g].get("fnmr"), "threshold": row["threshold"],
-                    })  # fmt: skip
+                    out.append(
+                        {
+                            "direction": direction,
+                            "table": table,
+                            "stated": f,
+                            "group": g,
+                            "pairs": pairs,
+                            "observed": observed,
+                            "ratio": observed / f,
+                            "counted": pairs * f >= min_expected,
+                            "fnmr": row[g].get("fnmr"),
+                            "threshold": row["threshold"],
+                        }
+                    )
     return out
 
 
@@ -70,8 +79,10 @@ def main() -> None:
             median = counted[len(counted) // 2] if counted else None
             per[g] = {"cells": len(counted), "worst": worst, "median": median}
             fn = " / ".join(f"{float(x) * 100:.1f}%" for x in fnmr if x is not None) or "-"
-            print(f"| {f:g} | {g} | {len(counted)} | {worst if worst is None else f'{worst:.2f}'} | "
-                  f"{median if median is None else f'{median:.2f}'} | {fn} |")  # fmt: skip
+            print(
+                f"| {f:g} | {g} | {len(counted)} | {worst if worst is None else f'{worst:.2f}'} | "
+                f"{median if median is None else f'{median:.2f}'} | {fn} |"
+            )
         summary["by_rate"][f"{f:g}"] = per  # type: ignore[index]
     above = [r for r in rows if r["counted"] and float(r["ratio"]) > 2.0]  # type: ignore[arg-type]
     summary["cells_above_2x"] = above

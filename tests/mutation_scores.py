@@ -40,8 +40,10 @@ def main() -> int:
         score = f"{100.0 * killed / judged:5.1f}%" if judged else "  -   "
         if judged:
             worst = min(worst, 100.0 * killed / judged)
-        print(f"{module:<28} {sum(c.values()):>7} {killed:>7} {c['survived']:>8} {c['no tests']:>8} "
-              f"{c['not checked']:>9} {score:>6}")  # fmt: skip
+        print(
+            f"{module:<28} {sum(c.values()):>7} {killed:>7} {c['survived']:>8} {c['no tests']:>8} "
+            f"{c['not checked']:>9} {score:>6}"
+        )
     print(f"not killed: {len(survivors)} (mutmut show NAME for each)")
     for name in survivors:
         print(f"  {name}")

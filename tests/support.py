@@ -59,8 +59,11 @@ class Collector(Waitable):
         """``ca``: the broker is TLS, with this CA pinned (default: the CA the test gave its devices,
         ``EDGE_MQTT__CA_FILE``, when it set one)."""
         super().__init__()
-        ca = ca if ca is not None else (Path(os.environ["EDGE_MQTT__CA_FILE"]) if os.environ.get(
-            "EDGE_MQTT__CA_FILE") else None)  # fmt: skip
+        ca = (
+            ca
+            if ca is not None
+            else (Path(os.environ["EDGE_MQTT__CA_FILE"]) if os.environ.get("EDGE_MQTT__CA_FILE") else None)
+        )
         self.messages: list[tuple[str, Any, bool]] = []
         self.topics = topics
         self.connected = threading.Event()
@@ -166,8 +169,11 @@ class Service(Waitable):
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "edge.cli", "run", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -234,8 +240,16 @@ def device_key(state_dir: Path) -> Any:
     return ensure_key(state_dir)[0]
 
 
-def sealed_for(state_dirs: list[Path], identities: list[Any], gallery: str, version: int, sha: str, key: Any,
-               kind: str = "full", dtype: str = "float16") -> bytes:  # fmt: skip
+def sealed_for(
+    state_dirs: list[Path],
+    identities: list[Any],
+    gallery: str,
+    version: int,
+    sha: str,
+    key: Any,
+    kind: str = "full",
+    dtype: str = "float16",
+) -> bytes:
     """A bundle sealed to the devices of these state directories (their keys made if missing)."""
     from edge.gallery.sealed import seal
 
@@ -244,26 +258,38 @@ def sealed_for(state_dirs: list[Path], identities: list[Any], gallery: str, vers
 
 
 # -- a throwaway PKI (the TLS tests' CA, server certificates valid and expired, another CA) -------------
-def _cert(subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, days: tuple[int, int],
-          ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
+def _cert(
+    subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, days: tuple[int, int], ca: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = dt.datetime.now(dt.timezone.utc)
     issuer_name, issuer_key = issuer if issuer else (name, key)
-    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now + dt.timedelta(days=days[0])).not_valid_after(now + dt.timedelta(days=days[1]))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=days[0]))
+        .not_valid_after(now + dt.timedelta(days=days[1]))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if not ca:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(
-            ipaddress.ip_address("127.0.0.1"))]), critical=False)  # fmt: skip
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return b.sign(issuer_key, hashes.SHA256()), key
 
 
 def _write(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
     (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / f"{name}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))  # fmt: skip
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
 
 
 def certificates(folder: Path) -> Path:

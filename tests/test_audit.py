@@ -78,12 +78,14 @@ def test_every_kind_of_tampering_is_caught_at_the_first_broken_record(
     tamper(seg, lines, how)
     v = verify(tmp_path / "audit")
     assert not v.ok
-    expected = {"edited": "record 6 (audit-000001.jsonl line 6) was altered",
-                "edited and re-hashed": "record 7 (audit-000001.jsonl line 7) does not follow record 6: records altered",
-                "removed": "record 7 (audit-000001.jsonl line 6) does not follow record 5: records removed",
-                "reordered": "record 6 (audit-000001.jsonl line 5) does not follow record 4: records reordered",
-                "inserted": "record 4 (audit-000001.jsonl line 6) does not follow record 5: records reordered or inserted",
-                "garbled": "record at audit-000001.jsonl line 6 is not a valid record"}  # fmt: skip
+    expected = {
+        "edited": "record 6 (audit-000001.jsonl line 6) was altered",
+        "edited and re-hashed": "record 7 (audit-000001.jsonl line 7) does not follow record 6: records altered",
+        "removed": "record 7 (audit-000001.jsonl line 6) does not follow record 5: records removed",
+        "reordered": "record 6 (audit-000001.jsonl line 5) does not follow record 4: records reordered",
+        "inserted": "record 4 (audit-000001.jsonl line 6) does not follow record 5: records reordered or inserted",
+        "garbled": "record at audit-000001.jsonl line 6 is not a valid record",
+    }
     assert v.message.startswith(expected[how]), v.message
     assert main(["audit", "verify", "--state-dir", str(tmp_path)]) == 1
     assert expected[how] in capsys.readouterr().out
@@ -163,15 +165,31 @@ def test_records_hold_ids_and_scores_never_images_or_embeddings(
 
     log = AuditLog(tmp_path / "audit")
     event = MatchEvent(
-        device_id="d", identity_id="alice", label="Alice", score=0.8, threshold=0.55, est_false_match_rate=1e-6,
-        evidence=Evidence(agreed=3, seen=4), track_id=7, bbox=(0.1, 0.1, 0.2, 0.2), quality=0.9, model="m",
+        device_id="d",
+        identity_id="alice",
+        label="Alice",
+        score=0.8,
+        threshold=0.55,
+        est_false_match_rate=1e-6,
+        evidence=Evidence(agreed=3, seen=4),
+        track_id=7,
+        bbox=(0.1, 0.1, 0.2, 0.2),
+        quality=0.9,
+        model="m",
         gallery_version=3,
-    )  # fmt: skip
+    )
     AuditSink(log).emit(event)
     assert main(["audit", "show", "--state-dir", str(tmp_path), "--json"]) == 0
     (rec,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rec["kind"] == "event" and set(rec["data"]) == {
-        "event_id", "identity_id", "score", "threshold", "est_false_match_rate", "gallery_version", "track_id"}  # fmt: skip
+        "event_id",
+        "identity_id",
+        "score",
+        "threshold",
+        "est_false_match_rate",
+        "gallery_version",
+        "track_id",
+    }
     assert main(["audit", "show", "--state-dir", str(tmp_path), "--since", "2999-01-01"]) == 0
     assert capsys.readouterr().out == ""
     assert main(["audit", "verify", "--state-dir", str(tmp_path / "nowhere")]) == 2
@@ -203,8 +221,9 @@ def test_each_record_links_to_the_one_before_and_hashes_its_canonical_content(tm
     one, two = records(folder)
     assert (one["seq"], two["seq"]) == (1, 2) and (first.records, second.records) == (1, 2)
     assert one["prev"] == GENESIS and two["prev"] == one["hash"] == first.hash and two["hash"] == second.hash
-    body = json.dumps({"seq": 1, "ts": one["ts"], "kind": "start", "data": {"a": 1, "b": 2}}, separators=(",", ":"),
-                      sort_keys=True)  # fmt: skip
+    body = json.dumps(
+        {"seq": 1, "ts": one["ts"], "kind": "start", "data": {"a": 1, "b": 2}}, separators=(",", ":"), sort_keys=True
+    )
     assert one["hash"] == _digest(GENESIS, 1, str(one["ts"]), "start", {"a": 1, "b": 2})
     import hashlib
 

@@ -35,8 +35,11 @@ def shipped_broker(tmp_path: Path, server: str = "server") -> LocalBroker:
 
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     for i, (user, password) in enumerate(PASSWORDS.items()):
-        subprocess.run([tool, "-b", *(["-c"] if i == 0 else []), str(etc / "edge.passwd"), user, password],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [tool, "-b", *(["-c"] if i == 0 else []), str(etc / "edge.passwd"), user, password],
+            check=True,
+            capture_output=True,
+        )
     assert (
         main(["fleet", "acl", "--device", "door=lobby", "--device", "yard=garden", "--out", str(etc / "edge.acl")]) == 0
     )
@@ -56,8 +59,9 @@ class Client(Waitable):
         self.got: list[tuple[str, bytes]] = []
         self.connack: Any = None
         self.subscribed = threading.Event()
-        self.c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{id(self)}",
-                             protocol=mqtt.MQTTv5)  # fmt: skip
+        self.c = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{id(self)}", protocol=mqtt.MQTTv5
+        )
         self.c.tls_set(ca_certs=str(ca))
         if user is not None:
             self.c.username_pw_set(user, PASSWORDS[user])
@@ -143,19 +147,47 @@ def test_a_device_runs_end_to_end_over_tls_with_its_acl_and_bad_credentials_are_
         etc = tmp_path / "etc"
         ca = etc / "certs" / "ca.pem"
         (tmp_path / "door.pw").write_text(PASSWORDS["door"] + "\n")
-        tls = {"EDGE_MQTT__CA_FILE": str(ca), "EDGE_MQTT__USERNAME": "door",
-               "EDGE_MQTT__PASSWORD_FILE": str(tmp_path / "door.pw"), "EDGE_TRACKING__COOLDOWN_S": "0"}  # fmt: skip
+        tls = {
+            "EDGE_MQTT__CA_FILE": str(ca),
+            "EDGE_MQTT__USERNAME": "door",
+            "EDGE_MQTT__PASSWORD_FILE": str(tmp_path / "door.pw"),
+            "EDGE_TRACKING__COOLDOWN_S": "0",
+        }
         owner = tmp_path / "owner.pem"
         assert main(["gallery", "keygen", "--out", str(owner)]) == 0
         state = tmp_path / "door"
         bundle = tmp_path / "lobby.bundle"
-        assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(owner), "--gallery-name",
-                     "lobby", "--recipient", public_line(device_key(state).public)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "enroll",
+                    str(assets.gallery),
+                    "--out",
+                    str(bundle),
+                    "--key",
+                    str(owner),
+                    "--gallery-name",
+                    "lobby",
+                    "--recipient",
+                    public_line(device_key(state).public),
+                ]
+            )
+            == 0
+        )
         publisher = Client(b, ca, "publisher").ready()
         publisher.publish("edge/galleries/lobby", bundle.read_bytes(), retain=True)
         ha = Client(b, ca, "homeassistant", "edge/+/events/match", "edge/+/status").ready()
-        args = ["--source", str(assets.clip), "--loop", "--gallery-name", "lobby", "--trusted-key", f"{owner}.pub",
-                "--broker", f"127.0.0.1:{b.port}"]  # fmt: skip
+        args = [
+            "--source",
+            str(assets.clip),
+            "--loop",
+            "--gallery-name",
+            "lobby",
+            "--trusted-key",
+            f"{owner}.pub",
+            "--broker",
+            f"127.0.0.1:{b.port}",
+        ]
         proc = service(args, state, tls, device="door")
         try:
             assert ha.wait_until(lambda: "edge/door/events/match" in ha.topics_seen(), 90), proc.text()[-3000:]
@@ -167,15 +199,20 @@ def test_a_device_runs_end_to_end_over_tls_with_its_acl_and_bad_credentials_are_
         # Each mistake: one line naming it, then a retry (the process keeps running, no crash loop).
         (tmp_path / "wrong.pw").write_text("not-the-password\n")
         mistakes = {
-            "wrong CA": ({**tls, "EDGE_MQTT__CA_FILE": str(etc / "certs" / "other-ca.pem")},
-                         r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected .*check mqtt\.ca_file"),
-            "refused password": ({**tls, "EDGE_MQTT__PASSWORD_FILE": str(tmp_path / "wrong.pw")},
-                                 r"broker refused the connection: (Bad user name or password|Not authorized)[^\n]*"),
-        }  # fmt: skip
+            "wrong CA": (
+                {**tls, "EDGE_MQTT__CA_FILE": str(etc / "certs" / "other-ca.pem")},
+                r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected .*check mqtt\.ca_file",
+            ),
+            "refused password": (
+                {**tls, "EDGE_MQTT__PASSWORD_FILE": str(tmp_path / "wrong.pw")},
+                r"broker refused the connection: (Bad user name or password|Not authorized)[^\n]*",
+            ),
+        }
         for name, (env, pattern) in mistakes.items():
             before = attempts(b)
-            bad = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path / name, env,
-                          device="door")  # fmt: skip
+            bad = service(
+                ["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path / name, env, device="door"
+            )
             bad.wait_for(pattern + r".*; retrying")  # said once, with the retry
             assert bad.wait_until(lambda n=before: attempts(b) >= n + 3, 30), name  # and it does retry
             assert bad.proc.poll() is None, name  # still running: retrying, not crashing
@@ -183,11 +220,16 @@ def test_a_device_runs_end_to_end_over_tls_with_its_acl_and_bad_credentials_are_
             assert len(re.findall(pattern, bad.text())) == 1, name  # one line, not one per attempt
             assert "not-the-password" not in bad.text()
     with shipped_broker(tmp_path / "expired", server="expired") as b:
-        bad = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"], tmp_path / "exp",
-                      {**tls, "EDGE_MQTT__CA_FILE": str(tmp_path / "expired" / "etc" / "certs" / "ca.pem")},
-                      device="door")  # fmt: skip
-        bad.wait_for(r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected \(certificate has expired\)"
-                     r".*; retrying in")  # fmt: skip
+        bad = service(
+            ["--source", "/dev/video99", "--broker", f"127.0.0.1:{b.port}"],
+            tmp_path / "exp",
+            {**tls, "EDGE_MQTT__CA_FILE": str(tmp_path / "expired" / "etc" / "certs" / "ca.pem")},
+            device="door",
+        )
+        bad.wait_for(
+            r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected \(certificate has expired\)"
+            r".*; retrying in"
+        )
         assert bad.wait_until(lambda: attempts(b) >= 3, 30)
         assert bad.proc.poll() is None and bad.stop() == 0
 

@@ -125,8 +125,19 @@ def test_keygen_enroll_verify_inspect_and_run_with_bundle(tmp_path: Path, capsys
     assert (os.stat(tmp_path / "door").st_mode & 0o777) == 0o700
     assert main(["device", "key", "--state-dir", str(tmp_path / "door")]) == 0
     assert capsys.readouterr().out.strip() == line  # the same key, not a new one
-    enroll = ["enroll", str(photos), "--out", str(out), "--key", str(keyfile), "--gallery-name", "lobby",
-              "--version", "4", "--json"]  # fmt: skip
+    enroll = [
+        "enroll",
+        str(photos),
+        "--out",
+        str(out),
+        "--key",
+        str(keyfile),
+        "--gallery-name",
+        "lobby",
+        "--version",
+        "4",
+        "--json",
+    ]
     assert main(enroll) == 2  # no recipient: refused, saying how
     assert "--recipient KEY" in capsys.readouterr().err and not out.exists()
     assert main([*enroll, "--recipient", line]) == 0
@@ -227,8 +238,9 @@ def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer:
 
     def sync(device: DeviceKey = mine) -> GallerySync:
         policy = Policy((key.public_key(),), recognizer.embedder_sha256, "g", 1 << 20, device_key=device)
-        return GallerySync(GalleryHolder(recognizer.matcher), GalleryStore(tmp_path, policy), policy,
-                           GallerySettings(), lambda b: None)  # fmt: skip
+        return GallerySync(
+            GalleryHolder(recognizer.matcher), GalleryStore(tmp_path, policy), policy, GallerySettings(), lambda b: None
+        )
 
     first = sync()
     assert first.apply(sealed_for([tmp_path / "state"], identities(2), "g", 3, recognizer.embedder_sha256, key))
@@ -249,8 +261,12 @@ def test_a_bundle_path_that_is_no_file_is_one_line_naming_it(
     os.mkfifo(fifo)  # reading it would block forever
     (tmp_path / "folder.bundle").mkdir()
     (tmp_path / "empty.bundle").write_bytes(b"")
-    for name, why in [("pipe.bundle", "is not a regular file"), ("folder.bundle", "is a folder, not a file"),
-                      ("empty.bundle", "is empty"), ("missing.bundle", "does not exist")]:  # fmt: skip
+    for name, why in [
+        ("pipe.bundle", "is not a regular file"),
+        ("folder.bundle", "is a folder, not a file"),
+        ("empty.bundle", "is empty"),
+        ("missing.bundle", "does not exist"),
+    ]:
         assert main(["gallery", "inspect", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"edge: gallery bundle {tmp_path / name} {why}", err

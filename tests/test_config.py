@@ -266,8 +266,11 @@ def test_several_cameras_each_with_what_it_overrides_and_the_rest_from_the_devic
     assert "pw-123" in secret_values(s)  # every camera's credentials are protected
     one = load_settings(environ={"EDGE_SOURCE__URI": "/dev/video2"}).camera_list()
     assert [(c.id, c.source.uri) for c in one] == [("main", "/dev/video2")]  # the one camera, as before
-    bad = write(tmp_path, "[[cameras]]\nid = 'a'\nsource = '0'\n[cameras.quality]\nmin_face_px = -1\n"
-                          "[[cameras]]\nid = 'a'\nsource = '1'\n")  # fmt: skip
+    bad = write(
+        tmp_path,
+        "[[cameras]]\nid = 'a'\nsource = '0'\n[cameras.quality]\nmin_face_px = -1\n"
+        "[[cameras]]\nid = 'a'\nsource = '1'\n",
+    )
     with pytest.raises(InputError) as exc:
         load_settings(bad, environ={})
     assert "cameras.0.quality.min_face_px = -1" in str(exc.value)
@@ -375,8 +378,9 @@ def test_the_device_command_loads_no_measuring_module() -> None:
 
     assert offered == CONDITIONS
     code = "import edge.cli as c; c.build_parser(['run']); import edge.service.app, edge.cli.service"
-    log = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                         check=True).stderr  # fmt: skip
+    log = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    ).stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time:")]
     assert "edge.service.app" in imported and "edge.recognition.track" in imported  # the log is the run's
     assert not [m for m in imported if m.startswith("edge_lab")], [m for m in imported if m.startswith("edge_lab")]

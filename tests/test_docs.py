@@ -99,6 +99,9 @@ def test_the_architecture_page_names_every_module_where_it_lives() -> None:
         if module.stem not in section and package != "cli":
             missing.append(str(rel))
     lab = tree[tree.index("\nedge_lab/") :]
-    missing += [f"edge_lab/{m.name}" for m in sorted((ROOT / "edge_lab").glob("*.py"))
-                if m.name != "__init__.py" and m.stem not in lab]  # fmt: skip
+    missing += [
+        f"edge_lab/{m.name}"
+        for m in sorted((ROOT / "edge_lab").glob("*.py"))
+        if m.name != "__init__.py" and m.stem not in lab
+    ]
     assert not missing, f"modules docs/architecture.md does not place: {missing}"

@@ -138,10 +138,22 @@ def test_eval_lfw_reports_error_rates_per_group(tmp_path: Path, capsys: pytest.C
     assert main(["eval", "lfw", "--root", str(FACES), "--pairs", str(pairs), "--groups", str(groups), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     # The images the pairs name: Colin 38/74, Venus 1/4, Laura 4/11, Halle 1, Angelina 3, Jean 3.
-    person = {"Colin_Powell": "m", "Venus_Williams": "f", "Laura_Bush": "f", "Halle_Berry": "f",
-              "Angelina_Jolie": "f", "Jean_Chretien": None}  # fmt: skip
-    images = [("Colin_Powell", 2), ("Venus_Williams", 2), ("Laura_Bush", 2), ("Halle_Berry", 1), ("Angelina_Jolie", 1),
-              ("Jean_Chretien", 1)]  # fmt: skip
+    person = {
+        "Colin_Powell": "m",
+        "Venus_Williams": "f",
+        "Laura_Bush": "f",
+        "Halle_Berry": "f",
+        "Angelina_Jolie": "f",
+        "Jean_Chretien": None,
+    }
+    images = [
+        ("Colin_Powell", 2),
+        ("Venus_Williams", 2),
+        ("Laura_Bush", 2),
+        ("Halle_Berry", 1),
+        ("Angelina_Jolie", 1),
+        ("Jean_Chretien", 1),
+    ]
     expanded = [(name, person[name]) for name, count in images for _ in range(count)]
     pairs_of = lambda keep: sum(  # noqa: E731
         1 for a, b in itertools.combinations(expanded, 2) if a[0] != b[0] and keep(a[1], b[1])
@@ -230,8 +242,23 @@ def test_the_service_bench_confirms_the_demo_people_and_measures_a_steady_empty_
 
 def test_eval_identify_counts_every_person_cast(capsys: pytest.CaptureFixture[str]) -> None:
     """Person-level recall over everyone cast, on the fixtures' eight people (an LFW-style folder)."""
-    args = ["eval", "identify", "--root", str(FACES), "--photos", "1", "--gallery-size", "6", "--people", "4",
-            "--strangers", "2", "--repeats", "2", "--json"]  # fmt: skip
+    args = [
+        "eval",
+        "identify",
+        "--root",
+        str(FACES),
+        "--photos",
+        "1",
+        "--gallery-size",
+        "6",
+        "--people",
+        "4",
+        "--strangers",
+        "2",
+        "--repeats",
+        "2",
+        "--json",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["photos"] == 1 and out["gallery_size"] == 6 and len(out["runs"]) == 2
@@ -257,8 +284,27 @@ def test_eval_identify_counts_every_person_cast(capsys: pytest.CaptureFixture[st
 def test_eval_range_runs_the_scenes_on_two_cameras_at_once_and_scores_each(capsys: pytest.CaptureFixture[str]) -> None:
     """The same composited scenes on two cameras of one device (one loop, one batch of faces a round):
     every camera's visits are scored on their own, and together."""
-    args = ["eval", "range", "--root", str(FACES), "--size", "640x480", "--distances", "1", "--people", "3",
-            "--strangers", "1", "--distractors", "1", "--frames", "30", "--scene", "wall", "--json"]  # fmt: skip
+    args = [
+        "eval",
+        "range",
+        "--root",
+        str(FACES),
+        "--size",
+        "640x480",
+        "--distances",
+        "1",
+        "--people",
+        "3",
+        "--strangers",
+        "1",
+        "--distractors",
+        "1",
+        "--frames",
+        "30",
+        "--scene",
+        "wall",
+        "--json",
+    ]
     assert main([*args, "--cameras", "2"]) == 0
     two = json.loads(capsys.readouterr().out)
     row = two["by_distance"]["1"]
@@ -276,8 +322,17 @@ def test_the_cameras_bench_serves_every_camera_both_ways(recognizer: Recognizer,
     from edge_lab.cameras import cameras_bench
 
     # Until every camera has had an event (a condition, not a time: a busy machine takes longer), at most 120 s.
-    r = cameras_bench(recognizer, FACES, tmp_path / "work", cameras=2, width=640, height=480, seconds=120,
-                      until_events=1, capacity_seconds=2)  # fmt: skip
+    r = cameras_bench(
+        recognizer,
+        FACES,
+        tmp_path / "work",
+        cameras=2,
+        width=640,
+        height=480,
+        seconds=120,
+        until_events=1,
+        capacity_seconds=2,
+    )
     for mode in ("live_shared", "live_per_camera"):
         cams = r[mode]
         assert len(cams) == 2 and all(c["events"] >= 1 and c["fps"] > 0 for c in cams), (mode, cams)

@@ -27,8 +27,19 @@ def broker() -> Iterator[LocalBroker]:
 
 
 def run_device(broker: LocalBroker, state: Path, device: str) -> Service:
-    return Service(["--source", "/dev/video99", "--device-id", device, "--state-dir", str(state),
-                    "--broker", f"{broker.host}:{broker.port}"], {"EDGE_MQTT__HEARTBEAT_S": "1"})  # fmt: skip
+    return Service(
+        [
+            "--source",
+            "/dev/video99",
+            "--device-id",
+            device,
+            "--state-dir",
+            str(state),
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        {"EDGE_MQTT__HEARTBEAT_S": "1"},
+    )
 
 
 @pytest.mark.slow
@@ -60,8 +71,17 @@ def test_fleet_status_shows_online_stopped_and_lost_devices(
     assert not rows["door-2"]["online"] and rows["door-2"]["state"] == "offline" and rows["door-2"]["since"]
     assert not rows["hall"]["online"] and rows["hall"]["connection_lost"] and rows["hall"]["since"] is None
     for r in rows.values():
-        assert set(r) >= {"device_id", "online", "gallery", "fps", "camera", "outbox_depth", "last_seen_s",
-                          "sw_version", "last_gallery_error"}  # fmt: skip
+        assert set(r) >= {
+            "device_id",
+            "online",
+            "gallery",
+            "fps",
+            "camera",
+            "outbox_depth",
+            "last_seen_s",
+            "sw_version",
+            "last_gallery_error",
+        }
     assert main(["fleet", "status", "--broker", f"{broker.host}:{broker.port}"]) == 0
     text = capsys.readouterr().out
     assert "3 device(s): 1 online, 2 not" in text and "offline (conn. lost)" in text and "sface_int8" in text
@@ -73,8 +93,24 @@ def test_fleet_status_shows_online_stopped_and_lost_devices(
 @pytest.mark.slow
 def test_fleet_simulate_brings_a_bundle_to_every_device(capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
-    assert main(["fleet", "simulate", "--devices", "12", "--processes", "2", "--heartbeat", "1",
-                 "--identities", "20", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fleet",
+                "simulate",
+                "--devices",
+                "12",
+                "--processes",
+                "2",
+                "--heartbeat",
+                "1",
+                "--identities",
+                "20",
+                "--json",
+            ]
+        )
+        == 0
+    )
     took = time.monotonic() - started
     out = json.loads(capsys.readouterr().out)
     assert out["all_on_new_version"] and out["devices_on_new_version"] == 12
@@ -150,10 +186,33 @@ def test_two_sites_bridged_to_a_central_broker_get_the_gallery_and_lose_no_event
             # Both devices' keys, as 'edge device key' prints them, one a line: the bundle is sealed to both.
             recipients = tmp_path / "devices.txt"
             recipients.write_text("".join(f"{public_line(device_key(tmp_path / s).public)} door-{s}\n" for s in sites))
-            assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(key),
-                         "--gallery-name", "lobby", "--version", "3", "--recipients", str(recipients)]) == 0  # fmt: skip
-            watch = Collector(central.host, central.port, "edge/+/events/match", "edge/+/gallery/state",
-                              client_id="central-watch", clean=False)  # fmt: skip
+            assert (
+                main(
+                    [
+                        "enroll",
+                        str(assets.gallery),
+                        "--out",
+                        str(bundle),
+                        "--key",
+                        str(key),
+                        "--gallery-name",
+                        "lobby",
+                        "--version",
+                        "3",
+                        "--recipients",
+                        str(recipients),
+                    ]
+                )
+                == 0
+            )
+            watch = Collector(
+                central.host,
+                central.port,
+                "edge/+/events/match",
+                "edge/+/gallery/state",
+                client_id="central-watch",
+                clean=False,
+            )
             assert main(["gallery", "publish", str(bundle), "--broker", f"{central.host}:{central.port}"]) == 0
             devices = {
                 s: Service(

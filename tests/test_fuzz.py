@@ -66,14 +66,26 @@ keys = {
     if isinstance(model, type) and issubclass(model, BaseModel)
 }
 camera_keys = [*CameraSettings.model_fields, "bogus"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3))  # fmt: skip
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.lists(st.text(max_size=10), max_size=3),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from([*sorted(keys), "nope"]),
-                       st.dictionaries(st.sampled_from([*sorted({k for v in keys.values() for k in v}), "bogus"]), scalars,
-                                       max_size=4), max_size=3))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.sampled_from([*sorted(keys), "nope"]),
+        st.dictionaries(
+            st.sampled_from([*sorted({k for v in keys.values() for k in v}), "bogus"]), scalars, max_size=4
+        ),
+        max_size=3,
+    )
+)
 def test_any_settings_table_loads_or_is_one_located_error(table: dict[str, dict[str, object]]) -> None:
     try:
         load_settings(environ={}, overrides=table)
@@ -83,8 +95,19 @@ def test_any_settings_table_loads_or_is_one_located_error(table: dict[str, dict[
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(camera_keys), st.one_of(scalars, st.dictionaries(
-    st.sampled_from(["min_face_px", "max_yaw", "mode", "nope"]), scalars, max_size=2)), max_size=4), max_size=3))  # fmt: skip
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(camera_keys),
+            st.one_of(
+                scalars,
+                st.dictionaries(st.sampled_from(["min_face_px", "max_yaw", "mode", "nope"]), scalars, max_size=2),
+            ),
+            max_size=4,
+        ),
+        max_size=3,
+    )
+)
 def test_any_cameras_list_loads_or_is_one_located_error(cameras: list[dict[str, object]]) -> None:
     try:
         s = load_settings(environ={}, overrides={"cameras": cameras})
@@ -95,8 +118,11 @@ def test_any_cameras_list_loads_or_is_one_located_error(cameras: list[dict[str, 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.from_regex(r"EDGE_[A-Z]{2,10}(__[A-Z_]{1,25})?", fullmatch=True), st.text(max_size=40),
-                       max_size=4))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.from_regex(r"EDGE_[A-Z]{2,10}(__[A-Z_]{1,25})?", fullmatch=True), st.text(max_size=40), max_size=4
+    )
+)
 def test_any_environment_loads_or_is_one_error_naming_the_variable(environ: dict[str, str]) -> None:
     try:
         load_settings(environ=environ)

@@ -58,8 +58,19 @@ def unsigned_with_header(header: bytes) -> bytes:
 
 
 def valid_header(**over: object) -> bytes:
-    h = {"format": 1, "gallery": "lobby", "version": 11, "kind": "full", "created_at": "2026-11-24T00:00:00+00:00",
-         "embedder_sha256": SHA, "identities": 0, "embeddings": 0, "dim": 192, "dtype": "float16", **over}  # fmt: skip
+    h = {
+        "format": 1,
+        "gallery": "lobby",
+        "version": 11,
+        "kind": "full",
+        "created_at": "2026-11-24T00:00:00+00:00",
+        "embedder_sha256": SHA,
+        "identities": 0,
+        "embeddings": 0,
+        "dim": 192,
+        "dtype": "float16",
+        **over,
+    }
     return json.dumps(h).encode()
 
 
@@ -83,9 +94,12 @@ def make_sync(tmp_path: Path, states: list[GalleryState] | None = None) -> Galle
     holder = GalleryHolder(Matcher(CAL, MatchSettings()))
     out = states if states is not None else []
     return GallerySync(
-        holder, GalleryStore(tmp_path / "gallery", POLICY), POLICY, GallerySettings(max_bundle_bytes=1 << 20),
+        holder,
+        GalleryStore(tmp_path / "gallery", POLICY),
+        POLICY,
+        GallerySettings(max_bundle_bytes=1 << 20),
         lambda data: out.append(GalleryState.model_validate_json(data)),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name", list(CRAFTED))
@@ -183,9 +197,12 @@ def test_a_flood_of_parts_keeps_memory_bounded_and_the_next_bundle_applies(tmp_p
     holder = GalleryHolder(Matcher(CAL, MatchSettings()))
     big = Policy((KEY.public_key(),), SHA, "lobby", 64 << 20, device_key=DEVICE, allow_plaintext=True)
     sync = GallerySync(
-        holder, GalleryStore(tmp_path / "g", big), big, GallerySettings(max_bundle_bytes=64 << 20),
+        holder,
+        GalleryStore(tmp_path / "g", big),
+        big,
+        GallerySettings(max_bundle_bytes=64 << 20),
         lambda data: states.append(GalleryState.model_validate_json(data)),
-    )  # fmt: skip
+    )
     sync.start()
     meta = {"sha256": hashlib.sha256(b"x").hexdigest(), "count": 60, "bytes": 60 << 20, "part_bytes": 1 << 20}
     tracemalloc.start()  # Python's own allocations: RSS is not exact in every sandbox (CI read no growth at all)
@@ -254,8 +271,25 @@ def test_fuzz_part_metadata_never_raises_past_the_assembler(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["format", "gallery", "version", "kind", "created_at", "embedder_sha256",
-                                        "identities", "embeddings", "dim", "dtype"]), json_values))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "format",
+                "gallery",
+                "version",
+                "kind",
+                "created_at",
+                "embedder_sha256",
+                "identities",
+                "embeddings",
+                "dim",
+                "dtype",
+            ]
+        ),
+        json_values,
+    )
+)
 def test_fuzz_signed_headers_are_refused_with_a_step(header: dict[str, object]) -> None:
     try:
         raw = json.dumps(header).encode()
@@ -279,8 +313,12 @@ def test_inspect_names_the_real_signer_and_bad_files_are_one_line(
     assert shown["signer_key_id"] == key_id(KEY.public_key()).hex()[:16] and shown["verified"] is False
     bad = tmp_path / "bad.bundle"
     bad.write_bytes(unsigned_with_header(b"[" * 100_000 + b"]" * 100_000))
-    for args in (["gallery", "inspect", str(bad)], ["gallery", "verify", str(bad), "--pubkey", str(tmp_path / "none.pub")],
-                 ["gallery", "inspect", str(tmp_path)], ["gallery", "inspect", str(tmp_path / "missing")]):  # fmt: skip
+    for args in (
+        ["gallery", "inspect", str(bad)],
+        ["gallery", "verify", str(bad), "--pubkey", str(tmp_path / "none.pub")],
+        ["gallery", "inspect", str(tmp_path)],
+        ["gallery", "inspect", str(tmp_path / "missing")],
+    ):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("edge: ") and "\n" not in err and "Traceback" not in err, err

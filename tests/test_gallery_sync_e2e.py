@@ -96,16 +96,35 @@ def test_ota_gallery_lifecycle(
     key = load_private_key(keyfile)
     device = device_key(tmp_path)  # made as the device's first start would: its state directory is tmp_path
     v2_file = tmp_path / "v2.bundle"
-    enroll = ["enroll", str(assets.gallery), "--out", str(v2_file), "--key", str(keyfile), "--gallery-name", "demo",
-              "--version", "2", "--recipient", public_line(device.public)]  # fmt: skip
+    enroll = [
+        "enroll",
+        str(assets.gallery),
+        "--out",
+        str(v2_file),
+        "--key",
+        str(keyfile),
+        "--gallery-name",
+        "demo",
+        "--version",
+        "2",
+        "--recipient",
+        public_line(device.public),
+    ]
     assert main(enroll) == 0
     v2 = v2_file.read_bytes()
     people = sealed.open_content(sealed.verify(v2, [load_public_key(Path(f"{keyfile}.pub"))]), device)
     sha = str(sealed.peek(v2)["embedder_sha256"])  # the devices' embedder, as enrolment used it
     names = [n.encode() for p in people for n in (p.id, p.label) if n] + [b"Colin", b"Venus"]
 
-    def seal(ids: list[Identity], version: int, kind: str = "full", signer: Ed25519PrivateKey = key,
-             to: list[Path] | None = None, embedder_sha: str = sha, dtype: str = "float16") -> bytes:  # fmt: skip
+    def seal(
+        ids: list[Identity],
+        version: int,
+        kind: str = "full",
+        signer: Ed25519PrivateKey = key,
+        to: list[Path] | None = None,
+        embedder_sha: str = sha,
+        dtype: str = "float16",
+    ) -> bytes:
         recipients = [device.public] if to is None else [device_key(d).public for d in to]
         return sealed.seal(ids, "demo", version, embedder_sha, signer, recipients, kind, dtype)  # type: ignore[arg-type]
 
@@ -113,8 +132,17 @@ def test_ota_gallery_lifecycle(
     w = Watch(broker, ca)
     w.publish("edge/galleries/demo", v1, retain=True)
     env = {"EDGE_TRACKING__COOLDOWN_S": "0", "EDGE_GALLERY__EXPIRY_CHECK_S": "1", "EDGE_MQTT__CA_FILE": str(ca)}
-    args = ["--source", str(assets.clip), "--loop", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
-            "--broker", f"{broker.host}:{broker.port}"]  # fmt: skip
+    args = [
+        "--source",
+        str(assets.clip),
+        "--loop",
+        "--gallery-name",
+        "demo",
+        "--trusted-key",
+        f"{keyfile}.pub",
+        "--broker",
+        f"{broker.host}:{broker.port}",
+    ]
     proc = service(args, tmp_path, env)
     try:
         s = w.state_where(lambda s: s.get("version") == 1)
@@ -175,22 +203,54 @@ def test_ota_gallery_lifecycle(
 
     # A restart loads v4 from disk (opened with the device key) before anything arrives.
     before = len(w.states)
-    again = service(["--source", "/dev/video99", "--gallery-name", "demo", "--trusted-key", f"{keyfile}.pub",
-                     "--broker", f"{broker.host}:{broker.port}"], tmp_path, env)  # fmt: skip
+    again = service(
+        [
+            "--source",
+            "/dev/video99",
+            "--gallery-name",
+            "demo",
+            "--trusted-key",
+            f"{keyfile}.pub",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        tmp_path,
+        env,
+    )
     try:
         s = w.state_where(lambda s: s.get("version") == 4, since=before)
         assert "error" not in s and s["removed_count"] == 1 and s["identities"] == 2
         # A 10,000 × 5 bundle over MQTT.
         rng = np.random.default_rng(0)
-        big = [Identity(f"p{i:05d}", None, (v := rng.normal(size=(5, DIM)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True), {})
-               for i in range(10_000)]  # fmt: skip
+        big = [
+            Identity(
+                f"p{i:05d}",
+                None,
+                (v := rng.normal(size=(5, DIM)).astype("float32")) / np.linalg.norm(v, axis=1, keepdims=True),
+                {},
+            )
+            for i in range(10_000)
+        ]
         big_file = tmp_path / "big.bundle"
         big_file.write_bytes(seal(big, 5, dtype="int8"))
         assert big_file.stat().st_size > 1 << 20  # too large for one message on this broker
         admin = tmp_path / "admin.toml"
         admin.write_text(f'[mqtt]\nca_file = "{ca}"\n')  # the publisher pins the CA too
-        rc = main(["gallery", "publish", str(big_file), "--config", str(admin), "--broker", f"{broker.host}:{broker.port}", "--device", "cam1",
-                   "--max-message", str(1 << 20)])  # fmt: skip
+        rc = main(
+            [
+                "gallery",
+                "publish",
+                str(big_file),
+                "--config",
+                str(admin),
+                "--broker",
+                f"{broker.host}:{broker.port}",
+                "--device",
+                "cam1",
+                "--max-message",
+                str(1 << 20),
+            ]
+        )
         assert rc == 0
         s = w.state_where(lambda s: s.get("version") == 5, timeout=60, context=lambda: again.text()[-4000:])
         assert s["identities"] == 10_000 and s["embeddings"] == 50_000 and s["removed_count"] == 0
@@ -228,12 +288,35 @@ def test_a_bundle_sealed_to_one_device_is_applied_there_and_refused_by_the_other
     assert main(["gallery", "keygen", "--out", str(keyfile)]) == 0
     door = device_key(tmp_path / "door")
     bundle = tmp_path / "lobby.bundle"
-    assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(keyfile), "--gallery-name",
-                 "lobby", "--recipient", public_line(door.public)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "enroll",
+                str(assets.gallery),
+                "--out",
+                str(bundle),
+                "--key",
+                str(keyfile),
+                "--gallery-name",
+                "lobby",
+                "--recipient",
+                public_line(door.public),
+            ]
+        )
+        == 0
+    )
     states = Collector(broker.host, broker.port, "edge/+/gallery/state", "edge/+/status")
     states.publish("edge/galleries/lobby", bundle.read_bytes(), retain=True)
-    args = ["--source", "/dev/video99", "--gallery-name", "lobby", "--trusted-key", f"{keyfile}.pub",
-            "--broker", f"{broker.host}:{broker.port}"]  # fmt: skip
+    args = [
+        "--source",
+        "/dev/video99",
+        "--gallery-name",
+        "lobby",
+        "--trusted-key",
+        f"{keyfile}.pub",
+        "--broker",
+        f"{broker.host}:{broker.port}",
+    ]
     procs = {name: service(args, tmp_path / name, device=name) for name in ("door", "yard")}
     try:
         applied = states.wait_for("door/gallery/state", lambda s: s.get("version") == 1)

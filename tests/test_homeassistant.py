@@ -35,9 +35,20 @@ def connected_link(broker: LocalBroker, tmp_path: Path, stop: threading.Event) -
 
 
 def event(ident: str, score: float = 0.8) -> MatchEvent:
-    return MatchEvent(device_id="door", identity_id=ident, label=ident.title(), score=score, threshold=0.6,
-                      est_false_match_rate=1e-6, evidence=Evidence(agreed=3, seen=4), track_id=1,
-                      bbox=(0.1, 0.1, 0.2, 0.2), quality=0.9, model="m", gallery_version=1)  # fmt: skip
+    return MatchEvent(
+        device_id="door",
+        identity_id=ident,
+        label=ident.title(),
+        score=score,
+        threshold=0.6,
+        est_false_match_rate=1e-6,
+        evidence=Evidence(agreed=3, seen=4),
+        track_id=1,
+        bbox=(0.1, 0.1, 0.2, 0.2),
+        quality=0.9,
+        model="m",
+        gallery_version=1,
+    )
 
 
 def gallery(*ids: str) -> Gallery:

@@ -30,8 +30,12 @@ def gallery(tmp_path: Path) -> Path:
 
 def group_photo(path: Path) -> list[tuple[str, float, float, float]]:
     """A 2000x1200 photo: Colin and Laura (enrolled, other photos), Halle (not enrolled), a tiny face."""
-    people = [("Colin_Powell/Colin_Powell_0074.jpg", 500.0, 500.0, 180.0), ("Laura_Bush/Laura_Bush_0016.jpg", 1100.0, 480.0, 150.0),
-              ("Halle_Berry/Halle_Berry_0001.jpg", 1600.0, 520.0, 160.0), ("Venus_Williams/Venus_Williams_0004.jpg", 1800.0, 1000.0, 15.0)]  # fmt: skip
+    people = [
+        ("Colin_Powell/Colin_Powell_0074.jpg", 500.0, 500.0, 180.0),
+        ("Laura_Bush/Laura_Bush_0016.jpg", 1100.0, 480.0, 150.0),
+        ("Halle_Berry/Halle_Berry_0001.jpg", 1600.0, 520.0, 160.0),
+        ("Venus_Williams/Venus_Williams_0004.jpg", 1800.0, 1000.0, 15.0),
+    ]
     frame = gradient_background(2000, 1200, np.random.default_rng(5))
     for name, cx, cy, face in people:
         paste(frame, read_image(FACES / name), cx, cy, face)
@@ -61,8 +65,17 @@ def test_identify_a_group_photo_as_json(tmp_path: Path, gallery: Path, capsys: p
     stranger = by_place["Halle_Berry"]
     assert stranger["identity_id"] is None and stranger["quality_ok"] and stranger["score"] < stranger["threshold"]
     for r in group:
-        assert set(r) >= {"file", "face", "bbox", "identity_id", "score", "threshold", "est_false_match_rate",
-                          "quality_ok", "reason"}  # fmt: skip
+        assert set(r) >= {
+            "file",
+            "face",
+            "bbox",
+            "identity_id",
+            "score",
+            "threshold",
+            "est_false_match_rate",
+            "quality_ok",
+            "reason",
+        }
         if r["identity_id"]:
             assert r["score"] >= r["threshold"] and 0 < r["est_false_match_rate"] < 1e-3
     (portrait,) = [r for r in rows if r["file"].endswith("portrait.jpg")]

@@ -106,8 +106,11 @@ def test_a_bad_key_file_is_one_line_naming_it(tmp_path: Path) -> None:
         f"device key {path} is not an unencrypted PEM private key; move it away to make a new one "
         "(galleries encrypted to the old key can then no longer be read)"
     )
-    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    path.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with pytest.raises(InputError) as e:
         keys.load_key(tmp_path)
     assert str(e.value) == f"device key {path} is not an X25519 key"

@@ -249,22 +249,34 @@ def test_messages_reach_every_handler_whose_filter_matches_and_one_failing_stops
         assert router.route("edge/galleries/lobby", b"x", True) == 2
     assert got == [("deep", "edge/galleries/lobby", b"x", True)]
     assert "message on edge/galleries/lobby could not be handled" in caplog.text
-    assert router.route("edge/door/gallery/set", b"y", False) == 1 and got[-1] == ("exact", "edge/door/gallery/set",
-                                                                                   b"y", False)  # fmt: skip
+    assert router.route("edge/door/gallery/set", b"y", False) == 1 and got[-1] == (
+        "exact",
+        "edge/door/gallery/set",
+        b"y",
+        False,
+    )
     assert router.route("edge/other/gallery/set", b"z", False) == 0 and len(got) == 2
     made = Subscriptions()
     router.subscribe_all(made)
-    assert made.made == [("edge/door/gallery/set", 1), ("edge/galleries/+", 0), ("edge/galleries/#", 1),
-                         ("edge/door/status", 0)]  # fmt: skip
+    assert made.made == [
+        ("edge/door/gallery/set", 1),
+        ("edge/galleries/+", 0),
+        ("edge/galleries/#", 1),
+        ("edge/door/status", 0),
+    ]
     assert router.subscriptions == dict(made.made)
 
 
 def test_topics_are_the_contracts_names() -> None:
     t = Topics("edge", "door")
     assert (t.match, t.status, t.gallery_state, t.gallery_set, t.gallery_fleet("lobby"), t.presence("p1")) == (
-        "edge/door/events/match", "edge/door/status", "edge/door/gallery/state", "edge/door/gallery/set",
-        "edge/galleries/lobby", "edge/door/presence/p1",
-    )  # fmt: skip
+        "edge/door/events/match",
+        "edge/door/status",
+        "edge/door/gallery/state",
+        "edge/door/gallery/set",
+        "edge/galleries/lobby",
+        "edge/door/presence/p1",
+    )
 
 
 # -- the connection ------------------------------------------------------------------------------
@@ -359,8 +371,9 @@ def test_a_disconnection_says_why_and_a_taken_over_session_names_the_shared_id()
     conn.connected.set()
     conn._on_disconnect(conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x80), None)
     assert conn.last_error == "disconnected: Unspecified error" and not conn.connected.is_set()
-    conn._on_disconnect(conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER),
-                        None)  # fmt: skip
+    conn._on_disconnect(
+        conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER), None
+    )
     assert str(conn.last_error).startswith("another client connected as 'door' and took this session over")
     assert conn._flaps == FLAPS
     conn.closing.set()
@@ -402,15 +415,24 @@ def test_each_kind_of_connection_failure_is_one_line_with_its_fix() -> None:
     cases: list[tuple[BaseException, bool, str]] = [
         (ConnectionRefusedError(), False, "broker h:1 refused the connection (nothing listening there?)"),
         (TimeoutError(), False, "broker h:1 did not answer in time (unreachable or filtered)"),
-        (socket.gaierror(-2, "Name or service not known"), False,
-         "cannot resolve broker host 'h': Name or service not known"),
+        (
+            socket.gaierror(-2, "Name or service not known"),
+            False,
+            "cannot resolve broker host 'h': Name or service not known",
+        ),
         (OSError(113, "No route to host"), False, "cannot reach broker h:1: No route to host"),
-        (ConnectionResetError(), True,
-         "TLS: h:1 dropped the TLS handshake (plain MQTT port?); set mqtt.tls = false or use the TLS port"),
+        (
+            ConnectionResetError(),
+            True,
+            "TLS: h:1 dropped the TLS handshake (plain MQTT port?); set mqtt.tls = false or use the TLS port",
+        ),
         (ValueError("bad"), False, "connecting to h:1 failed: ValueError: bad"),
-        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), True,
-         "TLS: h:1 does not speak TLS (plain MQTT port?); set mqtt.tls = false or use the TLS port"),
-    ]  # fmt: skip
+        (
+            ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            True,
+            "TLS: h:1 does not speak TLS (plain MQTT port?); set mqtt.tls = false or use the TLS port",
+        ),
+    ]
     for exc, tls, said in cases:
         assert explain(exc, "h", 1, tls) == said
     assert explain(ConnectionResetError(), "h", 1, False).startswith("cannot reach broker h:1")

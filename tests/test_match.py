@@ -210,11 +210,14 @@ def test_a_gallery_needing_a_table_the_calibration_lacks_is_refused_at_the_snaps
 def test_manifest_kinds_and_conditions_parse_into_bands() -> None:
     rows = [[1e-2, 0.4], [1e-3, 0.5]]
     entry = {"embedder_sha256": "s", "pipeline": "p", "band": {"min_px": 0, "max_px": None}, "table": rows}
-    parsed = parse_calibrations([
-        entry, {**entry, "templates": 3, "table": [[1e-2, 0.41], [1e-3, 0.52]]},
-        {**entry, "templates": 5, "table": [[1e-2, 0.42], [1e-3, 0.53]]},
-        {**entry, "condition": "grey", "table": [[1e-2, 0.45], [1e-3, 0.55]]},
-    ])  # fmt: skip
+    parsed = parse_calibrations(
+        [
+            entry,
+            {**entry, "templates": 3, "table": [[1e-2, 0.41], [1e-3, 0.52]]},
+            {**entry, "templates": 5, "table": [[1e-2, 0.42], [1e-3, 0.53]]},
+            {**entry, "condition": "grey", "table": [[1e-2, 0.45], [1e-3, 0.55]]},
+        ]
+    )
     by = {c.condition: c for c in parsed}
     assert set(by) == {"colour", "grey"}
     band = by["colour"].bands[0]

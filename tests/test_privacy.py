@@ -42,12 +42,18 @@ def people(n: int, seed: int = 0) -> list[Identity]:
 def sync_for(state: Path, key: DeviceKey, states: list[GalleryState] | None = None) -> GallerySync:
     policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, device_key=key)
     got = states if states is not None else []
-    return GallerySync(GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(state / "gallery", policy), policy,
-                       GallerySettings(), lambda d: got.append(GalleryState.model_validate_json(d)))  # fmt: skip
+    return GallerySync(
+        GalleryHolder(Matcher(CAL, MatchSettings())),
+        GalleryStore(state / "gallery", policy),
+        policy,
+        GallerySettings(),
+        lambda d: got.append(GalleryState.model_validate_json(d)),
+    )
 
 
-def resealed(data: bytes, *, header: bytes | None = None, recipients: bytes | None = None,
-             content: bytes | None = None) -> bytes:  # fmt: skip
+def resealed(
+    data: bytes, *, header: bytes | None = None, recipients: bytes | None = None, content: bytes | None = None
+) -> bytes:
     """The bundle with parts replaced and signed again by the trusted key: what an insider (or a bug in a
     publisher) could make; the signature passes, so the checks after it must catch it."""
     f = sealed.frame(data)
@@ -66,8 +72,11 @@ def test_every_fault_of_the_envelope_is_one_rejection_naming_its_step_and_the_ga
     states: list[GalleryState] = []
     sync = sync_for(tmp_path / "door", door, states)
     assert sync.apply(sealed.seal(people(3), "lobby", 5, SHA, KEY, [door.public]))
-    before = (sync.holder.current.gallery.identity_ids, sync.version,
-              sorted(p.read_bytes() for p in (tmp_path / "door" / "gallery").iterdir()))  # fmt: skip
+    before = (
+        sync.holder.current.gallery.identity_ids,
+        sync.version,
+        sorted(p.read_bytes() for p in (tmp_path / "door" / "gallery").iterdir()),
+    )
     both = sealed.seal(people(4, seed=1), "lobby", 6, SHA, KEY, [yard.public, door.public])
     f = sealed.frame(both)
     blocks = both[f.recipients[0] : f.recipients[1]]
@@ -76,29 +85,50 @@ def test_every_fault_of_the_envelope_is_one_rejection_naming_its_step_and_the_ga
     header = json.loads(both[f.header[0] : f.header[1]])
     faults = {
         "truncated ciphertext": (resealed(both, content=content[:-40]), "decrypt", "does not decrypt"),
-        "wrong AEAD tag": (resealed(both, content=content[:-1] + bytes([content[-1] ^ 1])), "decrypt",
-                           "does not decrypt"),
+        "wrong AEAD tag": (
+            resealed(both, content=content[:-1] + bytes([content[-1] ^ 1])),
+            "decrypt",
+            "does not decrypt",
+        ),
         "ciphertext too short": (resealed(both, content=content[:20]), "decrypt", "too short"),
-        "swapped recipient blocks": (resealed(both, recipients=door_block + yard_block), "recipient",
-                                     "not the one the header lists there"),
-        "a block under the wrong key id": (resealed(both, recipients=yard_block + door_block[:32] + yard_block[32:]),
-                                           "recipient", "does not open with its private key"),
-        "duplicated recipient": (resealed(both, header=json.dumps({**header, "recipients": [header["recipients"][1]] * 2}
-                                                                   ).encode(), recipients=door_block + door_block),
-                                 "recipient", "listed twice"),
+        "swapped recipient blocks": (
+            resealed(both, recipients=door_block + yard_block),
+            "recipient",
+            "not the one the header lists there",
+        ),
+        "a block under the wrong key id": (
+            resealed(both, recipients=yard_block + door_block[:32] + yard_block[32:]),
+            "recipient",
+            "does not open with its private key",
+        ),
+        "duplicated recipient": (
+            resealed(
+                both,
+                header=json.dumps({**header, "recipients": [header["recipients"][1]] * 2}).encode(),
+                recipients=door_block + door_block,
+            ),
+            "recipient",
+            "listed twice",
+        ),
         "a missing key block": (resealed(both, recipients=yard_block), "recipient", "key blocks for 2 recipients"),
-        "not a recipient": (sealed.seal(people(2), "lobby", 6, SHA, KEY, [yard.public]), "recipient",
-                            "not among the bundle's 1 recipient"),
+        "not a recipient": (
+            sealed.seal(people(2), "lobby", 6, SHA, KEY, [yard.public]),
+            "recipient",
+            "not among the bundle's 1 recipient",
+        ),
         "unsigned": (both[: f.head_end] + bytes(96), "signature", "not trusted"),
         "cut short": (both[:-50], "parse", "truncated or padded"),
-    }  # fmt: skip
+    }
     for name, (data, step, words) in faults.items():
         assert not sync.apply(data), name
         error = states[-1].error
         assert error is not None and error.step == step and words in error.reason, (name, error)
         assert "\n" not in error.reason
-        after = (sync.holder.current.gallery.identity_ids, sync.version,
-                 sorted(p.read_bytes() for p in (tmp_path / "door" / "gallery").iterdir()))  # fmt: skip
+        after = (
+            sync.holder.current.gallery.identity_ids,
+            sync.version,
+            sorted(p.read_bytes() for p in (tmp_path / "door" / "gallery").iterdir()),
+        )
         assert after == before, name  # the gallery in force and its stored copy untouched
     assert sync.apply(both)  # the bundle itself, as published, applies
     assert sync.holder.current.gallery.identity_ids == ("id0", "id1", "id2", "id3")
@@ -171,15 +201,18 @@ def test_inspect_without_the_device_key_shows_the_clear_header_only(
     pub = tmp_path / "owner.pub"
     from cryptography.hazmat.primitives import serialization
 
-    pub.write_bytes(KEY.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    pub.write_bytes(
+        KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     assert main(["gallery", "inspect", str(bundle), "--trusted-key", str(pub)]) == 0
     captured = capsys.readouterr()
     header = json.loads(captured.out)
     assert header["verified"] is True and header["version"] == 3 and header["recipients"] == [key.key_id.hex()]
     assert "Person" not in captured.out and "id0" not in captured.out and "--device-key" in captured.err
-    assert main(["gallery", "inspect", str(bundle), "--trusted-key", str(pub), "--device-key", str(key.path),
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(["gallery", "inspect", str(bundle), "--trusted-key", str(pub), "--device-key", str(key.path), "--json"])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [r["identity_id"] for r in report["identities_report"]] == ["id0", "id1"]
 
@@ -237,10 +270,28 @@ def test_the_stored_gallery_comes_back_field_by_field(tmp_path: Path, caplog: py
     assert sync.apply(sealed.seal(crowd, "lobby", 5, SHA, KEY, [key.public], embedder="sface_int8"))
     assert sync.applied is not None and sync.applied.applied_at.startswith("20") and len(sync.applied.head) == 32
     with caplog.at_level(logging.INFO, logger="edge.gallery.store"):
-        assert sync.apply(sealed.seal([Identity("id2", None, np.zeros((0, DIM), np.float32), {})], "lobby", 6, SHA,
-                                      KEY, [key.public], kind="removal"))  # fmt: skip
-        assert sync.apply(sealed.seal([Identity(i, None, np.zeros((0, DIM), np.float32), {}) for i in ("id0", "id3")],
-                                      "lobby", 7, SHA, KEY, [key.public], kind="removal"))  # fmt: skip
+        assert sync.apply(
+            sealed.seal(
+                [Identity("id2", None, np.zeros((0, DIM), np.float32), {})],
+                "lobby",
+                6,
+                SHA,
+                KEY,
+                [key.public],
+                kind="removal",
+            )
+        )
+        assert sync.apply(
+            sealed.seal(
+                [Identity(i, None, np.zeros((0, DIM), np.float32), {}) for i in ("id0", "id3")],
+                "lobby",
+                7,
+                SHA,
+                KEY,
+                [key.public],
+                kind="removal",
+            )
+        )
     said = [r.getMessage() for r in caplog.records]
     assert "gallery: 1 identity removed from disk" in said and "gallery: 2 identities removed from disk" in said
     before = sync.applied
@@ -251,9 +302,16 @@ def test_the_stored_gallery_comes_back_field_by_field(tmp_path: Path, caplog: py
     assert after is not None
     b, a = before.bundle, after.bundle
     assert (a.gallery, a.version, a.kind, a.created_at, a.embedder_sha256, a.signer, a.recipients, a.embedder) == (
-        b.gallery, 5, "full", b.created_at, SHA, b.signer, (key.key_id.hex(),), "sface_int8")  # fmt: skip
-    assert (after.version, after.applied_at, after.head, after.removed_count) == (
-        7, before.applied_at, before.head, 3)  # fmt: skip
+        b.gallery,
+        5,
+        "full",
+        b.created_at,
+        SHA,
+        b.signer,
+        (key.key_id.hex(),),
+        "sface_int8",
+    )
+    assert (after.version, after.applied_at, after.head, after.removed_count) == (7, before.applied_at, before.head, 3)
     assert len(after.head) == 32 and after.applied_at.startswith("20") and after.removed == frozenset()
     (kept,) = a.identities
     assert (kept.id, kept.label, kept.meta) == ("id1", "Person 1", {"expires_at": "2999-01-01T00:00:00+00:00"})
@@ -277,8 +335,10 @@ def test_every_fault_of_the_stored_gallery_is_one_line_naming_the_file(tmp_path:
         return MAGIC + nonce + AESGCM(key.storage_key()).encrypt(nonce, plain, MAGIC)
 
     not_sealed = f"stored gallery {path} is not a sealed gallery store; restore it or delete it to start without"
-    no_open = (f"stored gallery {path} does not open with this device's key (the key was replaced without 'edge "
-               "device key --rotate', or the file is damaged); restore both or delete it to start without")  # fmt: skip
+    no_open = (
+        f"stored gallery {path} does not open with this device's key (the key was replaced without 'edge "
+        "device key --rotate', or the file is damaged); restore both or delete it to start without"
+    )
     shortest = len(MAGIC) + NONCE_LEN + 16
     cases = {
         b"garbage, not a store": not_sealed,
@@ -303,14 +363,19 @@ def test_every_fault_of_the_stored_gallery_is_one_line_naming_the_file(tmp_path:
     other = sync_for(tmp_path / "door", key)
     path.unlink()
     policy = Policy((KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, {"cd" * 32: "mobilefacenet_int8"}, device_key=key)
-    GallerySync(GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(path.parent, policy), policy,
-                GallerySettings(), lambda d: None).apply(
-        sealed.seal(people(2), "lobby", 9, "cd" * 32, KEY, [key.public], embedder="mobilefacenet_int8"))  # fmt: skip
+    GallerySync(
+        GalleryHolder(Matcher(CAL, MatchSettings())),
+        GalleryStore(path.parent, policy),
+        policy,
+        GallerySettings(),
+        lambda d: None,
+    ).apply(sealed.seal(people(2), "lobby", 9, "cd" * 32, KEY, [key.public], embedder="mobilefacenet_int8"))
     with pytest.raises(StoredForAnotherEmbedder) as moved:
         other.store.load()
     assert (moved.value.error.step, moved.value.error.version) == ("model", 9) and str(path) in str(moved.value)
-    assert moved.value.error.reason.startswith("made for embedder mobilefacenet_int8 (sha256 cdcdcdcdcdcd…), this "
-                                               "device runs ")  # fmt: skip
+    assert moved.value.error.reason.startswith(
+        "made for embedder mobilefacenet_int8 (sha256 cdcdcdcdcdcd…), this device runs "
+    )
     assert moved.value.error.reason.endswith("enrol again from the photos with this device's embedder (docs/models.md)")
     # Another gallery's: the device follows another name now.
     path.unlink()
@@ -318,8 +383,10 @@ def test_every_fault_of_the_stored_gallery_is_one_line_naming_the_file(tmp_path:
     garden = Policy((KEY.public_key(),), SHA, "garden", 1 << 20, device_key=key)
     with pytest.raises(InputError) as e:
         GalleryStore(path.parent, garden).load()
-    assert str(e.value) == (f"stored gallery {path}: gallery bundle rejected at gallery: it is gallery 'lobby', this "
-                            "device follows 'garden'; restore it or delete it to start without")  # fmt: skip
+    assert str(e.value) == (
+        f"stored gallery {path}: gallery bundle rejected at gallery: it is gallery 'lobby', this "
+        "device follows 'garden'; restore it or delete it to start without"
+    )
 
 
 def test_a_store_that_cannot_be_written_is_refused_at_step_store_and_nothing_changes(tmp_path: Path) -> None:
@@ -339,8 +406,17 @@ def test_a_store_that_cannot_be_written_is_refused_at_step_store_and_nothing_cha
     path.unlink()
     path.mkdir()
     (path / "x").write_text("")
-    assert not sync.apply(sealed.seal([Identity("id0", None, np.zeros((0, DIM), np.float32), {})], "lobby", 4, SHA,
-                                      KEY, [key.public], kind="removal"))  # fmt: skip
+    assert not sync.apply(
+        sealed.seal(
+            [Identity("id0", None, np.zeros((0, DIM), np.float32), {})],
+            "lobby",
+            4,
+            SHA,
+            KEY,
+            [key.public],
+            kind="removal",
+        )
+    )
     error = states[-1].error
     assert error is not None and (error.step, error.rejected_version) == ("store", 4)
     assert error.reason.startswith("cannot write the removal: ")
@@ -382,7 +458,8 @@ def test_the_sealed_framing_is_read_from_its_lengths_and_each_fault_is_named_at_
     assert refused(sealed.MAGIC + struct.pack("<I", 200) + bytes(203)) == "truncated before the recipients"
     assert refused(sealed.MAGIC + struct.pack("<I", 200) + bytes(204)) == "truncated before the content"  # 4: read
     assert refused(sealed.MAGIC + struct.pack("<I", 200) + bytes(200) + struct.pack("<I", 0) + bytes(3)) == (
-        "truncated before the content")  # fmt: skip
+        "truncated before the content"
+    )
     at_limit = framed(bytes(MAX_HEADER), b"", b"")
     assert sealed.frame(at_limit).header == (12, 12 + MAX_HEADER)  # exactly the limit: read
     assert (
@@ -390,14 +467,19 @@ def test_the_sealed_framing_is_read_from_its_lengths_and_each_fault_is_named_at_
     )
     too_many = sealed.RECIPIENT_LEN * sealed.MAX_RECIPIENTS + 1
     assert refused(sealed.MAGIC + struct.pack("<I", 0) + struct.pack("<I", too_many) + bytes(200)) == (
-        f"recipients length {too_many} exceeds {too_many - 1} bytes")  # fmt: skip
+        f"recipients length {too_many} exceeds {too_many - 1} bytes"
+    )
     padded = framed(b"{}", b"", b"abc", tail=97)
     assert refused(padded) == f"{len(padded)} bytes, the lengths inside imply {len(padded) - 1} (truncated or padded)"
     f = sealed.frame(framed(b"{}", bytes(5), b"abc"))
     assert (f.header, f.recipients, f.content) == ((12, 14), (18, 23), (27, 30)) and f.head_end == 30
     with pytest.raises(BundleError, match=r"^gallery bundle rejected at parse: header is not valid JSON"):
-        sealed.verify(resealed(sealed.seal(people(1), "lobby", 1, SHA, KEY, [ensure_key_in_memory().public]),
-                               header=b"{not json"), [KEY.public_key()])  # fmt: skip
+        sealed.verify(
+            resealed(
+                sealed.seal(people(1), "lobby", 1, SHA, KEY, [ensure_key_in_memory().public]), header=b"{not json"
+            ),
+            [KEY.public_key()],
+        )
 
 
 def ensure_key_in_memory() -> DeviceKey:
@@ -416,7 +498,8 @@ def test_seal_refuses_no_recipient_and_the_same_one_twice() -> None:
     header = data[12 : 12 + struct.unpack_from("<I", data, 8)[0]]
     assert b", " not in header and b": " not in header  # compact: the clear header says no more than it must
     assert sealed.peek(data)["signer_key_id"] == sealed.peek(data)["signer_key_id"] and sealed.recipients_of(data) == [
-        one.key_id.hex()]  # fmt: skip
+        one.key_id.hex()
+    ]
 
 
 def test_a_format_1_store_moves_with_every_removal_its_time_and_its_refusals(tmp_path: Path) -> None:
@@ -434,8 +517,9 @@ def test_a_format_1_store_moves_with_every_removal_its_time_and_its_refusals(tmp
     (folder / "current.bundle").write_bytes(full)
     os.utime(folder / "current.bundle", (1_700_000_000, 1_700_000_000))
     for version, gone in ((5, "id1"), (6, "id2")):
-        removal = encode([Identity(gone, None, np.zeros((0, DIM), np.float32), {})], "lobby", version, SHA, KEY,
-                         kind="removal")  # fmt: skip
+        removal = encode(
+            [Identity(gone, None, np.zeros((0, DIM), np.float32), {})], "lobby", version, SHA, KEY, kind="removal"
+        )
         (folder / "removals" / f"v{version:012d}.bundle").write_bytes(removal)
     sync = sync_for(state, key)
     assert sync.load_from_disk() and sync.holder.current.gallery.identity_ids == ("id0", "id3")
@@ -488,9 +572,19 @@ def sealed_with_content(plain: bytes, device: DeviceKey, version: int = 6, recip
 
     others = [ensure_key_in_memory() for _ in range(recipients - 1)]
     keys_ = [*others, device]
-    header = json.dumps({"format": 2, "gallery": "lobby", "version": version, "kind": "full",
-                         "created_at": "2026-12-06T00:00:00+00:00", "embedder_sha256": SHA, "suite": sealed.SUITE_NAME,
-                         "recipients": [k.key_id.hex() for k in keys_]}, separators=(",", ":")).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "format": 2,
+            "gallery": "lobby",
+            "version": version,
+            "kind": "full",
+            "created_at": "2026-12-06T00:00:00+00:00",
+            "embedder_sha256": SHA,
+            "suite": sealed.SUITE_NAME,
+            "recipients": [k.key_id.hex() for k in keys_],
+        },
+        separators=(",", ":"),
+    ).encode()
     cek = AESGCM.generate_key(bit_length=256)
     info = sealed._INFO + hashlib.sha256(header).digest()
     blocks = b"".join(k.key_id + sealed._SUITE.encrypt(cek, k.public, info=info) for k in keys_)
@@ -514,8 +608,9 @@ def test_every_fault_of_the_decrypted_content_is_named_with_the_bundles_version(
 
     layout = json.dumps({"identities": 1, "embeddings": 1, "dim": 2, "dtype": "float32"}).encode()
     block = np.array([[0.6, 0.8]], "<f4").tobytes()
-    index = json.dumps([{"id": "a", "label": "A", "count": 1, "meta": {},
-                         "sha256": __import__("hashlib").sha256(block).hexdigest()}]).encode()  # fmt: skip
+    index = json.dumps(
+        [{"id": "a", "label": "A", "count": 1, "meta": {}, "sha256": __import__("hashlib").sha256(block).hexdigest()}]
+    ).encode()
 
     def part(b: bytes) -> bytes:
         return struct.pack("<I", len(b)) + b
@@ -556,29 +651,42 @@ def test_every_envelope_refusal_carries_the_bundles_version_and_says_how_many_re
 
     one = refusal(sealed.seal(people(1), "lobby", 8, SHA, KEY, [other.public]))
     assert (one.step, one.version) == ("recipient", 8)
-    assert one.reason == (f"this device (key {device.short_id}) is not among the bundle's 1 recipient: it was "
-                          "encrypted for other devices")  # fmt: skip
-    three = refusal(sealed.seal(people(1), "lobby", 8, SHA, KEY, [other.public, *(ensure_key_in_memory().public
-                                                                               for _ in range(2))]))  # fmt: skip
+    assert one.reason == (
+        f"this device (key {device.short_id}) is not among the bundle's 1 recipient: it was encrypted for other devices"
+    )
+    three = refusal(
+        sealed.seal(people(1), "lobby", 8, SHA, KEY, [other.public, *(ensure_key_in_memory().public for _ in range(2))])
+    )
     assert "not among the bundle's 3 recipients: it was" in three.reason
     both = sealed.seal(people(1), "lobby", 9, SHA, KEY, [other.public, device.public])
     f = sealed.frame(both)
     blocks = both[f.recipients[0] : f.recipients[1]]
     header, content = both[f.header[0] : f.header[1]], both[f.content[0] : f.content[1]]
     cases = [
-        (resealed_parts(header, blocks[sealed.RECIPIENT_LEN :] + blocks[: sealed.RECIPIENT_LEN], content),
-         "key block 1 is not the one the header lists there (swapped or altered blocks)"),
-        (resealed_parts(header, blocks[:-1], content), f"{len(blocks) - 1} bytes of key blocks for 2 recipients "
-                                                       f"(each is {sealed.RECIPIENT_LEN})"),
-        (resealed_parts(header, blocks[: sealed.RECIPIENT_LEN] + device.key_id + blocks[32 : sealed.RECIPIENT_LEN],
-                        content),
-         f"the key block for this device (key {device.short_id}) does not open with its private key (a block made for "
-         "another key, or altered)"),
-        (resealed_parts(header, blocks, content[: sealed.NONCE_LEN + 15]),
-         f"content of {sealed.NONCE_LEN + 15} bytes is too short (truncated)"),
-        (resealed_parts(header, blocks, content[:-1] + bytes([content[-1] ^ 1])),
-         "the content does not decrypt with its content key (wrong tag: altered, or not the key it was sealed with)"),
-    ]  # fmt: skip
+        (
+            resealed_parts(header, blocks[sealed.RECIPIENT_LEN :] + blocks[: sealed.RECIPIENT_LEN], content),
+            "key block 1 is not the one the header lists there (swapped or altered blocks)",
+        ),
+        (
+            resealed_parts(header, blocks[:-1], content),
+            f"{len(blocks) - 1} bytes of key blocks for 2 recipients (each is {sealed.RECIPIENT_LEN})",
+        ),
+        (
+            resealed_parts(
+                header, blocks[: sealed.RECIPIENT_LEN] + device.key_id + blocks[32 : sealed.RECIPIENT_LEN], content
+            ),
+            f"the key block for this device (key {device.short_id}) does not open with its private key (a block made for "
+            "another key, or altered)",
+        ),
+        (
+            resealed_parts(header, blocks, content[: sealed.NONCE_LEN + 15]),
+            f"content of {sealed.NONCE_LEN + 15} bytes is too short (truncated)",
+        ),
+        (
+            resealed_parts(header, blocks, content[:-1] + bytes([content[-1] ^ 1])),
+            "the content does not decrypt with its content key (wrong tag: altered, or not the key it was sealed with)",
+        ),
+    ]
     for data, reason in cases:
         e = refusal(data)
         assert e.version == 9 and e.reason == reason and e.step in ("recipient", "decrypt"), (reason, e.reason)
@@ -620,8 +728,9 @@ def test_a_format_1_store_that_cannot_be_moved_is_one_line_and_stays_as_it_was(t
     (folder / "current.sealed.tmp" / "x").write_text("")
     with pytest.raises(InputError) as e:
         sync_for(state, key).store.load()
-    assert str(e.value).startswith(f"stored gallery {folder / 'current.bundle'} cannot be moved into "
-                                   f"{folder / 'current.sealed'}: ")  # fmt: skip
+    assert str(e.value).startswith(
+        f"stored gallery {folder / 'current.bundle'} cannot be moved into {folder / 'current.sealed'}: "
+    )
     assert (folder / "current.bundle").read_bytes() == legacy and not (folder / "current.sealed").exists()
     (folder / "current.sealed.tmp" / "x").unlink()
     (folder / "current.sealed.tmp").rmdir()

@@ -52,9 +52,14 @@ DIM = 16
 
 
 def make(
-    ids: list[Identity], version: int, key: Ed25519PrivateKey = KEY, kind: str = "full", dtype: str = "float16",
-    sha: str = SHA, embedder: str | None = None,
-) -> bytes:  # fmt: skip
+    ids: list[Identity],
+    version: int,
+    key: Ed25519PrivateKey = KEY,
+    kind: str = "full",
+    dtype: str = "float16",
+    sha: str = SHA,
+    embedder: str | None = None,
+) -> bytes:
     """A bundle as devices take it by default: sealed to DEVICE, signed by ``key``."""
     return sealed.seal(ids, "lobby", version, sha, key, [DEVICE.public], kind, dtype, embedder)  # type: ignore[arg-type]
 
@@ -389,17 +394,23 @@ def test_a_stored_gallery_of_another_embedder_is_kept_unused_and_the_next_bundle
         (KEY.public_key(),), "cd" * 32, "lobby", 1 << 20, {"cd" * 32: "mobilefacenet_int8"}, device_key=DEVICE
     )
     old = GallerySync(
-        GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(tmp_path / "gallery", old_policy), old_policy,
-        GallerySettings(), lambda data: None,
-    )  # fmt: skip
+        GalleryHolder(Matcher(CAL, MatchSettings())),
+        GalleryStore(tmp_path / "gallery", old_policy),
+        old_policy,
+        GallerySettings(),
+        lambda data: None,
+    )
     assert old.apply(make(people(2), 7, sha="cd" * 32, embedder="mobilefacenet_int8"))
     stored = files_bytes(tmp_path)
     policy = Policy((KEY.public_key(),), SHA, "lobby", 1 << 20, {SHA: "sface_int8"}, device_key=DEVICE)
     states: list[GalleryState] = []
     new = GallerySync(
-        GalleryHolder(Matcher(CAL, MatchSettings())), GalleryStore(tmp_path / "gallery", policy), policy,
-        GallerySettings(), lambda data: states.append(GalleryState.model_validate_json(data)),
-    )  # fmt: skip
+        GalleryHolder(Matcher(CAL, MatchSettings())),
+        GalleryStore(tmp_path / "gallery", policy),
+        policy,
+        GallerySettings(),
+        lambda data: states.append(GalleryState.model_validate_json(data)),
+    )
     assert not new.load_from_disk()
     assert new.last_error is not None and new.last_error.step == "model"
     assert "mobilefacenet_int8" in new.last_error.reason and "sface_int8" in new.last_error.reason
@@ -436,10 +447,14 @@ def test_a_face_exactly_at_a_bands_smallest_size_is_judged_in_that_band() -> Non
     """Face-size bands are 'at least min_px': a face of exactly 80 px is a large face, 79.9 px is not;
     a face below every band is judged with the smallest band's table."""
     three = Calibration(
-        "sha", "mesh5+flip",
-        (Band(80, LARGE, "80+ px", every_kind(LARGE)), Band(36, SMALL, "36-80 px", every_kind(SMALL)),
-         Band(24, SMALL, "24-36 px", every_kind(SMALL))),
-    )  # fmt: skip
+        "sha",
+        "mesh5+flip",
+        (
+            Band(80, LARGE, "80+ px", every_kind(LARGE)),
+            Band(36, SMALL, "36-80 px", every_kind(SMALL)),
+            Band(24, SMALL, "24-36 px", every_kind(SMALL)),
+        ),
+    )
     snap = Matcher(three, MatchSettings(max_false_match_rate=1e-3)).snapshot(basis_gallery(2))
     bands = [m.band for m in snap.match(np.vstack([probe(0.9)] * 4), face_px=[80.0, 79.9, 24.0, 10.0])]
     assert bands == ["80+ px", "36-80 px", "24-36 px", "24-36 px"]
@@ -555,8 +570,10 @@ def test_a_short_photo_vector_is_made_unit_length_too() -> None:
 def test_a_delivered_event_leaves_no_trace_of_whom_it_named_in_the_outbox_files(tmp_path: Path) -> None:
     """An event names the person matched; once the broker has it, the outbox overwrites it on disk."""
     box = Outbox(tmp_path / "outbox.sqlite")
-    seqs = [box.put("edge/cam1/events/match", json.dumps({"identity_id": f"zoe-{i}", "label": "Zoe Quinn"}).encode())
-            for i in range(50)]  # fmt: skip
+    seqs = [
+        box.put("edge/cam1/events/match", json.dumps({"identity_id": f"zoe-{i}", "label": "Zoe Quinn"}).encode())
+        for i in range(50)
+    ]
     box.put("edge/cam1/events/match", b'{"identity_id": "still-queued"}')
     files = lambda: b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite*"))  # noqa: E731
     assert b"Zoe Quinn" in files()  # queued: on disk, as it must be (nothing is lost in a power cut)

@@ -106,8 +106,13 @@ def test_a_night_cameras_grey_frames_are_recognised_as_grey_and_judged_with_the_
     night = cv2.cvtColor(cv2.cvtColor(scene, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     seen: dict[str, list[Confirmation]] = {"day": [], "night": []}
     for when, image in (("day", scene), ("night", night)):
-        proc = FrameProcessor(recognizer, holder, Tracker(recognizer.settings.tracking), Stats(),
-                              lambda c, f, when=when: seen[when].append(c))  # fmt: skip
+        proc = FrameProcessor(
+            recognizer,
+            holder,
+            Tracker(recognizer.settings.tracking),
+            Stats(),
+            lambda c, f, when=when: seen[when].append(c),
+        )
         for i in range(8):
             proc(Frame(image, i, i / 30))
     (day,), (dark,) = seen["day"], seen["night"]

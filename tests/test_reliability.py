@@ -298,8 +298,12 @@ def test_a_killed_worker_ends_the_run_non_zero_saying_why(
     with RunningApp(app_settings(broker, tmp_path), recognizer) as running:
         status.wait_for("status", lambda s: s["state"] == "online")
         app = running.app
-        thread = {"capture": app.cameras[0].capture, "mqtt-network": app.link.threads[0], "mqtt-pump": app.link.threads[1],
-                  "frame-loop": running.thread}[name]  # fmt: skip
+        thread = {
+            "capture": app.cameras[0].capture,
+            "mqtt-network": app.link.threads[0],
+            "mqtt-pump": app.link.threads[1],
+            "frame-loop": running.thread,
+        }[name]
         _raise_in(thread)
         assert running.ended(WITHIN_WATCHDOG), "the run did not end"
         assert app.fault is not None and f"worker '{name}'" in app.fault
@@ -321,8 +325,14 @@ def test_a_wedged_gallery_sync_ends_the_run(broker: LocalBroker, tmp_path: Path,
     generate_key(keyfile)
     key: Ed25519PrivateKey = load_private_key(keyfile)
     settings = app_settings(broker, tmp_path, gallery={"name": "lobby", "trusted_keys": [f"{keyfile}.pub"]})
-    bundle = sealed_for([settings.device.state_dir], [Identity("a", None, np.eye(recognizer.embedder.dim,
-                        dtype=np.float32)[:2], {})], "lobby", 1, recognizer.embedder_sha256, key)  # fmt: skip
+    bundle = sealed_for(
+        [settings.device.state_dir],
+        [Identity("a", None, np.eye(recognizer.embedder.dim, dtype=np.float32)[:2], {})],
+        "lobby",
+        1,
+        recognizer.embedder_sha256,
+        key,
+    )
     status = Collector(broker.host, broker.port, "edge/supervised/status")
     with RunningApp(settings, recognizer) as running:
         app = running.app

@@ -258,8 +258,14 @@ def test_frame_size_argument_is_checked(bad: str) -> None:
 
 def test_whole_frame_mode_is_the_single_letterbox_and_sees_close_faces_only() -> None:
     rec = Recognizer(Settings.model_validate({"detection": {"mode": "whole"}}))
-    image = compose(1280, 720, [("Jean_Chretien/Jean_Chretien_0008.jpg", 300.0, 300.0, 180.0),
-                                ("Venus_Williams/Venus_Williams_0001.jpg", 900.0, 400.0, 44.0)])  # fmt: skip
+    image = compose(
+        1280,
+        720,
+        [
+            ("Jean_Chretien/Jean_Chretien_0008.jpg", 300.0, 300.0, 180.0),
+            ("Venus_Williams/Venus_Williams_0001.jpg", 900.0, 400.0, 44.0),
+        ],
+    )
     scanner = rec.scanner()
     faces = scanner.detect(image)
     assert scanner.last.invokes == 1 and len(found_at(faces, 300.0, 300.0, 180.0)) == 1

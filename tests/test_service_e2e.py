@@ -59,8 +59,20 @@ def logged_events(text: str) -> dict[str, str]:
 
 def test_only_enrolled_people_produce_events(broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:
     sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
-    proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "fast",
-                    "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path)  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            str(assets.clip),
+            "--gallery",
+            str(assets.gallery),
+            "--rate",
+            "fast",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            "--exit-at-end",
+        ],
+        tmp_path,
+    )
     assert proc.wait_exit(180) == 0, proc.text()[-2000:]
     logged = logged_events(proc.text())
     assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(logged), 10)
@@ -78,8 +90,20 @@ def test_only_enrolled_people_produce_events(broker: LocalBroker, assets: DemoAs
 def test_broker_restart_mid_run_loses_nothing(broker: LocalBroker, assets: DemoAssets, tmp_path: Path) -> None:
     sub = Collector(broker.host, broker.port, "edge/+/events/match", client_id="durable-sub", clean=False)
     sub.client.reconnect_delay_set(1, 1)
-    proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "native",
-                    "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path)  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            str(assets.clip),
+            "--gallery",
+            str(assets.gallery),
+            "--rate",
+            "native",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            "--exit-at-end",
+        ],
+        tmp_path,
+    )
     proc.wait_for(EVENT_LINE.pattern)  # the first event is out
     broker.stop()
     # The next confirmed event can only wait in the outbox.
@@ -102,8 +126,20 @@ def test_sigkill_with_pending_events_then_restart_delivers(assets: DemoAssets, t
     with LocalBroker() as offline:
         port = offline.port
     # No broker on that port: events can only pile up in the outbox.
-    proc = service(["--source", str(assets.clip), "--gallery", str(assets.gallery), "--rate", "native",
-                    "--broker", f"127.0.0.1:{port}", "--loop"], tmp_path)  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            str(assets.clip),
+            "--gallery",
+            str(assets.gallery),
+            "--rate",
+            "native",
+            "--broker",
+            f"127.0.0.1:{port}",
+            "--loop",
+        ],
+        tmp_path,
+    )
     proc.wait_for(EVENT_LINE.pattern, count=2)
     proc.stop(signal.SIGKILL)
     pending = logged_events(proc.text())
@@ -178,11 +214,41 @@ def test_signed_bundle_gallery_events_carry_its_version(
     assert main(["gallery", "keygen", "--out", str(key)]) == 0
     bundle = tmp_path / "g.bundle"
     line = public_line(device_key(tmp_path).public)  # the device's key (its state directory is tmp_path)
-    assert main(["enroll", str(assets.gallery), "--out", str(bundle), "--key", str(key),
-                 "--gallery-name", "demo", "--version", "2", "--recipient", line]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "enroll",
+                str(assets.gallery),
+                "--out",
+                str(bundle),
+                "--key",
+                str(key),
+                "--gallery-name",
+                "demo",
+                "--version",
+                "2",
+                "--recipient",
+                line,
+            ]
+        )
+        == 0
+    )
     sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
-    args = ["--source", str(assets.clip), "--gallery", str(bundle), "--gallery-name", "demo", "--trusted-key", f"{key}.pub",
-            "--rate", "fast", "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"]  # fmt: skip
+    args = [
+        "--source",
+        str(assets.clip),
+        "--gallery",
+        str(bundle),
+        "--gallery-name",
+        "demo",
+        "--trusted-key",
+        f"{key}.pub",
+        "--rate",
+        "fast",
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--exit-at-end",
+    ]
     proc = service(args, tmp_path)
     assert proc.wait_exit(180) == 0, proc.text()[-2000:]
     logged = logged_events(proc.text())
@@ -206,8 +272,9 @@ def test_a_missing_file_source_is_a_configuration_error_at_start(
     broker: LocalBroker, tmp_path: Path, at_end: list[str]
 ) -> None:
     """A path that does not exist is not retried (a camera or stream is): one line, exit 2, either way."""
-    proc = service(["--source", str(tmp_path / "missing.mp4"), "--broker", f"{broker.host}:{broker.port}",
-                    *at_end], tmp_path)  # fmt: skip
+    proc = service(
+        ["--source", str(tmp_path / "missing.mp4"), "--broker", f"{broker.host}:{broker.port}", *at_end], tmp_path
+    )
     assert proc.wait_exit(60) == 2
     assert "missing.mp4: no such file or folder" in proc.text() and "retrying" not in proc.text()
 
@@ -215,22 +282,87 @@ def test_a_missing_file_source_is_a_configuration_error_at_start(
 # -- TLS, credentials, secrets -----------------------------------------------------------
 def make_ca(folder: Path) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
-    p = {n: folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem",
-                                 "client.key", "client.csr", "client.pem", "ext.cnf", "other.key", "other.pem")}  # fmt: skip
+    p = {
+        n: folder / n
+        for n in (
+            "ca.key",
+            "ca.pem",
+            "server.key",
+            "server.csr",
+            "server.pem",
+            "client.key",
+            "client.csr",
+            "client.pem",
+            "ext.cnf",
+            "other.key",
+            "other.pem",
+        )
+    }
     p["ext.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
 
     def run(*a: str) -> None:
         subprocess.run(["openssl", *a], check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(p["ca.key"]), "-out", str(p["ca.pem"]),
-        "-days", "2", "-subj", "/CN=edge-test-ca")  # fmt: skip
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(p["other.key"]), "-out", str(p["other.pem"]),
-        "-days", "2", "-subj", "/CN=another-ca")  # fmt: skip
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(p["ca.key"]),
+        "-out",
+        str(p["ca.pem"]),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edge-test-ca",
+    )
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(p["other.key"]),
+        "-out",
+        str(p["other.pem"]),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another-ca",
+    )
     for who, cn in (("server", "127.0.0.1"), ("client", "cam1")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(p[f"{who}.key"]), "-out", str(p[f"{who}.csr"]),
-            "-subj", f"/CN={cn}")  # fmt: skip
-        run("x509", "-req", "-in", str(p[f"{who}.csr"]), "-CA", str(p["ca.pem"]), "-CAkey", str(p["ca.key"]),
-            "-CAcreateserial", "-out", str(p[f"{who}.pem"]), "-days", "2", "-extfile", str(p["ext.cnf"]))  # fmt: skip
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(p[f"{who}.key"]),
+            "-out",
+            str(p[f"{who}.csr"]),
+            "-subj",
+            f"/CN={cn}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(p[f"{who}.csr"]),
+            "-CA",
+            str(p["ca.pem"]),
+            "-CAkey",
+            str(p["ca.key"]),
+            "-CAcreateserial",
+            "-out",
+            str(p[f"{who}.pem"]),
+            "-days",
+            "2",
+            "-extfile",
+            str(p["ext.cnf"]),
+        )
     return p
 
 
@@ -258,19 +390,31 @@ def test_tls_with_a_private_ca_and_every_tls_mistake_is_logged(tmp_path: Path) -
         client.on_message = on_message
         client.connect(tls_broker.host, tls_broker.port)
         client.loop_start()
-        ok = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{tls_broker.port}"], tmp_path / "a",
-                     {"EDGE_MQTT__CA_FILE": str(ca["ca.pem"])})  # fmt: skip
+        ok = service(
+            ["--source", "/dev/video99", "--broker", f"127.0.0.1:{tls_broker.port}"],
+            tmp_path / "a",
+            {"EDGE_MQTT__CA_FILE": str(ca["ca.pem"])},
+        )
         assert seen.wait(30), ok.text()[-2000:]
         assert ok.stop() == 0
         client.loop_stop()
         mistakes = {
-            "wrong CA": ({"EDGE_MQTT__CA_FILE": str(ca["other.pem"])}, tls_broker.port,
-                         r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected .*check mqtt\.ca_file"),
-            "plain MQTT to the TLS port": ({}, tls_broker.port,
-                                           r"closed the connection before accepting it \(is the port TLS\?\)"),
-            "TLS to a plain port": ({"EDGE_MQTT__CA_FILE": str(ca["ca.pem"])}, plain.port,
-                                    r"TLS: 127\.0\.0\.1:\d+ (does not speak TLS|dropped the TLS handshake)"),
-        }  # fmt: skip
+            "wrong CA": (
+                {"EDGE_MQTT__CA_FILE": str(ca["other.pem"])},
+                tls_broker.port,
+                r"TLS: the broker's certificate at 127\.0\.0\.1:\d+ was rejected .*check mqtt\.ca_file",
+            ),
+            "plain MQTT to the TLS port": (
+                {},
+                tls_broker.port,
+                r"closed the connection before accepting it \(is the port TLS\?\)",
+            ),
+            "TLS to a plain port": (
+                {"EDGE_MQTT__CA_FILE": str(ca["ca.pem"])},
+                plain.port,
+                r"TLS: 127\.0\.0\.1:\d+ (does not speak TLS|dropped the TLS handshake)",
+            ),
+        }
         for name, (env, port, pattern) in mistakes.items():
             proc = service(["--source", "/dev/video99", "--broker", f"127.0.0.1:{port}"], tmp_path / name, env)
             proc.wait_for(pattern, timeout=30)
@@ -296,10 +440,16 @@ def test_password_file_and_mutual_tls_against_a_real_broker_and_no_secret_leaks(
     ca = make_ca(tmp_path)
     pw = tmp_path / "mqtt-password"
     pw.write_text(PLANTED + "\n")
-    with LocalBroker(tls=(ca["ca.pem"], ca["server.pem"], ca["server.key"]), users={"cam1": PLANTED},
-                     require_certificate=True) as b:  # fmt: skip
-        env = {"EDGE_MQTT__USERNAME": "cam1", "EDGE_MQTT__PASSWORD_FILE": str(pw), "EDGE_MQTT__CA_FILE": str(ca["ca.pem"]),
-               "EDGE_MQTT__CERT_FILE": str(ca["client.pem"]), "EDGE_MQTT__KEY_FILE": str(ca["client.key"])}  # fmt: skip
+    with LocalBroker(
+        tls=(ca["ca.pem"], ca["server.pem"], ca["server.key"]), users={"cam1": PLANTED}, require_certificate=True
+    ) as b:
+        env = {
+            "EDGE_MQTT__USERNAME": "cam1",
+            "EDGE_MQTT__PASSWORD_FILE": str(pw),
+            "EDGE_MQTT__CA_FILE": str(ca["ca.pem"]),
+            "EDGE_MQTT__CERT_FILE": str(ca["client.pem"]),
+            "EDGE_MQTT__KEY_FILE": str(ca["client.key"]),
+        }
         camera = f"rtsp://admin:{PLANTED}@127.0.0.1:9/stream?token={PLANTED}"
         proc = service(["--source", camera, "--broker", f"127.0.0.1:{b.port}"], tmp_path / "s", env)
         proc.wait_for(r"mqtt connected to 127\.0\.0\.1")
@@ -360,8 +510,16 @@ def test_a_hung_network_camera_ends_the_service_non_zero(broker: LocalBroker, tm
     threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
     status = Collector(broker.host, broker.port, "edge/cam1/status")
     env = {"EDGE_HEALTH__STALL_TIMEOUT_S": "3", "EDGE_HEALTH__EXIT_GRACE_S": "5"}
-    proc = service(["--source", f"http://127.0.0.1:{silent.getsockname()[1]}/video.mjpg",
-                    "--broker", f"{broker.host}:{broker.port}"], tmp_path, env)  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            f"http://127.0.0.1:{silent.getsockname()[1]}/video.mjpg",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        tmp_path,
+        env,
+    )
     assert proc.wait_exit(60) == 1, proc.text()[-2000:]
     assert "worker 'capture' stalled" in proc.text()
     final = status.wait_for("status", lambda s: s["state"] == "offline" and "last_error" in s)
@@ -387,9 +545,20 @@ def test_a_message_over_the_size_limit_never_reaches_the_device(broker: LocalBro
     key: Ed25519PrivateKey = load_private_key(keyfile)
     sha = Recognizer(Settings()).embedder_sha256
     watch = Collector(broker.host, broker.port, "edge/cam1/gallery/state")
-    proc = service(["--source", "/dev/video99", "--gallery-name", "lobby", "--trusted-key", f"{keyfile}.pub",
-                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "s",
-                   {"EDGE_GALLERY__MAX_BUNDLE_BYTES": str(1 << 20)})  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            "/dev/video99",
+            "--gallery-name",
+            "lobby",
+            "--trusted-key",
+            f"{keyfile}.pub",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        tmp_path / "s",
+        {"EDGE_GALLERY__MAX_BUNDLE_BYTES": str(1 << 20)},
+    )
     watch.wait_for("gallery/state")
     peak_before = peak_rss_kib(proc.proc.pid)
     oversized = 40 << 20
@@ -433,8 +602,20 @@ def test_a_face_at_four_metres_in_720p_gives_its_event(broker: LocalBroker, tmp_
     whole-frame detector could see."""
     far = build_assets(FACES, tmp_path / "far", width=1280, height=720, distance_m=4.0)
     sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
-    proc = service(["--source", str(far.clip), "--gallery", str(far.gallery), "--rate", "fast",
-                    "--broker", f"{broker.host}:{broker.port}", "--exit-at-end"], tmp_path / "s")  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            str(far.clip),
+            "--gallery",
+            str(far.gallery),
+            "--rate",
+            "fast",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            "--exit-at-end",
+        ],
+        tmp_path / "s",
+    )
     assert proc.wait_exit(300) == 0, proc.text()[-2000:]
     logged = logged_events(proc.text())
     assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(logged) > 0, 10)
@@ -484,18 +665,33 @@ def test_a_dead_and_a_hung_camera_leave_the_other_cameras_events_flowing(
         "[[cameras]]\nid = 'gate'\nsource = '/dev/video99'\n"
     )
     sub = Collector(broker.host, broker.port, "edge/cam1/events/match", "edge/cam1/status")
-    proc = service(["--config", str(cfg), "--gallery", str(assets.gallery), "--rate", "fast",
-                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "s",
-                   {"EDGE_HEALTH__STALL_TIMEOUT_S": "2", "EDGE_SOURCE__RETRY_MAX_S": "1"})  # fmt: skip
+    proc = service(
+        [
+            "--config",
+            str(cfg),
+            "--gallery",
+            str(assets.gallery),
+            "--rate",
+            "fast",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        tmp_path / "s",
+        {"EDGE_HEALTH__STALL_TIMEOUT_S": "2", "EDGE_SOURCE__RETRY_MAX_S": "1"},
+    )
     try:
         # The door camera's people are all reported, while the yard camera hangs and the gate one is missing.
         assert sub.wait_until(lambda: len(sub.on("events/match")) >= len(assets.enrolled), 120), proc.text()[-3000:]
         events = sub.on("events/match")
         assert {e["identity_id"] for e in events} == set(assets.enrolled) and {e["camera"] for e in events} == {"door"}
         status = sub.wait_for(
-            "status", lambda s: s.get("cameras", {}).get("yard", {}).get("state") == "stalled"
-            and s["cameras"]["gate"]["state"] == "retrying", 90,
-        )  # fmt: skip
+            "status",
+            lambda s: (
+                s.get("cameras", {}).get("yard", {}).get("state") == "stalled"
+                and s["cameras"]["gate"]["state"] == "retrying"
+            ),
+            90,
+        )
         assert "capture:yard' stalled" in status["cameras"]["yard"]["error"]
         assert (
             "camera gate" in status["cameras"]["gate"]["error"] or "/dev/video99" in status["cameras"]["gate"]["error"]
@@ -538,8 +734,20 @@ def test_a_folder_of_photos_reports_each_enrolled_person_once_and_no_stranger(
         shutil.copy(sorted((FACES / name).glob("*.jpg"))[0], photos / f"{k}-{name}.jpg")
     assert len(list(photos.iterdir())) == 12
     sub = Collector(broker.host, broker.port, "edge/cam1/events/match")
-    proc = service(["--source", str(photos), "--gallery", str(gallery), "--rate", "fast", "--exit-at-end",
-                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "state")  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            str(photos),
+            "--gallery",
+            str(gallery),
+            "--rate",
+            "fast",
+            "--exit-at-end",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        tmp_path / "state",
+    )
     assert proc.wait_exit(180) == 0, proc.text()[-2000:]
     logged = logged_events(proc.text())
     assert sorted(logged.values()) == sorted(enrolled), proc.text()[-3000:]
@@ -571,7 +779,19 @@ def test_two_enrolled_people_swapping_places_in_one_spot_without_a_gap_are_both_
             paste(frame, portrait, 320 + 2 * np.sin(i / 5), 240, face_px_at(1.2, 640), feather=False)
             writer.write(frame)
     writer.release()
-    proc = service(["--source", str(clip), "--gallery", str(assets.gallery), "--rate", "native", "--exit-at-end",
-                    "--broker", f"{broker.host}:{broker.port}"], tmp_path / "state")  # fmt: skip
+    proc = service(
+        [
+            "--source",
+            str(clip),
+            "--gallery",
+            str(assets.gallery),
+            "--rate",
+            "native",
+            "--exit-at-end",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        ],
+        tmp_path / "state",
+    )
     assert proc.wait_exit(180) == 0, proc.text()[-2000:]
     assert sorted(logged_events(proc.text()).values()) == sorted([first, second]), proc.text()[-3000:]

@@ -16,8 +16,9 @@ def face(x0: float, y0: float, x1: float, y1: float) -> Face:
     return Face(Box(x0, y0, x1, y1), np.zeros((6, 2), np.float32), 0.9)
 
 
-def match(ident: str | None, ok: bool, score: float = 0.7, threshold: float = 0.5, condition: str = "colour",
-          looks: int = 1) -> Match:  # fmt: skip
+def match(
+    ident: str | None, ok: bool, score: float = 0.7, threshold: float = 0.5, condition: str = "colour", looks: int = 1
+) -> Match:
     return Match(ident, ident, score, 0.3, threshold, 1e-6, ok, condition=condition, looks=looks)
 
 
@@ -106,8 +107,15 @@ def test_a_new_box_much_larger_or_smaller_forgets_that_the_old_was_not_a_face() 
 
 def test_when_a_track_needs_a_look_each_interval_at_its_boundary() -> None:
     """Times are exact binary fractions, so each boundary is met exactly."""
-    p = TrackingSettings(confirm_k=2, confirm_m=3, recheck_s=2.0, stranger_recheck_s=2.0, undecided_recheck_s=1.0,
-                         undecided_margin=0.25, undecided_eager_s=0.75)  # fmt: skip
+    p = TrackingSettings(
+        confirm_k=2,
+        confirm_m=3,
+        recheck_s=2.0,
+        stranger_recheck_s=2.0,
+        undecided_recheck_s=1.0,
+        undecided_margin=0.25,
+        undecided_eager_s=0.75,
+    )
     tr = Tracker(p)
     ((track, f),) = tr.update([face(0, 0, 10, 10)], now=10.0)
     for t in (10.0, 10.25, 10.5):  # a clear stranger: under the threshold less the margin
@@ -142,8 +150,14 @@ def test_when_a_track_needs_a_look_each_interval_at_its_boundary() -> None:
 
 
 def test_undecided_looks_every_frame_only_within_eager_seconds_of_the_tracks_start() -> None:
-    p = TrackingSettings(confirm_k=3, confirm_m=3, undecided_recheck_s=10.0, stranger_recheck_s=20.0,
-                         undecided_margin=0.25, undecided_eager_s=0.5)  # fmt: skip
+    p = TrackingSettings(
+        confirm_k=3,
+        confirm_m=3,
+        undecided_recheck_s=10.0,
+        stranger_recheck_s=20.0,
+        undecided_margin=0.25,
+        undecided_eager_s=0.5,
+    )
     tr = Tracker(p)
     ((track, f),) = tr.update([face(0, 0, 10, 10)], now=100.0)
     for t in (100.0, 100.125, 100.25):
@@ -212,8 +226,16 @@ def test_a_look_records_its_box_and_clears_not_a_face_and_a_confirmation_carries
     assert track.non_face is False and track.votes[-1].box == b1 and track.last_embed == 5.1
     conf = tr.add_evidence(track, match("alice", True, score=0.7), 0.9, b2, 5.2)
     assert conf is not None
-    assert (conf.track_id, conf.match.score, conf.quality, conf.box, conf.agreed, conf.seen, conf.first_seen,
-            conf.fused) == (1, 0.8, 0.6, b2, 2, 2, 5.0, 0)  # fmt: skip
+    assert (
+        conf.track_id,
+        conf.match.score,
+        conf.quality,
+        conf.box,
+        conf.agreed,
+        conf.seen,
+        conf.first_seen,
+        conf.fused,
+    ) == (1, 0.8, 0.6, b2, 2, 2, 5.0, 0)
     # A refused look, a look naming nobody, an identity already reported: no confirmation.
     assert tr.add_evidence(track, match("alice", True), 0.9, b2, 5.3) is None
     other = Tracker(TrackingSettings(confirm_k=1, confirm_m=1))
@@ -274,8 +296,16 @@ def test_a_fused_match_confirms_with_the_best_quality_of_the_looks_naming_it() -
     assert tr.add_fused(track, match("alice", False, looks=2), 1.3) is None
     conf = tr.add_fused(track, match("alice", True, score=0.66, looks=2), 1.3)
     assert conf is not None
-    assert (conf.track_id, conf.match.score, conf.quality, conf.box, conf.agreed, conf.seen, conf.first_seen,
-            conf.fused) == (1, 0.66, 0.8, track.box, 2, 2, 1.0, 2)  # fmt: skip
+    assert (
+        conf.track_id,
+        conf.match.score,
+        conf.quality,
+        conf.box,
+        conf.agreed,
+        conf.seen,
+        conf.first_seen,
+        conf.fused,
+    ) == (1, 0.66, 0.8, track.box, 2, 2, 1.0, 2)
     assert tr._last_event["alice"] == 1.3  # its cooldown runs from this moment
 
 

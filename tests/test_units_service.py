@@ -145,15 +145,40 @@ def test_sd_notify_datagrams(tmp_path: Path) -> None:
 
 def test_match_event_payload_has_no_image_or_embedding() -> None:
     ev = MatchEvent(
-        device_id="d", identity_id="alice", label=None, score=0.8, threshold=0.5, est_false_match_rate=1e-7,
-        evidence=Evidence(agreed=3, seen=4), track_id=1, bbox=(0.1, 0.1, 0.2, 0.2), quality=0.9, model="ab", gallery_version=2,
-    )  # fmt: skip
+        device_id="d",
+        identity_id="alice",
+        label=None,
+        score=0.8,
+        threshold=0.5,
+        est_false_match_rate=1e-7,
+        evidence=Evidence(agreed=3, seen=4),
+        track_id=1,
+        bbox=(0.1, 0.1, 0.2, 0.2),
+        quality=0.9,
+        model="ab",
+        gallery_version=2,
+    )
 
     data = json.loads(ev.to_json())
     assert data["schema"] == 1 and "label" not in data
     # The contract other tools rely on (README, MQTT contract): exactly these fields.
-    assert set(data) == {"schema", "event_id", "device_id", "camera", "ts", "identity_id", "score", "threshold",
-                         "est_false_match_rate", "evidence", "track_id", "bbox", "quality", "model", "gallery_version"}  # fmt: skip
+    assert set(data) == {
+        "schema",
+        "event_id",
+        "device_id",
+        "camera",
+        "ts",
+        "identity_id",
+        "score",
+        "threshold",
+        "est_false_match_rate",
+        "evidence",
+        "track_id",
+        "bbox",
+        "quality",
+        "model",
+        "gallery_version",
+    }
     with pytest.raises(Exception, match="Extra inputs"):
         MatchEvent(**{**ev.model_dump(by_alias=True), "embedding": [0.1]})
     assert json.loads(Status(device_id="d", state="offline").to_json())["state"] == "offline"

@@ -94,7 +94,9 @@ def lab(name: str, required: bool = True) -> Any:
     found = entry_points(group="edge.lab", name=name)
     if not found:
         if required:
-            raise InputError(f"the measuring lab is not installed ({name}): install the package with its lab "
-                             "(pip install -e . from a checkout)")  # fmt: skip
+            raise InputError(
+                f"the measuring lab is not installed ({name}): install the package with its lab "
+                "(pip install -e . from a checkout)"
+            )
         return None
     return next(iter(found)).load()

@@ -62,8 +62,10 @@ def rotate(args: argparse.Namespace, state: Path) -> int:
     print(keys.public_line(key.public))
     was = f" (was {old.short_id})" if old is not None else ""
     kept = "; the stored gallery is sealed under it" if applied is not None else ""
-    print(f"new key id {key.short_id}{was}{kept}: give the line above to 'edge enroll --recipient' for the next "
-          "gallery", file=sys.stderr)  # fmt: skip
+    print(
+        f"new key id {key.short_id}{was}{kept}: give the line above to 'edge enroll --recipient' for the next gallery",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -72,8 +74,10 @@ def wipe(args: argparse.Namespace, state: Path) -> int:
     from edge.gallery.store import GalleryStore
 
     found = GalleryStore(state / "gallery", Policy((), "")).wipe()
-    print(f"{'deleted the stored gallery' if found else 'no stored gallery'} in {state / 'gallery'}; the device "
-          "starts without one and waits for a gallery sealed to its key")  # fmt: skip
+    print(
+        f"{'deleted the stored gallery' if found else 'no stored gallery'} in {state / 'gallery'}; the device "
+        "starts without one and waits for a gallery sealed to its key"
+    )
     return 0
 
 

@@ -64,13 +64,33 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     snap = rec.matcher.snapshot(gallery_of(reports))
     names = {r.identity_id: r.accepted for r in reports}
     checks = {c.identity_id: c for c in check_gallery(snap, [names[i.id] for i in identities])}
-    rows = [{"identity_id": r.identity_id, "label": r.label, "accepted": r.accepted, "rejected": r.rejected,
-             "spread": r.spread, **({k: v for k, v in checks[r.identity_id].as_json().items() if k != "identity_id"}
-                                    if r.identity_id in checks else {"templates": 0, "warnings": ["not enrolled"]})}
-            for r in reports]  # fmt: skip
+    rows = [
+        {
+            "identity_id": r.identity_id,
+            "label": r.label,
+            "accepted": r.accepted,
+            "rejected": r.rejected,
+            "spread": r.spread,
+            **(
+                {k: v for k, v in checks[r.identity_id].as_json().items() if k != "identity_id"}
+                if r.identity_id in checks
+                else {"templates": 0, "warnings": ["not enrolled"]}
+            ),
+        }
+        for r in reports
+    ]
     if args.json:
-        print(json.dumps({"bundle": str(args.out), "bytes": len(data), "gallery": args.gallery_name,
-                          "version": args.version, "identities": rows}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bundle": str(args.out),
+                    "bytes": len(data),
+                    "gallery": args.gallery_name,
+                    "version": args.version,
+                    "identities": rows,
+                }
+            )
+        )
         return 0
     print(f"{'identity':<24} {'templates':>9} {'rejected':>8} {'match each other':>17}  reasons")
     for r in reports:
@@ -103,9 +123,11 @@ def recipients_of(args: argparse.Namespace) -> list[X25519PublicKey]:
     if args.plaintext and unique:
         raise InputError("--plaintext and --recipient/--recipients together: a bundle is sealed or in the clear")
     if not unique and not args.plaintext:
-        raise InputError("name the devices the gallery is for: --recipient KEY (the line 'edge device key' prints "
-                         "on each, or a file with it; repeatable) or --recipients FILE (one a line); --plaintext "
-                         "writes it in the clear instead (devices with gallery.allow_plaintext only)")  # fmt: skip
+        raise InputError(
+            "name the devices the gallery is for: --recipient KEY (the line 'edge device key' prints "
+            "on each, or a file with it; repeatable) or --recipients FILE (one a line); --plaintext "
+            "writes it in the clear instead (devices with gallery.allow_plaintext only)"
+        )
     return unique
 
 
@@ -118,8 +140,11 @@ def make_bundle(
 
     recipients = recipients_of(args)
     if not recipients:
-        print("enroll: --plaintext: the bundle is in the clear (names and templates readable by anyone who gets "
-              "it); devices refuse it unless gallery.allow_plaintext = true", file=sys.stderr)  # fmt: skip
+        print(
+            "enroll: --plaintext: the bundle is in the clear (names and templates readable by anyone who gets "
+            "it); devices refuse it unless gallery.allow_plaintext = true",
+            file=sys.stderr,
+        )
         return encode(identities, args.gallery_name, args.version, sha, key, kind, args.dtype, name)
     return seal(identities, args.gallery_name, args.version, sha, key, recipients, kind, args.dtype, name)
 
@@ -149,8 +174,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
     gone = [Identity(i, None, np.zeros((0, dim), np.float32), {}) for i in dict.fromkeys(args.identity)]
     data = make_bundle(args, gone, "removal", key, spec.sha256, settings.models.embedder)
     write_bundle(args.out, data)
-    print(f"wrote {args.out}: removal of {counted(len(gone), 'identity', 'identities')} from gallery "
-          f"{args.gallery_name} as v{args.version} (publish it like a gallery)")  # fmt: skip
+    print(
+        f"wrote {args.out}: removal of {counted(len(gone), 'identity', 'identities')} from gallery "
+        f"{args.gallery_name} as v{args.version} (publish it like a gallery)"
+    )
     return 0
 
 
@@ -186,8 +213,10 @@ def publish_bundle(args: argparse.Namespace) -> int:
     finally:
         client.disconnect()
         client.loop_stop()
-    print(f"published {args.bundle} (gallery {header.get('gallery')} v{header.get('version')}, {len(data)} bytes) "
-          f"to {topic}{f' in {len(messages) - 1} parts' if len(messages) > 1 else ''}")  # fmt: skip
+    print(
+        f"published {args.bundle} (gallery {header.get('gallery')} v{header.get('version')}, {len(data)} bytes) "
+        f"to {topic}{f' in {len(messages) - 1} parts' if len(messages) > 1 else ''}"
+    )
     return 0
 
 
@@ -262,17 +291,21 @@ def verify_file(args: argparse.Namespace, data: bytes) -> int:
     header = header_of(data)
     if sealed.is_sealed(data) and args.device_key is None:
         v = sealed.verify(data, [pub])
-        print(f"{args.bundle}: signature ok (key {v.signer}); gallery {v.header.gallery} v{v.header.version} "
-              f"({v.header.kind}), sealed to {counted(len(v.header.recipients), 'device')}; contents not opened "
-              "(--device-key opens them)")  # fmt: skip
+        print(
+            f"{args.bundle}: signature ok (key {v.signer}); gallery {v.header.gallery} v{v.header.version} "
+            f"({v.header.kind}), sealed to {counted(len(v.header.recipients), 'device')}; contents not opened "
+            "(--device-key opens them)"
+        )
         return 0
     bundle = verify_bundle(
         data, [pub], str(header.get("embedder_sha256")), max_bytes=len(data), device_key=device_key_of(args)
     )
     sealed_to = f", sealed to {counted(len(bundle.recipients), 'device')}" if bundle.recipients else ", in the clear"
-    print(f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}{sealed_to}, "
-          f"{counted(len(bundle.identities), 'identity', 'identities')}, "
-          f"{counted(sum(len(i.embeddings) for i in bundle.identities), 'embedding')}")  # fmt: skip
+    print(
+        f"{args.bundle}: signature ok (key {bundle.signer}); gallery {bundle.gallery} v{bundle.version}{sealed_to}, "
+        f"{counted(len(bundle.identities), 'identity', 'identities')}, "
+        f"{counted(sum(len(i.embeddings) for i in bundle.identities), 'embedding')}"
+    )
     return 0
 
 
@@ -295,14 +328,20 @@ def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
             header["verified"] = True
         print(json.dumps(header, indent=2))
         if not args.json:
-            print("(a sealed bundle: its names and templates open only with --device-key, the key of a device it is "
-                  "for)" if closed else "(give --trusted-key for the signature check and the report on each "
-                  "identity's templates)", file=sys.stderr)  # fmt: skip
+            print(
+                "(a sealed bundle: its names and templates open only with --device-key, the key of a device it is for)"
+                if closed
+                else "(give --trusted-key for the signature check and the report on each identity's templates)",
+                file=sys.stderr,
+            )
         return 0
     bundle = verify_bundle(
-        data, [b.load_public_key(args.pubkey)], str(header.get("embedder_sha256")), max_bytes=len(data),
+        data,
+        [b.load_public_key(args.pubkey)],
+        str(header.get("embedder_sha256")),
+        max_bytes=len(data),
         device_key=device_key_of(args),
-    )  # fmt: skip
+    )
     header["verified"] = True
     rec = Recognizer(load_settings(args.config))
     if bundle.identities and rec.embedder_sha256 != str(header.get("embedder_sha256")):
@@ -321,15 +360,18 @@ def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
 
 def sealing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--recipient", action="append", metavar="KEY",
+        "--recipient",
+        action="append",
+        metavar="KEY",
         help="a device the bundle is for: the line 'edge device key' prints on it (x25519:…), or a file holding "
         "it; repeatable. Only these devices can read the names and templates",
-    )  # fmt: skip
+    )
     p.add_argument("--recipients", action="append", type=Path, metavar="FILE", help="a file of key lines, one a device")
     p.add_argument(
-        "--plaintext", action="store_true",
+        "--plaintext",
+        action="store_true",
         help="no recipients: the bundle in the clear (only devices with gallery.allow_plaintext = true take it)",
-    )  # fmt: skip
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -372,9 +414,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ins.add_argument("bundle", type=Path)
     ins.add_argument(
-        "--trusted-key", "--pubkey", dest="pubkey", type=Path,
+        "--trusted-key",
+        "--pubkey",
+        dest="pubkey",
+        type=Path,
         help="the signer's public key: verify, and report on every identity",
-    )  # fmt: skip
+    )
     ins.add_argument("--config", type=Path, help="settings (models, match rate) of the devices the bundle is for")
     ins.add_argument(
         "--device-key",

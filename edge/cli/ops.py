@@ -25,8 +25,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_command == "verify":
         v = audit.verify(folder, args.head)
         if args.json:
-            print(json.dumps({"ok": v.ok, "records": v.records, "first_seq": v.first_seq, "head": v.head.hash,
-                              "last_seq": v.head.records, "torn_tail": v.torn_tail, "message": v.message}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "ok": v.ok,
+                        "records": v.records,
+                        "first_seq": v.first_seq,
+                        "head": v.head.hash,
+                        "last_seq": v.head.records,
+                        "torn_tail": v.torn_tail,
+                        "message": v.message,
+                    }
+                )
+            )
         else:
             print(v.message if v.ok else f"audit log {folder}: {v.message}")
         return 0 if v.ok else 1
@@ -63,9 +74,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise InputError("no photo to identify (JPEG, PNG, BMP, WebP) among the paths given")
     unreadable = 0
     if not args.json:
-        print(f"gallery {args.gallery}: {counted(len(snap), 'identity', 'identities')}, at most "
-              f"{rec.settings.match.max_false_match_rate:g} false matches per stranger; each face's threshold is that of "
-              "its size and of the identity's photos")  # fmt: skip
+        print(
+            f"gallery {args.gallery}: {counted(len(snap), 'identity', 'identities')}, at most "
+            f"{rec.settings.match.max_false_match_rate:g} false matches per stranger; each face's threshold is that of "
+            "its size and of the identity's photos"
+        )
         print(f"{'file':<40} {'face':>4} {'box':<22} {'identity':<24} {'score':>6} {'thresh':>6}  note")
     for path in files:
         for v in identify(rec, snap, path, rec.settings.events.include_label):
@@ -138,16 +151,19 @@ def cmd_fleet_bridge_config(args: argparse.Namespace) -> int:
 def cmd_fleet_acl(args: argparse.Namespace) -> int:
     from edge.delivery.acl import acl, parse_devices
 
-    text = acl(parse_devices(args.device), args.publisher, args.reader or ["homeassistant"], args.prefix,
-               args.discovery_prefix)  # fmt: skip
+    text = acl(
+        parse_devices(args.device), args.publisher, args.reader or ["homeassistant"], args.prefix, args.discovery_prefix
+    )
     if args.out is None:
         print(text, end="")
         return 0
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(args.out)
-    print(f"wrote {args.out}: {len(parse_devices(args.device))} devices; point the broker's acl_file at it and "
-          "reload it (docs/broker.md)")  # fmt: skip
+    print(
+        f"wrote {args.out}: {len(parse_devices(args.device))} devices; point the broker's acl_file at it and "
+        "reload it (docs/broker.md)"
+    )
     return 0
 
 
@@ -165,8 +181,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.set_defaults(func=cmd_fleet)
     sim = fl.add_parser("simulate", help="N simulated devices on a local Mosquitto: what a fleet costs")
     sim.add_argument("--devices", type=int, default=500)
-    sim.add_argument("--processes", type=int, help="simulator processes the devices are spread over "
-                     "(default: one per 150 devices, at least 2)")  # fmt: skip
+    sim.add_argument(
+        "--processes",
+        type=int,
+        help="simulator processes the devices are spread over (default: one per 150 devices, at least 2)",
+    )
     sim.add_argument("--heartbeat", type=float, default=10.0, help="status heartbeat of the simulated devices, s")
     sim.add_argument("--identities", type=int, default=100, help="identities in the bundle published")
     sim.add_argument("--sites", type=int, default=0, help="site brokers bridged to a central one (0: one broker)")
@@ -180,8 +199,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     br.add_argument("--cafile", help="CA certificate of the central broker's TLS listener")
     br.set_defaults(func=cmd_fleet_bridge_config)
     acl = fl.add_parser("acl", help="a Mosquitto ACL that keeps devices apart (docs/broker.md)")
-    acl.add_argument("--device", action="append", required=True, metavar="ID=GALLERY",
-                     help="a device (its MQTT user name is its device id) and the gallery it follows; repeatable")  # fmt: skip
+    acl.add_argument(
+        "--device",
+        action="append",
+        required=True,
+        metavar="ID=GALLERY",
+        help="a device (its MQTT user name is its device id) and the gallery it follows; repeatable",
+    )
     acl.add_argument("--publisher", default="publisher", help="the account that publishes galleries")
     acl.add_argument("--reader", action="append", help="an account that reads events (default: homeassistant)")
     acl.add_argument("--prefix", default="edge", help="topic prefix of the devices")

@@ -109,18 +109,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = workdir()
     try:
         assets = build_assets(faces, work)
-        print(f"demo: {len(assets.enrolled)} enrolled ({', '.join(assets.enrolled)}), "
-              f"{len(assets.strangers)} not enrolled, clip of {assets.frames} frames at 30 fps", flush=True)  # fmt: skip
+        print(
+            f"demo: {len(assets.enrolled)} enrolled ({', '.join(assets.enrolled)}), "
+            f"{len(assets.strangers)} not enrolled, clip of {assets.frames} frames at 30 fps",
+            flush=True,
+        )
         with LocalBroker() as broker:
             print(f"demo: mosquitto on {broker.host}:{broker.port}; subscriber on edge/+/events/match", flush=True)
             sub = Subscriber(broker.host, broker.port, "edge/+/events/match", echo=True)
             sub.ready.wait(5)
-            settings = load_settings(args.config, overrides={
-                "source": {"uri": str(assets.clip), "rate": "native", "at_end": "exit"},
-                "gallery": {"path": str(assets.gallery)},
-                "device": {"id": "demo-device", "state_dir": str(work / "state")},
-                "mqtt": {"host": broker.host, "port": broker.port, "heartbeat_s": 5},
-            })  # fmt: skip
+            settings = load_settings(
+                args.config,
+                overrides={
+                    "source": {"uri": str(assets.clip), "rate": "native", "at_end": "exit"},
+                    "gallery": {"path": str(assets.gallery)},
+                    "device": {"id": "demo-device", "state_dir": str(work / "state")},
+                    "mqtt": {"host": broker.host, "port": broker.port, "heartbeat_s": 5},
+                },
+            )
             app = App(settings)
             app.install_signals()
             result = app.run()
@@ -130,8 +136,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 time.sleep(0.05)
             sub.close()
         got = sorted({str(e["identity_id"]) for e in sub.received()})
-        print(f"demo: {len(sub.received())} match event(s) received for {', '.join(got) or 'nobody'}; "
-              f"strangers matched: {', '.join(sorted(set(got) - set(assets.enrolled))) or 'none'}")  # fmt: skip
+        print(
+            f"demo: {len(sub.received())} match event(s) received for {', '.join(got) or 'nobody'}; "
+            f"strangers matched: {', '.join(sorted(set(got) - set(assets.enrolled))) or 'none'}"
+        )
         return 0 if result.drained else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -154,9 +162,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--config", type=Path, help="TOML settings file")
     run.add_argument("--source", help="camera index, /dev/videoN, file, URL, image folder or 'picamera2'")
     run.add_argument(
-        "--gallery", type=Path, metavar="DIR|BUNDLE",
+        "--gallery",
+        type=Path,
+        metavar="DIR|BUNDLE",
         help="a folder of <identity_id>/*.jpg|png enrolled at start-up, or a signed bundle (checked with --trusted-key)",
-    )  # fmt: skip
+    )
     run.add_argument("--gallery-name", help="gallery this device follows")
     run.add_argument(
         "--trusted-key",

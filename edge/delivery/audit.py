@@ -200,8 +200,12 @@ class AuditLog:
                 break
             old.unlink()
             total -= st.st_size
-            log.info("audit log: %s rotated out (bounds: %d bytes, %.0f days)", old.name, self.max_bytes,
-                     self.max_age_s / 86400)  # fmt: skip
+            log.info(
+                "audit log: %s rotated out (bounds: %d bytes, %.0f days)",
+                old.name,
+                self.max_bytes,
+                self.max_age_s / 86400,
+            )
 
 
 # -- reading and verifying ---------------------------------------------------------------------
@@ -250,8 +254,13 @@ def verify(folder: Path, head: str | None = None) -> Verdict:
                 break
             return Verdict(False, count, first_seq, last, f"record at {where} is not a valid record: {raw[:80]!r}")
         if _digest(rprev, seq, ts, kind, data) != rhash:
-            return Verdict(False, count, first_seq, last,
-                           f"record {seq} ({where}) was altered: its content does not match its hash")  # fmt: skip
+            return Verdict(
+                False,
+                count,
+                first_seq,
+                last,
+                f"record {seq} ({where}) was altered: its content does not match its hash",
+            )
         if prev is None:
             first_seq = seq
         elif rprev != prev or seq != last.records + 1:
@@ -262,15 +271,25 @@ def verify(folder: Path, head: str | None = None) -> Verdict:
                 what = "altered (its link to the previous record does not match)"
             else:
                 what = "reordered or inserted"
-            return Verdict(False, count, first_seq, last,
-                           f"record {seq} ({where}) does not follow record {last.records}: records {what} "
-                           f"(expected seq {last.records + 1} linked to {prev[:12]}…, found seq {seq} linked to {rprev[:12]}…)")  # fmt: skip
+            return Verdict(
+                False,
+                count,
+                first_seq,
+                last,
+                f"record {seq} ({where}) does not follow record {last.records}: records {what} "
+                f"(expected seq {last.records + 1} linked to {prev[:12]}…, found seq {seq} linked to {rprev[:12]}…)",
+            )
         prev, last = rhash, Head(seq, rhash)
         count += 1
         seen_head = seen_head or (head is not None and rhash == head)
     if head is not None and not seen_head:
-        return Verdict(False, count, first_seq, last,
-                       f"head {head[:16]}… is not in the chain: the log was cut or rewritten after it was recorded")  # fmt: skip
+        return Verdict(
+            False,
+            count,
+            first_seq,
+            last,
+            f"head {head[:16]}… is not in the chain: the log was cut or rewritten after it was recorded",
+        )
     start = "" if first_seq <= 1 else f" (from record {first_seq}: earlier ones rotated out)"
     tail = "; the last record was cut by a crash (not tampering)" if torn else ""
     return Verdict(True, count, first_seq, last, f"{count} records, chain intact{start}, head {last.hash}{tail}", torn)

@@ -214,9 +214,12 @@ class Connection:
             self._got_connack = self._accepted = False
             try:
                 self.client.connect(
-                    self.opts.host, self.opts.port, keepalive=self.opts.keepalive, clean_start=True,
+                    self.opts.host,
+                    self.opts.port,
+                    keepalive=self.opts.keepalive,
+                    clean_start=True,
                     properties=self.connect_properties,
-                )  # fmt: skip
+                )
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self.failed(explain(exc, self.opts.host, self.opts.port, self.tls), delay)
                 delay = min(delay * 2, self.opts.reconnect_max_s)
@@ -302,8 +305,11 @@ class Connection:
         hint = REFUSAL_HINTS.get(reason, "")
         refused = f"broker refused the connection: {reason}{'; ' + hint if hint else ''}"
         where = f"{self.opts.host}:{self.opts.port}"
-        self._say(refused, f"{where}: {refused}; retrying, at least every {self.opts.reconnect_max_s:.0f}s",
-                  f"{where}: still refused: {refused}")  # fmt: skip
+        self._say(
+            refused,
+            f"{where}: {refused}; retrying, at least every {self.opts.reconnect_max_s:.0f}s",
+            f"{where}: still refused: {refused}",
+        )
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was = self.connected.is_set()

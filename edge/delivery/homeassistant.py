@@ -183,10 +183,14 @@ class HomeAssistant:
             )
         for oid, name, field, unit, dclass, icon in DIAGNOSTICS:
             cfg: dict[str, Any] = {
-                "name": name, "unique_id": f"edge_{self.node}_{oid}", "state_topic": self.topics.status,
-                "value_template": f"{{{{ value_json.{field} | default(none) }}}}", "entity_category": "diagnostic",
-                "device": device, **avail,
-            }  # fmt: skip
+                "name": name,
+                "unique_id": f"edge_{self.node}_{oid}",
+                "state_topic": self.topics.status,
+                "value_template": f"{{{{ value_json.{field} | default(none) }}}}",
+                "entity_category": "diagnostic",
+                "device": device,
+                **avail,
+            }
             if unit:
                 cfg["unit_of_measurement"] = unit
                 cfg["state_class"] = "measurement"
@@ -215,9 +219,11 @@ class HomeAssistant:
             if switched:
                 log.info(
                     "home assistant: %d identities %s max_identity_entities (%d): %s",
-                    len(g.identity_ids), "within" if per_identity else "over", self.s.max_identity_entities,
+                    len(g.identity_ids),
+                    "within" if per_identity else "over",
+                    self.s.max_identity_entities,
                     "a presence sensor per identity" if per_identity else "the event entity only (event type 'match')",
-                )  # fmt: skip
+                )
             self._identities = identities
             self._wanted = frozenset(f"presence_{slug(i)}" for i in identities)
             self.presence.active = per_identity  # the one record of whether entities are per identity
@@ -338,9 +344,12 @@ class Presence:
         for ident, label in identities.items():
             with self._lock:
                 state = self._last.get(ident) or {
-                    "state": "OFF", "score": None, "last_seen": None, "label": label if self.include_label else None,
+                    "state": "OFF",
+                    "score": None,
+                    "last_seen": None,
+                    "label": label if self.include_label else None,
                     "camera": None,
-                }  # fmt: skip
+                }
                 self._last[ident] = state
             self.link.publish_retained(self.topics.presence(ident), json.dumps(state).encode())
 

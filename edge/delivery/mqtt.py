@@ -56,11 +56,11 @@ class MqttLink:
         self.topics = topics
         self.outbox = outbox
         offline = Status(device_id=topics.device_id, state="offline", ts=None, lost=True, version=__version__)
-        self.connection = Connection(opts, topics.device_id, (topics.status, offline.to_json()), max_message_bytes,
-                                     network)  # fmt: skip
+        self.connection = Connection(
+            opts, topics.device_id, (topics.status, offline.to_json()), max_message_bytes, network
+        )
         self.router = Router()
-        self.pump = OutboxPump(outbox, self.connection.client, self.connection.connected, stop, opts.max_inflight,
-                               pump)  # fmt: skip
+        self.pump = OutboxPump(outbox, self.connection.client, self.connection.connected, stop, opts.max_inflight, pump)
         client = self.connection.client
         client.on_publish = self.pump.on_publish
         client.on_message = self.router.on_message
@@ -71,8 +71,14 @@ class MqttLink:
     # -- health ------------------------------------------------------------------
     def health(self) -> LinkHealth:
         conn, pump = self.connection.health(), self.pump.health()
-        return LinkHealth(conn.connected, pump.published, pump.refused, pump.ack_failures, pump.in_flight,
-                          conn.problem or pump.problem)  # fmt: skip
+        return LinkHealth(
+            conn.connected,
+            pump.published,
+            pump.refused,
+            pump.ack_failures,
+            pump.in_flight,
+            conn.problem or pump.problem,
+        )
 
     @property
     def last_error(self) -> str | None:

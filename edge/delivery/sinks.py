@@ -58,11 +58,15 @@ class AuditSink:
         self.audit.append(
             "event",
             {
-                "event_id": str(event.event_id), "identity_id": event.identity_id, "score": event.score,
-                "threshold": event.threshold, "est_false_match_rate": event.est_false_match_rate,
-                "gallery_version": event.gallery_version, "track_id": event.track_id,
+                "event_id": str(event.event_id),
+                "identity_id": event.identity_id,
+                "score": event.score,
+                "threshold": event.threshold,
+                "est_false_match_rate": event.est_false_match_rate,
+                "gallery_version": event.gallery_version,
+                "track_id": event.track_id,
             },
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True, slots=True)

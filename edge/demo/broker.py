@@ -78,8 +78,11 @@ class LocalBroker:
             passwd = self._dir / "passwd"
             tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
             for i, (user, password) in enumerate(users.items()):
-                subprocess.run([tool, "-b", *(["-c"] if i == 0 else []), str(passwd), user, password],
-                               check=True, capture_output=True)  # fmt: skip
+                subprocess.run(
+                    [tool, "-b", *(["-c"] if i == 0 else []), str(passwd), user, password],
+                    check=True,
+                    capture_output=True,
+                )
             lines.append(f"password_file {passwd}")
         if message_size_limit:
             lines.append(f"message_size_limit {message_size_limit}")

@@ -81,10 +81,12 @@ class _Counts:
     def summary(self, until: float) -> StatsWindow:
         span = max(until - self.since, 1e-6)
         lat = {
-            s: Latency(p50_ms=round(float(np.percentile(v, 50)) * 1e3, 2),
-                       p95_ms=round(float(np.percentile(v, 95)) * 1e3, 2))
-            for s, v in self.lat.items() if v
-        }  # fmt: skip
+            s: Latency(
+                p50_ms=round(float(np.percentile(v, 50)) * 1e3, 2), p95_ms=round(float(np.percentile(v, 95)) * 1e3, 2)
+            )
+            for s, v in self.lat.items()
+            if v
+        }
         return StatsWindow(round(self.frames / span, 2), round(self.faces * 60.0 / span, 1), lat, self.since, until)
 
 

@@ -47,8 +47,9 @@ def parse_public_line(text: str, where: str) -> X25519PublicKey:
     """A public key from its line (``x25519:…``); an InputError naming ``where`` (a file, an argument)."""
     line = text.strip()
     if not line.startswith(LINE_PREFIX):
-        raise InputError(f"{where}: not a device public key (expected one line 'x25519:<base64>', as "
-                         "'edge device key' prints)")  # fmt: skip
+        raise InputError(
+            f"{where}: not a device public key (expected one line 'x25519:<base64>', as 'edge device key' prints)"
+        )
     try:
         raw = base64.b64decode(line[len(LINE_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
@@ -66,8 +67,9 @@ def read_recipient(value: str) -> X25519PublicKey:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InputError(f"--recipient {value}: neither a key line ('x25519:…') nor a readable file "
-                         f"({exc.strerror or exc})") from None  # fmt: skip
+        raise InputError(
+            f"--recipient {value}: neither a key line ('x25519:…') nor a readable file ({exc.strerror or exc})"
+        ) from None
     return parse_public_line(text, str(path))
 
 
@@ -140,8 +142,10 @@ def load_key_file(path: Path) -> DeviceKey:
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):  # the library's message may quote the file: never echo key material
-        raise InputError(f"device key {path} is not an unencrypted PEM private key; move it away to make a new "
-                         "one (galleries encrypted to the old key can then no longer be read)") from None  # fmt: skip
+        raise InputError(
+            f"device key {path} is not an unencrypted PEM private key; move it away to make a new "
+            "one (galleries encrypted to the old key can then no longer be read)"
+        ) from None
     if not isinstance(key, X25519PrivateKey):
         raise InputError(f"device key {path} is not an X25519 key")
     if path.stat().st_mode & 0o077:

@@ -94,9 +94,16 @@ def admit(
         raise BundleError(exc.step, exc.reason, header.version) from None
     _check_dim(identities, policy, header.version)
     return Bundle(
-        header.gallery, header.version, header.kind, header.created_at, header.embedder_sha256, identities,
-        signed.signer, (), header.embedder,
-    )  # fmt: skip
+        header.gallery,
+        header.version,
+        header.kind,
+        header.created_at,
+        header.embedder_sha256,
+        identities,
+        signed.signer,
+        (),
+        header.embedder,
+    )
 
 
 def _admit_sealed(data: Buffer, policy: Policy, current_version: int | None) -> Bundle:
@@ -111,9 +118,16 @@ def _admit_sealed(data: Buffer, policy: Policy, current_version: int | None) -> 
     identities = sealed.open_content(v, policy.device_key)  # recipient, decrypt, 8. body
     _check_dim(identities, policy, header.version)
     return Bundle(
-        header.gallery, header.version, header.kind, header.created_at, header.embedder_sha256, identities,
-        v.signer, tuple(header.recipients), header.embedder,
-    )  # fmt: skip
+        header.gallery,
+        header.version,
+        header.kind,
+        header.created_at,
+        header.embedder_sha256,
+        identities,
+        v.signer,
+        tuple(header.recipients),
+        header.embedder,
+    )
 
 
 def _check_dim(identities: tuple[Identity, ...], policy: Policy, version: int) -> None:

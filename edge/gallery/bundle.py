@@ -174,10 +174,13 @@ def content(identities: list[Identity], dtype: Dtype) -> tuple[dict[str, int | s
 def routing(gallery: str, version: int, kind: Kind, embedder_sha256: str, embedder: str | None) -> dict[str, Any]:
     """The header fields every format carries: which gallery, its version and kind, when, for which embedder."""
     return {
-        "gallery": gallery, "version": int(version), "kind": kind,
+        "gallery": gallery,
+        "version": int(version),
+        "kind": kind,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "embedder_sha256": embedder_sha256, **({"embedder": embedder} if embedder else {}),
-    }  # fmt: skip
+        "embedder_sha256": embedder_sha256,
+        **({"embedder": embedder} if embedder else {}),
+    }
 
 
 def encode(

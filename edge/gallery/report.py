@@ -37,10 +37,13 @@ class IdentityCheck:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "identity_id": self.identity_id, "templates": self.templates, "self_matched": self.self_matched,
+            "identity_id": self.identity_id,
+            "templates": self.templates,
+            "self_matched": self.self_matched,
             "weakest": None if self.weakest is None else round(self.weakest, 4),
-            "threshold": None if self.threshold is None else round(self.threshold, 4), "warnings": list(self.warnings),
-        }  # fmt: skip
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "warnings": list(self.warnings),
+        }
 
 
 def check_gallery(snap: GallerySnapshot, names: Sequence[Sequence[str]] | None = None) -> list[IdentityCheck]:
@@ -66,14 +69,17 @@ def check_gallery(snap: GallerySnapshot, names: Sequence[Sequence[str]] | None =
         matched = [s >= threshold for s in scores]
         warnings = []
         if not any(matched):
-            warnings.append(f"its {k} templates match none of each other (best {max(scores):.2f} < {threshold:.2f}): "
-                            "unlikely to be recognised; check that they show one person, and re-enrol")  # fmt: skip
+            warnings.append(
+                f"its {k} templates match none of each other (best {max(scores):.2f} < {threshold:.2f}): "
+                "unlikely to be recognised; check that they show one person, and re-enrol"
+            )
         else:
             warnings += [
                 f"{labels[j]} does not match the others ({s:.2f} < {threshold:.2f}): it may show someone else, or a "
                 "face too different from the rest; check or replace it"
-                for j, s in enumerate(scores) if s < threshold
-            ]  # fmt: skip
+                for j, s in enumerate(scores)
+                if s < threshold
+            ]
         if k == 2 and all(matched):
             warnings.append(f"two templates: recognised less often than with three or more; {ADVICE_ONE}")
         out.append(IdentityCheck(ident, k, sum(matched), min(scores), threshold, tuple(warnings)))
@@ -88,8 +94,10 @@ def format_checks(checks: Sequence[IdentityCheck], snap: GallerySnapshot) -> lis
         lines.append(f"{c.identity_id:<24} {c.templates:>9} {mutual:>17}")
     warned = [c for c in checks if c.warnings]
     rate = snap.settings.max_false_match_rate
-    lines.append(f"{len(snap)} identities; thresholds for {rate:g} per stranger at this gallery size; "
-                 f"{len(warned)} with a warning")  # fmt: skip
+    lines.append(
+        f"{len(snap)} identities; thresholds for {rate:g} per stranger at this gallery size; "
+        f"{len(warned)} with a warning"
+    )
     if snap.beyond_calibration:
         lines.append(
             f"note: {len(snap)} identities ask each comparison for {snap.per_identity_fmr:.1e}, below the "

@@ -113,9 +113,11 @@ def seal(
     if len(set(ids)) != len(ids):
         raise ValueError("the same recipient key is given twice")
     header = {
-        "format": 2, **routing(gallery, version, kind, embedder_sha256, embedder), "suite": SUITE_NAME,
+        "format": 2,
+        **routing(gallery, version, kind, embedder_sha256, embedder),
+        "suite": SUITE_NAME,
         "recipients": [i.hex() for i in ids],
-    }  # fmt: skip
+    }
     h = json.dumps(header, separators=(",", ":")).encode()
     cek = AESGCM.generate_key(bit_length=256)
     info = _INFO + hashlib.sha256(h).digest()
@@ -127,9 +129,14 @@ def seal(
     nonce = os.urandom(NONCE_LEN)
     sealed = nonce + AESGCM(cek).encrypt(nonce, plain, h)
     head = (
-        MAGIC + struct.pack("<I", len(h)) + h + struct.pack("<I", len(wrapped)) + wrapped
-        + struct.pack("<I", len(sealed)) + sealed
-    )  # fmt: skip
+        MAGIC
+        + struct.pack("<I", len(h))
+        + h
+        + struct.pack("<I", len(wrapped))
+        + wrapped
+        + struct.pack("<I", len(sealed))
+        + sealed
+    )
     return head + key_id(key.public_key()) + key.sign(head)
 
 
@@ -148,8 +155,9 @@ def frame(data: Buffer) -> SealedFraming:
         parts.append((pos + 4, pos + 4 + n))
         pos += 4 + n
     if pos + KEYID_LEN + SIG_LEN != len(view):
-        raise BundleError("parse", f"{len(view)} bytes, the lengths inside imply {pos + KEYID_LEN + SIG_LEN} "
-                          "(truncated or padded)")  # fmt: skip
+        raise BundleError(
+            "parse", f"{len(view)} bytes, the lengths inside imply {pos + KEYID_LEN + SIG_LEN} (truncated or padded)"
+        )
     return SealedFraming(parts[0], parts[1], parts[2])
 
 
@@ -192,16 +200,22 @@ def _content_key(v: Verified, device: keys.DeviceKey) -> bytes:
     block = v.data[v.framing.recipients[0] : v.framing.recipients[1]]
     listed = v.header.recipients
     if len(block) != RECIPIENT_LEN * len(listed):
-        raise BundleError("recipient", f"{len(block)} bytes of key blocks for {len(listed)} recipients "
-                          f"(each is {RECIPIENT_LEN})", v.header.version)  # fmt: skip
+        raise BundleError(
+            "recipient",
+            f"{len(block)} bytes of key blocks for {len(listed)} recipients (each is {RECIPIENT_LEN})",
+            v.header.version,
+        )
     if len(set(listed)) != len(listed):
         raise BundleError("recipient", "a recipient is listed twice", v.header.version)
     mine = device.key_id.hex()
     for n, kid in enumerate(listed):
         at = n * RECIPIENT_LEN
         if bytes(block[at : at + KEYID_LEN]).hex() != kid:
-            raise BundleError("recipient", f"key block {n + 1} is not the one the header lists there (swapped or "
-                              "altered blocks)", v.header.version)  # fmt: skip
+            raise BundleError(
+                "recipient",
+                f"key block {n + 1} is not the one the header lists there (swapped or altered blocks)",
+                v.header.version,
+            )
     if mine not in listed:
         raise BundleError(
             "recipient",
@@ -214,8 +228,12 @@ def _content_key(v: Verified, device: keys.DeviceKey) -> bytes:
     try:
         cek = _SUITE.decrypt(bytes(block[at : at + WRAPPED_LEN]), device.private, info=info)
     except (InvalidTag, ValueError):
-        raise BundleError("recipient", f"the key block for this device (key {device.short_id}) does not open with "
-                          "its private key (a block made for another key, or altered)", v.header.version) from None  # fmt: skip
+        raise BundleError(
+            "recipient",
+            f"the key block for this device (key {device.short_id}) does not open with "
+            "its private key (a block made for another key, or altered)",
+            v.header.version,
+        ) from None
     return cek  # 32 bytes: a block's length is fixed, and only a 32-byte key fills it
 
 
@@ -229,8 +247,11 @@ def open_content(v: Verified, device: keys.DeviceKey) -> tuple[Identity, ...]:
     try:
         plain = AESGCM(cek).decrypt(bytes(sealed[:NONCE_LEN]), bytes(sealed[NONCE_LEN:]), v.header_bytes)
     except InvalidTag:
-        raise BundleError("decrypt", "the content does not decrypt with its content key (wrong tag: altered, or "
-                          "not the key it was sealed with)", v.header.version) from None  # fmt: skip
+        raise BundleError(
+            "decrypt",
+            "the content does not decrypt with its content key (wrong tag: altered, or not the key it was sealed with)",
+            v.header.version,
+        ) from None
     try:
         return inner_identities(memoryview(plain))
     except BundleError as exc:

@@ -132,8 +132,10 @@ class GalleryStore:
                 else:
                     (self.folder / NEXT).unlink()
             except OSError as exc:
-                raise InputError(f"stored gallery {self.folder / NEXT} (a key rotation cut short) cannot be "
-                                 f"settled: {exc.strerror or exc}") from None  # fmt: skip
+                raise InputError(
+                    f"stored gallery {self.folder / NEXT} (a key rotation cut short) cannot be "
+                    f"settled: {exc.strerror or exc}"
+                ) from None
         if not path.is_file():
             return self._migrate() if (self.folder / LEGACY).is_file() else None
         try:
@@ -141,26 +143,41 @@ class GalleryStore:
         except OSError as exc:
             raise InputError(f"stored gallery {path} cannot be read: {exc.strerror or exc}") from None
         if data[: len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + NONCE_LEN + 16:
-            raise InputError(f"stored gallery {path} is not a sealed gallery store; restore it or delete it to "
-                             "start without")  # fmt: skip
+            raise InputError(
+                f"stored gallery {path} is not a sealed gallery store; restore it or delete it to start without"
+            )
         try:
             plain = self._open(data)
         except InvalidTag:
-            raise InputError(f"stored gallery {path} does not open with this device's key (the key was replaced "
-                             "without 'edge device key --rotate', or the file is damaged); restore both or delete "
-                             "it to start without") from None  # fmt: skip
+            raise InputError(
+                f"stored gallery {path} does not open with this device's key (the key was replaced "
+                "without 'edge device key --rotate', or the file is damaged); restore both or delete "
+                "it to start without"
+            ) from None
         try:
             record, identities = self._parse(memoryview(plain))
         except (BundleError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"stored gallery {path} is malformed ({exc}); delete it to start without") from None
-        bundle = Bundle(str(record["gallery"]), int(record["bundle_version"]), record["kind"],
-                        str(record["created_at"]), str(record["embedder_sha256"]), identities, str(record["signer"]),
-                        tuple(str(r) for r in record.get("recipients", ())), record.get("embedder"))  # fmt: skip
+        bundle = Bundle(
+            str(record["gallery"]),
+            int(record["bundle_version"]),
+            record["kind"],
+            str(record["created_at"]),
+            str(record["embedder_sha256"]),
+            identities,
+            str(record["signer"]),
+            tuple(str(r) for r in record.get("recipients", ())),
+            record.get("embedder"),
+        )
         self._check(path, bundle, int(record["version"]))
         return Applied(
-            bundle, int(record["version"]), frozenset(), str(record["applied_at"]), bytes.fromhex(record["head"]),
+            bundle,
+            int(record["version"]),
+            frozenset(),
+            str(record["applied_at"]),
+            bytes.fromhex(record["head"]),
             int(record.get("removed_count", 0)),
-        )  # fmt: skip
+        )
 
     def _open(self, data: bytes) -> bytes:
         nonce = data[len(MAGIC) : len(MAGIC) + NONCE_LEN]
@@ -187,13 +204,16 @@ class GalleryStore:
         """What admission checks of a bundle's routing, again: the device's models or gallery may have changed."""
         if bundle.embedder_sha256 != self.policy.embedder_sha256:
             p = self.policy
-            raise StoredForAnotherEmbedder(path, BundleError(
-                "model",
-                f"made for embedder {p.embedder_named(bundle.embedder_sha256, bundle.embedder)}, this device runs "
-                f"{p.embedder_named(p.embedder_sha256)}: enrol again from the photos with this device's embedder "
-                "(docs/models.md)",
-                version,
-            ))  # fmt: skip
+            raise StoredForAnotherEmbedder(
+                path,
+                BundleError(
+                    "model",
+                    f"made for embedder {p.embedder_named(bundle.embedder_sha256, bundle.embedder)}, this device runs "
+                    f"{p.embedder_named(p.embedder_sha256)}: enrol again from the photos with this device's embedder "
+                    "(docs/models.md)",
+                    version,
+                ),
+            )
         if self.policy.gallery_name is not None and bundle.gallery != self.policy.gallery_name:
             raise InputError(
                 f"stored gallery {path}: gallery bundle rejected at gallery: it is gallery {bundle.gallery!r}, this "
@@ -211,12 +231,20 @@ class GalleryStore:
     def _write(self, applied: Applied, path: Path | None = None) -> None:
         b = applied.bundle
         record = {
-            "format": STORE_FORMAT, "gallery": b.gallery, "version": applied.version, "bundle_version": b.version,
-            "kind": b.kind, "created_at": b.created_at, "embedder_sha256": b.embedder_sha256, "embedder": b.embedder,
+            "format": STORE_FORMAT,
+            "gallery": b.gallery,
+            "version": applied.version,
+            "bundle_version": b.version,
+            "kind": b.kind,
+            "created_at": b.created_at,
+            "embedder_sha256": b.embedder_sha256,
+            "embedder": b.embedder,
             "signer": b.signer,
-            "recipients": list(b.recipients), "head": applied.head.hex(), "applied_at": applied.applied_at,
+            "recipients": list(b.recipients),
+            "head": applied.head.hex(),
+            "applied_at": applied.applied_at,
             "removed_count": applied.removed_count,
-        }  # fmt: skip
+        }
         layout, index, body = content(list(b.identities), "float32")
         rx = json.dumps(record, separators=(",", ":")).encode()
         lx = json.dumps(layout, separators=(",", ":")).encode()
@@ -242,9 +270,13 @@ class GalleryStore:
         kept = tuple(i for i in applied.bundle.identities if i.id not in gone)
         dropped = len(applied.bundle.identities) - len(kept)
         after = Applied(
-            replace(applied.bundle, identities=kept), removal.version, applied.removed | gone, applied_now(),
-            applied.head, applied.removed_count + dropped,
-        )  # fmt: skip
+            replace(applied.bundle, identities=kept),
+            removal.version,
+            applied.removed | gone,
+            applied_now(),
+            applied.head,
+            applied.removed_count + dropped,
+        )
         try:
             self._write(after)
         except OSError as exc:
@@ -280,18 +312,24 @@ class GalleryStore:
         # a removal left them intact): a stored removal is applied again.
         bundle = replace(admitted, identities=tuple(i for i in admitted.identities if i.id not in removed))
         applied_at = datetime.fromtimestamp(legacy.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-        applied = Applied(bundle, max(version, bundle.version), frozenset(), applied_at, head_digest(data) or b"",
-                          len(removed))  # fmt: skip
+        applied = Applied(
+            bundle, max(version, bundle.version), frozenset(), applied_at, head_digest(data) or b"", len(removed)
+        )
         try:
             self._write(applied)
         except OSError as exc:  # the clear files stay as they were: the next start tries again
-            raise InputError(f"stored gallery {legacy} cannot be moved into {self.current_path}: "
-                             f"{exc.strerror or exc}") from None  # fmt: skip
+            raise InputError(
+                f"stored gallery {legacy} cannot be moved into {self.current_path}: {exc.strerror or exc}"
+            ) from None
         legacy.unlink()
         for f in (self.folder / LEGACY_REMOVALS).glob("*.bundle"):
             f.unlink()
-        log.info("gallery: the stored gallery %s v%d is now sealed under the device key (%s)", bundle.gallery,
-                 applied.version, self.current_path)  # fmt: skip
+        log.info(
+            "gallery: the stored gallery %s v%d is now sealed under the device key (%s)",
+            bundle.gallery,
+            applied.version,
+            self.current_path,
+        )
         return applied
 
     @staticmethod

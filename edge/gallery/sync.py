@@ -214,9 +214,15 @@ class GallerySync:
         self._swap(applied, applied.bundle)
         self.counts["applied"] += 1
         snap = self.holder.current
-        log.info("gallery %s v%d applied in %.2fs: %d identities, %d embeddings (signed by %s)", bundle.gallery,
-                 applied.version, time.perf_counter() - started, len(snap), len(snap.gallery.embeddings),
-                 bundle.signer)  # fmt: skip
+        log.info(
+            "gallery %s v%d applied in %.2fs: %d identities, %d embeddings (signed by %s)",
+            bundle.gallery,
+            applied.version,
+            time.perf_counter() - started,
+            len(snap),
+            len(snap.gallery.embeddings),
+            bundle.signer,
+        )
         self.last_error = None
         self.publish()
         return True
@@ -235,8 +241,13 @@ class GallerySync:
 
     @staticmethod
     def _decision(bundle: Bundle) -> dict[str, Any]:
-        return {"gallery": bundle.gallery, "version": bundle.version, "kind": bundle.kind, "signer": bundle.signer,
-                "identities": len(bundle.identities)}  # fmt: skip
+        return {
+            "gallery": bundle.gallery,
+            "version": bundle.version,
+            "kind": bundle.kind,
+            "signer": bundle.signer,
+            "identities": len(bundle.identities),
+        }
 
     def _reject(self, exc: BundleError) -> None:
         self.counts["rejected"] += 1

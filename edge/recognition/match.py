@@ -268,10 +268,12 @@ class Matcher:
         single = [lookup(k, 1) for k in counts]
         fused = [lookup(k, LOOK_LEVELS[-1]) for k in counts]
         return BandThreshold(
-            band, band.table.threshold_for(fmr),
-            np.array([th for _, th in single], np.float32), np.array([th for _, th in fused], np.float32),
+            band,
+            band.table.threshold_for(fmr),
+            np.array([th for _, th in single], np.float32),
+            np.array([th for _, th in fused], np.float32),
             (tuple(tb for tb, _ in single), tuple(tb for tb, _ in fused)),
-        )  # fmt: skip
+        )
 
 
 class GalleryHolder:

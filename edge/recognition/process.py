@@ -57,9 +57,15 @@ def camera_pipeline(
     device's, its head-turn limit the one the tables measured) and statistics (``stats``: default its own)."""
     gate = rec.limits if limits is None else limits
     return FrameProcessor(
-        rec, gallery, rec.tracker(tracking), stats if stats is not None else Stats(window=10), on_confirm, on_seen,
-        scanner=rec.scanner(detection, gate.min_face_px), limits=gate,
-    )  # fmt: skip
+        rec,
+        gallery,
+        rec.tracker(tracking),
+        stats if stats is not None else Stats(window=10),
+        on_confirm,
+        on_seen,
+        scanner=rec.scanner(detection, gate.min_face_px),
+        limits=gate,
+    )
 
 
 class FrameProcessor:

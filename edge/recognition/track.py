@@ -174,9 +174,14 @@ class Tracker:
         if float(embedding @ mean) / max(float(np.linalg.norm(mean)), 1e-12) >= self.split_below:
             return track
         new = Track(
-            next(self._ids), track.box, now, now, votes=deque(maxlen=track.votes.maxlen), face=track.face,
+            next(self._ids),
+            track.box,
+            now,
+            now,
+            votes=deque(maxlen=track.votes.maxlen),
+            face=track.face,
             still=track.still,
-        )  # fmt: skip
+        )
         self.tracks = [new if t is track else t for t in self.tracks]
         self.splits += 1
         return new

@@ -88,8 +88,11 @@ class App:
         # The device's X25519 key (state directory 0700, key 0600): galleries are encrypted to it.
         self.device_key, made = ensure_key(state)
         if made:
-            log.info("device key made (key id %s): %s; give this line to 'edge enroll --recipient'",
-                     self.device_key.short_id, public_line(self.device_key.public))  # fmt: skip
+            log.info(
+                "device key made (key id %s): %s; give this line to 'edge enroll --recipient'",
+                self.device_key.short_id,
+                public_line(self.device_key.public),
+            )
         a = settings.audit
         self.audit = AuditLog(state / "audit", a.segment_bytes, a.max_bytes, a.max_age_days) if a.enabled else None
         self.outbox = Outbox(
@@ -119,17 +122,26 @@ class App:
         if g.sync and g.name and g.trusted_keys:
             sync_worker = sup.register("gallery-sync")
             self.sync = GallerySync(
-                self.gallery, GalleryStore(state / "gallery", self.policy), self.policy, g,
+                self.gallery,
+                GalleryStore(state / "gallery", self.policy),
+                self.policy,
+                g,
                 lambda data: self.link.publish_retained(self.topics.gallery_state, data),
-                journal=lambda kind, details: self._record(f"gallery_{kind}", details), worker=sync_worker,
-            )  # fmt: skip
+                journal=lambda kind, details: self._record(f"gallery_{kind}", details),
+                worker=sync_worker,
+            )
             sup.attach(sync_worker, self.sync.thread)
             self.sync.attach(self.link, self.topics)
         self.ha: HomeAssistant | None = None
         self.periodic: list[Callable[[float], None]] = []  # called from the frame loop, at least 4 times a second
         if settings.homeassistant.enabled:
-            self.ha = HomeAssistant(settings.homeassistant, self.topics, self.link, settings.events.include_label,
-                                    [c.id for c in settings.camera_list()])  # fmt: skip
+            self.ha = HomeAssistant(
+                settings.homeassistant,
+                self.topics,
+                self.link,
+                settings.events.include_label,
+                [c.id for c in settings.camera_list()],
+            )
             self.ha.attach()
             self.gallery.on_change(self.ha.on_gallery)
             self.periodic.append(self.ha.presence.tick)
@@ -138,10 +150,21 @@ class App:
         self.hub = FrameHub()
         specs = settings.camera_list()
         self.cameras = [
-            Camera(spec, self.rec, self.gallery, settings.tracking, sup, self.stop, self.hub, self.stats, self.emit,
-                   self.ha.presence.seen if self.ha else None, single=len(specs) == 1)
+            Camera(
+                spec,
+                self.rec,
+                self.gallery,
+                settings.tracking,
+                sup,
+                self.stop,
+                self.hub,
+                self.stats,
+                self.emit,
+                self.ha.presence.seen if self.ha else None,
+                single=len(specs) == 1,
+            )
             for spec in specs
-        ]  # fmt: skip
+        ]
         self.loop = FrameLoop(self.cameras, self.hub)
         self.loop_worker = sup.register("frame-loop")
 
@@ -183,8 +206,15 @@ class App:
             else:
                 self.gallery.swap(to_gallery(bundle))
             snap = self.gallery.current
-            log.info("gallery %s v%d from %s (signed by %s): %d identities, threshold %.4f", bundle.gallery,
-                     bundle.version, path, bundle.signer, len(snap), snap.threshold)  # fmt: skip
+            log.info(
+                "gallery %s v%d from %s (signed by %s): %d identities, threshold %.4f",
+                bundle.gallery,
+                bundle.version,
+                path,
+                bundle.signer,
+                len(snap),
+                snap.threshold,
+            )
             return
         reports = enroll_directory(self.rec, path)
         snap = self.gallery.swap(gallery_of(reports, version=0, name=path.name))
@@ -193,8 +223,12 @@ class App:
                 log.warning("enrol %s/%s rejected: %s", r.identity_id, photo, reason)
         log.info(
             "gallery %s: %d identities, %d embeddings, threshold %.4f (max FMR %g per stranger)",
-            path, len(snap), len(snap.gallery.embeddings), snap.threshold, self.s.match.max_false_match_rate,
-        )  # fmt: skip
+            path,
+            len(snap),
+            len(snap.gallery.embeddings),
+            snap.threshold,
+            self.s.match.max_false_match_rate,
+        )
 
     def _on_connected(self) -> None:
         self.since = self.since or utc_now()
@@ -232,24 +266,41 @@ class App:
         if outbox.problem:
             log.warning("status: %s", outbox.problem)
         return Status(
-            device_id=self.topics.device_id, state=state, version=__version__, embedder=self.rec.embedder_name,
-            key_id=self.device_key.key_id.hex(), public_key=public_line(self.device_key.public),
-            uptime_s=round(now - self.started, 1), camera=camera_state, camera_error=camera_error,
-            cameras={c.id: CameraStatus(state=c.state, error=c.error, fps=c.fps, dropped_frames=c.dropped_frames)
-                     for c in cameras},
-            fps=fps, latency={k: StageLatency(p50_ms=v.p50_ms, p95_ms=v.p95_ms) for k, v in lat.items()},
-            faces_per_min=fpm, dropped_frames=sum(c.dropped_frames for c in cameras), outbox_depth=outbox.depth,
+            device_id=self.topics.device_id,
+            state=state,
+            version=__version__,
+            embedder=self.rec.embedder_name,
+            key_id=self.device_key.key_id.hex(),
+            public_key=public_line(self.device_key.public),
+            uptime_s=round(now - self.started, 1),
+            camera=camera_state,
+            camera_error=camera_error,
+            cameras={
+                c.id: CameraStatus(state=c.state, error=c.error, fps=c.fps, dropped_frames=c.dropped_frames)
+                for c in cameras
+            },
+            fps=fps,
+            latency={k: StageLatency(p50_ms=v.p50_ms, p95_ms=v.p95_ms) for k, v in lat.items()},
+            faces_per_min=fpm,
+            dropped_frames=sum(c.dropped_frames for c in cameras),
+            outbox_depth=outbox.depth,
             outbox_dropped=outbox.dropped + sum(sinks.failures.values()) if outbox.dropped >= 0 else -1,
-            events_published=link.published, gallery_name=snap.gallery.name or None, gallery_version=snap.version,
-            gallery_identities=len(snap), cpu_temp_c=cpu_temperature(), since=self.since,
-            last_error=self._worst(cameras), audit_head=audit.head.hash if audit else None,
+            events_published=link.published,
+            gallery_name=snap.gallery.name or None,
+            gallery_version=snap.version,
+            gallery_identities=len(snap),
+            cpu_temp_c=cpu_temperature(),
+            since=self.since,
+            last_error=self._worst(cameras),
+            audit_head=audit.head.hash if audit else None,
             audit_records=audit.head.records if audit else None,
-        )  # fmt: skip
+        )
 
     # -- events ------------------------------------------------------------------
     def emit(self, conf: Confirmation, frame: Frame, camera: str) -> None:
-        event = make_event(conf, frame.width, frame.height, self.topics.device_id, self.model_tag,
-                           self.s.events.include_label, camera)  # fmt: skip
+        event = make_event(
+            conf, frame.width, frame.height, self.topics.device_id, self.model_tag, self.s.events.include_label, camera
+        )
         self.publish_event(event)
 
     def publish_event(self, event: MatchEvent) -> None:
@@ -258,9 +309,14 @@ class App:
             self.events += 1
         log.info(
             "event %s identity=%s score=%.3f threshold=%.3f camera=%s track=%d gallery=v%d",
-            event.event_id, event.identity_id, event.score, event.threshold, event.camera, event.track_id,
+            event.event_id,
+            event.identity_id,
+            event.score,
+            event.threshold,
+            event.camera,
+            event.track_id,
             event.gallery_version,
-        )  # fmt: skip
+        )
 
     # -- faults --------------------------------------------------------------------
     def _on_fault(self, reason: str) -> None:
@@ -279,8 +335,9 @@ class App:
             log.exception("the fault could not be published in the status")
 
     def _hard_stop(self, reason: str) -> None:
-        log.critical("orderly shutdown did not finish within %.0fs after: %s; exiting now",
-                     self.s.health.exit_grace_s, reason)  # fmt: skip
+        log.critical(
+            "orderly shutdown did not finish within %.0fs after: %s; exiting now", self.s.health.exit_grace_s, reason
+        )
         self.hard_exit(1)
 
     # -- run -------------------------------------------------------------------------
@@ -293,10 +350,15 @@ class App:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> RunResult:
-        self._record("start", {
-            "version": __version__, "device_id": self.topics.device_id, "settings_sha256": settings_digest(self.s),
-            "models": {k: m.sha256 for k, m in self.rec.manifest.models.items()},
-        })  # fmt: skip
+        self._record(
+            "start",
+            {
+                "version": __version__,
+                "device_id": self.topics.device_id,
+                "settings_sha256": settings_digest(self.s),
+                "models": {k: m.sha256 for k, m in self.rec.manifest.models.items()},
+            },
+        )
         self.load_gallery()
         if self.sync is not None:
             self.sync.start()
@@ -308,8 +370,14 @@ class App:
         watching = ", ".join(c.display for c in self.cameras)
         self.notifier.ready(f"watching {watching}")
         self.ready.set()
-        log.info("running: %s %s, device %s, broker %s:%d", "camera" if len(self.cameras) == 1 else "cameras",
-                 watching, self.topics.device_id, self.s.mqtt.host, self.s.mqtt.port)  # fmt: skip
+        log.info(
+            "running: %s %s, device %s, broker %s:%d",
+            "camera" if len(self.cameras) == 1 else "cameras",
+            watching,
+            self.topics.device_id,
+            self.s.mqtt.host,
+            self.s.mqtt.port,
+        )
         next_beat = time.monotonic() + self.s.mqtt.heartbeat_s
         exit_at_end = self.s.source.at_end == "exit"
         try:
@@ -348,8 +416,11 @@ class App:
         if drain:
             drained = self.link.drain(self.s.outbox.drain_timeout_s)
             if not drained:
-                log.warning("outbox not drained within %.0fs: %d event(s) kept for the next start",
-                            self.s.outbox.drain_timeout_s, self.outbox.depth())  # fmt: skip
+                log.warning(
+                    "outbox not drained within %.0fs: %d event(s) kept for the next start",
+                    self.s.outbox.drain_timeout_s,
+                    self.outbox.depth(),
+                )
         self.stop.set()
         self.supervisor.stop()
         wait_cameras(self.cameras, timeout=3.0)
@@ -360,6 +431,10 @@ class App:
         self.outbox.close()
         if self._hard_exit_timer is not None:
             self._hard_exit_timer.cancel()
-        log.info("stopped: %d frames, %d events%s", self.loop.frames, self.events,
-                 f" (fault: {self.fault})" if self.fault else "")  # fmt: skip
+        log.info(
+            "stopped: %d frames, %d events%s",
+            self.loop.frames,
+            self.events,
+            f" (fault: {self.fault})" if self.fault else "",
+        )
         return drained

@@ -92,10 +92,15 @@ class Camera:
         supervisor.attach(self.worker, self.capture)
         self.stats = Stats(parent=device_stats, period_s=device_stats.period_s)
         self.process = camera_pipeline(
-            rec, gallery, lambda conf, frame: on_confirm(conf, frame, self.id),
+            rec,
+            gallery,
+            lambda conf, frame: on_confirm(conf, frame, self.id),
             (lambda ids: on_seen(ids, self.id)) if on_seen is not None else None,
-            stats=self.stats, tracking=tracking, detection=spec.detection, limits=limits,
-        )  # fmt: skip
+            stats=self.stats,
+            tracking=tracking,
+            detection=spec.detection,
+            limits=limits,
+        )
         self._last_fps = 0.0
 
     @property

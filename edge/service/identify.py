@@ -41,12 +41,17 @@ class FaceVerdict:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "file": self.file, "face": self.face, "bbox": list(self.bbox) if self.bbox else None,
-            "identity_id": self.identity_id, "label": self.label,
+            "file": self.file,
+            "face": self.face,
+            "bbox": list(self.bbox) if self.bbox else None,
+            "identity_id": self.identity_id,
+            "label": self.label,
             "score": None if self.score is None else round(self.score, 4),
             "threshold": None if self.threshold is None else round(self.threshold, 4),
-            "est_false_match_rate": self.est_false_match_rate, "quality_ok": self.quality_ok, "reason": self.reason,
-        }  # fmt: skip
+            "est_false_match_rate": self.est_false_match_rate,
+            "quality_ok": self.quality_ok,
+            "reason": self.reason,
+        }
 
 
 def load_gallery(
@@ -103,6 +108,18 @@ def identify(rec: Recognizer, snap: GallerySnapshot, path: Path, include_label: 
         m = next(matches)
         ident = m.identity_id if m.accepted else None
         label = m.label if (m.accepted and include_label) else None
-        out.append(FaceVerdict(str(path), i, box, ident, label, m.score, m.threshold,
-                               m.est_false_match_rate if m.accepted else None, True, ""))  # fmt: skip
+        out.append(
+            FaceVerdict(
+                str(path),
+                i,
+                box,
+                ident,
+                label,
+                m.score,
+                m.threshold,
+                m.est_false_match_rate if m.accepted else None,
+                True,
+                "",
+            )
+        )
     return out

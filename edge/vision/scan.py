@@ -121,10 +121,15 @@ def layout(width: int, height: int, min_face: float) -> Layout:
             for x in _positions(width, side, overlap):
                 windows.append(
                     Region(
-                        x, y, min(x + side, width), min(y + side, height),
-                        min_face=side * FIND_MIN * REACH, max_face=side * FIND_MAX * 1.1, kind="tile",
+                        x,
+                        y,
+                        min(x + side, width),
+                        min(y + side, height),
+                        min_face=side * FIND_MIN * REACH,
+                        max_face=side * FIND_MAX * 1.1,
+                        kind="tile",
                     )
-                )  # fmt: skip
+                )
                 level_of.append(k)
     return Layout(width, height, tuple(windows), tuple(round(s) for s in sides), tuple(level_of))
 
@@ -134,9 +139,14 @@ def track_region(box: Box, crop_scale: float) -> Region:
     side = max(box.width, box.height) * crop_scale
     cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
     return Region(
-        cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2,
-        min_face=side * 0.12, max_face=side * 0.9, kind="track",
-    )  # fmt: skip
+        cx - side / 2,
+        cy - side / 2,
+        cx + side / 2,
+        cy + side / 2,
+        min_face=side * 0.12,
+        max_face=side * 0.9,
+        kind="track",
+    )
 
 
 def _overlap(a: Box, b: Box) -> tuple[float, float]:
@@ -223,10 +233,13 @@ def merge(
             continue
         # What this box would hide if it is a face: detections mostly inside it, and parts of it.
         hidden = [
-            s for s in kept
-            if s is not big and id(s) not in dropped and _nested(s, big)
+            s
+            for s in kept
+            if s is not big
+            and id(s) not in dropped
+            and _nested(s, big)
             and (_overlap(s.box, big.box)[1] >= contained or _fragment_of(s, big, input_size))
-        ]  # fmt: skip
+        ]
         if not hidden:
             continue
         if is_face is None:
@@ -238,10 +251,12 @@ def merge(
             # a finer one (that could have seen the large box whole, or a track's crop centred on the
             # face, where a fragment is off centre). The better measured one stays.
             tighter = [
-                s for s in hidden
+                s
+                for s in hidden
                 if preference(s) > preference(big)
-                and (not _fragment_of(s, big, input_size) or _centred_in(s, big)) and is_face(s)
-            ]  # fmt: skip
+                and (not _fragment_of(s, big, input_size) or _centred_in(s, big))
+                and is_face(s)
+            ]
             keep = max(tighter, key=preference) if tighter else big
             dropped.update(id(f) for f in (big, *hidden) if f is not keep)
     return [f for f in kept if id(f) not in dropped]

@@ -53,8 +53,9 @@ class Recorder:
         self.messages: list[dict[str, object]] = []
         self.phase = "start"
         self.cond = threading.Condition()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="recorder",
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="recorder", protocol=mqtt.MQTTv5
+        )
         ready = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: (
             c.subscribe("#", options=SubscribeOptions(qos=1, retainAsPublished=True)),
@@ -73,8 +74,9 @@ class Recorder:
         if not mine:
             return
         with self.cond:
-            self.messages.append({"phase": self.phase, "topic": topic, "payload": msg.payload.decode(),
-                                  "retain": bool(msg.retain)})  # fmt: skip
+            self.messages.append(
+                {"phase": self.phase, "topic": topic, "payload": msg.payload.decode(), "retain": bool(msg.retain)}
+            )
             self.cond.notify_all()
 
     def wait(self, what: str, pred: object, timeout: float = 120) -> None:
@@ -119,29 +121,86 @@ def main(out: Path) -> None:
         v1, v2 = work / "v1.bundle", work / "v2.bundle"
         # The device's key, made as its first start would: the galleries are sealed to it.
         device = public_line(ensure_key(work / "state")[0].public)
-        assert edge(["enroll", str(assets.gallery), "--out", str(v1), "--key", str(key), "--gallery-name", "lobby",
-                     "--version", "1", "--recipient", device]) == 0  # fmt: skip
+        assert (
+            edge(
+                [
+                    "enroll",
+                    str(assets.gallery),
+                    "--out",
+                    str(v1),
+                    "--key",
+                    str(key),
+                    "--gallery-name",
+                    "lobby",
+                    "--version",
+                    "1",
+                    "--recipient",
+                    device,
+                ]
+            )
+            == 0
+        )
         smaller = work / "gallery-v2"
         shutil.copytree(assets.gallery, smaller)
         shutil.rmtree(smaller / REMOVED)
-        assert edge(["enroll", str(smaller), "--out", str(v2), "--key", str(key), "--gallery-name", "lobby",
-                     "--version", "2", "--recipient", device]) == 0  # fmt: skip
+        assert (
+            edge(
+                [
+                    "enroll",
+                    str(smaller),
+                    "--out",
+                    str(v2),
+                    "--key",
+                    str(key),
+                    "--gallery-name",
+                    "lobby",
+                    "--version",
+                    "2",
+                    "--recipient",
+                    device,
+                ]
+            )
+            == 0
+        )
         with LocalBroker() as broker:
             rec = Recorder(broker)
             rec.publish("edge/galleries/lobby", v1.read_bytes(), retain=True)
-            env = {**os.environ, "EDGE_HOMEASSISTANT__PRESENCE_TIMEOUT_S": "3", "EDGE_MQTT__HEARTBEAT_S": "1",
-                   "EDGE_HOMEASSISTANT__DEVICE_NAME": "Front door",
-                   "EDGE_HOMEASSISTANT__PER_PERSON": "true"}  # fmt: skip
+            env = {
+                **os.environ,
+                "EDGE_HOMEASSISTANT__PRESENCE_TIMEOUT_S": "3",
+                "EDGE_MQTT__HEARTBEAT_S": "1",
+                "EDGE_HOMEASSISTANT__DEVICE_NAME": "Front door",
+                "EDGE_HOMEASSISTANT__PER_PERSON": "true",
+            }
             # Two cameras: the front door plays the clip, the yard camera is missing (its entity stays quiet).
             config = work / "edge.toml"
-            config.write_text(f"[[cameras]]\nid = 'door'\nsource = '{assets.clip}'\n"
-                              "[[cameras]]\nid = 'yard'\nsource = '/dev/video99'\n")  # fmt: skip
+            config.write_text(
+                f"[[cameras]]\nid = 'door'\nsource = '{assets.clip}'\n"
+                "[[cameras]]\nid = 'yard'\nsource = '/dev/video99'\n"
+            )
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--device-id", DEVICE,
-                 "--state-dir", str(work / "state"), "--gallery-name", "lobby", "--trusted-key", f"{key}.pub",
-                 "--broker", f"{broker.host}:{broker.port}"],
-                env=env, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "edge.cli",
+                    "run",
+                    "--config",
+                    str(config),
+                    "--device-id",
+                    DEVICE,
+                    "--state-dir",
+                    str(work / "state"),
+                    "--gallery-name",
+                    "lobby",
+                    "--trusted-key",
+                    f"{key}.pub",
+                    "--broker",
+                    f"{broker.host}:{broker.port}",
+                ],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 rec.phase = "clip"
                 rec.wait(
@@ -170,8 +229,12 @@ def main(out: Path) -> None:
                 )
                 rec.phase = "gallery v2"
                 rec.publish("edge/galleries/lobby", v2.read_bytes(), retain=True)
-                rec.wait("the removed identity's entity removed", lambda ms: any(
-                    m["topic"].endswith(f"presence_{REMOVED}/config") and m["payload"] == "" for m in ms))  # fmt: skip
+                rec.wait(
+                    "the removed identity's entity removed",
+                    lambda ms: any(
+                        m["topic"].endswith(f"presence_{REMOVED}/config") and m["payload"] == "" for m in ms
+                    ),
+                )
                 rec.wait(
                     "a heartbeat with gallery v2",
                     lambda ms: any(
@@ -187,8 +250,18 @@ def main(out: Path) -> None:
                     proc.kill()
             rec.client.loop_stop()
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"device_id": DEVICE, "removed": REMOVED, "enrolled": list(assets.enrolled),
-                                   "cameras": ["door", "yard"], "messages": rec.messages}, indent=1))  # fmt: skip
+        out.write_text(
+            json.dumps(
+                {
+                    "device_id": DEVICE,
+                    "removed": REMOVED,
+                    "enrolled": list(assets.enrolled),
+                    "cameras": ["door", "yard"],
+                    "messages": rec.messages,
+                },
+                indent=1,
+            )
+        )
         print(f"capture: {len(rec.messages)} messages the device published -> {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

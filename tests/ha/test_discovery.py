@@ -104,9 +104,19 @@ async def test_the_appliance_in_home_assistant(
         s = hass.states.get(ent)  # type: ignore[arg-type]
         assert s is not None and s.state == "off" and s.attributes["device_class"] == "presence"
         assert s.attributes["friendly_name"] == f"Front door {i.replace('_', ' ')} seen"
-    sensors = {k: entity(hass, "sensor", k) for k in ("fps", "faces_per_min", "outbox_depth", "camera",
-                                                     "gallery_version", "gallery_identities", "cpu_temperature",
-                                                     "last_error")}  # fmt: skip
+    sensors = {
+        k: entity(hass, "sensor", k)
+        for k in (
+            "fps",
+            "faces_per_min",
+            "outbox_depth",
+            "camera",
+            "gallery_version",
+            "gallery_identities",
+            "cpu_temperature",
+            "last_error",
+        )
+    }
     assert all(sensors.values()), sensors
     assert er.async_get(hass).async_get(sensors["fps"]).entity_category == "diagnostic"  # type: ignore[arg-type, union-attr]
 
