@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -77,6 +77,7 @@ scalars = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
+@example({"audit": {"password_file": "\x00"}})  # found by this test: a NUL in a password_file path crashed it
 @given(
     st.dictionaries(
         st.sampled_from([*sorted(keys), "nope"]),

@@ -741,7 +741,7 @@ def _file_secret(path: Path) -> list[str]:
     try:
         with path.open("rb") as f:
             text = f.read(4096).decode("utf-8", "replace").strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path no file can have (a NUL byte in it)
         return []
     return [text] if text else []
 
