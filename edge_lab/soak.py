@@ -31,8 +31,8 @@ from edge.capture.imageio import read_image
 from edge.demo.assets import ENROLLED, PROBES
 from edge.demo.broker import LocalBroker
 from edge.demo.scenes import face_px_at, gradient_background, paste
-from edge.device.config import Settings
 from edge.device.keys import ensure_key
+from edge.device.settings import Settings
 from edge.errors import EdgeError
 from edge.gallery.bundle import Identity, generate_key, load_private_key
 from edge.gallery.enroll import enroll_directory

@@ -44,8 +44,8 @@ sys.path.insert(0, str(HERE.parent))
 import graph  # noqa: E402
 
 from edge.capture.imageio import read_image  # noqa: E402
-from edge.device.config import Settings  # noqa: E402
 from edge.device.runtime import load_manifest  # noqa: E402
+from edge.device.settings import Settings  # noqa: E402
 from edge.recognition.pipeline import Recognizer  # noqa: E402
 from edge_lab import lfw  # noqa: E402
 

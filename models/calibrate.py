@@ -41,8 +41,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from edge.capture.imageio import read_image  # noqa: E402
-from edge.device.config import Settings  # noqa: E402
 from edge.device.runtime import load_manifest  # noqa: E402
+from edge.device.settings import Settings  # noqa: E402
 from edge.recognition.calibration import (  # noqa: E402
     CALIBRATION_DIR,
     CONDITIONS,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from edge.capture.imageio import read_image
-from edge.device.config import Settings
 from edge.device.runtime import default_models_dir
+from edge.device.settings import Settings
 from edge.recognition.pipeline import Recognizer
 from edge.types import ImageArray
 

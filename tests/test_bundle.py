@@ -225,8 +225,8 @@ def test_enroll_fails_on_an_identity_without_usable_photo_unless_skipped(tmp_pat
 
 
 def test_damaged_stored_gallery_is_named_at_start_up(tmp_path: Path, recognizer: Recognizer) -> None:
-    from edge.device.config import GallerySettings
     from edge.device.keys import DeviceKey, ensure_key
+    from edge.device.settings import GallerySettings
     from edge.errors import InputError
     from edge.gallery.admit import Policy
     from edge.gallery.store import SEALED, GalleryStore

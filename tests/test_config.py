@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.device.config import Settings, default_state_dir, load_settings, secret_values
+from edge.device.config import load_settings, secret_values
+from edge.device.settings import Settings, default_state_dir
 from edge.errors import InputError
 
 
@@ -325,8 +326,8 @@ def test_config_check_refuses_a_gate_wider_than_the_tables_as_start_up_does(
     import json
 
     from edge.cli import main
-    from edge.device.config import Settings
     from edge.device.runtime import load_manifest
+    from edge.device.settings import Settings
     from edge.recognition.calibration import measured_max_yaw
 
     s = Settings()
@@ -349,7 +350,8 @@ def test_config_check_refuses_a_gate_wider_than_the_tables_as_start_up_does(
 def test_events_identity_id_keeps_names_off_the_broker_and_include_label_is_its_older_spelling(
     tmp_path: Path,
 ) -> None:
-    from edge.device.config import EventSettings, load_settings
+    from edge.device.config import load_settings
+    from edge.device.settings import EventSettings
     from edge.errors import InputError as ConfigError
 
     assert EventSettings().identity == "id_and_label" and EventSettings().include_label is True

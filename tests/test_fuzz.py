@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from edge.capture.imageio import decode_image
-from edge.device.config import CameraSettings, Settings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import CameraSettings, Settings
 from edge.errors import ImageError, InputError
 
 from .conftest import FACES

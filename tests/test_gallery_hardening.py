@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.delivery.events import GalleryState
-from edge.device.config import GallerySettings, MatchSettings
 from edge.device.keys import DeviceKey
+from edge.device.settings import GallerySettings, MatchSettings
 from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import MAGIC, BundleError, Identity, encode, key_id
 from edge.gallery.chunks import PART, POINTER, Assembler, _frame, split

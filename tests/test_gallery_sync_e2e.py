@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cli import main
-from edge.device.config import Settings
 from edge.device.keys import DeviceKey, public_line
 from edge.device.runtime import load_manifest
+from edge.device.settings import Settings
 from edge.gallery import sealed
 from edge.gallery.admit import Policy
 from edge.gallery.bundle import Identity, encode, load_private_key, load_public_key

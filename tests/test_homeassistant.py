@@ -16,7 +16,8 @@ from edge.delivery.homeassistant import HomeAssistant
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.demo.broker import LocalBroker
-from edge.device.config import HomeAssistantSettings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import HomeAssistantSettings
 from edge.recognition.match import Gallery, GalleryHolder, Matcher
 
 from .support import Collector

@@ -25,7 +25,8 @@ from edge.delivery.outbox import Outbox
 from edge.delivery.pump import OutboxPump
 from edge.delivery.routing import Router, Topics
 from edge.demo.broker import LocalBroker
-from edge.device.config import MqttSettings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import MqttSettings
 from edge.device.supervisor import Supervisor
 
 TOPIC = "edge/parts/events/match"

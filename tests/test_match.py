@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from edge.device.config import MatchSettings
+from edge.device.settings import MatchSettings
 from edge.recognition.calibration import (
     LOOK_LEVELS,
     TEMPLATE_LEVELS,

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.cli import main
 from edge.delivery.events import GalleryState
-from edge.device.config import GallerySettings, MatchSettings, Settings
 from edge.device.keys import DeviceKey, ensure_key, load_key, public_line
 from edge.device.runtime import load_manifest
+from edge.device.settings import GallerySettings, MatchSettings, Settings
 from edge.gallery import sealed
 from edge.gallery.admit import Policy
 from edge.gallery.bundle import Bundle, Identity

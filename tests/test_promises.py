@@ -28,8 +28,9 @@ from edge.delivery.events import GalleryState
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.demo.broker import LocalBroker, free_port
-from edge.device.config import GallerySettings, MatchSettings, TrackingSettings, load_settings
+from edge.device.config import load_settings
 from edge.device.keys import DeviceKey
+from edge.device.settings import GallerySettings, MatchSettings, TrackingSettings
 from edge.gallery import sealed
 from edge.gallery.admit import Policy, admit
 from edge.gallery.bundle import BundleError, Identity

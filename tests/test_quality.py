@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edge.capture.imageio import read_image
-from edge.device.config import QualitySettings
+from edge.device.settings import QualitySettings
 from edge.recognition.pipeline import Recognizer
 from edge.types import Box, Face
 from edge.vision.quality import assess

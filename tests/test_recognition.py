@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.capture.imageio import read_image
-from edge.device.config import Settings
+from edge.device.settings import Settings
 from edge.recognition.match import Gallery
 from edge.recognition.pipeline import Recognizer, require_face
 

@@ -20,7 +20,8 @@ from edge.capture.sources import ImageDirSource
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.demo.broker import LocalBroker
-from edge.device.config import Settings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import Settings
 from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError, ImageError
 from edge.recognition.pipeline import Recognizer

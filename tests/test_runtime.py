@@ -106,7 +106,7 @@ def test_a_calibration_file_for_another_embedder_is_refused(models_copy: Path) -
 
 
 def test_the_calibration_covers_every_face_the_gate_admits_and_a_lower_gate_is_refused() -> None:
-    from edge.device.config import Settings
+    from edge.device.settings import Settings
     from edge.recognition.pipeline import Recognizer
 
     rec = Recognizer(Settings())
@@ -129,7 +129,7 @@ def test_only_the_embedders_own_calibration_file_is_read_and_a_broken_one_is_nam
 
 
 def test_the_head_turn_gate_is_the_one_the_tables_measured_and_a_wider_one_is_refused(models_copy: Path) -> None:
-    from edge.device.config import Settings
+    from edge.device.settings import Settings
     from edge.recognition.calibration import LEGACY_MAX_YAW, measured_max_yaw
     from edge.recognition.pipeline import Recognizer
 

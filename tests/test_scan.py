@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from edge.capture.imageio import read_image
 from edge.demo.scenes import gradient_background, paste, sensor_noise
-from edge.device.config import DetectionSettings, QualitySettings, Settings, TrackingSettings
+from edge.device.settings import DetectionSettings, QualitySettings, Settings, TrackingSettings
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Tracker
 from edge.types import Box, Face, Match

@@ -534,7 +534,7 @@ def test_a_message_over_the_size_limit_never_reaches_the_device(broker: LocalBro
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edge.cli import main
-    from edge.device.config import Settings
+    from edge.device.settings import Settings
     from edge.gallery.bundle import Identity, load_private_key
     from edge.gallery.sealed import seal
     from edge.recognition.pipeline import Recognizer

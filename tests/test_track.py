@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.device.config import TrackingSettings
+from edge.device.settings import TrackingSettings
 from edge.recognition.track import FOLLOW_MISSED, NON_FACE_FOLLOW_FRAMES, Tracker, _resized, iou_matrix
 from edge.types import Box, Face, Follow, Match
 

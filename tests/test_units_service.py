@@ -13,8 +13,8 @@ import pytest
 from edge.capture.reader import LatestFrame
 from edge.delivery.events import Evidence, MatchEvent, Status, make_event
 from edge.delivery.outbox import Outbox
-from edge.device.config import TrackingSettings
 from edge.device.health import SystemdNotifier
+from edge.device.settings import TrackingSettings
 from edge.recognition.track import Tracker
 from edge.types import Box, Face, Frame, Match
 

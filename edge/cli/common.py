@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.device.config import Settings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import Settings
 from edge.errors import InputError
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.cli.common import counted, parse_broker
-from edge.device.config import MqttSettings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import MqttSettings
 from edge.errors import EdgeError, InputError, read_input_file
 from edge.gallery.bundle import BundleError, Identity, Kind
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import parse_broker, repo_fixture_faces
-from edge.device.config import Settings, load_settings
+from edge.device.config import load_settings
+from edge.device.settings import Settings
 from edge.errors import InputError
 
 

@@ -30,8 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.device.config import MqttSettings
 from edge.device.logs import protect
+from edge.device.settings import MqttSettings
 from edge.device.supervisor import Worker
 from edge.errors import EdgeError, InputError
 

@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge.delivery.connection import tool_client
-from edge.device.config import MqttSettings
+from edge.device.settings import MqttSettings
 
 QUIET_S = 2.0  # without the marker: this long without a new retained message ends the wait
 

@@ -42,7 +42,7 @@ from typing import Any
 from edge import __version__
 from edge.delivery.events import MatchEvent
 from edge.delivery.mqtt import MqttLink, Topics
-from edge.device.config import HomeAssistantSettings
+from edge.device.settings import HomeAssistantSettings
 from edge.recognition.match import GallerySnapshot
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from edge.delivery.events import Status
 from edge.delivery.outbox import Outbox
 from edge.delivery.pump import OutboxPump
 from edge.delivery.routing import Handler, Router, Topics
-from edge.device.config import MqttSettings
+from edge.device.settings import MqttSettings
 from edge.device.supervisor import Worker
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import Any
 
 from edge.delivery.events import GalleryError, GalleryState
 from edge.delivery.mqtt import MqttLink, Topics
-from edge.device.config import GallerySettings
+from edge.device.settings import GallerySettings
 from edge.device.supervisor import Worker
 from edge.gallery.admit import Policy, admit, expired, to_gallery
 from edge.gallery.bundle import Buffer, Bundle, BundleError

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.device.config import QualitySettings
 from edge.device.runtime import Manifest
+from edge.device.settings import QualitySettings
 from edge.errors import ModelError
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edge.device.config import MatchSettings
+from edge.device.settings import MatchSettings
 from edge.recognition.calibration import LOOK_LEVELS, Band, Calibration, CalibrationTable, look_level
 from edge.types import FloatArray, Match
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.capture.imageio import check_frame
-from edge.device.config import DetectionSettings, ModelSettings, QualitySettings, Settings, TrackingSettings
 from edge.device.runtime import Manifest, load_manifest
+from edge.device.settings import DetectionSettings, ModelSettings, QualitySettings, Settings, TrackingSettings
 from edge.errors import InputError
 from edge.recognition.calibration import (
     calibration_for,

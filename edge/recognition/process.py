@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.device.config import DetectionSettings, QualitySettings, TrackingSettings
 from edge.device.health import Stats
+from edge.device.settings import DetectionSettings, QualitySettings, TrackingSettings
 from edge.recognition.match import GalleryHolder, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import Confirmation, Track, Tracker

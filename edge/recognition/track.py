@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.device.config import TrackingSettings
+from edge.device.settings import TrackingSettings
 from edge.types import Box, Face, FloatArray, Follow, Match
 
 FOLLOW_MISSED = 3  # a track missed more frames in a row than this is re-detected in its crop less often

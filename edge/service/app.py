@@ -33,10 +33,11 @@ from edge.delivery.homeassistant import HomeAssistant
 from edge.delivery.mqtt import MqttLink, Topics
 from edge.delivery.outbox import Outbox
 from edge.delivery.sinks import AuditSink, EventSink, OutboxSink, Sinks
-from edge.device.config import Settings, secret_values, settings_digest
+from edge.device.config import secret_values, settings_digest
 from edge.device.health import Stats, SystemdNotifier, cpu_temperature
 from edge.device.keys import ensure_key, public_line
 from edge.device.logs import protect
+from edge.device.settings import Settings
 from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError
 from edge.gallery.admit import Policy, load_bundle_file, load_trusted, to_gallery

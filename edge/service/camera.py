@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from edge.capture import CaptureThread, FrameHub, LatestFrame, open_source
 from edge.capture.sources import check_at_start
-from edge.device.config import Camera as CameraConfig
-from edge.device.config import TrackingSettings
 from edge.device.health import Stats
+from edge.device.settings import Camera as CameraConfig
+from edge.device.settings import TrackingSettings
 from edge.device.supervisor import Supervisor, Worker
 from edge.recognition.match import GalleryHolder
 from edge.recognition.pipeline import Recognizer

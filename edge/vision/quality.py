@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from edge.device.config import QualitySettings
+from edge.device.settings import QualitySettings
 from edge.types import Face, FloatArray, ImageArray, Quality
 from edge.vision.condition import condition_of
 

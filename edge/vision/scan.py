@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.device.config import DetectionSettings
+from edge.device.settings import DetectionSettings
 from edge.types import Box, Face, Follow, ImageArray
 from edge.vision.detect import Detector, Region
 
