@@ -459,7 +459,7 @@ def test_a_face_exactly_at_a_bands_smallest_size_is_judged_in_that_band() -> Non
     snap = Matcher(three, MatchSettings(max_false_match_rate=1e-3)).snapshot(basis_gallery(2))
     bands = [m.band for m in snap.match(np.vstack([probe(0.9)] * 4), face_px=[80.0, 79.9, 24.0, 10.0])]
     assert bands == ["80+ px", "36-80 px", "24-36 px", "24-36 px"]
-    assert snap.band_for(30.0, "infrared").band.label == "24-36 px"  # a condition without tables: colour's
+    assert snap.threshold_for(30.0, "infrared").band.label == "24-36 px"  # a condition without tables: colour's
     assert Matcher(three, MatchSettings(max_false_match_rate=1e-3)).per_identity_fmr(2) == pytest.approx(5e-4)
 
 

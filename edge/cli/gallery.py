@@ -46,11 +46,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             "enroll: no --gallery-name: the gallery is named 'default' (devices follow it by that name)",
             file=sys.stderr,
         )
-    rec = Recognizer(load_settings(args.config))
-    reports = enroll_directory(rec, args.photos, skip_failed=args.skip_failed) if args.photos is not None else []
+    recognizer = Recognizer(load_settings(args.config))
+    reports = enroll_directory(recognizer, args.photos, skip_failed=args.skip_failed) if args.photos is not None else []
     if args.video is not None:
         folder = (args.photos / args.identity) if args.photos is not None else Path(args.identity)
-        clip = enroll_identity(rec, folder if folder.is_dir() else Path(args.identity), clips=[args.video])
+        clip = enroll_identity(recognizer, folder if folder.is_dir() else Path(args.identity), clips=[args.video])
         if args.label:
             clip.label = args.label
         if clip.embeddings is None and not args.skip_failed:
@@ -60,11 +60,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     identities = [Identity(r.identity_id, r.label, r.embeddings, r.meta) for r in reports if r.embeddings is not None]
     if not identities:
         raise InputError("no identity could be enrolled")
-    data = make_bundle(args, identities, "full", key, rec.embedder_sha256, rec.embedder_name)
+    data = make_bundle(args, identities, "full", key, recognizer.embedder_sha256, recognizer.embedder_name)
     write_bundle(args.out, data)
-    snap = rec.matcher.snapshot(gallery_of(reports))
+    snapshot = recognizer.matcher.snapshot(gallery_of(reports))
     names = {r.identity_id: r.accepted for r in reports}
-    checks = {c.identity_id: c for c in check_gallery(snap, [names[i.id] for i in identities])}
+    checks = {c.identity_id: c for c in check_gallery(snapshot, [names[i.id] for i in identities])}
     rows = [
         {
             "identity_id": r.identity_id,
@@ -344,18 +344,18 @@ def inspect_bundle(args: argparse.Namespace, data: bytes) -> int:
         device_key=device_key_of(args),
     )
     header["verified"] = True
-    rec = Recognizer(load_settings(args.config))
-    if bundle.identities and rec.embedder_sha256 != str(header.get("embedder_sha256")):
+    recognizer = Recognizer(load_settings(args.config))
+    if bundle.identities and recognizer.embedder_sha256 != str(header.get("embedder_sha256")):
         raise InputError(
-            f"{args.bundle} was enrolled with another embedder than --config's ({rec.embedder_sha256[:16]})"
+            f"{args.bundle} was enrolled with another embedder than --config's ({recognizer.embedder_sha256[:16]})"
         )
-    snap = rec.matcher.snapshot(to_gallery(bundle, now=datetime.min.replace(tzinfo=timezone.utc)))
-    checks = check_gallery(snap)
+    snapshot = recognizer.matcher.snapshot(to_gallery(bundle, now=datetime.min.replace(tzinfo=timezone.utc)))
+    checks = check_gallery(snapshot)
     if args.json:
         print(json.dumps({**header, "identities_report": [c.as_json() for c in checks]}, indent=2))
         return 0
     print(json.dumps(header, indent=2))
-    print("\n".join(format_checks(checks, snap)))
+    print("\n".join(format_checks(checks, snapshot)))
     return 0
 
 

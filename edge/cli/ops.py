@@ -50,12 +50,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
     if not folder.is_dir():
         raise InputError(f"no audit log under {folder}")
-    for rec in audit.records_since(folder, since):
+    for record in audit.records_since(folder, since):
         if args.json:
-            print(json.dumps(rec))
+            print(json.dumps(record))
         else:
-            data = " ".join(f"{k}={v}" for k, v in rec["data"].items())
-            print(f"{rec['seq']:>7} {rec['ts']}  {rec['kind']:<17} {data}")
+            data = " ".join(f"{k}={v}" for k, v in record["data"].items())
+            print(f"{record['seq']:>7} {record['ts']}  {record['kind']:<17} {data}")
     return 0
 
 
@@ -65,23 +65,23 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from edge.recognition.pipeline import Recognizer
     from edge.service.identify import identify, load_gallery, photos
 
-    rec = Recognizer(load_settings(args.config))
+    recognizer = Recognizer(load_settings(args.config))
     device_key = load_key_file(args.device_key) if args.device_key else None
-    gallery = load_gallery(rec, args.gallery, load_trusted(args.trusted_key or []), device_key)
-    snap = rec.matcher.snapshot(gallery)
+    gallery = load_gallery(recognizer, args.gallery, load_trusted(args.trusted_key or []), device_key)
+    snapshot = recognizer.matcher.snapshot(gallery)
     files = list(photos(args.images))
     if not files:
         raise InputError("no photo to identify (JPEG, PNG, BMP, WebP) among the paths given")
     unreadable = 0
     if not args.json:
         print(
-            f"gallery {args.gallery}: {counted(len(snap), 'identity', 'identities')}, at most "
-            f"{rec.settings.match.max_false_match_rate:g} false matches per stranger; each face's threshold is that of "
+            f"gallery {args.gallery}: {counted(len(snapshot), 'identity', 'identities')}, at most "
+            f"{recognizer.settings.match.max_false_match_rate:g} false matches per stranger; each face's threshold is that of "
             "its size and of the identity's photos"
         )
         print(f"{'file':<40} {'face':>4} {'box':<22} {'identity':<24} {'score':>6} {'thresh':>6}  note")
     for path in files:
-        for v in identify(rec, snap, path, rec.settings.events.include_label):
+        for v in identify(recognizer, snapshot, path, recognizer.settings.events.include_label):
             unreadable += v.face is None and v.reason != "no face found"
             if args.json:
                 print(json.dumps(v.as_json()), flush=True)

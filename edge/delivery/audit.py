@@ -101,8 +101,8 @@ class AuditLog:
         head: Head | None = None
         for raw in reversed(lines):
             try:
-                rec = json.loads(raw)
-                head = Head(int(rec["seq"]), str(rec["hash"]))
+                record = json.loads(raw)
+                head = Head(int(record["seq"]), str(record["hash"]))
                 break
             except (ValueError, KeyError, TypeError):
                 continue  # a corrupt line: verify names it; the chain goes on from the last good one
@@ -122,8 +122,8 @@ class AuditLog:
         for seg in reversed(segs):
             for raw in reversed(seg.read_bytes().split(b"\n")):
                 try:
-                    rec = json.loads(raw)
-                    return Head(int(rec["seq"]), str(rec["hash"]))
+                    record = json.loads(raw)
+                    return Head(int(record["seq"]), str(record["hash"]))
                 except (ValueError, KeyError, TypeError):
                     continue
         return Head(0, GENESIS)
@@ -245,9 +245,9 @@ def verify(folder: Path, head: str | None = None) -> Verdict:
             continue
         at_end = seg == final_seg and all(not r for _, _, r in entries[i + 1 :])
         try:
-            rec = json.loads(raw)
-            seq, ts, kind, data = int(rec["seq"]), str(rec["ts"]), str(rec["kind"]), rec["data"]
-            rprev, rhash = str(rec["prev"]), str(rec["hash"])
+            record = json.loads(raw)
+            seq, ts, kind, data = int(record["seq"]), str(record["ts"]), str(record["kind"]), record["data"]
+            rprev, rhash = str(record["prev"]), str(record["hash"])
         except (ValueError, KeyError, TypeError):
             if at_end and not raw.endswith(b"}"):
                 torn = True  # cut by a crash mid-write: not tampering
@@ -301,10 +301,10 @@ def records_since(folder: Path, since: datetime | None = None) -> list[dict[str,
         if not raw:
             continue
         try:
-            rec = json.loads(raw)
+            record = json.loads(raw)
         except ValueError:
             continue
-        if since is not None and datetime.fromisoformat(str(rec["ts"])) < since:
+        if since is not None and datetime.fromisoformat(str(record["ts"])) < since:
             continue
-        out.append(rec)
+        out.append(record)
     return out

@@ -88,7 +88,7 @@ class HomeAssistant:
         include_label: bool,
         cameras: Sequence[str] = (),
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.topics = topics
         self.link = link
         self.include_label = include_label
@@ -102,12 +102,12 @@ class HomeAssistant:
 
     # -- what is published -------------------------------------------------------------------
     def config_topic(self, component: str, object_id: str) -> str:
-        return f"{self.s.discovery_prefix}/{component}/{self.node}/{object_id}/config"
+        return f"{self.settings.discovery_prefix}/{component}/{self.node}/{object_id}/config"
 
     def device(self) -> dict[str, Any]:
         return {
             "identifiers": [f"edge_{self.node}"],
-            "name": self.s.device_name or f"Face recognizer {self.topics.device_id}",
+            "name": self.settings.device_name or f"Face recognizer {self.topics.device_id}",
             "model": "edge-recognizer",
             "manufacturer": "edge-recognizer (open source)",
             "sw_version": __version__,
@@ -204,14 +204,14 @@ class HomeAssistant:
     # -- when ----------------------------------------------------------------------------------
     def attach(self) -> None:
         """Listen for Home Assistant's birth message and our own retained presence configs."""
-        self.link.listen(f"{self.s.discovery_prefix}/status", self._on_ha_status)
+        self.link.listen(f"{self.settings.discovery_prefix}/status", self._on_ha_status)
         self.link.listen(self.config_topic("binary_sensor", "+"), self._on_own_config)
         self.link.when_connected(self.publish)
 
-    def on_gallery(self, snap: GallerySnapshot) -> None:
+    def on_gallery(self, snapshot: GallerySnapshot) -> None:
         """The gallery changed: new event types, presence entities added and removed."""
-        g = snap.gallery
-        per_identity = self.s.per_person and len(g.identity_ids) <= self.s.max_identity_entities
+        g = snapshot.gallery
+        per_identity = self.settings.per_person and len(g.identity_ids) <= self.settings.max_identity_entities
         identities = dict(zip(g.identity_ids, g.labels, strict=True)) if per_identity else {}
         with self._lock:
             switched = per_identity != self.presence.active
@@ -221,7 +221,7 @@ class HomeAssistant:
                     "home assistant: %d identities %s max_identity_entities (%d): %s",
                     len(g.identity_ids),
                     "within" if per_identity else "over",
-                    self.s.max_identity_entities,
+                    self.settings.max_identity_entities,
                     "a presence sensor per identity" if per_identity else "the event entity only (event type 'match')",
                 )
             self._identities = identities

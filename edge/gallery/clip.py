@@ -72,7 +72,7 @@ class _Look:
     aligned: AlignedFace
 
 
-def enrol_clip(rec: Recognizer, path: Path, max_templates: int = 5) -> ClipResult:
+def enrol_clip(recognizer: Recognizer, path: Path, max_templates: int = 5) -> ClipResult:
     """The templates of the one person a clip shows (or why there are none)."""
     source = OpenCVSource(str(path))
     try:
@@ -80,7 +80,7 @@ def enrol_clip(rec: Recognizer, path: Path, max_templates: int = 5) -> ClipResul
     except SourceError as exc:
         raise InputError(f"clip {path}: {exc}") from None
     fps = source.fps if source.fps > 0 else 30.0
-    scanner, tracker = rec.scanner(), rec.tracker()
+    scanner, tracker = recognizer.scanner(), recognizer.tracker()
     looks: list[_Look] = []
     rival_frames = 0
     frame = 0
@@ -94,7 +94,7 @@ def enrol_clip(rec: Recognizer, path: Path, max_templates: int = 5) -> ClipResul
                 break
             now = frame / fps
             pairs = tracker.update(scanner.detect(image, tracker.followed(now)), now)
-            aligned = rec.align(image, [f for _, f in pairs]) if pairs else []
+            aligned = recognizer.align(image, [f for _, f in pairs]) if pairs else []
             # A second person counts whether or not their face would pass the gate (a turned head is a
             # person); what the face mesh says is no face does not.
             faces = [a.face for a in aligned if not a.quality.reason.startswith(NOT_A_FACE)]
@@ -113,10 +113,10 @@ def enrol_clip(rec: Recognizer, path: Path, max_templates: int = 5) -> ClipResul
             frame,
             f"two people in view in {rival_frames} frames: a clip must show only the person enrolled",
         )
-    return _pick(rec, looks, frame, max_templates)
+    return _pick(recognizer, looks, frame, max_templates)
 
 
-def _pick(rec: Recognizer, looks: list[_Look], read: int, max_templates: int) -> ClipResult:
+def _pick(recognizer: Recognizer, looks: list[_Look], read: int, max_templates: int) -> ClipResult:
     by_track: dict[int, list[int]] = {}
     for i, look in enumerate(looks):
         by_track.setdefault(look.track, []).append(i)
@@ -126,7 +126,7 @@ def _pick(rec: Recognizer, looks: list[_Look], read: int, max_templates: int) ->
             None, (), len(looks), read, f"no face passed the quality gate in {MIN_LOOKS} frames of one track"
         )
     kept = [i for idx in tracks for i in idx]
-    emb = rec.embed([looks[i].aligned for i in kept])
+    emb = recognizer.embed([looks[i].aligned for i in kept])
     row = {i: r for r, i in enumerate(kept)}
     means = []
     for idx in tracks:

@@ -57,22 +57,22 @@ def read_identity_meta(folder: Path) -> dict[str, str]:
     return {k: str(v) for k, v in data.items()}
 
 
-def enroll_identity(rec: Recognizer, folder: Path, clips: Sequence[Path] = ()) -> IdentityReport:
+def enroll_identity(recognizer: Recognizer, folder: Path, clips: Sequence[Path] = ()) -> IdentityReport:
     """Every photo and clip of one identity's folder (and ``clips`` given besides)."""
     meta = read_identity_meta(folder) if folder.is_dir() else {}
     report = IdentityReport(folder.name, meta.get("label"), meta=meta)
     files = sorted(folder.iterdir()) if folder.is_dir() else []
     crops = []
     for photo in (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES):
-        aligned, reason = photo_face(rec, photo)
+        aligned, reason = photo_face(recognizer, photo)
         if aligned is None:
             report.rejected[photo.name] = reason
             continue
         crops.append(aligned)
         report.accepted.append(photo.name)
-    parts = [rec.embed(crops)] if crops else []
+    parts = [recognizer.embed(crops)] if crops else []
     for clip in [p for p in files if p.suffix.lower() in CLIP_SUFFIXES] + list(clips):
-        result = enrol_clip(rec, clip)
+        result = enrol_clip(recognizer, clip)
         if result.embeddings is None:
             report.rejected[clip.name] = result.reason
             continue
@@ -87,27 +87,27 @@ def enroll_identity(rec: Recognizer, folder: Path, clips: Sequence[Path] = ()) -
     return report
 
 
-def photo_face(rec: Recognizer, photo: Path, image: ImageArray | None = None) -> tuple[AlignedFace | None, str]:
+def photo_face(recognizer: Recognizer, photo: Path, image: ImageArray | None = None) -> tuple[AlignedFace | None, str]:
     """The aligned face of one enrolment photo (``image``: its pixels, when already read or transformed),
     or None and why not."""
     try:
         image = read_image(photo) if image is None else image
     except ImageError as exc:
         return None, str(exc)
-    faces = rec.detect(image)
+    faces = recognizer.detect(image)
     if not faces:
         return None, "no face found"
     main = main_face(faces, image)
     others = rivals(faces, main, image.shape[1], image.shape[0])
     if others:
         return None, f"{len(others) + 1} faces of similar size: enrolment photos must show one person"
-    aligned = rec.align(image, [main])[0]
+    aligned = recognizer.align(image, [main])[0]
     if not aligned.quality.ok:
         return None, f"quality: {aligned.quality.reason}"
     return aligned, ""
 
 
-def enroll_directory(rec: Recognizer, root: Path, skip_failed: bool = True) -> list[IdentityReport]:
+def enroll_directory(recognizer: Recognizer, root: Path, skip_failed: bool = True) -> list[IdentityReport]:
     """Every identity folder under ``root``; an identity with no usable photo fails
     the run unless ``skip_failed``."""
     if not root.is_dir():
@@ -116,7 +116,7 @@ def enroll_directory(rec: Recognizer, root: Path, skip_failed: bool = True) -> l
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if not IDENTITY_ID.match(folder.name):
             raise InputError(f"gallery folder {folder}: '{folder.name}' is not a valid identity id")
-        rep = enroll_identity(rec, folder)
+        rep = enroll_identity(recognizer, folder)
         if rep.embeddings is None and not skip_failed:
             reasons = "; ".join(f"{k}: {v}" for k, v in rep.rejected.items()) or "no photos"
             raise InputError(f"identity {rep.identity_id} has no usable photo ({reasons})")

@@ -46,11 +46,11 @@ class IdentityCheck:
         }
 
 
-def check_gallery(snap: GallerySnapshot, names: Sequence[Sequence[str]] | None = None) -> list[IdentityCheck]:
-    """One check per identity of ``snap``'s gallery; ``names`` (per identity, per template) label the
+def check_gallery(snapshot: GallerySnapshot, names: Sequence[Sequence[str]] | None = None) -> list[IdentityCheck]:
+    """One check per identity of ``snapshot``'s gallery; ``names`` (per identity, per template) label the
     templates in warnings (photo file names), else they are numbered."""
-    gallery: Gallery = snap.gallery
-    band = snap.bands[0].band  # enrolment photos against each other: full-size faces
+    gallery: Gallery = snapshot.gallery
+    band = snapshot.bands[0].band  # enrolment photos against each other: full-size faces
     out = []
     for i, ident in enumerate(gallery.identity_ids):
         emb = gallery.photos(i)
@@ -61,7 +61,7 @@ def check_gallery(snap: GallerySnapshot, names: Sequence[Sequence[str]] | None =
                 IdentityCheck(ident, 1, 0, None, None, (f"one template only: likely to be missed; {ADVICE_ONE}",))
             )
             continue
-        threshold = band.table_for(k - 1, 1).threshold_for(snap.per_identity_fmr)
+        threshold = band.table_for(k - 1, 1).threshold_for(snapshot.per_identity_fmr)
         scores = []
         for j in range(k):
             rest = np.delete(emb, j, axis=0).mean(axis=0)
@@ -86,22 +86,22 @@ def check_gallery(snap: GallerySnapshot, names: Sequence[Sequence[str]] | None =
     return out
 
 
-def format_checks(checks: Sequence[IdentityCheck], snap: GallerySnapshot) -> list[str]:
+def format_checks(checks: Sequence[IdentityCheck], snapshot: GallerySnapshot) -> list[str]:
     """The report as lines of text: a table, then the warnings."""
     lines = [f"{'identity':<24} {'templates':>9} {'match each other':>17}"]
     for c in checks:
         mutual = "-" if c.templates == 1 else f"{c.self_matched} of {c.templates}"
         lines.append(f"{c.identity_id:<24} {c.templates:>9} {mutual:>17}")
     warned = [c for c in checks if c.warnings]
-    rate = snap.settings.max_false_match_rate
+    rate = snapshot.settings.max_false_match_rate
     lines.append(
-        f"{len(snap)} identities; thresholds for {rate:g} per stranger at this gallery size; "
+        f"{len(snapshot)} identities; thresholds for {rate:g} per stranger at this gallery size; "
         f"{len(warned)} with a warning"
     )
-    if snap.beyond_calibration:
+    if snapshot.beyond_calibration:
         lines.append(
-            f"note: {len(snap)} identities ask each comparison for {snap.per_identity_fmr:.1e}, below the "
-            f"{snap.measured_to:.1e} the calibration measured on pairs: the thresholds there follow its tail model "
+            f"note: {len(snapshot)} identities ask each comparison for {snapshot.per_identity_fmr:.1e}, below the "
+            f"{snapshot.measured_to:.1e} the calibration measured on pairs: the thresholds there follow its tail model "
             "(docs/thresholds.md)"
         )
     for c in warned:

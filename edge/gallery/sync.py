@@ -213,14 +213,14 @@ class GallerySync:
             return False
         self._swap(applied, applied.bundle)
         self.counts["applied"] += 1
-        snap = self.holder.current
+        snapshot = self.holder.current
         log.info(
             "gallery %s v%d applied in %.2fs: %d identities, %d embeddings (signed by %s)",
             bundle.gallery,
             applied.version,
             time.perf_counter() - started,
-            len(snap),
-            len(snap.gallery.embeddings),
+            len(snapshot),
+            len(snapshot.gallery.embeddings),
             bundle.signer,
         )
         self.last_error = None
@@ -274,7 +274,7 @@ class GallerySync:
         gone = [i.id for i in self.applied.bundle.identities if i.id in live and expired(i.meta, now)]
         if gone:
             self.journal("expired", {"version": self.applied.version, "identities": gone})
-            self.holder.update(lambda snap: snap.gallery.without(set(gone)))
+            self.holder.update(lambda snapshot: snapshot.gallery.without(set(gone)))
             log.info("gallery: %d identit%s expired: %s", len(gone), "y" if len(gone) == 1 else "ies", ", ".join(gone))
             self.publish()
         return gone

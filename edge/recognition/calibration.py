@@ -147,14 +147,20 @@ class Calibration:
 
     def band_for(self, face_px: float) -> Band:
         """The band of a face of ``face_px`` (box side); below every band, the smallest one."""
-        for band in self.bands:
-            if face_px >= band.min_px:
-                return band
-        return self.bands[-1]
+        return self.bands[band_index([b.min_px for b in self.bands], face_px)]
 
     @property
     def largest(self) -> Band:
         return self.bands[0]
+
+
+def band_index(min_pxs: Sequence[float], face_px: float) -> int:
+    """The one rule of bands: of bands ordered largest first (their smallest faces ``min_pxs``), the first
+    whose smallest face ``face_px`` reaches; below every band, the smallest one."""
+    for i, min_px in enumerate(min_pxs):
+        if face_px >= min_px:
+            return i
+    return len(min_pxs) - 1
 
 
 def band_label(min_px: float, max_px: float | None) -> str:

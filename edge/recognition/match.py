@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.device.settings import MatchSettings
-from edge.recognition.calibration import LOOK_LEVELS, Band, Calibration, CalibrationTable, look_level
+from edge.recognition.calibration import LOOK_LEVELS, Band, Calibration, CalibrationTable, band_index, look_level
 from edge.types import FloatArray, Match
 
 
@@ -145,12 +145,11 @@ class GallerySnapshot:
     def __len__(self) -> int:
         return len(self.gallery)
 
-    def band_for(self, face_px: float, condition: str = "colour") -> BandThreshold:
+    def threshold_for(self, face_px: float, condition: str = "colour") -> BandThreshold:
+        """The band and threshold a face of ``face_px`` in ``condition`` is judged with (a condition without
+        tables of its own: colour's)."""
         bands = self.by_condition.get(condition, self.bands)
-        for bt in bands:
-            if face_px >= bt.band.min_px:
-                return bt
-        return bands[-1]
+        return bands[band_index([bt.band.min_px for bt in bands], face_px)]
 
     @property
     def threshold(self) -> float:
@@ -186,7 +185,7 @@ class GallerySnapshot:
         if len(sizes) != q or len(conds) != q:
             raise ValueError(f"{q} queries but {len(sizes)} face sizes and {len(conds)} conditions")
         used = [c if c in self.by_condition else "colour" for c in conds]
-        bands = [self.band_for(px, c) for px, c in zip(sizes, used, strict=True)]
+        bands = [self.threshold_for(px, c) for px, c in zip(sizes, used, strict=True)]
         if n == 0 or q == 0:
             return [
                 Match(None, None, 0.0, 0.0, bt.threshold, 1.0, False, gallery.version, bt.band.label, looks, 1, c)
@@ -307,8 +306,8 @@ class GalleryHolder:
             gallery = change(self._current)
             if gallery is None:
                 return self._current
-            snap = self.matcher.snapshot(gallery)
-            self._current = snap
+            snapshot = self.matcher.snapshot(gallery)
+            self._current = snapshot
         for listener in self._listeners:
-            listener(snap)
-        return snap
+            listener(snapshot)
+        return snapshot

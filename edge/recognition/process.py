@@ -30,7 +30,7 @@ OnSeen = Callable[[set[str]], None]  # presence keeps its own (wall) clock: fram
 
 
 @dataclass(frozen=True)
-class Looks:
+class FacesToEmbed:
     """One frame's faces that passed the quality gate and now need embedding: the first half of a
     frame's work (``FrameProcessor.begin``), so the faces of several cameras go through one batch."""
 
@@ -41,7 +41,7 @@ class Looks:
 
 
 def camera_pipeline(
-    rec: Recognizer,
+    recognizer: Recognizer,
     gallery: GalleryHolder,
     on_confirm: OnConfirm,
     on_seen: OnSeen | None = None,
@@ -55,15 +55,15 @@ def camera_pipeline(
     the recognizer's models, a tracker of this embedder (``tracking``: default the device's), a region
     scanner of its own (``detection`` and the gate's smallest face), the quality gate ``limits`` (default the
     device's, its head-turn limit the one the tables measured) and statistics (``stats``: default its own)."""
-    gate = rec.limits if limits is None else limits
+    gate = recognizer.limits if limits is None else limits
     return FrameProcessor(
-        rec,
+        recognizer,
         gallery,
-        rec.tracker(tracking),
+        recognizer.tracker(tracking),
         stats if stats is not None else Stats(window=10),
         on_confirm,
         on_seen,
-        scanner=rec.scanner(detection, gate.min_face_px),
+        scanner=recognizer.scanner(detection, gate.min_face_px),
         limits=gate,
     )
 
@@ -75,7 +75,7 @@ class FrameProcessor:
 
     def __init__(
         self,
-        rec: Recognizer,
+        recognizer: Recognizer,
         gallery: GalleryHolder,
         tracker: Tracker,
         stats: Stats,
@@ -84,20 +84,20 @@ class FrameProcessor:
         scanner: Scanner | None = None,
         limits: QualitySettings | None = None,
     ) -> None:
-        self.rec = rec
+        self.recognizer = recognizer
         self.gallery = gallery
         self.tracker = tracker
         self.stats = stats
         self.on_confirm = on_confirm
         self.on_seen = on_seen
-        self.scanner = scanner or rec.scanner()
+        self.scanner = scanner or recognizer.scanner()
         self.limits = limits
         self.frames = 0
 
     def __call__(self, frame: Frame) -> None:
         process_frames([(self, frame)])
 
-    def begin(self, frame: Frame) -> Looks:
+    def begin(self, frame: Frame) -> FacesToEmbed:
         """Scan, track, align and judge: the faces that need a look this frame and passed the gate."""
         clock = time.perf_counter
         tracker, now = self.tracker, frame.ts
@@ -119,22 +119,22 @@ class FrameProcessor:
         self.stats.add("detect", t1 - t0)
         good = []
         if need:
-            aligned = self.rec.align(frame.image, [f for _, f in need], self.limits)
+            aligned = self.recognizer.align(frame.image, [f for _, f in need], self.limits)
             self.stats.add("align", (clock() - t1) / len(need))
             for (track, _), a in zip(need, aligned, strict=True):
                 if a.quality.ok:
                     good.append((track, a))
                 else:
                     tracker.defer(track, now, not_a_face=a.quality.reason.startswith(NOT_A_FACE))
-        return Looks(frame, tuple(good), t0, clock())
+        return FacesToEmbed(frame, tuple(good), t0, clock())
 
-    def finish(self, looks: Looks, emb: FloatArray, snap: GallerySnapshot) -> None:
-        """Match the looks' embeddings against ``snap`` and confirm: the second half of a frame's work."""
+    def finish(self, pending: FacesToEmbed, emb: FloatArray, snapshot: GallerySnapshot) -> None:
+        """Match the pending faces' embeddings against ``snapshot`` and confirm: the second half of a frame's work."""
         clock = time.perf_counter
-        tracker, now, good = self.tracker, looks.frame.ts, looks.good
+        tracker, now, good = self.tracker, pending.frame.ts, pending.good
         if good:
             t3 = clock()
-            matches = snap.match(
+            matches = snapshot.match(
                 emb, [a.quality.face_px for _, a in good], conditions=[a.quality.condition for _, a in good]
             )
             self.stats.add("match", clock() - t3)
@@ -143,11 +143,11 @@ class FrameProcessor:
                 conf = tracker.add_evidence(track, m, a.quality.score, a.face.box, now, vector, a.quality.face_px)
                 fused = tracker.fused(track) if conf is None else None
                 if fused is not None:  # the mean of its looks, judged with the tables of fused looks
-                    (fm,) = snap.match(fused.embedding[None], [fused.face_px], fused.looks, [fused.condition])
+                    (fm,) = snapshot.match(fused.embedding[None], [fused.face_px], fused.looks, [fused.condition])
                     conf = tracker.add_fused(track, fm, now)
                 if conf is not None:
-                    self.on_confirm(conf, looks.frame)
-        self.stats.add("frame", clock() - looks.started)
+                    self.on_confirm(conf, pending.frame)
+        self.stats.add("frame", clock() - pending.started)
 
 
 def process_frames(work: Sequence[tuple[FrameProcessor, Frame]]) -> None:
@@ -155,18 +155,20 @@ def process_frames(work: Sequence[tuple[FrameProcessor, Frame]]) -> None:
     gallery snapshot (gallery, thresholds and version agree for all of them)."""
     if not work:
         return
-    looks = [proc.begin(frame) for proc, frame in work]
-    crops = [a for lk in looks for _, a in lk.good]
-    rec = work[0][0].rec
+    pending = [proc.begin(frame) for proc, frame in work]
+    crops = [a for p in pending for _, a in p.good]
+    recognizer = work[0][0].recognizer
     t2 = time.perf_counter()
-    emb = rec.embed(crops)
+    emb = recognizer.embed(crops)
     if crops:
         per_face = (time.perf_counter() - t2) / len(crops)
-        for (proc, _), lk in zip(work, looks, strict=True):
+        for (proc, _), lk in zip(work, pending, strict=True):
             for _ in lk.good:
                 proc.stats.add("embed", per_face)
-    snap = work[0][0].gallery.current
+    snapshot = work[0][0].gallery.current
     start = 0
-    for (proc, _), lk in zip(work, looks, strict=True):
-        proc.finish(lk, emb[start : start + len(lk.good)] if lk.good else np.zeros((0, emb.shape[1]), np.float32), snap)
+    for (proc, _), lk in zip(work, pending, strict=True):
+        proc.finish(
+            lk, emb[start : start + len(lk.good)] if lk.good else np.zeros((0, emb.shape[1]), np.float32), snapshot
+        )
         start += len(lk.good)

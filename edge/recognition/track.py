@@ -114,7 +114,7 @@ class Tracker:
     same-person pair of photos) is someone else who stepped into the same spot; their track begins anew."""
 
     def __init__(self, params: TrackingSettings, split_below: float | None = None) -> None:
-        self.p = params
+        self.settings = params
         self.split_below = split_below
         self.splits = 0
         self.tracks: list[Track] = []
@@ -136,7 +136,7 @@ class Tracker:
         if iou.size:
             for flat in np.argsort(-iou, axis=None):
                 ti, fi = divmod(int(flat), iou.shape[1])
-                if iou[ti, fi] < self.p.iou_threshold:
+                if iou[ti, fi] < self.settings.iou_threshold:
                     break
                 if ti in used_t or fi in used_f:
                     continue
@@ -155,10 +155,10 @@ class Tracker:
             track.age += 1
             if ti not in used_t:
                 track.missed += 1
-        self.tracks = [t for t in self.tracks if t.missed <= self.p.max_missed_frames]
+        self.tracks = [t for t in self.tracks if t.missed <= self.settings.max_missed_frames]
         for fi, face in enumerate(faces):
             if fi not in used_f:
-                votes: deque[Vote] = deque(maxlen=1 if still else self.p.confirm_m)
+                votes: deque[Vote] = deque(maxlen=1 if still else self.settings.confirm_m)
                 track = Track(next(self._ids), face.box, now, now, votes=votes, face=face, still=still)
                 self.tracks.append(track)
                 pairs.append((track, face))
@@ -190,13 +190,15 @@ class Tracker:
         if now < track.retry_at:
             return False
         if track.confirmed:
-            return now - track.last_embed >= self.p.recheck_s
-        if len(track.votes) < (track.votes.maxlen or self.p.confirm_m):
+            return now - track.last_embed >= self.settings.recheck_s
+        if len(track.votes) < (track.votes.maxlen or self.settings.confirm_m):
             return True
-        undecided = any(v.match.score >= v.match.threshold - self.p.undecided_margin for v in track.votes)
-        if undecided and now - track.first_seen < self.p.undecided_eager_s:
+        undecided = any(v.match.score >= v.match.threshold - self.settings.undecided_margin for v in track.votes)
+        if undecided and now - track.first_seen < self.settings.undecided_eager_s:
             return True  # a face near its threshold, just arrived: every look counts towards a prompt event
-        return now - track.last_embed >= (self.p.undecided_recheck_s if undecided else self.p.stranger_recheck_s)
+        return now - track.last_embed >= (
+            self.settings.undecided_recheck_s if undecided else self.settings.stranger_recheck_s
+        )
 
     def defer(self, track: Track, now: float, not_a_face: bool = False) -> None:
         """The face failed the quality gate: try again a little later, not every frame, except
@@ -204,8 +206,8 @@ class Tracker:
         the next frame may pass, and those first looks decide how soon an event comes).
         A detection the face mesh says is not a face is followed in its own crop less often until a
         later look says it is one (``followed``)."""
-        eager = not not_a_face and now - track.first_seen < self.p.undecided_eager_s
-        track.retry_at = now if eager else now + self.p.stranger_recheck_s / 5
+        eager = not not_a_face and now - track.first_seen < self.settings.undecided_eager_s
+        track.retry_at = now if eager else now + self.settings.stranger_recheck_s / 5
         track.non_face = not_a_face
 
     def followed(self, now: float) -> list[Follow]:
@@ -250,7 +252,7 @@ class Tracker:
             return None
         ident = match.identity_id
         agreeing = [v for v in track.votes if v.match.accepted and v.match.identity_id == ident]
-        if len(agreeing) < (1 if track.still else self.p.confirm_k):
+        if len(agreeing) < (1 if track.still else self.settings.confirm_k):
             return None
         best = max(agreeing, key=lambda v: v.match.score)
         return self._confirm(track, best.match, best.quality, box, len(agreeing), now)
@@ -260,10 +262,10 @@ class Tracker:
         looks (two at the least) that name one identity not yet reported as their best match."""
         looks = [v for v in track.votes if v.embedding is not None]
         vectors = [v.embedding for v in track.votes if v.embedding is not None]
-        if len(looks) < max(self.p.confirm_k, 2):
+        if len(looks) < max(self.settings.confirm_k, 2):
             return None
         named = Counter(v.match.identity_id for v in looks if v.match.identity_id is not None)
-        if not any(n >= self.p.confirm_k and ident not in track.reported for ident, n in named.items()):
+        if not any(n >= self.settings.confirm_k and ident not in track.reported for ident, n in named.items()):
             return None
         mean = np.mean(vectors, axis=0)
         grey = sum(v.match.condition == "grey" for v in looks)
@@ -280,7 +282,7 @@ class Tracker:
         if not match.accepted or match.identity_id is None or match.identity_id in track.reported:
             return None
         naming = [v for v in track.votes if v.match.identity_id == match.identity_id]
-        if len(naming) < self.p.confirm_k:
+        if len(naming) < self.settings.confirm_k:
             return None
         best = max(naming, key=lambda v: v.quality)
         return self._confirm(track, match, best.quality, track.box, len(naming), now, fused=match.looks)
@@ -292,7 +294,7 @@ class Tracker:
         ident = str(match.identity_id)
         track.reported.add(ident)
         last = self._last_event.get(ident)
-        if last is not None and now - last < self.p.cooldown_s:
+        if last is not None and now - last < self.settings.cooldown_s:
             return None
         self._last_event[ident] = now
         return Confirmation(track.id, match, quality, box, agreed, len(track.votes), track.first_seen, fused)

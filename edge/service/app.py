@@ -69,7 +69,7 @@ class App:
         recognizer: Recognizer | None = None,
         hard_exit: Callable[[int], None] = os._exit,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         protect(*secret_values(settings))
         self.stop = threading.Event()
         self.ready = threading.Event()  # every worker started (systemd READY=1 is sent with it)
@@ -80,11 +80,11 @@ class App:
         self._hard_exit_timer: threading.Timer | None = None
         self.supervisor = Supervisor(settings.health.stall_timeout_s, self._on_fault)
         self.notifier = SystemdNotifier()
-        self.rec = recognizer or Recognizer(settings)
+        self.recognizer = recognizer or Recognizer(settings)
         self.topics = Topics(settings.mqtt.topic_prefix, settings.device.id)
         self.stats = Stats(period_s=settings.mqtt.heartbeat_s)  # a window per heartbeat, on its own clock
         self.events = 0
-        self.model_tag = self.rec.embedder_sha256[:16]
+        self.model_tag = self.recognizer.embedder_sha256[:16]
         state = settings.device.state_dir
         # The device's X25519 key (state directory 0700, key 0600): galleries are encrypted to it.
         self.device_key, made = ensure_key(state)
@@ -107,15 +107,15 @@ class App:
         sup.attach(net, self.link.threads[0])
         sup.attach(pump, self.link.threads[1])
         self.link.when_connected(self._on_connected)
-        self.gallery = GalleryHolder(self.rec.matcher)
+        self.gallery = GalleryHolder(self.recognizer.matcher)
         g = settings.gallery
         self.policy = Policy(
             load_trusted(g.trusted_keys),
-            self.rec.embedder_sha256,
+            self.recognizer.embedder_sha256,
             g.name,
             g.max_bundle_bytes,
-            self.rec.embedder_names,
-            self.rec.embedder.dim,
+            self.recognizer.embedder_names,
+            self.recognizer.embedder.dim,
             self.device_key,
             g.allow_plaintext,
         )
@@ -153,7 +153,7 @@ class App:
         self.cameras = [
             Camera(
                 spec,
-                self.rec,
+                self.recognizer,
                 self.gallery,
                 settings.tracking,
                 sup,
@@ -173,7 +173,7 @@ class App:
         """Every consumer of a confirmed event, in order: the one place to add one. The audit log comes
         first, so an event is on record before it takes effect."""
         sinks: list[EventSink] = [AuditSink(self.audit)] if self.audit is not None else []
-        sinks.append(OutboxSink(self.outbox, self.topics.match, self.s.events.include_label, self.link.notify))
+        sinks.append(OutboxSink(self.outbox, self.topics.match, self.settings.events.include_label, self.link.notify))
         if self.ha is not None:
             sinks.append(self.ha.presence)
         return sinks
@@ -189,7 +189,7 @@ class App:
 
     # -- start-up ------------------------------------------------------------------
     def load_gallery(self) -> None:
-        g = self.s.gallery
+        g = self.settings.gallery
         path = g.path
         if self.sync is not None and self.sync.load_from_disk():
             return  # the last gallery applied over the air takes precedence
@@ -206,29 +206,29 @@ class App:
                 self.sync.apply(data)
             else:
                 self.gallery.swap(to_gallery(bundle))
-            snap = self.gallery.current
+            snapshot = self.gallery.current
             log.info(
                 "gallery %s v%d from %s (signed by %s): %d identities, threshold %.4f",
                 bundle.gallery,
                 bundle.version,
                 path,
                 bundle.signer,
-                len(snap),
-                snap.threshold,
+                len(snapshot),
+                snapshot.threshold,
             )
             return
-        reports = enroll_directory(self.rec, path)
-        snap = self.gallery.swap(gallery_of(reports, version=0, name=path.name))
+        reports = enroll_directory(self.recognizer, path)
+        snapshot = self.gallery.swap(gallery_of(reports, version=0, name=path.name))
         for r in reports:
             for photo, reason in r.rejected.items():
                 log.warning("enrol %s/%s rejected: %s", r.identity_id, photo, reason)
         log.info(
             "gallery %s: %d identities, %d embeddings, threshold %.4f (max FMR %g per stranger)",
             path,
-            len(snap),
-            len(snap.gallery.embeddings),
-            snap.threshold,
-            self.s.match.max_false_match_rate,
+            len(snapshot),
+            len(snapshot.gallery.embeddings),
+            snapshot.threshold,
+            self.settings.match.max_false_match_rate,
         )
 
     def _on_connected(self) -> None:
@@ -259,7 +259,7 @@ class App:
         any thread (the frame loop's heartbeat and the MQTT thread on every connection both build one)."""
         now = time.monotonic()
         fps, fpm, lat = self.stats.snapshot(now)
-        snap = self.gallery.current
+        snapshot = self.gallery.current
         cameras = [c.state(now) for c in self.cameras]
         camera_state, camera_error = summarise(cameras)
         outbox, sinks, link = self.outbox.health(), self.sinks.health(), self.link.health()
@@ -270,7 +270,7 @@ class App:
             device_id=self.topics.device_id,
             state=state,
             version=__version__,
-            embedder=self.rec.embedder_name,
+            embedder=self.recognizer.embedder_name,
             key_id=self.device_key.key_id.hex(),
             public_key=public_line(self.device_key.public),
             uptime_s=round(now - self.started, 1),
@@ -287,9 +287,9 @@ class App:
             outbox_depth=outbox.depth,
             outbox_dropped=outbox.dropped + sum(sinks.failures.values()) if outbox.dropped >= 0 else -1,
             events_published=link.published,
-            gallery_name=snap.gallery.name or None,
-            gallery_version=snap.version,
-            gallery_identities=len(snap),
+            gallery_name=snapshot.gallery.name or None,
+            gallery_version=snapshot.version,
+            gallery_identities=len(snapshot),
             cpu_temp_c=cpu_temperature(),
             since=self.since,
             last_error=self._worst(cameras),
@@ -300,7 +300,13 @@ class App:
     # -- events ------------------------------------------------------------------
     def emit(self, conf: Confirmation, frame: Frame, camera: str) -> None:
         event = make_event(
-            conf, frame.width, frame.height, self.topics.device_id, self.model_tag, self.s.events.include_label, camera
+            conf,
+            frame.width,
+            frame.height,
+            self.topics.device_id,
+            self.model_tag,
+            self.settings.events.include_label,
+            camera,
         )
         self.publish_event(event)
 
@@ -323,7 +329,7 @@ class App:
     def _on_fault(self, reason: str) -> None:
         """A worker died or stalled: say so, stop in order if we can, hard if the shutdown hangs."""
         self.fault = reason
-        timer = threading.Timer(self.s.health.exit_grace_s, self._hard_stop, args=(reason,))
+        timer = threading.Timer(self.settings.health.exit_grace_s, self._hard_stop, args=(reason,))
         timer.daemon = True
         timer.start()  # first: what follows may block on whatever the stalled worker holds
         self._hard_exit_timer = timer
@@ -337,7 +343,9 @@ class App:
 
     def _hard_stop(self, reason: str) -> None:
         log.critical(
-            "orderly shutdown did not finish within %.0fs after: %s; exiting now", self.s.health.exit_grace_s, reason
+            "orderly shutdown did not finish within %.0fs after: %s; exiting now",
+            self.settings.health.exit_grace_s,
+            reason,
         )
         self.hard_exit(1)
 
@@ -356,8 +364,8 @@ class App:
             {
                 "version": __version__,
                 "device_id": self.topics.device_id,
-                "settings_sha256": settings_digest(self.s),
-                "models": {k: m.sha256 for k, m in self.rec.manifest.models.items()},
+                "settings_sha256": settings_digest(self.settings),
+                "models": {k: m.sha256 for k, m in self.recognizer.manifest.models.items()},
             },
         )
         self.load_gallery()
@@ -376,11 +384,11 @@ class App:
             "camera" if len(self.cameras) == 1 else "cameras",
             watching,
             self.topics.device_id,
-            self.s.mqtt.host,
-            self.s.mqtt.port,
+            self.settings.mqtt.host,
+            self.settings.mqtt.port,
         )
-        next_beat = time.monotonic() + self.s.mqtt.heartbeat_s
-        exit_at_end = self.s.source.at_end == "exit"
+        next_beat = time.monotonic() + self.settings.mqtt.heartbeat_s
+        exit_at_end = self.settings.source.at_end == "exit"
         try:
             while not self.stop.is_set():
                 self.loop_worker.beat()
@@ -391,7 +399,7 @@ class App:
                 if self.supervisor.healthy:  # a dead or stalled worker stops the watchdog pings
                     self.notifier.watchdog(now)
                 if now >= next_beat:
-                    next_beat = now + self.s.mqtt.heartbeat_s
+                    next_beat = now + self.settings.mqtt.heartbeat_s
                     self.outbox.tick()
                     if self.link.connected.is_set():
                         self.link.publish_status(self.status())
@@ -415,11 +423,11 @@ class App:
         self.loop_worker.done("stopping")
         drained = True
         if drain:
-            drained = self.link.drain(self.s.outbox.drain_timeout_s)
+            drained = self.link.drain(self.settings.outbox.drain_timeout_s)
             if not drained:
                 log.warning(
                     "outbox not drained within %.0fs: %d event(s) kept for the next start",
-                    self.s.outbox.drain_timeout_s,
+                    self.settings.outbox.drain_timeout_s,
                     self.outbox.depth(),
                 )
         self.stop.set()

@@ -59,7 +59,7 @@ class Camera:
     def __init__(
         self,
         spec: CameraConfig,
-        rec: Recognizer,
+        recognizer: Recognizer,
         gallery: GalleryHolder,
         tracking: TrackingSettings,
         supervisor: Supervisor,
@@ -72,7 +72,7 @@ class Camera:
     ) -> None:
         self.id = spec.id
         self.spec = spec
-        limits = rec.check_gate(spec.quality, "quality" if single else f"cameras.{spec.id}.quality")
+        limits = recognizer.check_gate(spec.quality, "quality" if single else f"cameras.{spec.id}.quality")
         self.slot = LatestFrame(hub)
         src = spec.source
         check_at_start(src.uri)
@@ -92,7 +92,7 @@ class Camera:
         supervisor.attach(self.worker, self.capture)
         self.stats = Stats(parent=device_stats, period_s=device_stats.period_s)
         self.process = camera_pipeline(
-            rec,
+            recognizer,
             gallery,
             lambda conf, frame: on_confirm(conf, frame, self.id),
             (lambda ids: on_seen(ids, self.id)) if on_seen is not None else None,

@@ -55,20 +55,27 @@ class FaceVerdict:
 
 
 def load_gallery(
-    rec: Recognizer, path: Path, trusted: Sequence[Ed25519PublicKey], device_key: DeviceKey | None = None
+    recognizer: Recognizer, path: Path, trusted: Sequence[Ed25519PublicKey], device_key: DeviceKey | None = None
 ) -> Gallery:
     """A photos folder (enrolled now, as a device does at start-up) or a signed bundle (verified; a sealed one
     opened with ``device_key``, the key of a device it was made for). The operator's own check: a bundle in
     the clear is read too."""
     if path.is_dir():
-        reports = enroll_directory(rec, path)
+        reports = enroll_directory(recognizer, path)
         return gallery_of(reports, name=path.name)
     if not path.is_file():
         raise InputError(f"--gallery {path}: no such folder or bundle")
     if not trusted:
         raise InputError(f"--gallery {path} is a signed bundle: give the key that signed it with --trusted-key")
     policy = Policy(
-        tuple(trusted), rec.embedder_sha256, None, 1 << 30, rec.embedder_names, rec.embedder.dim, device_key, True
+        tuple(trusted),
+        recognizer.embedder_sha256,
+        None,
+        1 << 30,
+        recognizer.embedder_names,
+        recognizer.embedder.dim,
+        device_key,
+        True,
     )
     bundle, _ = load_bundle_file(path, policy)
     return to_gallery(bundle)
@@ -85,24 +92,26 @@ def photos(paths: Sequence[Path]) -> Iterator[Path]:
             raise InputError(f"{p}: no such file or folder")
 
 
-def identify(rec: Recognizer, snap: GallerySnapshot, path: Path, include_label: bool = True) -> list[FaceVerdict]:
+def identify(
+    recognizer: Recognizer, snapshot: GallerySnapshot, path: Path, include_label: bool = True
+) -> list[FaceVerdict]:
     """Every face of one photo; an unreadable photo is one verdict whose reason says why."""
     try:
         image = read_image(path)
     except ImageError as exc:
         return [FaceVerdict(str(path), None, None, None, None, None, None, None, False, str(exc))]
-    faces = sorted(rec.detect(image), key=lambda f: -f.box.width * f.box.height)
+    faces = sorted(recognizer.detect(image), key=lambda f: -f.box.width * f.box.height)
     if not faces:
         return [FaceVerdict(str(path), None, None, None, None, None, None, None, False, "no face found")]
-    aligned = rec.align(image, faces)
+    aligned = recognizer.align(image, faces)
     good = [a for a in aligned if a.quality.ok]
-    matches = iter(snap.match(rec.embed(good), [a.quality.face_px for a in good]) if good else [])
+    matches = iter(snapshot.match(recognizer.embed(good), [a.quality.face_px for a in good]) if good else [])
     out = []
     for i, a in enumerate(aligned):
         b = a.face.box
         box = (round(b.x0), round(b.y0), round(b.x1), round(b.y1))
         if not a.quality.ok:
-            band = snap.band_for(a.quality.face_px)
+            band = snapshot.threshold_for(a.quality.face_px)
             out.append(FaceVerdict(str(path), i, box, None, None, None, band.threshold, None, False, a.quality.reason))
             continue
         m = next(matches)
