@@ -222,9 +222,10 @@ def bench(
         "stills_fps": round(len(st.frame) / total, 1) if total else 0.0,
     }
     if portraits_:
-        probe = rec.still(portraits_[0], centre_fallback=True).aligned
-        if probe is not None:
-            result["embed_ms_per_face_by_batch"] = embed_batches(rec, probe.crop)
+        from edge_lab.lfw import still_or_centre
+
+        probe, _ = still_or_centre(rec, portraits_[0])
+        result["embed_ms_per_face_by_batch"] = embed_batches(rec, probe.crop)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return result
 

@@ -65,11 +65,10 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
     def embed_image(path: Path) -> tuple[Any, str]:
         image = apply_condition(read_image(path), args.condition)
         t0 = time.perf_counter()
-        res = rec.still(image, centre_fallback=True)
-        assert res.aligned is not None  # centre_fallback always gives a face
-        vec = rec.embed([res.aligned])[0]
+        aligned, fallback = lfw.still_or_centre(rec, image)
+        vec = rec.embed([aligned])[0]
         face_times.append(time.perf_counter() - t0)  # detect + align + embed: the whole per-face cost
-        return vec, res.fallback
+        return vec, fallback
 
     data = lfw.embed_pairs_images(image_root, pairs, embed_image, progress_bar("embedding"))
     matcher = rec.matcher

@@ -48,6 +48,7 @@ from edge.device.runtime import load_manifest  # noqa: E402
 from edge.device.settings import Settings  # noqa: E402
 from edge.recognition.pipeline import Recognizer  # noqa: E402
 from edge_lab import lfw  # noqa: E402
+from edge_lab.lfw import still_or_centre  # noqa: E402
 
 DETECTORS = {
     "detector_short": ("face_detection_short_range.tflite", "BlazeFace short range (MediaPipe), unchanged", 128),
@@ -267,11 +268,10 @@ def main() -> None:
         crops[alignment] = []
         t0 = time.time()
         for path in images:
-            res = rec.still(read_image(path), centre_fallback=True)
-            assert res.aligned is not None
-            crops[alignment].append(res.aligned.crop)
+            aligned, fallback = still_or_centre(rec, read_image(path))
+            crops[alignment].append(aligned.crop)
             if alignment == ALIGNMENTS[0]:
-                fallbacks[res.fallback or "none"] = fallbacks.get(res.fallback or "none", 0) + 1
+                fallbacks[fallback or "none"] = fallbacks.get(fallback or "none", 0) + 1
         print(
             f"{alignment}: aligned {len(images)} images in {time.time() - t0:.0f}s; fallbacks {fallbacks}",
             file=sys.stderr,

@@ -1,19 +1,17 @@
-"""The recognition pipeline: detect → align → quality → embed → match.
+"""The recognition pipeline: the vision stages' faces (``edge.vision.pipeline``) → match → track.
 
-``Recognizer`` is what the device service, enrolment, ``edge eval`` and
-``edge bench`` all use, so every figure measured is the device's own code path.
+``Recognizer`` is what the device service, enrolment, ``edge identify`` and the lab all use, so every
+figure measured is the device's own code path: the vision stages of the settings' models (one
+``FacePipeline``), judged with the embedder's own calibration (its quality gate, its thresholds).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-import numpy as np
 
 from edge.capture.imageio import check_frame
 from edge.device.runtime import Manifest, load_manifest
-from edge.device.settings import DetectionSettings, ModelSettings, QualitySettings, Settings, TrackingSettings
+from edge.device.settings import DetectionSettings, QualitySettings, Settings, TrackingSettings
 from edge.errors import InputError
 from edge.recognition.calibration import (
     calibration_for,
@@ -24,40 +22,40 @@ from edge.recognition.calibration import (
 )
 from edge.recognition.match import Matcher
 from edge.recognition.track import Tracker
-from edge.types import AlignedFace, Box, Face, FloatArray, ImageArray
-from edge.vision import align as align_mod
-from edge.vision.detect import Detector, DetectorKind, load_detector
-from edge.vision.embed import Embedder, load_embedder
-from edge.vision.landmarks import MeshRefiner, load_refiner
-from edge.vision.quality import assess
+from edge.types import AlignedFace, Face, FloatArray, ImageArray
+from edge.vision.detect import Detector
+from edge.vision.embed import Embedder
+from edge.vision.landmarks import MeshRefiner
+from edge.vision.pipeline import FacePipeline, StillResult, main_face, pipeline_id
 from edge.vision.scan import Scanner
 
-
-@dataclass(frozen=True, slots=True)
-class StillResult:
-    """What a still image (an enrolment photo, an eval image) gave."""
-
-    aligned: AlignedFace | None
-    faces_found: int
-    fallback: str  # "" | "other-detector" | "centre-box"
+__all__ = ["Recognizer", "StillResult", "main_face", "pipeline_id", "require_face"]
 
 
 class Recognizer:
     def __init__(self, settings: Settings, manifest: Manifest | None = None) -> None:
-        m: ModelSettings = settings.models
         self.settings = settings
-        self.manifest = manifest or load_manifest(m.dir)
-        self.detector: Detector = load_detector(self.manifest, m.detector, m.threads)
-        self._other: Detector | None = None
-        self.embedder: Embedder = load_embedder(self.manifest, m.embedder, m.threads, m.flip_average)
-        self.embedder_name = m.embedder
-        self.embedder_sha256 = self.manifest.spec(m.embedder).sha256
+        self.manifest = manifest or load_manifest(settings.models.dir)
+        self.faces = FacePipeline(settings.models, self.manifest, settings.detection)
+        self.embedder_name = settings.models.embedder
+        self.embedder_sha256 = self.manifest.spec(self.embedder_name).sha256
         # sha256 → name of every embedder this manifest knows (a bundle for another one is refused naming both)
         self.embedder_names = {self.manifest.spec(k).sha256: k for k in self.manifest.embedders}
         self._limits: QualitySettings | None = None
-        self.refiner: MeshRefiner | None = load_refiner(self.manifest, m.threads) if m.alignment == "mesh5" else None
-        self.pipeline_id = pipeline_id(m)
+        self.pipeline_id = self.faces.pipeline_id
         self._matcher: Matcher | None = None
+
+    @property
+    def detector(self) -> Detector:
+        return self.faces.detector
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.faces.embedder
+
+    @property
+    def refiner(self) -> MeshRefiner | None:
+        return self.faces.refiner
 
     def tracker(self, settings: TrackingSettings | None = None) -> Tracker:
         """A tracker for one camera (default: the device's tracking settings), splitting a track when a look is
@@ -99,93 +97,35 @@ class Recognizer:
         return checked_gate(self.manifest, self.embedder_sha256, self.pipeline_id, limits, section)
 
     def other_detector(self) -> Detector:
-        if self._other is None:
-            kind: DetectorKind = "full" if self.detector.kind == "short" else "short"
-            self._other = load_detector(self.manifest, kind, self.settings.models.threads)
-        return self._other
+        return self.faces.other_detector()
 
     def scanner(self, detection: DetectionSettings | None = None, min_face_px: float | None = None) -> Scanner:
-        """A region scanner for one camera (it keeps that camera's motion and schedule), with that
-        camera's detection settings and smallest face (default: the device's). Where a large box would
-        hide a smaller detection, the face mesh says whether the large one is a face."""
-        check = self.is_face if self.refiner is not None else None
+        """A region scanner for one camera, with that camera's detection settings and smallest face
+        (default: the device's)."""
         min_face = self.settings.quality.min_face_px if min_face_px is None else min_face_px
-        return Scanner(self.detector, detection or self.settings.detection, min_face, check)
+        return self.faces.scanner(detection, min_face, self.limits.min_presence)
 
     def is_face(self, image: ImageArray, face: Face) -> bool:
         """The face mesh's presence check on one detection (what the quality gate applies later)."""
-        assert self.refiner is not None
-        _, presence = self.refiner.refine(image, face.keypoints, max(face.box.width, face.box.height))
-        return presence >= self.limits.min_presence
+        return self.faces.is_face(image, face, self.limits.min_presence)
 
     def detect(self, image: ImageArray) -> list[Face]:
         """Every face of a still image, at any size (every window of its layout)."""
-        return self.scanner().detect_still(check_frame(image))
+        return self.faces.detect(check_frame(image), self.settings.quality.min_face_px, self.limits.min_presence)
 
     def align(
         self, image: ImageArray, faces: Sequence[Face], limits: QualitySettings | None = None
     ) -> list[AlignedFace]:
-        """Each face warped to the template; with ``mesh5`` from refined five points; judged by the
-        quality gate ``limits`` (a camera's own; default: the device's)."""
-        gate = self.limits if limits is None else self._filled(limits)
-        out = []
-        for face in faces:
-            points, presence = None, None
-            if self.refiner is not None and face.detector != "centre":
-                side = max(face.box.width, face.box.height)
-                points, presence = self.refiner.refine(image, face.keypoints, side)
-                matrix = align_mod.similarity(points.astype(np.float64), align_mod.ARCFACE_5)
-            else:
-                matrix = align_mod.transform_for(face)
-            crop = align_mod.warp(image, matrix)
-            out.append(AlignedFace(face, crop, assess(face, crop, gate, points, presence)))
-        return out
+        """Each face warped to the template and judged by the quality gate ``limits`` (a camera's own;
+        default: the device's, its head-turn limit the one the tables measured)."""
+        return self.faces.align(image, faces, self.limits if limits is None else self._filled(limits))
 
     def embed(self, aligned: Sequence[AlignedFace]) -> FloatArray:
-        return self.embedder.embed([a.crop for a in aligned])
+        return self.faces.embed(aligned)
 
-    def still(self, image: ImageArray, centre_fallback: bool = False) -> StillResult:
-        """The largest face of a still image, trying the other detector when allowed.
-
-        With ``centre_fallback`` a picture with no detected face is aligned from
-        keypoints of a box centred on the image (used by LFW evaluation, where
-        every image is a centred face, and reported as such).
-        """
-        faces = self.detect(image)
-        fallback = ""
-        if not faces and self.settings.models.fallback_detector:
-            faces = self.other_detector().detect(image)
-            fallback = "other-detector" if faces else ""
-        if not faces and centre_fallback:
-            faces = [centre_face(image)]
-            fallback = "centre-box"
-        if not faces:
-            return StillResult(None, 0, "")
-        return StillResult(self.align(image, [main_face(faces, image)])[0], len(faces), fallback)
-
-
-def main_face(faces: Sequence[Face], image: ImageArray) -> Face:
-    """The subject of a portrait: among faces at least half the largest's area,
-    the one nearest the image centre."""
-    h, w = image.shape[:2]
-    largest = max(f.box.width * f.box.height for f in faces)
-    big = [f for f in faces if f.box.width * f.box.height >= 0.5 * largest]
-    return min(big, key=lambda f: ((f.box.x0 + f.box.x1) / 2 - w / 2) ** 2 + ((f.box.y0 + f.box.y1) / 2 - h / 2) ** 2)
-
-
-def pipeline_id(m: ModelSettings) -> str:
-    """The name under which a calibration table is measured: alignment (+flip)."""
-    return m.alignment + ("+flip" if m.flip_average else "")
-
-
-def centre_face(image: ImageArray) -> Face:
-    """A face assumed centred and filling half the image, keypoints from the template."""
-    h, w = image.shape[:2]
-    side = 0.5 * min(h, w)
-    scale = side / align_mod.CROP
-    x0, y0 = (w - side) / 2, (h - side) / 2
-    kp = np.vstack([align_mod.TEMPLATE_4, [[20.0, 55.0], [92.0, 55.0]]]) * scale + [x0, y0]
-    return Face(Box(x0, y0, x0 + side, y0 + side), kp.astype(np.float32), 0.0, "centre")
+    def still(self, image: ImageArray) -> StillResult:
+        """The main face of a still image, aligned and judged by the device's gate."""
+        return self.faces.still(check_frame(image), self.limits)
 
 
 def require_face(result: StillResult, name: str) -> AlignedFace:
