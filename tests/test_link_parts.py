@@ -139,7 +139,16 @@ def test_a_refused_event_stays_in_the_outbox_and_is_said_an_unknown_ack_is_ignor
     assert pump.refused == 1 and pump.published == 0 and pump.in_flight == 0
     assert [r.seq for r in box.pending()] == [seq]
     assert pump.last_error == f"broker refused event (outbox row {seq}): Not authorized"
-    assert "kept in the outbox, sent again at the next start" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"mqtt: broker refused event (outbox row {seq}): Not authorized; kept in the outbox, sent again at the next start"
+    ]
+    again = box.put(TOPIC, b"{}")
+    assert pump.round() == 1
+    (mid2,) = pump._inflight
+    pump.on_publish(None, None, 99_999, puback(0), None)  # an unknown ack first in the batch: skipped, not the end
+    pump.on_publish(None, None, mid2, puback(0x87), None)
+    pump.take_acks()
+    assert pump.refused == 2 and [r.seq for r in box.pending()] == [seq, again]
     pump.reconnected()  # a new connection: what was said of the last one no longer holds
     assert pump.last_error is None and pump._wake.is_set()
 
@@ -157,11 +166,14 @@ def test_a_delete_that_fails_keeps_the_ack_and_retries_it_said_once_then_every_h
     with caplog.at_level(logging.ERROR, logger="edge.delivery.pump"):
         for mid in mids:
             pump.on_publish(None, None, mid, puback(0), None)
-        for _ in range(100):
+        pump.take_acks()
+        assert len(caplog.records) == 1  # said at the first failure
+        for _ in range(99):
             pump.take_acks()
-    said = [r for r in caplog.records if "acknowledged event(s) waiting to be removed" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records]
     assert pump.ack_failures == 100 and len(said) == 2  # the first failure and the hundredth
-    assert "(2 acknowledged event(s) waiting" in said[0].getMessage()
+    assert said[0] == f"{pump.last_error} (2 acknowledged event(s) waiting to be removed)"
+    assert said[0].startswith(f"outbox {box.path}: acknowledged event {first} not removed: ")
     assert pump.published == 2 and "not removed" in str(pump.last_error) and box.depth() == 2
     box._db.execute("PRAGMA query_only = OFF")  # the disk recovers
     pump.take_acks()
@@ -178,7 +190,9 @@ def test_a_publish_the_client_cannot_take_is_deferred_and_the_row_handed_over_la
     seq = box.put(TOPIC, b"{}")
     with caplog.at_level(logging.WARNING, logger="edge.delivery.pump"):
         assert pump.round() == 0
-    assert pump.in_flight == 0 and f"publish of outbox row {seq} deferred" in caplog.text
+    assert pump.in_flight == 0 and [r.getMessage() for r in caplog.records] == [
+        f"publish of outbox row {seq} deferred: The client is not currently connected."
+    ]
     up = threading.Event()
     c.on_connect = lambda *a: up.set()
     c.connect(broker.host, broker.port)
@@ -449,3 +463,202 @@ def test_the_link_reports_the_connections_problem_before_the_pumps(tmp_path: Pat
     assert health.problem == link.connection.last_error and not health.connected
     assert (health.published, health.refused, health.ack_failures, health.in_flight) == (0, 0, 0, 0)
     link.close(None, timeout=1)
+
+
+# -- the connection, one attempt at a time (on the test's thread) ---------------------------------
+
+
+def test_an_attempt_on_a_closed_port_says_why_and_doubles_the_back_off_up_to_its_ceiling() -> None:
+    from edge.demo.broker import free_port
+    from edge.device.supervisor import Worker
+
+    port = free_port()
+    worker = Worker("mqtt-network", 10.0)
+    conn = Connection(opts(port=port, reconnect_min_s=0.5, reconnect_max_s=3.0), "door", ("s", b"{}"), worker=worker)
+    conn.closing.set()  # the waits end at once; the attempt is made all the same
+    before = worker.last_beat
+    assert conn.attempt(0.5) == 1.0 and conn.attempt(2.0) == 3.0  # doubled, then the ceiling
+    assert conn.last_error == f"broker 127.0.0.1:{port} refused the connection (nothing listening there?)"
+    assert worker.last_beat > before  # it beat on the way
+    assert conn.next_delay(1.25) == 2.5 and conn.next_delay(3.0) == 3.0
+    conn.run()  # closing: no attempt, and the worker is told it ended normally
+    assert worker.finished and worker.note == "stopped"
+
+
+def test_a_port_that_closes_before_any_connack_is_said_to_be_the_wrong_protocol() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def close_each() -> None:
+            client_sock, _ = server.accept()
+            client_sock.close()
+
+        closer = threading.Thread(target=close_each)
+        closer.start()
+        conn = Connection(opts(port=port, reconnect_min_s=0.001), "door", ("s", b"{}"))
+        assert conn.attempt(0.0) == 0.0
+        closer.join(10)
+    assert conn.last_error == (f"broker 127.0.0.1:{port} closed the connection before accepting it (is the port TLS?)")
+    assert not conn.connected.is_set()
+
+
+def test_an_accepted_connection_that_ends_starts_the_back_off_over(broker: LocalBroker) -> None:
+    conn = Connection(opts(port=broker.port, reconnect_min_s=0.25, reconnect_max_s=8.0), "door", ("s", b"{}"))
+    conn.when_connected(lambda: conn.client.disconnect())  # accepted, then gone at once
+    assert conn.attempt(4.0) == 0.5  # the wait after an accepted connection is reconnect_min_s, then doubled
+    assert conn.last_error == "disconnected: Normal disconnection" and not conn.connected.is_set()
+    assert conn._flaps == 1  # dropped moments after it was accepted: one flap
+    conn.closing.set()
+    assert conn.attempt(4.0) == 4.0  # closing: the connection ends and nothing more is waited for
+
+
+def test_a_callback_that_fails_inside_the_loop_is_said_and_ends_that_connection(
+    broker: LocalBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = Connection(opts(port=broker.port, reconnect_min_s=0.001), "door", ("s", b"{}"))
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("callback bug")
+
+    conn.client.on_subscribe = broken
+    conn.when_connected(lambda: conn.client.subscribe("edge/x", 1))
+    with caplog.at_level(logging.ERROR, logger="edge.delivery.connection"):
+        conn.attempt(0.0)
+    assert conn.last_error == "mqtt loop failed: RuntimeError: callback bug"
+    assert "mqtt loop failed" in caplog.text and not conn.connected.is_set()
+
+
+def test_the_connection_thread_and_its_connect_packet() -> None:
+    conn = Connection(opts(max_inflight=7), "door", ("edge/door/status", b"gone"), max_message_bytes=1 << 20)
+    assert conn.thread.name == "mqtt-network" and conn.thread.daemon
+    assert conn.connect_properties.MaximumPacketSize == (1 << 20) + (64 << 10)  # type: ignore[attr-defined]
+    huge = Connection(opts(), "door", ("s", b"{}"), max_message_bytes=1 << 40)
+    assert huge.connect_properties.MaximumPacketSize == 268_435_455  # type: ignore[attr-defined]  # MQTT's own ceiling
+    assert conn.client._max_inflight_messages == 7 and conn.client._max_queued_messages == 0
+    assert conn.client._will_topic == b"edge/door/status" and conn.client._will_payload == b"gone"
+    assert conn.client._will_qos == 1 and conn.client._will_retain and not conn.tls
+
+
+# -- the link put together --------------------------------------------------------------------
+
+
+def test_the_link_sends_status_and_retained_state_only_while_connected_and_routes_what_arrives(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    from .support import Collector
+
+    box = Outbox(tmp_path / "o.sqlite")
+    stop = threading.Event()
+    link = MqttLink(opts(port=broker.port), Topics("edge", "door"), box, stop)
+    got: list[tuple[str, bytes, bool]] = []
+    arrived = threading.Event()
+
+    def handler(topic: str, payload: bytes, retained: bool) -> None:
+        got.append((topic, payload, retained))
+        arrived.set()
+
+    link.listen("edge/door/gallery/set", handler)
+    link.subscribe("edge/door/other", qos=0)
+    assert link.router.subscriptions == {"edge/door/gallery/set": 1, "edge/door/other": 0}
+    from edge.delivery.events import Status
+
+    link.publish_status(Status(device_id="door", state="online", version="t"))  # not connected: not sent
+    link.publish_retained("edge/door/gallery/state", b"early")
+    sub = Collector(broker.host, broker.port, "edge/door/#")
+    try:
+        connected = threading.Event()
+        link.when_connected(connected.set)
+        link.start()
+        assert link.connected.wait(10) and connected.wait(10)
+        assert link.threads == (link.connection.thread, link.pump.thread)
+        link.publish_status(Status(device_id="door", state="online", version="t"))
+        link.publish_retained("edge/door/gallery/state", b"now")
+        link.publish("edge/door/presence/x", b"p", qos=1)
+        assert sub.wait_until(lambda: len(sub.on("presence/x")) == 1, 10)
+        assert [m["state"] for m in sub.on("status")] == ["online"]
+        assert sub.on("gallery/state") == [b"now"] or sub.on("gallery/state") == ["now"]
+        sub.client.publish("edge/door/gallery/set", b"bundle", qos=1, retain=False)
+        assert arrived.wait(10) and got == [("edge/door/gallery/set", b"bundle", False)]
+        box.put("edge/door/events/match", b'{"n": 1}')
+        link.notify()
+        assert link.drain(10) and link.published == 1 and link.in_flight == 0 and link.ack_failures == 0
+        assert link.health().connected and link.health().published == 1
+    finally:
+        stop.set()
+        link.close(Status(device_id="door", state="offline", version="t"), timeout=5)
+        said_offline = sub.wait_until(lambda: sub.on("status")[-1]["state"] == "offline", 10)
+        sub.close()
+    assert said_offline  # the final status, retained, before the clean disconnect
+    assert not link.connection.thread.is_alive() and not link.pump.thread.is_alive()
+    assert not box.depth()
+
+
+def test_an_incoming_message_from_the_client_reaches_its_handler_as_bytes() -> None:
+    router = Router()
+    got: list[tuple[str, bytes, bool]] = []
+    router.add("edge/#", lambda t, p, r: got.append((t, p, r)))
+    msg = mqtt.MQTTMessage(topic=b"edge/door/gallery/set")
+    msg.payload = bytearray(b"abc")
+    msg.retain = True
+    router.on_message(None, None, msg)  # type: ignore[arg-type]
+    assert got == [("edge/door/gallery/set", b"abc", True)] and type(got[0][1]) is bytes
+
+
+def test_the_pump_fills_its_window_to_the_last_row_and_sends_each_payload_as_stored(
+    broker: LocalBroker, client: mqtt.Client, tmp_path: Path
+) -> None:
+    from .support import Collector
+
+    sub = Collector(broker.host, broker.port, TOPIC)
+    box = Outbox(tmp_path / "o.sqlite")
+    pump, _ = make_pump(box, client, max_inflight=2)
+    for i in range(11):
+        box.put(TOPIC, f'{{"n": {i}}}'.encode())
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    try:
+        assert pump.round() == 10
+        pump._inflight.popitem()  # one slot free in the window: exactly one more row goes
+        assert pump.round() == 1 and pump.in_flight == 10
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert sub.wait_until(lambda: len(sub.on("events/match")) >= 11, 10)
+    assert sorted(m["n"] for m in sub.on("events/match")) == list(range(11))
+    sub.close()
+
+
+def test_an_acknowledgement_without_a_reason_code_is_a_delivery(client: mqtt.Client, tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    pump, _ = make_pump(box, client)
+    client.on_publish = None
+    box.put(TOPIC, b"{}")
+    assert pump.round() == 1
+    (mid,) = pump._inflight
+    pump.on_publish(None, None, mid, 0, None)  # MQTT 3.1.1 has no reason code: a PUBACK is a delivery
+    pump.take_acks()
+    assert pump.published == 1 and pump.refused == 0 and box.depth() == 0
+
+
+def test_a_round_that_fails_is_said_and_the_pump_goes_on_until_closed(
+    client: mqtt.Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge.device.supervisor import Worker
+
+    box = Outbox(tmp_path / "o.sqlite")
+    worker = Worker("mqtt-pump", 10.0)
+    connected, stop = threading.Event(), threading.Event()
+    connected.set()
+    stop.set()  # its wait after a failure ends at once
+    pump = OutboxPump(box, client, connected, stop, 2, worker)
+    assert pump.thread.name == "mqtt-pump" and pump.thread.daemon
+    box._db.close()  # reading the outbox now fails
+    pump.closing.set()  # one round, then the loop ends
+    with caplog.at_level(logging.ERROR, logger="edge.delivery.pump"):
+        pump.run()  # on this thread
+    assert str(pump.last_error).startswith("outbox pump: Cannot operate on a closed database")
+    assert caplog.records[0].getMessage().startswith("mqtt pump: Cannot operate on a closed database")
+    assert worker.finished and worker.note == "stopped"

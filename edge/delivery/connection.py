@@ -156,7 +156,7 @@ class Connection:
         self.connected = threading.Event()
         self.closing = threading.Event()  # set by close(): what follows is not a lost connection
         self.last_error: str | None = None
-        self._actions: list[Callable[[], None]] = []
+        self._actions: list[Callable[[], object]] = []
         self._got_connack = False
         self._logged_at = 0.0
         self._flaps = 0
@@ -183,7 +183,7 @@ class Connection:
     def health(self) -> ConnectionHealth:
         return ConnectionHealth(self.connected.is_set(), self.last_error)
 
-    def when_connected(self, action: Callable[[], None]) -> None:
+    def when_connected(self, action: Callable[[], object]) -> None:
         """Run ``action`` after every accepted (re)connection, on the network thread, in the order added."""
         self._actions.append(action)
 
@@ -210,45 +210,57 @@ class Connection:
     def run(self) -> None:
         delay = self.opts.reconnect_min_s
         while not self.closing.is_set():
-            self._beat()
-            self._got_connack = self._accepted = False
-            try:
-                self.client.connect(
-                    self.opts.host,
-                    self.opts.port,
-                    keepalive=self.opts.keepalive,
-                    clean_start=True,
-                    properties=self.connect_properties,
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self.failed(explain(exc, self.opts.host, self.opts.port, self.tls), delay)
-                delay = min(delay * 2, self.opts.reconnect_max_s)
-                continue
-            rc = mqtt.MQTT_ERR_SUCCESS
-            while rc == mqtt.MQTT_ERR_SUCCESS:
-                self._beat()
-                try:
-                    rc = self.client.loop(timeout=0.5)
-                except Exception as exc:  # a callback bug must not end the network thread silently
-                    log.exception("mqtt loop failed")
-                    self.last_error = f"mqtt loop failed: {type(exc).__name__}: {exc}"
-                    break
-            self.connected.clear()
-            if self.closing.is_set():
-                break
-            if self._accepted:
-                delay = self.opts.reconnect_min_s
-                self.note_flap(time.monotonic() - self._connected_at)
-            elif not self._got_connack and self.last_error is None:
-                self.last_error = (
-                    f"broker {self.opts.host}:{self.opts.port} closed the connection before accepting it "
-                    f"({'is the port TLS?' if not self.tls else 'wrong port or protocol?'})"
-                )
-                log.error("mqtt: %s", self.last_error)
-            self._sleep(delay)
-            delay = min(delay * 2, self.opts.reconnect_max_s)
+            delay = self.attempt(delay)
         if self.worker is not None:
             self.worker.done("stopped")
+
+    def next_delay(self, delay: float) -> float:
+        """The back-off after a wait of ``delay``: doubled, at most ``reconnect_max_s``."""
+        return min(delay * 2, self.opts.reconnect_max_s)
+
+    def attempt(self, delay: float) -> float:
+        """One connection: connect, serve it until it ends, then wait ``delay`` (at once again after a
+        connection that was accepted: the back-off starts over). Returns the next back-off."""
+        self._beat()
+        self._got_connack = self._accepted = False
+        try:
+            self.client.connect(
+                self.opts.host,
+                self.opts.port,
+                keepalive=self.opts.keepalive,
+                clean_start=True,
+                properties=self.connect_properties,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.failed(explain(exc, self.opts.host, self.opts.port, self.tls), delay)
+            return self.next_delay(delay)
+        self.serve()
+        if self.closing.is_set():
+            return delay
+        if self._accepted:
+            delay = self.opts.reconnect_min_s
+            self.note_flap(time.monotonic() - self._connected_at)
+        elif not self._got_connack and self.last_error is None:
+            self.last_error = (
+                f"broker {self.opts.host}:{self.opts.port} closed the connection before accepting it "
+                f"({'is the port TLS?' if not self.tls else 'wrong port or protocol?'})"
+            )
+            log.error("mqtt: %s", self.last_error)
+        self._sleep(delay)
+        return self.next_delay(delay)
+
+    def serve(self) -> None:
+        """paho's loop on a connection until it ends (or a callback fails, which is said, not swallowed)."""
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while rc == mqtt.MQTT_ERR_SUCCESS:
+            self._beat()
+            try:
+                rc = self.client.loop(timeout=0.5)  # pragma: no mutate (a poll interval: any value serves)
+            except Exception as exc:  # a callback bug must not end the network thread silently
+                log.exception("mqtt loop failed")
+                self.last_error = f"mqtt loop failed: {type(exc).__name__}: {exc}"
+                break
+        self.connected.clear()
 
     def note_flap(self, lasted: float) -> None:
         """Brokers without MQTT v5 'session taken over' just drop the older connection of two clients

@@ -151,6 +151,6 @@ class MqttLink:
         self.router.add(topic_filter, handler, qos)
         self.connection.subscribe(topic_filter, qos)
 
-    def when_connected(self, action: Callable[[], None]) -> None:
+    def when_connected(self, action: Callable[[], object]) -> None:
         """Run ``action`` after every successful (re)connection, on the network thread."""
         self.connection.when_connected(action)
