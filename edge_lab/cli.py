@@ -20,9 +20,9 @@ from edge.cli.common import (
     parse_distances,
     parse_size,
     progress_bar,
-    repo_fixture_faces,
     settings_from,
 )
+from edge.demo.assets import checkout_faces
 from edge.errors import InputError
 
 # The imaging conditions of edge_lab.conditions, named here so that the help loads no measuring module
@@ -224,7 +224,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = settings_from(args, detector=args.detector, embedder=args.embedder, threads=args.threads)
     rec = Recognizer(settings)
     rss_loaded = round(peak_rss_mb(), 1)
-    faces = args.faces or repo_fixture_faces()
+    faces = args.faces or checkout_faces()
     if args.cameras:
         return bench_cameras(args, rec, faces, width, height)
     if args.source is None and faces is None:
@@ -390,7 +390,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 def cmd_eval_soak(args: argparse.Namespace) -> int:
     from edge_lab.soak import soak
 
-    faces = args.faces or repo_fixture_faces()
+    faces = args.faces or checkout_faces()
     if faces is None:
         raise InputError("soak needs the face fixtures of a source checkout or --faces DIR")
     out = soak(faces, args.minutes, args.gallery_every, args.sample_every)

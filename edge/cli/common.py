@@ -19,12 +19,6 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
-def repo_fixture_faces() -> Path | None:
-    """Face images of a source checkout's test fixtures (used by bench and demo when no --faces)."""
-    path = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "faces"
-    return path if path.is_dir() else None
-
-
 def progress_bar(label: str) -> Callable[[int, int], None] | None:
     if not sys.stderr.isatty():
         return None

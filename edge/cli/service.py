@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.cli.common import parse_broker, repo_fixture_faces
+from edge.cli.common import parse_broker
 from edge.device.config import load_settings
 from edge.device.settings import Settings
 from edge.errors import InputError
@@ -100,11 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo.assets import Subscriber, build_assets, workdir
+    from edge.demo.assets import Subscriber, build_assets, checkout_faces, workdir
     from edge.demo.broker import LocalBroker
     from edge.service.app import App
 
-    faces = args.faces or repo_fixture_faces()
+    faces = args.faces or checkout_faces()
     if faces is None:
         raise InputError("demo needs the face fixtures of a source checkout (tests/fixtures/faces) or --faces DIR")
     work = workdir()

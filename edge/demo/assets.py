@@ -138,3 +138,10 @@ class Subscriber:
 
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="edge-demo-"))
+
+
+def checkout_faces() -> Path | None:
+    """The demo's default faces: the face photos of a source checkout's test fixtures (four people; photos of
+    real people are kept to test fixtures, never shipped in the package), or None outside a checkout."""
+    path = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "faces"
+    return path if path.is_dir() else None
