@@ -293,11 +293,13 @@ def _write(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurv
 
 
 def certificates(folder: Path) -> Path:
-    """ca.pem, server.pem/key (valid), expired.pem/key (ended yesterday), other-ca.pem: a throwaway PKI."""
+    """ca.pem, server.pem/key (valid), expired.pem/key (ended yesterday), client.pem/key (a device's, for
+    mutual TLS), other-ca.pem: a throwaway PKI."""
     folder.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _cert("edge-test-ca", None, (-1, 2), ca=True)
     _write(folder, "ca", ca, ca_key)
     _write(folder, "server", *_cert("127.0.0.1", (ca.subject, ca_key), (-1, 2)))
     _write(folder, "expired", *_cert("127.0.0.1", (ca.subject, ca_key), (-3, -1)))
+    _write(folder, "client", *_cert("door", (ca.subject, ca_key), (-1, 2)))
     _write(folder, "other-ca", *_cert("another-ca", None, (-1, 2), ca=True))
     return folder

@@ -502,7 +502,9 @@ def test_a_port_that_closes_before_any_connack_is_said_to_be_the_wrong_protocol(
         conn = Connection(opts(port=port, reconnect_min_s=0.001), "door", ("s", b"{}"))
         assert conn.attempt(0.0) == 0.0
         closer.join(10)
-    assert conn.last_error == (f"broker 127.0.0.1:{port} closed the connection before accepting it (is the port TLS?)")
+    assert (
+        conn.last_error == f"broker 127.0.0.1:{port}: it closed the connection before accepting it (is the port TLS?)"
+    )
     assert not conn.connected.is_set()
 
 
@@ -662,3 +664,113 @@ def test_a_round_that_fails_is_said_and_the_pump_goes_on_until_closed(
     assert str(pump.last_error).startswith("outbox pump: Cannot operate on a closed database")
     assert caplog.records[0].getMessage().startswith("mqtt pump: Cannot operate on a closed database")
     assert worker.finished and worker.note == "stopped"
+
+
+# -- credentials and TLS, against a broker that requires them -------------------------------------
+
+
+@pytest.fixture()
+def secure(tmp_path: Path) -> Iterator[tuple[LocalBroker, Path]]:
+    """A TLS-only broker that requires a client certificate of its CA and a password ('door' / 'open-sesame')."""
+    from .support import certificates
+
+    pki = certificates(tmp_path / "pki")
+    with LocalBroker(tls=(pki / "ca.pem", pki / "server.pem", pki / "server.key"), users={"door": "open-sesame"},
+                     require_certificate=True) as b:  # fmt: skip
+        yield b, pki
+
+
+def test_the_devices_credentials_and_certificates_reach_a_broker_that_requires_them(
+    secure: tuple[LocalBroker, Path], tmp_path: Path
+) -> None:
+    from edge.delivery.connection import password_of, tool_client
+    from edge.errors import EdgeError, InputError
+
+    b, pki = secure
+    secret = tmp_path / "password"
+    secret.write_text("open-sesame\n")  # a systemd credential: the line, its newline stripped
+    mutual = {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"), "key_file": str(pki / "client.key")}
+    for how in ({"password_file": str(secret)}, {"password": "open-sesame"}):
+        settings = opts(port=b.port, username="door", **mutual, **how)  # ca_file alone turns TLS on
+        assert password_of(settings) == "open-sesame"
+        client = tool_client(settings, "parts-tool")
+        assert client.is_connected()
+        client.loop_stop()
+        client.disconnect()
+    conn = Connection(opts(port=b.port, username="door", password="open-sesame", **mutual), "door", ("s", b"{}"))
+    assert conn.tls
+    conn.when_connected(lambda: conn.client.disconnect())
+    conn.attempt(0.001)
+    assert conn._flaps == 1  # it was accepted: over TLS, with its certificate and password
+    wrong = opts(port=b.port, username="door", password="not-it", **mutual)
+    with pytest.raises(EdgeError, match=rf"^broker 127\.0\.0\.1:{b.port} refused the connection: Not authorized$"):
+        tool_client(wrong, "parts-tool")
+    no_cert = opts(port=b.port, username="door", password="open-sesame", ca_file=str(pki / "ca.pem"))
+    with pytest.raises(
+        EdgeError, match=r"it closed the connection before accepting it \(does it require a client cert"
+    ):
+        tool_client(no_cert, "parts-tool")  # the broker requires a certificate: one line, at once
+    plain = opts(port=b.port)  # no TLS against a TLS port
+    plain_conn = Connection(plain, "door", ("s", b"{}"))
+    assert not plain_conn.tls
+    plain_conn.attempt(0.001)
+    assert (
+        plain_conn.last_error
+        == f"broker 127.0.0.1:{b.port}: it closed the connection before accepting it (is the port TLS?)"
+    )
+    gone = opts(password_file=str(secret), username="door")
+    secret.unlink()  # the file went after the settings were read
+    with pytest.raises(InputError, match=r"^mqtt\.password_file .*password cannot be read: No such file or directory$"):
+        password_of(gone)
+    assert password_of(opts()) is None
+
+
+def test_tls_files_that_cannot_be_used_are_one_line(tmp_path: Path) -> None:
+    from edge.errors import InputError
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(InputError, match=r"^mqtt TLS files cannot be used: "):
+        Connection(opts(ca_file=str(junk)), "door", ("s", b"{}"))
+
+
+def test_a_tls_connection_closed_before_any_connack_is_the_wrong_port_or_protocol(
+    secure: tuple[LocalBroker, Path],
+) -> None:
+    import socket
+    import ssl
+
+    _, pki = secure
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def handshake_then_close() -> None:
+            raw, _ = server.accept()
+            with context.wrap_socket(raw, server_side=True):
+                pass  # TLS done, then closed without a word of MQTT
+
+        closer = threading.Thread(target=handshake_then_close)
+        closer.start()
+        conn = Connection(opts(port=port, ca_file=str(pki / "ca.pem")), "door", ("s", b"{}"))
+        conn.attempt(0.001)
+        closer.join(10)
+    assert (
+        conn.last_error
+        == f"broker 127.0.0.1:{port}: it closed the connection before accepting it (does it require a client "
+        "certificate (mqtt.cert_file)? wrong port or protocol?)"
+    )
+
+
+def test_ssl_failures_are_named_by_their_kind() -> None:
+    import ssl
+
+    lower = ssl.SSLError(1, "[SSL] wrong version number (_ssl.c:1000)")
+    assert explain(lower, "h", 1, True).startswith("TLS: h:1 does not speak TLS (plain MQTT port?)")
+    other = ssl.SSLError(1, "[SSL: SSLV3_ALERT_HANDSHAKE_FAILURE] sslv3 alert handshake failure")
+    assert explain(other, "h", 1, True) == f"TLS handshake with h:1 failed: {other}"
+    other.reason = "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    assert explain(other, "h", 1, True) == "TLS handshake with h:1 failed: SSLV3_ALERT_HANDSHAKE_FAILURE"

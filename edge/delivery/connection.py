@@ -67,7 +67,8 @@ def explain(exc: BaseException, host: str, port: int, tls: bool) -> str:
         text = str(exc)
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
             return f"TLS: {where} does not speak TLS (plain MQTT port?); set mqtt.tls = false or use the TLS port"
-        return f"TLS handshake with {where} failed: {exc.reason or text}"
+        # ``reason`` is set by OpenSSL's errors; an SSLError raised by Python code has none.
+        return f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or text}"
     if tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError)):
         return f"TLS: {where} dropped the TLS handshake (plain MQTT port?); set mqtt.tls = false or use the TLS port"
     if isinstance(exc, socket.gaierror):
@@ -98,6 +99,14 @@ def configure(client: mqtt.Client, opts: MqttSettings) -> bool:
     return tls
 
 
+def closed_before_connack(tls: bool) -> str:
+    """Why a broker may close a connection before answering CONNECT, with the likely fix."""
+    hint = (
+        "does it require a client certificate (mqtt.cert_file)? wrong port or protocol?" if tls else "is the port TLS?"
+    )
+    return f"it closed the connection before accepting it ({hint})"
+
+
 def tool_client(opts: MqttSettings, name: str) -> mqtt.Client:
     """A connected client for a command-line tool (publish, fleet), with the devices' TLS and credentials.
 
@@ -116,7 +125,13 @@ def tool_client(opts: MqttSettings, name: str) -> mqtt.Client:
             refused.append(str(reason))
         ready.set()
 
+    def on_disconnect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+        if not ready.is_set():  # closed before any CONNACK: say so now, not after waiting 10 s
+            refused.append(closed_before_connack(tls))
+            ready.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     try:
         client.connect(opts.host, opts.port, keepalive=30)
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -241,10 +256,7 @@ class Connection:
             delay = self.opts.reconnect_min_s
             self.note_flap(time.monotonic() - self._connected_at)
         elif not self._got_connack and self.last_error is None:
-            self.last_error = (
-                f"broker {self.opts.host}:{self.opts.port} closed the connection before accepting it "
-                f"({'is the port TLS?' if not self.tls else 'wrong port or protocol?'})"
-            )
+            self.last_error = f"broker {self.opts.host}:{self.opts.port}: {closed_before_connack(self.tls)}"
             log.error("mqtt: %s", self.last_error)
         self._sleep(delay)
         return self.next_delay(delay)
