@@ -357,7 +357,9 @@ def test_a_failed_attempt_is_said_once_then_every_minute_and_waits_its_delay(cap
     assert conn.last_error == "another reason"
 
 
-def test_connections_dropped_moments_after_acceptance_are_taken_for_a_shared_device_id() -> None:
+def test_connections_dropped_moments_after_acceptance_are_taken_for_a_shared_device_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     conn = Connection(opts(), "door", ("edge/door/status", b"{}"))
     for _ in range(FLAPS - 1):
         conn.note_flap(19.9)
@@ -366,11 +368,14 @@ def test_connections_dropped_moments_after_acceptance_are_taken_for_a_shared_dev
     for _ in range(FLAPS - 1):
         conn.note_flap(1.0)
     assert conn.last_error is None
-    conn.note_flap(1.0)
-    assert conn.last_error is not None and conn.last_error.startswith(
+    with caplog.at_level(logging.ERROR, logger="edge.delivery.connection"):
+        conn.note_flap(1.0)
+    assert conn.last_error == (
         f"the broker dropped {FLAPS} connections in a row moments after accepting them: another client is "
-        "probably connected as 'door'"
+        "probably connected as 'door' (two devices share device.id, or a second instance is running); give each "
+        "device its own device.id"
     )
+    assert [r.getMessage() for r in caplog.records] == [f"mqtt: {conn.last_error}"]
     conn.last_error = None
     for _ in range(16):
         conn.note_flap(1.0)
@@ -379,17 +384,27 @@ def test_connections_dropped_moments_after_acceptance_are_taken_for_a_shared_dev
     assert f"dropped {FLAPS + 17} connections" in str(conn.last_error)  # every twentieth
 
 
-def test_a_disconnection_says_why_and_a_taken_over_session_names_the_shared_id() -> None:
+def test_a_disconnection_says_why_and_a_taken_over_session_names_the_shared_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     conn = Connection(opts(), "door", ("edge/door/status", b"{}"))
     conn._on_disconnect(conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x80), None)
     assert conn.last_error is None  # not connected before: nothing lost
     conn.connected.set()
-    conn._on_disconnect(conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x80), None)
-    assert conn.last_error == "disconnected: Unspecified error" and not conn.connected.is_set()
-    conn._on_disconnect(
-        conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER), None
+    with caplog.at_level(logging.WARNING, logger="edge.delivery.connection"):
+        conn._on_disconnect(conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x80), None)
+        assert conn.last_error == "disconnected: Unspecified error" and not conn.connected.is_set()
+        conn._on_disconnect(
+            conn.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER), None
+        )
+    assert conn.last_error == (
+        "another client connected as 'door' and took this session over: two devices share device.id (give each "
+        "its own), or a second instance is running"
     )
-    assert str(conn.last_error).startswith("another client connected as 'door' and took this session over")
+    assert [r.getMessage() for r in caplog.records] == [
+        "mqtt disconnected (Unspecified error); reconnecting with back-off",
+        f"mqtt: {conn.last_error}",
+    ]
     assert conn._flaps == FLAPS
     conn.closing.set()
     conn.last_error = None
@@ -774,3 +789,40 @@ def test_ssl_failures_are_named_by_their_kind() -> None:
     assert explain(other, "h", 1, True) == f"TLS handshake with h:1 failed: {other}"
     other.reason = "SSLV3_ALERT_HANDSHAKE_FAILURE"
     assert explain(other, "h", 1, True) == "TLS handshake with h:1 failed: SSLV3_ALERT_HANDSHAKE_FAILURE"
+
+
+def test_a_connection_refused_or_accepted_is_said_with_its_broker_and_id(
+    secure: tuple[LocalBroker, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    b, pki = secure
+    mutual = {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"), "key_file": str(pki / "client.key")}
+    refused = Connection(opts(port=b.port, username="door", password="not-it", reconnect_max_s=7, **mutual), "door",
+                         ("s", b"{}"))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="edge.delivery.connection"):
+        refused.attempt(0.001)
+    assert (
+        refused.last_error
+        == "broker refused the connection: Not authorized; check the broker's access rules for this user"
+    )
+    assert refused._got_connack and not refused.connected.is_set()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"mqtt: 127.0.0.1:{b.port}: {refused.last_error}; retrying, at least every 7s"
+    ]
+    caplog.clear()
+    ok = Connection(opts(port=b.port, username="door", password="open-sesame", **mutual), "door", ("s", b"{}"))
+    ok.last_error = "from before"
+
+    def broken() -> None:
+        raise RuntimeError("broken action")
+
+    ok.when_connected(broken)
+    ok.when_connected(lambda: ok.client.disconnect())
+    with caplog.at_level(logging.INFO, logger="edge.delivery.connection"):
+        ok.attempt(0.001)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[:2] == [f"mqtt connected to 127.0.0.1:{b.port} as door", "mqtt: an on-connect action failed"]
+    assert ok._flaps == 1 and ok._got_connack
+    import re
+
+    # As the broker saw it: MQTT v5, this client id, a clean start, the keepalive of the settings, the user.
+    assert re.search(r" as door \(p5, c1, k30, u'door'\)", b.log.read_text()), b.log.read_text()[-500:]

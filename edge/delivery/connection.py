@@ -305,7 +305,7 @@ class Connection:
         deadline = time.monotonic() + seconds
         while not self.closing.is_set() and time.monotonic() < deadline:
             self._beat()
-            self.closing.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.closing.wait(min(1.0, max(0.0, deadline - time.monotonic())))  # pragma: no mutate (a poll interval)
 
     # -- paho callbacks (network thread) ----------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

@@ -105,7 +105,7 @@ class OutboxPump:
                 if left <= 0:
                     return False
                 self._wake.set()
-                self._progress.wait(min(left, 0.5))
+                self._progress.wait(min(left, 0.5))  # pragma: no mutate (a poll interval)
             return True
 
     def on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
@@ -118,14 +118,14 @@ class OutboxPump:
         while True:
             if self.worker is not None:
                 self.worker.beat()
-            self._wake.wait(0.5)
+            self._wake.wait(0.5)  # pragma: no mutate (a poll interval: woken at once by work)
             self._wake.clear()
             try:
                 self.round()
             except Exception as exc:  # e.g. the outbox failing to read: report, keep pumping
                 self.last_error = f"outbox pump: {exc}"
                 log.exception("mqtt pump: %s", exc)
-                self.stop_event.wait(1.0)
+                self.stop_event.wait(1.0)  # pragma: no mutate (a pause before retrying: any value serves)
             with self._progress:
                 self._progress.notify_all()
             if self.closing.is_set() or (self.stop_event.is_set() and not self.connected.is_set()):
