@@ -826,3 +826,52 @@ def test_a_connection_refused_or_accepted_is_said_with_its_broker_and_id(
 
     # As the broker saw it: MQTT v5, this client id, a clean start, the keepalive of the settings, the user.
     assert re.search(r" as door \(p5, c1, k30, u'door'\)", b.log.read_text()), b.log.read_text()[-500:]
+
+
+def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> None:
+    """Status and state are retained (a subscriber arriving later gets them), presence published with
+    publish() is not; a late subscription is made at once with its QoS; the workers beat and end; and a
+    link that vanishes without a DISCONNECT leaves its last will: offline, lost, retained."""
+    import re
+
+    from edge.delivery.events import Status
+    from edge.device.supervisor import Worker
+
+    from .support import Collector
+
+    with LocalBroker(extra="log_type all\n") as b:
+        box = Outbox(tmp_path / "o.sqlite")
+        stop = threading.Event()
+        net, pump = Worker("mqtt-network", 10.0), Worker("mqtt-pump", 10.0)
+        link = MqttLink(opts(port=b.port), Topics("edge", "door"), box, stop, network=net, pump=pump)
+        link.start()
+        try:
+            assert link.connected.wait(10)
+            link.publish_status(Status(device_id="door", state="online", version="t"))
+            link.publish_retained("edge/door/gallery/state", b"state", qos=1)
+            link.publish("edge/door/presence/x", b"here", qos=1)
+            link.listen("edge/door/late", lambda *a: None, qos=0)  # connected: subscribed now, at its QoS
+            link.subscribe("edge/door/later", qos=1)
+            first = Collector(b.host, b.port, "edge/door/#")
+            assert first.wait_until(lambda: len(first.messages) >= 2, 10)
+            first.publish("edge/door/presence/y", b"x")  # a marker: what the broker retains has arrived before
+            assert first.wait_until(lambda: bool(first.on("presence/y")), 10)
+            retained = {t for t, _, r in first.messages if r}
+            assert retained == {"edge/door/status", "edge/door/gallery/state"}, first.messages
+            first.close()
+            log = b.log.read_text()
+            assert re.search(r"Received SUBSCRIBE from door\n\d+: \s*edge/door/late \(QoS 0\)", log), log[-800:]
+            assert re.search(r"Received SUBSCRIBE from door\n\d+: \s*edge/door/later \(QoS 1\)", log), log[-800:]
+            assert net.last_beat > 0 and pump.last_beat > 0 and not net.finished
+            # Gone without a word: the broker publishes the will.
+            watcher = Collector(b.host, b.port, "edge/door/status")
+            sock = link.connection.client.socket()
+            assert sock is not None
+            sock.shutdown(2)
+            will = watcher.wait_for("status", lambda s: s["state"] == "offline")
+            assert will["lost"] is True and "ts" not in will and will["device_id"] == "door"  # no time: it is stale
+            watcher.close()
+        finally:
+            stop.set()
+            link.close(None, timeout=5)
+        assert net.finished and net.note == "stopped" and pump.finished and pump.note == "stopped"

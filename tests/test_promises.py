@@ -617,11 +617,22 @@ def test_an_outbox_whose_disk_fails_says_so_when_saving_its_clock(
 ) -> None:
     import logging
 
+    from edge.errors import EdgeError
+
     box = Outbox(tmp_path / "outbox.sqlite")
     box._db.close()  # the database gone from under it
     with caplog.at_level(logging.WARNING, logger="edge.delivery.outbox"):
         box.tick()
         box.close()
     said = [r.getMessage() for r in caplog.records]
-    assert said[0].startswith(f"outbox {tmp_path / 'outbox.sqlite'}: service clock not saved: ")
-    assert said[1].startswith(f"outbox {tmp_path / 'outbox.sqlite'}: service clock not saved at close: ")
+    assert (
+        said[0] == f"outbox {tmp_path / 'outbox.sqlite'}: service clock not saved: Cannot operate on a closed database."
+    )
+    assert said[1] == (
+        f"outbox {tmp_path / 'outbox.sqlite'}: service clock not saved at close: Cannot operate on a closed database."
+    )
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        EdgeError, match=r"^outbox .*file/outbox\.sqlite cannot be created: (Not a directory|File exists)$"
+    ):
+        Outbox(tmp_path / "file" / "outbox.sqlite")

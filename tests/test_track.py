@@ -307,6 +307,12 @@ def test_a_fused_match_confirms_with_the_best_quality_of_the_looks_naming_it() -
         conf.fused,
     ) == (1, 0.66, 0.8, track.box, 2, 2, 1.0, 2)
     assert tr._last_event["alice"] == 1.3  # its cooldown runs from this moment
+    again = Tracker(TrackingSettings(confirm_k=2, confirm_m=4, cooldown_s=0.0))  # no cooldown to hide a repeat
+    ((t2, _),) = again.update([face(0, 0, 10, 10)], now=0.0)
+    for t in (0.1, 0.2):
+        again.add_evidence(t2, match("alice", False), 0.8, t2.box, t, v, 50.0)
+    assert again.add_fused(t2, match("alice", True, looks=2), 0.3) is not None
+    assert again.add_fused(t2, match("alice", True, looks=2), 0.4) is None  # reported: once per track
 
 
 def test_a_look_exactly_at_the_split_floor_stays_and_a_split_replaces_only_its_own_track() -> None:

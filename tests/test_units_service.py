@@ -441,7 +441,11 @@ def test_each_component_reports_its_own_health_and_reading_it_changes_nothing(tm
 
     box = Outbox(tmp_path / "o.sqlite")
     box.put("t", b"1")
-    assert box.health() == box.health() and (box.health().depth, box.health().problem) == (1, None)
+    assert box.health() == box.health() and (box.health().depth, box.health().dropped, box.health().problem) == (
+        1,
+        0,
+        None,
+    )
     box._db.close()  # the database can no longer be read: said, not raised
     broken = box.health()
     assert (broken.depth, broken.dropped) == (-1, -1) and str(broken.problem).startswith(

