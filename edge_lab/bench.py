@@ -33,6 +33,7 @@ from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.demo.scenes import face_px_at, gradient_background, hall_background, paste, sensor_noise
 from edge.device.health import Stats
 from edge.errors import InputError
+from edge.gallery.build import Entry, gallery_of
 from edge.recognition.match import Gallery, GalleryHolder, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import camera_pipeline
@@ -107,7 +108,7 @@ def pct(values: Sequence[float], q: float) -> float:
 def random_gallery(size: int, dim: int, per_identity: int = 1, seed: int = 1) -> Gallery:
     rng = np.random.default_rng(seed)
     vecs = rng.normal(size=(size * per_identity, dim)).astype(np.float32)
-    return Gallery.build([(f"id{i:05d}", None, vecs[i * per_identity : (i + 1) * per_identity]) for i in range(size)])
+    return gallery_of(Entry(f"id{i:05d}", None, vecs[i * per_identity : (i + 1) * per_identity]) for i in range(size))
 
 
 @dataclass
@@ -249,7 +250,8 @@ def service_bench(
     frame, plus that frame's processing time (the event is in the outbox then;
     publication adds a loopback round trip)."""
     from edge.demo.assets import build_assets
-    from edge.gallery.enroll import enroll_directory, gallery_of
+    from edge.gallery.build import gallery_of
+    from edge.gallery.enroll import enroll_directory
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance_m)
     reports = enroll_directory(rec, assets.gallery)

@@ -57,7 +57,8 @@ def _demo(
     rec: Recognizer, faces_dir: Path, work: Path, width: int, height: int, distance: float
 ) -> tuple[GalleryHolder, list[ImageArray]]:
     from edge.demo.assets import build_assets
-    from edge.gallery.enroll import enroll_directory, gallery_of
+    from edge.gallery.build import gallery_of
+    from edge.gallery.enroll import enroll_directory
     from edge_lab.bench import file_stream
 
     assets = build_assets(faces_dir, work, width=width, height=height, distance_m=distance)

@@ -24,8 +24,8 @@ import numpy as np
 
 from edge.capture.imageio import read_image
 from edge.errors import ImageError, InputError
+from edge.gallery.build import Entry, gallery_of
 from edge.gallery.enroll import photo_face
-from edge.recognition.match import Gallery
 from edge.recognition.pipeline import Recognizer
 from edge.types import FloatArray, Match
 from edge_lab.conditions import apply_condition
@@ -114,7 +114,7 @@ def run_once(
         if vecs:  # a cast person none of whose photos passed is still probed: a miss, counted
             entries.append((name, None, np.stack(vecs)))
             enrolled.add(name)
-    snap = rec.matcher.snapshot(Gallery.build(entries))
+    snap = rec.matcher.snapshot(gallery_of(Entry(ident, label, vecs) for ident, label, vecs in entries))
     outcomes: dict[str, str] = {}
     probes = [(name, cache.probe(probe_photo[name], condition), True) for name in cast]
     probes += [(name, cache.probe(people[name][0], condition), False) for name in stranger_names]

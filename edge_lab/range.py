@@ -44,6 +44,7 @@ import numpy as np
 from edge.capture.imageio import read_image
 from edge.demo.scenes import face_px_at, hall_background, paste, paste_head, smooth_background
 from edge.errors import InputError
+from edge.gallery.build import Entry, gallery_of
 from edge.recognition.match import Gallery, GalleryHolder
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.process import camera_pipeline, process_frames
@@ -160,7 +161,7 @@ def cast(
             entries.append((name, name.replace("_", " "), emb))
     shown += [(name, read_image(people[name][0]), False) for name in stranger_names]
     mixed = rng.permutation(len(shown))
-    gallery = Gallery.build(entries, version=1, name="range")
+    gallery = gallery_of((Entry(ident, label, emb) for ident, label, emb in entries), version=1, name="range")
     return Cast(gallery, tuple(shown[i] for i in mixed), considered, excluded, not_enrolled, photos, rule)
 
 

@@ -242,3 +242,20 @@ def test_a_grey_face_is_judged_with_the_grey_tables_where_they_exist() -> None:
     assert colour.condition == "colour" and night.condition == "grey" and night.threshold > colour.threshold
     (only_colour,) = Matcher(MULTI, MatchSettings()).snapshot(gallery(2)).match(q, conditions=["grey"])
     assert only_colour.condition == "colour"  # not calibrated for grey: colour's tables, and it says so
+
+
+def test_a_gallery_less_some_identities_keeps_the_others_rows_and_its_width() -> None:
+    rng = np.random.default_rng(0)
+    g = Gallery.build(
+        [(f"i{k}", f"L{k}", rng.normal(size=(k % 3 + 1, 8)).astype(np.float32)) for k in range(6)], 5, "n"
+    )
+    less = g.without({"i2", "i5"})
+    assert less.identity_ids == ("i0", "i1", "i3", "i4") and less.labels == ("L0", "L1", "L3", "L4")
+    assert (less.version, less.name) == (5, "n") and less.counts.tolist() == [1, 2, 1, 2]
+    for j, ident in enumerate(less.identity_ids):
+        i = g.identity_ids.index(ident)
+        assert np.array_equal(less.photos(j), g.photos(i)) and np.array_equal(less.templates[j], g.templates[i])
+    assert less.owner.tolist() == [0, 1, 1, 2, 3, 3] and less.starts.tolist() == [0, 1, 3, 4]
+    assert not less.embeddings.flags.writeable and not less.templates.flags.writeable
+    nobody = g.without(set(g.identity_ids))
+    assert len(nobody) == 0 and nobody.embeddings.shape == (0, 8) and nobody.templates.shape == (0, 8)

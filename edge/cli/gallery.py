@@ -26,8 +26,9 @@ MAX_BUNDLE_FILE_BYTES = 1 << 30
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge.gallery.build import gallery_of
     from edge.gallery.bundle import load_private_key
-    from edge.gallery.enroll import IDENTITY_ID, enroll_directory, enroll_identity, gallery_of
+    from edge.gallery.enroll import IDENTITY_ID, enroll_directory, enroll_identity
     from edge.gallery.report import check_gallery
     from edge.recognition.pipeline import Recognizer
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.device.keys import DeviceKey
 from edge.errors import InputError
 from edge.gallery import sealed
+from edge.gallery.build import Entry, gallery_of
 from edge.gallery.bundle import (
     Buffer,
     Bundle,
@@ -194,10 +195,8 @@ def expired(meta: dict[str, str], now: datetime) -> bool:
 def to_gallery(bundle: Bundle, now: datetime | None = None, version: int | None = None) -> Gallery:
     """The matcher's gallery: identities with embeddings that have not expired."""
     now = now or datetime.now(timezone.utc)
-    entries = [
-        (i.id, i.label, i.embeddings) for i in bundle.identities if len(i.embeddings) and not expired(i.meta, now)
-    ]
-    return Gallery.build(entries, version=bundle.version if version is None else version, name=bundle.gallery)
+    entries = [Entry(i.id, i.label, i.embeddings) for i in bundle.identities if not expired(i.meta, now)]
+    return gallery_of(entries, bundle.version if version is None else version, bundle.gallery)
 
 
 def load_trusted(paths: Sequence[Path]) -> tuple[Ed25519PublicKey, ...]:

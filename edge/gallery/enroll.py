@@ -11,7 +11,7 @@ embeddings and metadata are kept, never the photos or frames.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.device.config import TOMLDecodeError, parse_toml
 from edge.errors import ImageError, InputError
 from edge.gallery.clip import CLIP_SUFFIXES, enrol_clip, rivals
-from edge.recognition.match import Gallery
 from edge.recognition.pipeline import Recognizer, main_face
 from edge.types import AlignedFace, FloatArray, ImageArray
 
@@ -124,9 +123,3 @@ def enroll_directory(recognizer: Recognizer, root: Path, skip_failed: bool = Tru
     if not any(r.embeddings is not None for r in reports):
         raise InputError(f"gallery folder {root}: no identity could be enrolled")
     return reports
-
-
-def gallery_of(reports: Iterable[IdentityReport], version: int = 0, name: str = "") -> Gallery:
-    """The one builder of a gallery from enrolment reports: every identity that has templates."""
-    entries = [(r.identity_id, r.label, r.embeddings) for r in reports if r.embeddings is not None]
-    return Gallery.build(entries, version=version, name=name)

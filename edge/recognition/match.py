@@ -97,13 +97,22 @@ class Gallery:
         return self.embeddings[self.starts[i] : self.starts[i] + self.counts[i]]
 
     def without(self, identity_ids: set[str]) -> Gallery:
-        """The same gallery less some identities (expiry, removal); same version and name."""
-        entries = [
-            (ident, self.labels[i], self.photos(i))
-            for i, ident in enumerate(self.identity_ids)
-            if ident not in identity_ids
-        ]
-        return Gallery.build(entries, self.version, self.name)
+        """The same gallery less some identities (expiry, removal); same version and name. The rows and
+        templates kept are the same arrays' rows: nothing is computed again."""
+        keep = np.array([i for i, ident in enumerate(self.identity_ids) if ident not in identity_ids], np.intp)
+        counts = self.counts[keep]
+        rows = np.concatenate(
+            [np.zeros(0, np.intp), *(np.arange(s, s + c) for s, c in zip(self.starts[keep], counts, strict=True))]
+        )
+        emb, templates = self.embeddings[rows.astype(np.intp)], self.templates[keep]
+        starts = (np.cumsum(counts) - counts).astype(np.intp)
+        owner = np.repeat(np.arange(len(keep), dtype=np.intp), counts)
+        for a in (emb, templates, counts):
+            a.setflags(write=False)
+        ids = tuple(self.identity_ids[i] for i in keep)
+        return Gallery(
+            ids, tuple(self.labels[i] for i in keep), emb, starts, owner, templates, counts, self.version, self.name
+        )
 
     def scores(self, queries: FloatArray) -> FloatArray:
         """(q, n_identities) cosine similarity of each query with each identity's template."""

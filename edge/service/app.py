@@ -41,7 +41,8 @@ from edge.device.settings import Settings
 from edge.device.supervisor import Supervisor
 from edge.errors import EdgeError
 from edge.gallery.admit import Policy, load_bundle_file, load_trusted, to_gallery
-from edge.gallery.enroll import enroll_directory, gallery_of
+from edge.gallery.build import gallery_of
+from edge.gallery.enroll import enroll_directory
 from edge.gallery.store import GalleryStore
 from edge.gallery.sync import GallerySync
 from edge.recognition.match import GalleryHolder

@@ -19,7 +19,8 @@ from edge.capture.imageio import IMAGE_SUFFIXES, read_image
 from edge.device.keys import DeviceKey
 from edge.errors import ImageError, InputError
 from edge.gallery.admit import Policy, load_bundle_file, to_gallery
-from edge.gallery.enroll import enroll_directory, gallery_of
+from edge.gallery.build import gallery_of
+from edge.gallery.enroll import enroll_directory
 from edge.recognition.match import Gallery, GallerySnapshot
 from edge.recognition.pipeline import Recognizer
 
