@@ -407,3 +407,13 @@ def test_redaction_masks_only_secrets_and_collects_them_for_the_log_filter() -> 
     assert url_secrets("rtsp://admin:pw1@cam/s?token=t0k&Password=p2;key=&fps=30") == ["pw1", "t0k", "p2"]
     assert url_secrets("rtsp://admin@cam/s?fps=30") == [] and url_secrets("http://:@cam/") == []
     assert scrub("pw1 and t0k, pw1", ["pw1", "", "t0k"]) == f"{MASK} and {MASK}, {MASK}"
+
+
+def test_a_lab_command_without_the_lab_installed_is_one_line() -> None:
+    from edge.cli.common import lab
+    from edge.errors import InputError
+
+    with pytest.raises(InputError, match=r"^the measuring lab is not installed \(no-such-entry\): install the package"):
+        lab("no-such-entry")
+    assert lab("no-such-entry", required=False) is None
+    assert callable(lab("commands")) and callable(lab("fleet_simulate"))  # the lab's entries, as installed
