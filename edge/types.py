@@ -79,9 +79,9 @@ class Face:
 
 @dataclass(frozen=True, slots=True)
 class Follow:
-    """A live track the scanner re-detects in a crop of its own. ``still`` is the face it was
+    """A live track the scanner re-detects in a crop of its own. ``unchanged_face`` is the face it was
     last found as, offered when the track needs no evidence this frame: if nothing in that face
-    changed for the ``held`` frames since it was found, plus this one, it is still there and no
+    changed for the ``unchanged_frames`` since it was found, plus this one, it is still there and no
     detector runs for it. A track ``lost`` frames ago whose crop has not changed since is not
     looked for again: the detector would see what it saw when it lost the face. A track whose
     looks the quality gate has not passed (``face`` False: a wall boxed whole, a head turned) is
@@ -89,8 +89,8 @@ class Follow:
     the motion windows."""
 
     box: Box
-    still: Face | None = None
-    held: int = 0
+    unchanged_face: Face | None = None
+    unchanged_frames: int = 0
     lost: int = 0
     face: bool = True
 

@@ -412,7 +412,7 @@ def test_a_still_tracked_face_costs_no_detector_run_until_it_moves_or_its_track_
         faces = scanner.detect(image, tracker.followed(now))
         looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
         assert len(found_at(faces, 600.0, 300.0, 60.0)) == 1 and len(tracker.tracks) == 1
-        costs.append((scanner.last.track_windows, scanner.last.held))
+        costs.append((scanner.last.track_windows, scanner.last.unchanged))
     assert tracker.tracks[0].confirmed
     # Every frame until confirmed (confirm_k accepting looks), then kept without a run between
     # the looks its track needs, but re-detected at least every SETTLE_FRAMES frames.
@@ -422,9 +422,9 @@ def test_a_still_tracked_face_costs_no_detector_run_until_it_moves_or_its_track_
     assert 1 <= sum(run for run, _ in later) <= len(later) // SETTLE_FRAMES + 1
     # Its re-check is due: a fresh detection, not the kept face.
     now = params.recheck_s + 1.0
-    assert tracker.followed(now)[0].still is None
+    assert tracker.followed(now)[0].unchanged_face is None
     scanner.detect(sensor_noise(still, rng), tracker.followed(now))
-    assert scanner.last.track_windows == 1 and scanner.last.held == 0
+    assert scanner.last.track_windows == 1 and scanner.last.unchanged == 0
     # They walk away, 4 px a frame: re-detected every frame, found where they are.
     for i in range(12):
         now = params.recheck_s + 1.0 + (i + 1) / 30
@@ -432,7 +432,7 @@ def test_a_still_tracked_face_costs_no_detector_run_until_it_moves_or_its_track_
         image = sensor_noise(person_frame(hall, cx, 300.0, 60.0, "Colin_Powell/Colin_Powell_0038.jpg"), rng)
         faces = scanner.detect(image, tracker.followed(now))
         looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
-        assert (scanner.last.track_windows, scanner.last.held) == (1, 0)
+        assert (scanner.last.track_windows, scanner.last.unchanged) == (1, 0)
         assert len(found_at(faces, cx, 300.0, 60.0)) == 1 and len(tracker.tracks) == 1
 
 
@@ -455,7 +455,7 @@ def test_a_lost_face_is_looked_for_again_only_where_its_crop_changed(recognizer:
         faces = scanner.detect(image, tracker.followed(now))
         looked_at(recognizer, image, tracker, tracker.update(faces, now), now)
         assert not found_at(faces, 500.0, 300.0, 60.0)
-        costs.append((scanner.last.track_windows, scanner.last.held))
+        costs.append((scanner.last.track_windows, scanner.last.unchanged))
     assert costs[0] == (1, 0)  # the frame it changed: looked for
     # Unchanged since: not looked for (the track, offered every frame at first, then every
     # FOLLOW_MISSED-th, is passed over), and the track lives on.

@@ -82,12 +82,12 @@ def test_a_track_seen_again_is_not_missing_and_counts_the_frames_its_face_was_he
     tr.update([], now=0.2)
     assert track.missed == 2 and track.age == 2
     tr.update([f], now=0.3)  # the same face object: kept there since nothing changed
-    assert track.missed == 0 and track.held == 1 and track.face is f
+    assert track.missed == 0 and track.unchanged_frames == 1 and track.face is f
     tr.update([f], now=0.4)
-    assert track.held == 2
+    assert track.unchanged_frames == 2
     other = face(0, 0, 10, 10)
     tr.update([other], now=0.5)  # found anew: held starts again
-    assert track.held == 0 and track.face is other
+    assert track.unchanged_frames == 0 and track.face is other
     still = Tracker(TrackingSettings(confirm_m=5))
     ((photo, _),) = still.update([f], now=0.0, still=True)
     ((video, _),) = still.update([face(100, 100, 110, 110)], now=0.0)

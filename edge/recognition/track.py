@@ -66,7 +66,7 @@ class Track:
     non_face: bool = False  # the face mesh's last look said this is not a face: its crop is looked at less often
     age: int = 0  # frames since it began
     face: Face | None = None  # the face it was last found as
-    held: int = 0  # frames in a row it was kept at ``face`` because nothing there changed
+    unchanged_frames: int = 0  # frames in a row it was kept at ``face`` because nothing there changed
     still: bool = False  # a face of a still photo: one accepted look confirms it (as edge identify judges)
 
     @property
@@ -148,7 +148,7 @@ class Tracker:
                     # the old box (not a face, try later) is not said of this one.
                     track.non_face, track.retry_at = False, float("-inf")
                 track.box, track.last_seen, track.missed = faces[fi].box, now, 0
-                track.held = track.held + 1 if faces[fi] is track.face else 0
+                track.unchanged_frames = track.unchanged_frames + 1 if faces[fi] is track.face else 0
                 track.face = faces[fi]
                 pairs.append((track, faces[fi]))
         for ti, track in enumerate(self.tracks):
@@ -217,7 +217,7 @@ class Tracker:
         One the face mesh called "not a face" is re-detected every ``FOLLOW_MISSED``-th frame of its
         first ``NON_FACE_FOLLOW_FRAMES``: a loose box a coarse window drew around a far face when it
         came into view holds the face, which its crop resolves; clutter is then left alone. A track seen last frame that needs no evidence now
-        offers its face as ``still``: the scanner keeps it there without a detector run if nothing
+        offers its face as ``unchanged_face``: the scanner keeps it there without a detector run if nothing
         in it changed since; a lost one is looked for only where its crop changed since it was lost.
         Only a track the quality gate has passed (``face``) explains the motion around it: a box it has
         not (a wall boxed whole, a head turned) may hide the face that moved there."""
@@ -225,7 +225,7 @@ class Tracker:
             Follow(
                 t.box,
                 t.face if t.missed == 0 and t.face is not None and not self.needs_evidence(t, now) else None,
-                t.held,
+                t.unchanged_frames,
                 t.missed,
                 bool(t.votes) and not t.non_face,  # a face the quality gate passed explains the motion around it
             )

@@ -368,7 +368,7 @@ class ScanStats:
     track_windows: int
     motion_windows: int
     sweep_windows: int  # the background sweep and, at first, the first round
-    held: int = 0  # tracks not re-detected, nothing in their crop having changed: no invoke
+    unchanged: int = 0  # tracks not re-detected, nothing in their crop having changed: no invoke
 
     @property
     def invokes(self) -> int:
@@ -423,7 +423,7 @@ class Scanner:
         lay = self.layout_for(w, h)
         self._frame += 1
         self.motion.update(image)
-        faces, explaining, held = self._follow(image, tracked)
+        faces, explaining, unchanged = self._follow(image, tracked)
         if self._bounds is None:  # the motion image's scale is known after its first update
             self._bounds = self.motion.bounds(lay.windows)
         sweep_due = self._frame % self.settings.idle_every == 0
@@ -447,12 +447,12 @@ class Scanner:
         for i in chosen:
             faces += self.detector.detect(image, lay.windows[i])
             self._last_scan[i] = self._frame
-        self.last = ScanStats(len(tracked) - held, len(chosen) - sweep, sweep, held)
+        self.last = ScanStats(len(tracked) - unchanged, len(chosen) - sweep, sweep, unchanged)
         return self._merge(image, faces)
 
     def _follow(self, image: ImageArray, tracked: Sequence[Follow]) -> tuple[list[Face], list[Face], int]:
         """Re-detect each tracked face in a crop around its box: the face fills the input, so its
-        keypoints are as precise as at 1 m, whatever the frame size. A face offered as ``still``
+        keypoints are as precise as at 1 m, whatever the frame size. A face offered as ``unchanged_face``
         whose pixels have not changed since it was found is kept as it was (someone standing
         still costs nothing between the looks their track needs), and a lost face is looked for
         again only where its crop changed. Returns the faces, those of them that explain the motion
@@ -460,21 +460,23 @@ class Scanner:
         no invoke."""
         faces: list[Face] = []
         explaining: list[Face] = []
-        held = 0
+        unchanged = 0
         for f in tracked:
-            if f.still is not None and self.motion.steady(f.still.box, f.held + 1, HOLD_STEADY):
-                found = [f.still]
-                held += 1
+            if f.unchanged_face is not None and self.motion.steady(
+                f.unchanged_face.box, f.unchanged_frames + 1, HOLD_STEADY
+            ):
+                found = [f.unchanged_face]
+                unchanged += 1
             else:
                 crop = track_region(f.box, self.settings.track_crop)
                 if f.lost and self.motion.steady(Box(crop.x0, crop.y0, crop.x1, crop.y1), f.lost, LOST_STEADY):
-                    held += 1  # not found there, and nothing there changed since: it is not there now
+                    unchanged += 1  # not found there, and nothing there changed since: it is not there now
                     continue
                 found = self.detector.detect(image, crop)
             faces += found
             if f.face:
                 explaining += found
-        return faces, explaining, held
+        return faces, explaining, unchanged
 
     def _sweep_window(self, explained: npt.NDArray[np.intp], taken: set[int]) -> int | None:
         """The background sweep's window this time: every other time, the least recently scanned
