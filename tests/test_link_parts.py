@@ -875,3 +875,23 @@ def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> 
             stop.set()
             link.close(None, timeout=5)
         assert net.finished and net.note == "stopped" and pump.finished and pump.note == "stopped"
+
+
+def test_a_subscription_added_while_the_network_thread_subscribes_breaks_nothing() -> None:
+    """Found by the link test under load: listen() from the service's thread while the network thread made
+    the subscriptions of a new connection raised 'dictionary changed size during iteration'. Here the
+    interleaving is made certain: the other thread's addition lands in the middle of subscribe_all."""
+    router = Router()
+    router.add("edge/a", None)
+    router.add("edge/b", None)
+
+    class Interleaved(Subscriptions):
+        def subscribe(self, topic: str, qos: int) -> None:
+            super().subscribe(topic, qos)
+            if topic == "edge/a":
+                router.add("edge/c", lambda *a: None)  # what listen() on another thread does, just then
+
+    made = Interleaved()
+    router.subscribe_all(made)
+    assert made.made == [("edge/a", 1), ("edge/b", 1)]  # the subscriptions as they were when it began
+    assert router.subscriptions == {"edge/a": 1, "edge/b": 1, "edge/c": 1}  # the new one: made by listen itself

@@ -8,6 +8,7 @@ whose filter matches its topic; a handler that fails is logged and the others st
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,31 +53,37 @@ class Subscriber(Protocol):
 
 
 class Router:
-    """Subscriptions and the handlers of incoming messages."""
+    """Subscriptions and the handlers of incoming messages. Added to from any thread while the network
+    thread subscribes and routes: one lock, and each of those works on a copy."""
 
     def __init__(self) -> None:
         self._subscriptions: dict[str, int] = {}
         self._handlers: list[tuple[str, Handler]] = []
+        self._lock = threading.Lock()
 
     @property
     def subscriptions(self) -> dict[str, int]:
-        return dict(self._subscriptions)
+        with self._lock:
+            return dict(self._subscriptions)
 
     def add(self, topic_filter: str, handler: Handler | None, qos: int = 1) -> None:
         """Subscribe to ``topic_filter`` (from the next ``subscribe_all`` on); hand its messages to ``handler``."""
-        self._subscriptions[topic_filter] = qos
-        if handler is not None:
-            self._handlers.append((topic_filter, handler))
+        with self._lock:
+            self._subscriptions[topic_filter] = qos
+            if handler is not None:
+                self._handlers.append((topic_filter, handler))
 
     def subscribe_all(self, client: Subscriber) -> None:
         """Make every subscription on a (new) connection."""
-        for topic, qos in self._subscriptions.items():
+        for topic, qos in self.subscriptions.items():
             client.subscribe(topic, qos)
 
     def route(self, topic: str, payload: bytes, retained: bool) -> int:
         """Hand a message to every handler whose filter matches its topic; returns how many took it."""
         handled = 0
-        for topic_filter, handler in self._handlers:
+        with self._lock:
+            handlers = list(self._handlers)
+        for topic_filter, handler in handlers:
             if not mqtt.topic_matches_sub(topic_filter, topic):
                 continue
             handled += 1
