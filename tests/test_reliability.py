@@ -475,6 +475,8 @@ def test_one_camera_of_several_stalled_is_that_cameras_trouble_all_of_them_a_fau
     yard.last_beat = now - 10  # stuck in its driver
     assert sup.check(now) is None  # the door camera still works: no fault
     assert yard.trouble is not None and "capture:yard' stalled" in yard.trouble and door.trouble is None
+    assert sup.health() == sup.health() and sup.health().problem is None
+    assert sup.health().trouble == (("capture:yard", yard.trouble),)  # what the last check found, read-only
     yard.last_beat = now  # it came back
     assert sup.check(now) is None and yard.trouble is None
     door.last_beat = yard.last_beat = now - 10
@@ -482,3 +484,5 @@ def test_one_camera_of_several_stalled_is_that_cameras_trouble_all_of_them_a_fau
     assert reason is not None and "stalled" in reason and "capture:" in reason  # every camera down: a fault
     loop.last_beat = now - 10
     assert "frame-loop" in (sup.check(now) or "")  # a worker outside the group is a fault on its own
+    sup.fail("worker 'frame-loop' stalled")
+    assert sup.health().problem == "worker 'frame-loop' stalled" and faults == ["worker 'frame-loop' stalled"]

@@ -43,6 +43,15 @@ class Worker:
         self.finished, self.note = True, note
 
 
+@dataclass(frozen=True, slots=True)
+class SupervisorHealth:
+    """A snapshot of the supervisor's own health: the fault that ends the run, if one was found, and the
+    workers out while their group goes on (as of the last check)."""
+
+    problem: str | None
+    trouble: tuple[tuple[str, str], ...]  # (worker, why)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -115,6 +124,12 @@ class Supervisor:
         if len(stalled) > 1:
             reason += "; also stalled: " + ", ".join(f"'{w.name}' ({i:.0f}s)" for i, w in stalled[1:])
         return reason
+
+    def health(self) -> SupervisorHealth:
+        """Read-only: what the last check found (checking is the supervisor thread's and the loop's job)."""
+        with self._lock:
+            trouble = tuple((w.name, w.trouble) for w in self._workers if w.trouble)
+        return SupervisorHealth(self.fault, trouble)
 
     @property
     def healthy(self) -> bool:

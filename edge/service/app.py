@@ -246,7 +246,7 @@ class App:
         """The first problem, most severe first, of each component's own health snapshot."""
         camera_error = summarise_error([(c.id, c.error) for c in cameras if c.error], len(cameras))
         problems = (
-            self.fault,  # the supervisor's: a worker dead or stalled
+            self.fault or self.supervisor.health().problem,  # a worker dead or stalled: the run ends
             self.audit.health().problem if self.audit is not None else None,
             self.sinks.health().problem,
             self.link.health().problem,
