@@ -1,0 +1,183 @@
+"""A bundle's rules, each at its boundary, on the decoding functions themselves: what each refusal says
+and at which step, the unit-vector floor, int8 dequantisation, the header and index checks, the keys."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.errors import InputError
+from edge.gallery.bundle import (
+    MAGIC,
+    BundleError,
+    Identity,
+    IndexEntry,
+    Layout,
+    content,
+    encode,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    parse_blocks,
+    read_header,
+    read_index,
+    verify_signature,
+)
+
+KEY = Ed25519PrivateKey.generate()
+SHA = "ab" * 32
+
+
+def unit(*rows: list[float]) -> np.ndarray:
+    m = np.array(rows, np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def pieces(identities: list[Identity], dtype: str = "float32") -> tuple[Layout, list[IndexEntry], memoryview]:
+    layout, index, body = content(identities, dtype)  # type: ignore[arg-type]
+    return Layout(**layout), [IndexEntry(**e) for e in index], memoryview(body)
+
+
+def refusal(call: object) -> tuple[str, str]:
+    with pytest.raises(BundleError) as info:
+        call()  # type: ignore[operator]
+    return info.value.step, info.value.reason
+
+
+def test_each_block_refusal_names_its_identity_and_step() -> None:
+    a, b = Identity("a", None, unit([1, 0, 0, 0]), {}), Identity("b", "B", unit([0, 1, 0, 0], [0, 0, 1, 0]), {})
+    layout, index, body = pieces([a, b])
+    decoded = parse_blocks(body, layout, index)
+    assert [i.id for i in decoded] == ["a", "b"] and decoded[1].label == "B"
+    assert decoded[1].embeddings.dtype == np.float32 and np.allclose(decoded[1].embeddings, b.embeddings)
+    twice = [index[0], index[1].model_copy(update={"id": "a"})]
+    assert refusal(lambda: parse_blocks(body, layout, twice)) == ("parse", "identity 'a' appears twice")
+    off = layout.model_copy(update={"embeddings": 4})  # the right number of identities, not of embeddings
+    assert refusal(lambda: parse_blocks(body, layout.model_copy(update={"identities": 3}), index))[1] == (
+        "identity index does not match the header counts"
+    )
+    assert refusal(lambda: parse_blocks(body, off, index)) == (
+        "parse",
+        "identity index does not match the header counts",
+    )
+    altered = bytearray(body)
+    altered[0] ^= 1
+    assert refusal(lambda: parse_blocks(memoryview(bytes(altered)), layout, index)) == (
+        "signature",
+        "embeddings of 'a' do not match their signed digest (altered)",
+    )
+    kept = parse_blocks(memoryview(bytes(altered)), layout, index, redacted=frozenset({"a"}))
+    assert [i.id for i in kept] == ["b"]  # removed by a verified removal: left out, not an error
+
+
+def test_non_finite_or_short_vectors_are_refused_at_exactly_half_a_unit() -> None:
+    nan = Identity("n", None, np.array([[np.nan, 0, 0, 0]], np.float32), {})
+    assert refusal(lambda: parse_blocks(*_order(pieces([nan])))) == (
+        "parse",
+        "embeddings of 'n' contain NaN or infinity",
+    )
+    half = Identity("h", None, np.array([[0.5, 0, 0, 0]], np.float32), {})  # length exactly 0.5: accepted
+    (got,) = parse_blocks(*_order(pieces([half])))
+    assert np.array_equal(got.embeddings, np.array([[1, 0, 0, 0]], np.float32))  # made unit length
+    short = Identity("s", None, np.array([[np.nextafter(np.float32(0.5), 0), 0, 0, 0]], np.float32), {})
+    assert refusal(lambda: parse_blocks(*_order(pieces([short])))) == (
+        "parse",
+        "embeddings of 's' are not unit vectors",
+    )
+
+
+def _order(p: tuple[Layout, list[IndexEntry], memoryview]) -> tuple[memoryview, Layout, list[IndexEntry]]:
+    layout, index, body = p
+    return body, layout, index
+
+
+def test_int8_blocks_are_dequantised_row_by_row() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(3, 16)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    layout, index, body = pieces([Identity("q", None, rows, {})], "int8")
+    (got,) = parse_blocks(body, layout, index)
+    assert got.embeddings.dtype == np.float32 and np.abs(got.embeddings - rows).max() < 0.02
+    q = np.frombuffer(body, np.int8, 3 * 16).reshape(3, 16).astype(np.float32)
+    scale = np.frombuffer(body, "<f2", 3, 3 * 16).astype(np.float32)[:, None]
+    manual = q * scale
+    assert np.allclose(got.embeddings, manual / np.linalg.norm(manual, axis=1, keepdims=True), atol=1e-7)
+
+
+def signed(header: object, index: object) -> bytes:
+    h = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    ix = json.dumps(index).encode() if not isinstance(index, bytes) else index
+    head = MAGIC + struct.pack("<I", len(h)) + h + struct.pack("<I", len(ix)) + ix
+    return head + key_id(KEY.public_key()) + KEY.sign(head)
+
+
+def good_header() -> dict[str, object]:
+    data = encode([Identity("a", None, unit([1, 0]), {})], "lobby", 3, SHA, KEY)
+    h = read_header(verify_signature(data, [KEY.public_key()]))
+    return h.model_dump(mode="json")
+
+
+def test_a_header_or_index_that_is_not_what_it_must_be_is_named() -> None:
+    trusted = [KEY.public_key()]
+    header = good_header()
+    assert read_header(verify_signature(signed(header, []), trusted)).gallery == "lobby"
+    assert refusal(lambda: read_header(verify_signature(signed({**header, "format": 3}, []), trusted))) == (
+        "parse",
+        "unsupported bundle format 3",
+    )
+    step, why = refusal(lambda: read_header(verify_signature(signed(b"{not json", []), trusted)))
+    assert step == "parse" and why.startswith("header is not valid JSON: ")
+    step, why = refusal(lambda: read_header(verify_signature(signed({**header, "version": "x" * 60}, []), trusted)))
+    assert step == "parse" and why.startswith("header version: ") and why.endswith(f"(got {('x' * 40)!r})")
+    step, why = refusal(lambda: read_header(verify_signature(signed([1], []), trusted)))
+    assert step == "parse" and why.startswith("header (top): ")
+    step, why = refusal(lambda: read_index(verify_signature(signed(header, b"[{"), trusted)))
+    assert step == "parse" and why.startswith("identity index is not valid JSON: ")
+    entry = {"id": "a", "label": None, "count": 1, "meta": {}, "sha256": "0" * 64}
+    assert read_index(verify_signature(signed(header, [entry]), trusted))[0].id == "a"
+    step, why = refusal(lambda: read_index(verify_signature(signed(header, [{**entry, "count": -1}]), trusted)))
+    assert step == "parse" and why.startswith("identity index 0.count: ") and why.endswith("(got '-1')")
+
+
+def test_signing_keys_refuse_what_they_cannot_use_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "signing.pem"
+    public = generate_key(out)
+    assert (out.stat().st_mode & 0o777) == 0o600 and load_private_key(out).public_key() == public
+    assert load_public_key(Path(f"{out}.pub")) == public
+    with pytest.raises(InputError, match=rf"^{out} exists; refusing to overwrite a signing key$"):
+        generate_key(out)
+    with pytest.raises(
+        InputError, match=r"^signing key .*nowhere/k\.pem cannot be created: No such file or directory$"
+    ):
+        generate_key(tmp_path / "nowhere" / "k.pem")
+    with pytest.raises(InputError, match=r"^signing key .*missing\.pem cannot be read: No such file or directory$"):
+        load_private_key(tmp_path / "missing.pem")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key")
+    with pytest.raises(InputError, match=rf"^signing key {junk} is not an unencrypted PEM private key$"):
+        load_private_key(junk)
+    with pytest.raises(InputError, match=rf"^public key {junk} is not a PEM public key$"):
+        load_public_key(junk)
+    with pytest.raises(InputError, match=r"^public key .*gone\.pub cannot be read: No such file or directory$"):
+        load_public_key(tmp_path / "gone.pub")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1())
+    ec_key, ec_pub = tmp_path / "ec.pem", tmp_path / "ec.pub"
+    ec_key.write_bytes(
+        other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    ec_pub.write_bytes(
+        other.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(InputError, match=rf"^signing key {ec_key} is not an Ed25519 key$"):
+        load_private_key(ec_key)
+    with pytest.raises(InputError, match=rf"^public key {ec_pub} is not an Ed25519 key$"):
+        load_public_key(ec_pub)
