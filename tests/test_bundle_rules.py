@@ -181,3 +181,67 @@ def test_signing_keys_refuse_what_they_cannot_use_in_one_line(tmp_path: Path) ->
         load_private_key(ec_key)
     with pytest.raises(InputError, match=rf"^public key {ec_pub} is not an Ed25519 key$"):
         load_public_key(ec_pub)
+
+
+# -- admission: what the operator's tools and a device without its key say -------------------------
+
+
+def test_a_sealed_bundle_where_no_device_key_is_at_hand_and_templates_of_another_width(tmp_path: Path) -> None:
+    from edge.device.keys import ensure_key
+    from edge.gallery.admit import Policy, admit
+    from edge.gallery.sealed import seal
+
+    device, _ = ensure_key(tmp_path / "state")
+    data = seal([Identity("a", None, unit([1, 0, 0, 0]), {})], "lobby", 7, SHA, KEY, [device.public])
+    policy = Policy((KEY.public_key(),), SHA, "lobby")
+    with pytest.raises(BundleError) as info:
+        admit(data, policy)
+    e = info.value
+    assert (e.step, e.reason, e.version) == (
+        "recipient",
+        "a sealed bundle, and this side has no device key to open it",
+        7,
+    )
+    wide = Policy((KEY.public_key(),), SHA, "lobby", embedder_dim=128, device_key=device)
+    with pytest.raises(BundleError) as info:
+        admit(data, wide)
+    e = info.value
+    assert (e.step, e.reason, e.version) == ("model", "templates of 4 dimensions, this device's embedder gives 128", 7)
+    assert admit(data, Policy((KEY.public_key(),), SHA, "lobby", embedder_dim=4, device_key=device)).version == 7
+    clear = encode([Identity("a", None, unit([1, 0]), {})], "lobby", 2, SHA, KEY)
+    with pytest.raises(BundleError) as info:
+        admit(clear, Policy((KEY.public_key(),), SHA, "lobby", embedder_dim=3, allow_plaintext=True))
+    assert (info.value.step, info.value.version) == ("model", 2)
+
+
+def test_an_operators_check_passes_a_redacted_block_and_a_bundle_file_is_named_in_each_refusal(tmp_path: Path) -> None:
+    from edge.gallery.admit import Policy, load_bundle_file, load_trusted, verify_bundle
+
+    a, b = Identity("a", None, unit([1, 0]), {}), Identity("b", None, unit([0, 1]), {})
+    data = bytearray(encode([a, b], "lobby", 2, SHA, KEY, dtype="float32"))
+    data[-1] ^= 1  # b's block altered after signing
+    with pytest.raises(BundleError, match="embeddings of 'b' do not match"):
+        verify_bundle(bytes(data), [KEY.public_key()], SHA)
+    kept = verify_bundle(bytes(data), [KEY.public_key()], SHA, redacted=frozenset({"b"}))
+    assert [i.id for i in kept.identities] == ["a"]  # b was removed by a verified removal: left out
+    pub = tmp_path / "signing.pub"
+    from cryptography.hazmat.primitives import serialization
+
+    pub.write_bytes(
+        KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    (trusted,) = load_trusted([pub])
+    assert trusted == KEY.public_key() and load_trusted([]) == ()
+    policy = Policy((trusted,), SHA, "lobby", allow_plaintext=True)
+    good = tmp_path / "good.bundle"
+    good.write_bytes(encode([a], "lobby", 3, SHA, KEY))
+    bundle, raw = load_bundle_file(good, policy)
+    assert bundle.version == 3 and raw == good.read_bytes()
+    with pytest.raises(
+        InputError, match=r"^gallery bundle .*missing\.bundle cannot be read: No such file or directory$"
+    ):
+        load_bundle_file(tmp_path / "missing.bundle", policy)
+    bad = tmp_path / "bad.bundle"
+    bad.write_bytes(b"not a bundle at all, but long enough to be framed as one" * 4)
+    with pytest.raises(InputError, match=rf"^{bad}: gallery bundle rejected at parse: not a gallery bundle"):
+        load_bundle_file(bad, policy)
