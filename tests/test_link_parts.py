@@ -895,3 +895,33 @@ def test_a_subscription_added_while_the_network_thread_subscribes_breaks_nothing
     router.subscribe_all(made)
     assert made.made == [("edge/a", 1), ("edge/b", 1)]  # the subscriptions as they were when it began
     assert router.subscriptions == {"edge/a": 1, "edge/b": 1, "edge/c": 1}  # the new one: made by listen itself
+
+
+def test_a_tools_connection_is_named_as_the_broker_sees_it_and_its_failures_are_one_line(tmp_path: Path) -> None:
+    import logging as logging_module
+    import re
+
+    from edge.delivery.connection import password_of, tool_client
+    from edge.demo.broker import free_port
+    from edge.device.logs import ScrubbingFormatter
+    from edge.errors import EdgeError
+
+    port = free_port()
+    with pytest.raises(
+        EdgeError, match=rf"^broker 127\.0\.0\.1:{port} refused the connection \(nothing listening there\?\)$"
+    ):
+        tool_client(opts(port=port), "parts-tool")
+    with LocalBroker() as b:
+        client = tool_client(opts(port=b.port), "parts-tool")
+        client.loop_stop()
+        client.disconnect()
+        # MQTT v5, an id of its own (name, process, a unique suffix), a clean start, a 30 s keepalive.
+        assert re.search(rf" as parts-tool-{os.getpid()}-\d+ \(p5, c1, k30\)", b.log.read_text()), b.log.read_text()
+    secret = tmp_path / "password"
+    secret.write_text("a-password-from-a-file\n")
+    assert password_of(opts(password_file=str(secret), username="door")) == "a-password-from-a-file"
+    record = logging_module.LogRecord(
+        "t", logging_module.WARNING, __file__, 1, "with a-password-from-a-file", None, None
+    )
+    said = ScrubbingFormatter(logging_module.Formatter("%(message)s")).format(record)
+    assert said.startswith("with ") and "a-password-from-a-file" not in said  # read, then kept out of every log line

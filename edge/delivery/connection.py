@@ -113,7 +113,7 @@ def tool_client(opts: MqttSettings, name: str) -> mqtt.Client:
     Connection failures are one line saying why (EdgeError)."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"{name}-{os.getpid()}-{int(time.time() * 1000) % 100000}",
+        client_id=f"{name}-{os.getpid()}-{int(time.time() * 1000) % 100000}",  # pragma: no mutate (a unique suffix)
         protocol=mqtt.MQTTv5,
     )
     tls = configure(client, opts)
