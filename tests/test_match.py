@@ -259,3 +259,40 @@ def test_a_gallery_less_some_identities_keeps_the_others_rows_and_its_width() ->
     assert not less.embeddings.flags.writeable and not less.templates.flags.writeable
     nobody = g.without(set(g.identity_ids))
     assert len(nobody) == 0 and nobody.embeddings.shape == (0, 8) and nobody.templates.shape == (0, 8)
+
+
+def test_a_single_look_reports_the_single_look_rate_and_a_fused_one_the_fused_rate() -> None:
+    """The tables of one look and of fused looks differ: each match reports its own kind's rate."""
+    fused_table = CalibrationTable.from_rows([[10.0**-k, 0.05 + 0.1 * k] for k in range(1, 7)], 1_000_000)
+    kinds = {
+        (k, m): (fused_table if m > 1 else LARGE) for k in TEMPLATE_LEVELS for m in LOOK_LEVELS if (k, m) != (1, 1)
+    }
+    cal = Calibration("sha", "mesh5+flip", (Band(0, LARGE, "0+ px", kinds),))
+    snap = Matcher(cal, MatchSettings(max_false_match_rate=1e-3, open_set_correction=False)).snapshot(
+        Gallery.build([("id0", None, np.array([[1.0, 0.0]], np.float32))])
+    )
+    q = np.array([[0.45, np.sqrt(1 - 0.45**2)]], np.float32)
+    (one,) = snap.match(q, looks=1)
+    (fused,) = snap.match(q, looks=2)
+    assert one.est_false_match_rate == pytest.approx(LARGE.fmr_at(float(q[0, 0])))
+    assert fused.est_false_match_rate == pytest.approx(fused_table.fmr_at(float(q[0, 0])))
+    assert one.est_false_match_rate != fused.est_false_match_rate
+
+
+def test_two_fused_looks_without_fused_tables_never_accept() -> None:
+    snap = Matcher(ONE_KIND, MatchSettings(max_false_match_rate=1e-3)).snapshot(
+        Gallery.build([("id0", None, np.array([[1.0, 0.0]], np.float32))])
+    )
+    (m,) = snap.match(np.array([[1.0, 0.0]], np.float32), looks=2)
+    assert not m.accepted and m.threshold == float("inf")
+    (one,) = snap.match(np.array([[1.0, 0.0]], np.float32), looks=1)
+    assert one.accepted
+
+
+def test_a_gallery_refuses_doubled_ids_and_identities_without_embeddings_in_words() -> None:
+    with pytest.raises(ValueError, match="^duplicate identity ids in gallery$"):
+        Gallery.build([("a", None, np.eye(2, dtype=np.float32)[:1]), ("a", None, np.eye(2, dtype=np.float32)[1:])])
+    with pytest.raises(ValueError, match="^an identity has no embedding$"):
+        Gallery.build([("a", None, np.zeros((0, 2), np.float32))])
+    g = Gallery.build([("a", None, np.array([[3.0, 4.0]]))])  # float64 in: float32 kept
+    assert g.embeddings.dtype == np.float32 and g.templates.dtype == np.float32
