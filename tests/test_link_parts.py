@@ -596,6 +596,7 @@ def test_the_link_sends_status_and_retained_state_only_while_connected_and_route
         link.publish_retained("edge/door/gallery/state", b"now")
         link.publish("edge/door/presence/x", b"p", qos=1)
         assert sub.wait_until(lambda: len(sub.on("presence/x")) == 1, 10)
+        assert sub.on("presence/x") == [b"p"]  # the payload as given
         assert [m["state"] for m in sub.on("status")] == ["online"]
         assert sub.on("gallery/state") == [b"now"] or sub.on("gallery/state") == ["now"]
         sub.client.publish("edge/door/gallery/set", b"bundle", qos=1, retain=False)
@@ -609,7 +610,11 @@ def test_the_link_sends_status_and_retained_state_only_while_connected_and_route
         link.close(Status(device_id="door", state="offline", version="t"), timeout=5)
         said_offline = sub.wait_until(lambda: sub.on("status")[-1]["state"] == "offline", 10)
         sub.close()
-    assert said_offline  # the final status, retained, before the clean disconnect
+    assert said_offline  # the final status, before the clean disconnect
+    late = Collector(broker.host, broker.port, "edge/door/status")
+    retained = late.wait_for("status")  # and retained: what a subscriber arriving later is told
+    late.close()
+    assert retained["state"] == "offline" and "lost" not in retained
     assert not link.connection.thread.is_alive() and not link.pump.thread.is_alive()
     assert not box.depth()
 
@@ -844,6 +849,7 @@ def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> 
         stop = threading.Event()
         net, pump = Worker("mqtt-network", 10.0), Worker("mqtt-pump", 10.0)
         link = MqttLink(opts(port=b.port), Topics("edge", "door"), box, stop, network=net, pump=pump)
+        link.pump.last_error = "broker refused event (outbox row 1): Not authorized"  # said of an earlier connection
         link.start()
         try:
             assert link.connected.wait(10)
@@ -851,6 +857,7 @@ def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> 
             link.publish_retained("edge/door/gallery/state", b"state", qos=1)
             link.publish("edge/door/presence/x", b"here", qos=1)
             link.listen("edge/door/late", lambda *a: None, qos=0)  # connected: subscribed now, at its QoS
+            assert link.router.subscriptions["edge/door/late"] == 0  # and again at it after a reconnection
             link.subscribe("edge/door/later", qos=1)
             first = Collector(b.host, b.port, "edge/door/#")
             assert first.wait_until(lambda: len(first.messages) >= 2, 10)
@@ -863,6 +870,7 @@ def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> 
             assert re.search(r"Received SUBSCRIBE from door\n\d+: \s*edge/door/late \(QoS 0\)", log), log[-800:]
             assert re.search(r"Received SUBSCRIBE from door\n\d+: \s*edge/door/later \(QoS 1\)", log), log[-800:]
             assert net.last_beat > 0 and pump.last_beat > 0 and not net.finished
+            assert link.pump.last_error is None  # a new connection: what was said of the last one is cleared
             # Gone without a word: the broker publishes the will.
             watcher = Collector(b.host, b.port, "edge/door/status")
             sock = link.connection.client.socket()
@@ -870,6 +878,9 @@ def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> 
             sock.shutdown(2)
             will = watcher.wait_for("status", lambda s: s["state"] == "offline")
             assert will["lost"] is True and "ts" not in will and will["device_id"] == "door"  # no time: it is stale
+            from edge import __version__
+
+            assert will["version"] == __version__
             watcher.close()
         finally:
             stop.set()
