@@ -853,14 +853,25 @@ def test_what_the_link_retains_its_last_will_and_its_workers(tmp_path: Path) -> 
         link.start()
         try:
             assert link.connected.wait(10)
+            live = Collector(b.host, b.port, "edge/door/#")  # sees each as it arrives: then the broker has it
+            live.publish("edge/door/presence/z", b"z")  # its own marker back: its subscription is in place
+            assert live.wait_until(lambda: bool(live.on("presence/z")), 10)
             link.publish_status(Status(device_id="door", state="online", version="t"))
             link.publish_retained("edge/door/gallery/state", b"state", qos=1)
             link.publish("edge/door/presence/x", b"here", qos=1)
             link.listen("edge/door/late", lambda *a: None, qos=0)  # connected: subscribed now, at its QoS
             assert link.router.subscriptions["edge/door/late"] == 0  # and again at it after a reconnection
             link.subscribe("edge/door/later", qos=1)
-            first = Collector(b.host, b.port, "edge/door/#")
-            assert first.wait_until(lambda: len(first.messages) >= 2, 10)
+            assert live.wait_until(
+                lambda: (
+                    {t for t, _, _ in live.messages}
+                    >= {"edge/door/status", "edge/door/gallery/state", "edge/door/presence/x"}
+                ),
+                10,
+            )
+            assert live.on("presence/x") == [b"here"]
+            live.close()
+            first = Collector(b.host, b.port, "edge/door/#")  # arrives later: told only what is retained
             first.publish("edge/door/presence/y", b"x")  # a marker: what the broker retains has arrived before
             assert first.wait_until(lambda: bool(first.on("presence/y")), 10)
             retained = {t for t, _, r in first.messages if r}
