@@ -245,3 +245,36 @@ def test_an_operators_check_passes_a_redacted_block_and_a_bundle_file_is_named_i
     bad.write_bytes(b"not a bundle at all, but long enough to be framed as one" * 4)
     with pytest.raises(InputError, match=rf"^{bad}: gallery bundle rejected at parse: not a gallery bundle"):
         load_bundle_file(bad, policy)
+
+
+def test_what_a_device_refuses_before_opening_and_what_an_admitted_sealed_bundle_carries(tmp_path: Path) -> None:
+    from edge.device.keys import ensure_key
+    from edge.gallery.admit import Policy, admit, to_gallery
+    from edge.gallery.bundle import key_id as kid
+    from edge.gallery.sealed import seal
+
+    device, _ = ensure_key(tmp_path / "state")
+    data = seal(
+        [Identity("a", "Ann", unit([1, 0, 0, 0]), {})], "lobby", 7, SHA, KEY, [device.public], embedder="sface_int8"
+    )
+    with pytest.raises(BundleError) as info:
+        admit(data, Policy((), SHA, "lobby", device_key=device))
+    assert (info.value.step, info.value.reason) == ("signature", "no trusted public key configured")
+    clear = encode([Identity("a", None, unit([1, 0]), {})], "lobby", 2, SHA, KEY)
+    with pytest.raises(BundleError) as info:
+        admit(clear, Policy((KEY.public_key(),), SHA, "lobby"))
+    assert (info.value.step, info.value.version) == ("plaintext", 2)
+    assert info.value.reason == (
+        "a bundle in the clear (format 1): this device accepts only bundles encrypted to its key "
+        "(enrol with --recipient; gallery.allow_plaintext = true admits clear ones)"
+    )
+    with pytest.raises(BundleError) as info:
+        admit(data, Policy((KEY.public_key(),), "cd" * 32, "lobby", device_key=device))
+    assert info.value.step == "model" and info.value.reason.endswith(
+        "enrol again from the photos with this device's embedder (docs/models.md)"
+    )
+    bundle = admit(data, Policy((KEY.public_key(),), SHA, "lobby", device_key=device))
+    assert (bundle.gallery, bundle.version, bundle.kind, bundle.embedder_sha256) == ("lobby", 7, "full", SHA)
+    assert bundle.signer == kid(KEY.public_key()).hex()[:16] and bundle.created_at.startswith("20")
+    assert bundle.embedder == "sface_int8"
+    assert to_gallery(bundle).labels == ("Ann",)
