@@ -278,3 +278,67 @@ def test_what_a_device_refuses_before_opening_and_what_an_admitted_sealed_bundle
     assert bundle.signer == kid(KEY.public_key()).hex()[:16] and bundle.created_at.startswith("20")
     assert bundle.embedder == "sface_int8"
     assert to_gallery(bundle).labels == ("Ann",)
+
+
+def test_the_framing_of_a_bundle_at_each_of_its_bounds() -> None:
+    import hashlib
+
+    from edge.gallery.bundle import KEYID_LEN, MAX_HEADER, SIG_LEN, frame, peek_header, signed_by
+
+    least = len(MAGIC) + 8 + KEYID_LEN + SIG_LEN
+    assert refusal(lambda: frame(MAGIC + b"\0" * (least - len(MAGIC) - 1))) == (
+        "parse",
+        "not a gallery bundle (bad magic or too short)",
+    )
+    empty = MAGIC + struct.pack("<I", 0) + struct.pack("<I", 0) + b"\0" * (KEYID_LEN + SIG_LEN)
+    assert len(empty) == least and frame(empty).head_end == len(MAGIC) + 8  # the least there can be: framed
+    assert refusal(lambda: frame(b"EDGEGAL9" + empty[8:]))[1] == "not a gallery bundle (bad magic or too short)"
+    big = MAGIC + struct.pack("<I", MAX_HEADER + 1) + b"\0" * (MAX_HEADER + 200)
+    assert refusal(lambda: frame(big)) == ("parse", f"header length {MAX_HEADER + 1} exceeds {MAX_HEADER} bytes")
+    at_max = MAGIC + struct.pack("<I", MAX_HEADER) + b"\0" * MAX_HEADER + struct.pack("<I", 0) + b"\0" * 96
+    assert frame(at_max).head_end == len(MAGIC) + 8 + MAX_HEADER  # exactly the limit: allowed
+    # The header runs past the end: the index length itself is missing.
+    cut = MAGIC + struct.pack("<I", 100) + b"\0" * 100
+    cut += b"\0" * (least - len(cut))
+    assert refusal(lambda: frame(cut)) == ("parse", "truncated before the end of the header")
+    h = 20
+    ends_at = MAGIC + struct.pack("<I", h) + b"\0" * h + struct.pack("<I", 0)  # index length the last 4 bytes
+    assert refusal(lambda: frame(ends_at + b"\0" * (KEYID_LEN + SIG_LEN - 1))) == (
+        "parse",
+        "truncated before the signature",
+    )
+    assert frame(ends_at + b"\0" * (KEYID_LEN + SIG_LEN)).body_start == len(ends_at) + KEYID_LEN + SIG_LEN
+    # Key ids are the sha256 of the raw public key; signatures are checked over the head.
+    from cryptography.hazmat.primitives import serialization
+
+    raw = KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert key_id(KEY.public_key()) == hashlib.sha256(raw).digest()
+    data = bytearray(encode([Identity("a", None, unit([1, 0]), {})], "lobby", 2, SHA, KEY))
+    f = frame(bytes(data))
+    data[f.signature.start] ^= 1
+    assert refusal(lambda: signed_by(memoryview(bytes(data)), f.head_end, [KEY.public_key()])) == (
+        "signature",
+        "signature does not match the content (altered or corrupt)",
+    )
+    stranger = Ed25519PrivateKey.generate().public_key()
+    assert refusal(lambda: signed_by(memoryview(bytes(data)), f.head_end, [stranger]))[1] == (
+        f"signed by key {key_id(KEY.public_key()).hex()[:16]}, which is not trusted"
+    )
+    header = peek_header(encode([], "lobby", 1, SHA, KEY))
+    assert header["dim"] == 128 and "embedder" not in header and header["created_at"].endswith("+00:00")
+    e = BundleError("store", "disk full", 4)
+    assert (e.step, e.reason, e.version, str(e)) == (
+        "store",
+        "disk full",
+        4,
+        "gallery bundle rejected at store: disk full",
+    )
+
+
+def test_int8_quantisation_keeps_each_rows_own_scale() -> None:
+    rows = np.array([[0.6, 0.8, 0.0, 0.0], [0.0, 0.0, 0.28, 0.96]], np.float32)
+    _, _, body = content([Identity("q", None, rows, {})], "int8")
+    q = np.frombuffer(body, np.int8, 8).reshape(2, 4)
+    scale = np.frombuffer(body, "<f2", 2, 8)
+    assert np.allclose(scale, rows.max(axis=1) / 127.0, rtol=1e-3)  # each row's own: 0.8 and 0.96
+    assert q.tolist() == [[95, 127, 0, 0], [0, 0, 37, 127]]

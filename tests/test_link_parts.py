@@ -947,3 +947,18 @@ def test_a_tools_connection_is_named_as_the_broker_sees_it_and_its_failures_are_
     )
     said = ScrubbingFormatter(logging_module.Formatter("%(message)s")).format(record)
     assert said.startswith("with ") and "a-password-from-a-file" not in said  # read, then kept out of every log line
+
+
+def test_the_final_status_goes_out_at_qos_1_retained_before_a_clean_disconnect(tmp_path: Path) -> None:
+    import re
+
+    from edge.delivery.events import Status
+
+    with LocalBroker(extra="log_type all\n") as b:
+        link = MqttLink(opts(port=b.port), Topics("edge", "door"), Outbox(tmp_path / "o.sqlite"), threading.Event())
+        link.start()
+        assert link.connected.wait(10)
+        link.close(Status(device_id="door", state="offline", version="t"), timeout=5)
+        log = b.log.read_text()
+    assert re.search(r"Received PUBLISH from door \(d0, q1, r1, m\d+, 'edge/door/status'", log), log[-600:]
+    assert "Received DISCONNECT from door" in log  # clean: the broker does not publish the will
