@@ -958,7 +958,50 @@ def test_the_final_status_goes_out_at_qos_1_retained_before_a_clean_disconnect(t
         link = MqttLink(opts(port=b.port), Topics("edge", "door"), Outbox(tmp_path / "o.sqlite"), threading.Event())
         link.start()
         assert link.connected.wait(10)
+        link.publish_status(Status(device_id="door", state="online", version="t"))
         link.close(Status(device_id="door", state="offline", version="t"), timeout=5)
         log = b.log.read_text()
-    assert re.search(r"Received PUBLISH from door \(d0, q1, r1, m\d+, 'edge/door/status'", log), log[-600:]
+    # Both the status and the final one: QoS 1, retained.
+    assert len(re.findall(r"Received PUBLISH from door \(d0, q1, r1, m\d+, 'edge/door/status'", log)) == 2, log[-900:]
     assert "Received DISCONNECT from door" in log  # clean: the broker does not publish the will
+
+
+def test_a_port_that_never_answers_as_mqtt_is_waited_for_and_said_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from edge.delivery.connection import tool_client
+    from edge.errors import EdgeError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="edge.delivery.connection"), pytest.raises(EdgeError) as info:
+            tool_client(opts(port=port), "parts-tool", answer_within=0.5)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"waiting for 127.0.0.1:{port} to answer as an MQTT broker (up to 0.5 s)…"
+    ]
+    assert str(info.value) == (
+        f"broker 127.0.0.1:{port} refused the connection: no MQTT answer (CONNACK) within 0.5 s: "
+        "is it an MQTT broker, and TLS or not?"
+    )
+
+
+def test_run_makes_its_attempts_from_the_shortest_back_off() -> None:
+    import ssl
+
+    from edge.demo.broker import free_port
+    from edge.device.supervisor import Worker
+
+    conn = Connection(opts(port=free_port(), reconnect_min_s=0.25), "door", ("s", b"{}"))
+
+    class Once(Worker):
+        def beat(self) -> None:
+            super().beat()
+            conn.closing.set()  # the first attempt's beat: this attempt is the last
+
+    conn.worker = Once("mqtt-network", 10.0)
+    conn.run()
+    assert "refused the connection" in str(conn.last_error) and conn.worker.finished
+    upper = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] (_ssl.c:1000)")
+    assert explain(upper, "h", 1, True).startswith("TLS: h:1 does not speak TLS")

@@ -107,10 +107,11 @@ def closed_before_connack(tls: bool) -> str:
     return f"it closed the connection before accepting it ({hint})"
 
 
-def tool_client(opts: MqttSettings, name: str) -> mqtt.Client:
+def tool_client(opts: MqttSettings, name: str, answer_within: float = 10.0) -> mqtt.Client:
     """A connected client for a command-line tool (publish, fleet), with the devices' TLS and credentials.
 
-    Connection failures are one line saying why (EdgeError)."""
+    Connection failures are one line saying why (EdgeError); a broker that has not answered the CONNECT
+    within ``answer_within`` seconds is one too (said after 2 s that it is being waited for)."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=f"{name}-{os.getpid()}-{int(time.time() * 1000) % 100000}",  # pragma: no mutate (a unique suffix)
@@ -137,11 +138,16 @@ def tool_client(opts: MqttSettings, name: str) -> mqtt.Client:
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise EdgeError(explain(exc, opts.host, opts.port, tls)) from None
     client.loop_start()
-    if not ready.wait(2.0):  # a broker answers at once; say what is being waited for before waiting longer
-        log.warning("waiting for %s:%d to answer as an MQTT broker (up to 10 s)…", opts.host, opts.port)
-    if not ready.wait(8.0) or refused:
+    first = min(2.0, answer_within)
+    if not ready.wait(first):  # a broker answers at once; say what is being waited for before waiting longer
+        log.warning("waiting for %s:%d to answer as an MQTT broker (up to %g s)…", opts.host, opts.port, answer_within)
+    if not ready.wait(answer_within - first) or refused:
         client.loop_stop()
-        why = refused[0] if refused else "no MQTT answer (CONNACK) within 10 s: is it an MQTT broker, and TLS or not?"
+        why = (
+            refused[0]
+            if refused
+            else (f"no MQTT answer (CONNACK) within {answer_within:g} s: is it an MQTT broker, and TLS or not?")
+        )
         raise EdgeError(f"broker {opts.host}:{opts.port} refused the connection: {why}")
     return client
 
