@@ -94,17 +94,7 @@ def admit(
     except BundleError as exc:
         raise BundleError(exc.step, exc.reason, header.version) from None
     _check_dim(identities, policy, header.version)
-    return Bundle(
-        header.gallery,
-        header.version,
-        header.kind,
-        header.created_at,
-        header.embedder_sha256,
-        identities,
-        signed.signer,
-        (),
-        header.embedder,
-    )
+    return _bundle(header, identities, signed.signer, ())
 
 
 def _admit_sealed(data: Buffer, policy: Policy, current_version: int | None) -> Bundle:
@@ -118,6 +108,11 @@ def _admit_sealed(data: Buffer, policy: Policy, current_version: int | None) -> 
         raise BundleError("recipient", "a sealed bundle, and this side has no device key to open it", header.version)
     identities = sealed.open_content(v, policy.device_key)  # recipient, decrypt, 8. body
     _check_dim(identities, policy, header.version)
+    return _bundle(header, identities, v.signer, tuple(header.recipients))
+
+
+def _bundle(header: Routing, identities: tuple[Identity, ...], signer: str, recipients: tuple[str, ...]) -> Bundle:
+    """The admitted bundle, from its verified header (either format) and its opened identities."""
     return Bundle(
         header.gallery,
         header.version,
@@ -125,8 +120,8 @@ def _admit_sealed(data: Buffer, policy: Policy, current_version: int | None) -> 
         header.created_at,
         header.embedder_sha256,
         identities,
-        v.signer,
-        tuple(header.recipients),
+        signer,
+        recipients,
         header.embedder,
     )
 
