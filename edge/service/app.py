@@ -237,11 +237,6 @@ class App:
         self.link.publish_status(self.status("online"))
 
     # -- status --------------------------------------------------------------------
-    def last_error(self) -> str | None:
-        """The most recent problem still affecting the device (read-only: any thread)."""
-        now = time.monotonic()
-        return self._worst([c.state(now) for c in self.cameras])
-
     def _worst(self, cameras: list[CameraState]) -> str | None:
         """The first problem, most severe first, of each component's own health snapshot."""
         camera_error = summarise_error([(c.id, c.error) for c in cameras if c.error], len(cameras))
